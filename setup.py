@@ -1,0 +1,41 @@
+"""speech-enhance: dataset builder (Apache Beam), trainer (tf.data + Keras 3) and predictor.
+
+The core install (what Dataflow workers get through --setup_file) is small on purpose: numpy,
+soundfile, soxr and google-crc32c. The heavy parts come as extras:
+    pip install -e .[dataset]                 # Beam job + inspect plots
+    pip install -e .[train,tensorflow]        # trainer (use tensorflow-cpu on machines without GPU)
+    pip install -e .[eval]                    # evaluation metrics and classical baselines
+    pip install -e .[test]                    # everything the test suite needs (CPU TensorFlow)
+docs/dependencies.md says why each dependency is there.
+"""
+
+from setuptools import find_packages, setup
+
+DATASET = ["apache-beam>=2.60", "matplotlib>=3.7"]
+TRAIN = ["keras>=3.3", "matplotlib>=3.7"]
+EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
+
+setup(
+    name="speech-enhance",
+    version="0.1.0",
+    description="Speech enhancement toolkit: Beam dataset builder, tf.data trainer, U-Net denoiser, batch predictor",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*"]),
+    py_modules=["speech_enhance"],
+    package_data={"predictor": ["pretrained/*"]},
+    include_package_data=True,
+    install_requires=["numpy>=1.26", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
+    extras_require={
+        "dataset": DATASET,
+        "gcp": ["apache-beam[gcp]>=2.60", "gcsfs"],
+        "train": TRAIN,
+        "tensorflow": ["tensorflow>=2.16"],
+        "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
+        "jax": ["jax>=0.4.30"],
+        "eval": EVAL,
+        "test": sorted(set(DATASET + TRAIN + EVAL + ["tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5"])),
+    },
+    entry_points={"console_scripts": ["speech-enhance=speech_enhance:main"]},
+)

@@ -1,0 +1,60 @@
+"""`speech-enhance`: one command line for the whole toolkit.
+
+Subcommands are registered by each package's `cli` module, which imports nothing heavy at module
+level, so `speech-enhance --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> module that defines `register(subparsers)`.
+_COMMAND_MODULES = {
+    "dataset": "beam_pipelines.cli",
+    "inspect": "beam_pipelines.cli",
+    "train": "trainer.cli",
+    "predict": "predictor.cli",
+    "evaluate": "predictor.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speech-enhance",
+        description="Build spectrogram datasets, train U-Net denoisers, denoise and evaluate audio.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    seen = set()
+    for module_name in _COMMAND_MODULES.values():
+        if module_name in seen:
+            continue
+        seen.add(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:  # a package under development may not exist yet
+            logging.getLogger(__name__).debug("skipping %s: %s", module_name, err)
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args, extra) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"speech-enhance {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The one definition of the spectrogram geometry and of what a dataset record holds."""
+
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.schema import (
+    METADATA_FEATURES,
+    SCHEMA_VERSION,
+    SPECTROGRAM_KEYS,
+    SchemaVersionError,
+    check_schema_version,
+    decode,
+    encode,
+    tf_feature_spec,
+)
+
+__all__ = [
+    "METADATA_FEATURES", "SCHEMA_VERSION", "SPECTROGRAM_KEYS", "SchemaVersionError", "SpectrogramConfig",
+    "check_schema_version", "decode", "encode", "tf_feature_spec",
+]
