@@ -1,0 +1,67 @@
+"""Finding, decoding and resampling audio files, local or on any filesystem Beam knows (gs://...)."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+import numpy as np
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+class AudioError(ValueError):
+    """An input file that cannot be used; `reason` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def list_audio(root: str) -> list[str]:
+    """Relative paths (posix, sorted) of every wav/flac/ogg file under `root`, recursively."""
+    from apache_beam.io.filesystems import FileSystems
+
+    base = root.rstrip("/")
+    if not FileSystems.exists(base):
+        raise FileNotFoundError(f"Audio folder not found: {root!r}. Pass an existing local folder or gs:// prefix.")
+    matches = FileSystems.match([base + "/**"])[0].metadata_list
+    rel = []
+    for meta in matches:
+        path = meta.path
+        if path.lower().endswith(AUDIO_EXTENSIONS):
+            rel.append(posixpath.relpath(path, base) if "://" not in base else path[len(base) + 1:])
+    return sorted(rel)
+
+
+def read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def decode_audio(data: bytes, name: str, sample_rate: int) -> tuple[np.ndarray, dict]:
+    """Decodes wav/flac/ogg bytes to mono float32 at `sample_rate`.
+
+    Multi-channel audio is downmixed by averaging the channels. Returns (samples, source info).
+    Raises AudioError("unreadable" | "empty") naming the file.
+    """
+    import soundfile
+    import soxr
+
+    if not data:
+        raise AudioError("empty", f"{name}: the file is empty (0 bytes)")
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as err:  # libsndfile raises several types for corrupt input
+        raise AudioError("unreadable", f"{name}: cannot decode audio ({type(err).__name__}: {err})") from err
+    if samples.shape[0] == 0:
+        raise AudioError("empty", f"{name}: the file holds no samples")
+    info = {"source_rate": int(rate), "channels": int(samples.shape[1]), "source_samples": int(samples.shape[0])}
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise AudioError("unreadable", f"{name}: the audio holds NaN or infinite samples")
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32), info

@@ -1,0 +1,260 @@
+"""The per-example work of the dataset job, free of Beam: plan shards and chunks, draw windows,
+blend, compute spectrograms and encode records.
+
+Every example's randomness comes from a `numpy.random.Generator` seeded with
+(seed, split, example index), so the same arguments give the same examples on any runner, with any
+number of workers and in any order. The Beam job and the benchmark's single-process tight loop both
+call `generate_chunk`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import math
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from beam_pipelines.mixing import active_level, blend, is_silent, rms
+from tfrecord_schema import encode
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import SPLITS, shard_name
+from tfrecord_schema.spectrogram import stft
+
+SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
+METADATA_BYTES = 600  # serialized metadata per record, for shard sizing
+SNR_EDGES = [float(v) for v in range(-30, 51)]  # 1 dB bins; values outside are clamped into the ends
+LEVEL_EDGES = [round(0.05 * i, 2) for i in range(0, 41)]  # 0.00 .. 2.00
+
+
+@dataclasses.dataclass(frozen=True)
+class MixOptions:
+    """How examples are drawn. Exactly one of `level_range` and `snr_range_db` is used."""
+
+    seed: int = 0
+    level_range: tuple[float, float] | None = (0.2, 0.8)
+    snr_range_db: tuple[float, float] | None = None
+    loudness_range_dbfs: tuple[float, float] = (-35.0, -15.0)
+    max_window_retries: int = 20
+
+    def __post_init__(self) -> None:
+        if (self.level_range is None) == (self.snr_range_db is None):
+            raise ValueError("MixOptions needs exactly one of level_range and snr_range_db")
+        if self.level_range is not None:
+            lo, hi = self.level_range
+            if not 0 < lo <= hi:
+                raise ValueError(f"--noise-level takes LOW:HIGH with 0 < LOW <= HIGH, e.g. 0.2:0.8. Received: {lo}:{hi}")
+        if self.snr_range_db is not None and self.snr_range_db[0] > self.snr_range_db[1]:
+            raise ValueError(f"--snr-db takes LOW:HIGH with LOW <= HIGH, e.g. -5:15. Received: {self.snr_range_db}")
+        lo, hi = self.loudness_range_dbfs
+        if not lo <= hi <= 0:
+            raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0, e.g. -35:-15. Received: {lo}:{hi}")
+
+    def draw_level(self, rng: np.random.Generator) -> float:
+        if self.level_range is not None:
+            return float(rng.uniform(*self.level_range))
+        return float(10.0 ** (-rng.uniform(*self.snr_range_db) / 20.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A usable input file after decoding: `key` is where its resampled samples are cached."""
+
+    role: str  # "voice" | "noise"
+    file: str  # relative to its input folder
+    group: str  # speaker id (voices) or noise class (noises)
+    split: str
+    num_samples: int
+    key: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkSpec:
+    """`count` consecutive examples of a split, starting at example index `start`, that form part
+    `chunk` of shard `shard` (of `num_shards`)."""
+
+    split: str
+    shard: int
+    num_shards: int
+    chunk: int
+    num_chunks: int
+    start: int
+    count: int
+
+    @property
+    def shard_file(self) -> str:
+        return shard_name(self.split, self.shard, self.num_shards)
+
+
+def bytes_per_example(config: SpectrogramConfig) -> int:
+    frames, bins = config.shape
+    return 4 * frames * bins * config.bytes_per_value + METADATA_BYTES
+
+
+def split_counts(num_examples: int, fractions: Sequence[float]) -> dict[str, int]:
+    """Examples per split: rounded shares of `num_examples`, test takes the remainder."""
+    train = int(round(num_examples * fractions[0]))
+    valid = int(round(num_examples * fractions[1]))
+    return {"train": train, "valid": valid, "test": max(0, num_examples - train - valid)}
+
+
+def plan_chunks(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int,
+                chunk_size: int) -> list[ChunkSpec]:
+    """Shards of at most `max_shard_bytes`, as even as possible, each cut into chunks of at most
+    `chunk_size` examples (the unit of parallel work)."""
+    if max_shard_bytes <= 0 or chunk_size <= 0:
+        raise ValueError(f"shard size and chunk size must be positive. Received: {max_shard_bytes}, {chunk_size}")
+    per_shard = max(1, max_shard_bytes // bytes_per_example(config))
+    specs: list[ChunkSpec] = []
+    for split in SPLITS:
+        n = counts.get(split, 0)
+        if n == 0:
+            continue
+        num_shards = math.ceil(n / per_shard)
+        base, extra = divmod(n, num_shards)
+        start = 0
+        for shard in range(num_shards):
+            size = base + (1 if shard < extra else 0)
+            num_chunks = max(1, math.ceil(size / chunk_size))
+            cbase, cextra = divmod(size, num_chunks)
+            for chunk in range(num_chunks):
+                csize = cbase + (1 if chunk < cextra else 0)
+                specs.append(ChunkSpec(split, shard, num_shards, chunk, num_chunks, start, csize))
+                start += csize
+    return specs
+
+
+class SourceCache:
+    """Least-recently-used cache of decoded source arrays, bounded in bytes."""
+
+    def __init__(self, load: Callable[[str], np.ndarray], max_bytes: int = 2 << 30) -> None:
+        self._load = load
+        self._max = max_bytes
+        self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> np.ndarray:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+            return item
+        item = self._load(key)
+        self._items[key] = item
+        self._bytes += item.nbytes
+        while self._bytes > self._max and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+        return item
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def dump_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+class SplitSources:
+    """The usable voices and noises of one split, ordered by file name, with window weights."""
+
+    def __init__(self, sources: Sequence[Source], split: str, window: int) -> None:
+        self.voices = sorted((s for s in sources if s.role == "voice" and s.split == split), key=lambda s: s.file)
+        self.noises = sorted((s for s in sources if s.role == "noise" and s.split == split), key=lambda s: s.file)
+        if not self.voices:
+            raise ValueError(
+                f"No usable voice file in split {split!r}: every voice file of its speakers was rejected or none "
+                "was assigned. See rejects.jsonl; add speakers or change --split-fractions.")
+        if not self.noises:
+            raise ValueError(
+                f"No usable noise file in split {split!r}: every noise file of this split was rejected or none "
+                "was assigned. See rejects.jsonl; add noise files or change --split-fractions.")
+        # Voices are drawn in proportion to the windows they hold: every second of speech is equally likely.
+        self.cumulative = np.cumsum([s.num_samples - window + 1 for s in self.voices], dtype=np.float64)
+
+
+def _noise_window(noise: np.ndarray, offset: int, window: int) -> np.ndarray:
+    if noise.shape[0] >= window:
+        return noise[offset: offset + window]
+    return np.take(noise, (offset + np.arange(window)) % noise.shape[0])  # short noises loop
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    records: list[bytes]
+    snr_db: list[float]
+    levels: list[float]
+    silent_windows_skipped: int
+    audio: list[tuple[str, np.ndarray, np.ndarray]]  # (example id, mixture, clean) when asked for
+
+
+def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, options: MixOptions,
+                   config: SpectrogramConfig, keep_audio: bool = False) -> ChunkResult:
+    """Generates the `spec.count` examples of a chunk, in example-index order, as encoded records."""
+    window = config.window_samples
+    result = ChunkResult([], [], [], 0, [])
+    total = sources.cumulative[-1]
+    for index in range(spec.start, spec.start + spec.count):
+        rng = np.random.default_rng([options.seed, SPLIT_CODES[spec.split], index])
+        level = options.draw_level(rng)
+        loudness = float(rng.uniform(*options.loudness_range_dbfs))
+        voice_src = voice = None
+        for _ in range(options.max_window_retries):
+            candidate = sources.voices[int(np.searchsorted(sources.cumulative, rng.random() * total, side="right"))]
+            audio = cache.get(candidate.key)
+            for _ in range(options.max_window_retries):
+                voice_offset = int(rng.integers(0, candidate.num_samples - window + 1))
+                segment = audio[voice_offset: voice_offset + window]
+                voice_level, active = active_level(segment, config.sample_rate)
+                if not is_silent(voice_level, active):
+                    voice_src, voice = candidate, segment
+                    break
+                result.silent_windows_skipped += 1
+            if voice is not None:
+                break
+        if voice is None:
+            raise ValueError(f"Could not find a non-silent voice window in split {spec.split!r} after many tries; "
+                             "are the voice files mostly silence?")
+        noise = None
+        for _ in range(options.max_window_retries):
+            noise_src = sources.noises[int(rng.integers(0, len(sources.noises)))]
+            noise_audio = cache.get(noise_src.key)
+            span = noise_src.num_samples - window + 1 if noise_src.num_samples >= window else noise_src.num_samples
+            noise_offset = int(rng.integers(0, span))
+            candidate_noise = _noise_window(noise_audio, noise_offset, window)
+            if rms(candidate_noise) > 1e-6:
+                noise = candidate_noise
+                break
+        if noise is None:
+            raise ValueError(f"Could not find a non-silent noise window in split {spec.split!r}")
+        mixed = blend(voice, noise, level, loudness, voice_level)
+        spec_pair = stft(np.stack([mixed.mixture, mixed.clean]), config)
+        magnitude = np.abs(spec_pair)
+        phase = np.angle(spec_pair)
+        example_id = f"{spec.split}-{index:08d}"
+        result.records.append(encode({
+            "noisy_magnitude": magnitude[0], "noisy_phase": phase[0],
+            "clean_magnitude": magnitude[1], "clean_phase": phase[1],
+            "example_id": example_id, "split": spec.split,
+            "voice_file": voice_src.file, "voice_offset": voice_offset, "speaker_id": voice_src.group,
+            "noise_file": noise_src.file, "noise_offset": noise_offset, "noise_class": noise_src.group,
+            "noise_level": level, "snr_db": mixed.snr_db, "gain": mixed.gain,
+        }, config))
+        result.snr_db.append(mixed.snr_db)
+        result.levels.append(level)
+        if keep_audio:
+            result.audio.append((example_id, mixed.mixture, mixed.clean))
+    return result
+
+
+def histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
+    """Counts per bin; values beyond the edges are counted in the first or last bin."""
+    clipped = np.clip(np.asarray(values, np.float64), edges[0], np.nextafter(edges[-1], -np.inf))
+    return np.histogram(clipped, bins=np.asarray(edges))[0].tolist()

@@ -1,0 +1,139 @@
+"""`speech-enhance inspect`: what a dataset holds, as a table, text histograms and a PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from tfrecord_schema import decode
+from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info
+from tfrecord_schema.records import read_records
+
+LOG = logging.getLogger(__name__)
+
+
+def load_info(dataset: str) -> dict[str, Any]:
+    path = FileSystems.join(dataset.rstrip("/"), INFO_FILE) if "://" in dataset else os.path.join(dataset, INFO_FILE)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{dataset} holds no {INFO_FILE}: not a finished dataset. Build one with "
+                                "`speech-enhance dataset`.")
+    with FileSystems.open(path) as f:
+        return parse_dataset_info(f.read().decode("utf-8"), path)
+
+
+def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict]:
+    out: list[dict] = []
+    for shard in info["splits"].get(split, {}).get("shards", []):
+        path = f"{dataset.rstrip('/')}/{shard['file']}"
+        with FileSystems.open(path) as f:
+            for record in read_records(f, info.get("compression", ""), name=path):
+                out.append(decode(record))
+                if len(out) >= count:
+                    return out
+    return out
+
+
+def _bars(edges: list[float], counts: list[int], width: int = 40, group: int = 1) -> list[str]:
+    counts = [sum(counts[i: i + group]) for i in range(0, len(counts), group)]
+    lows = edges[::group]
+    nonzero = [i for i, c in enumerate(counts) if c]
+    if not nonzero:
+        return ["  (empty)"]
+    peak = max(counts)
+    lines = []
+    for i in range(nonzero[0], nonzero[-1] + 1):
+        lines.append(f"  {lows[i]:>6g} | {'#' * max(1 if counts[i] else 0, round(width * counts[i] / peak)):<{width}} {counts[i]}")
+    return lines
+
+
+def summarize(info: dict) -> dict[str, Any]:
+    rows = {}
+    for split, s in info["splits"].items():
+        sizes = [sh["num_bytes"] for sh in s["shards"]]
+        rows[split] = {
+            "examples": s["num_examples"], "shards": len(sizes), "megabytes": s["num_bytes"] / 1e6,
+            "bytes_per_example": s["num_bytes"] / max(1, s["num_examples"]),
+            "shard_mb_min": min(sizes) / 1e6, "shard_mb_max": max(sizes) / 1e6,
+            "snr_db": s.get("snr_db", {}),
+        }
+    return {"splits": rows, "rejects": info.get("rejects", {}), "seed": info.get("seed"),
+            "spectrogram": info["spectrogram"], "compression": info.get("compression", "")}
+
+
+def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_path: str | None = None,
+                    json_path: str | None = None) -> dict[str, Any]:
+    info = load_info(dataset)
+    summary = summarize(info)
+    cfg = info["spectrogram"]
+    lines = [f"dataset {dataset}: schema v{info['schema_version']}, {cfg['sample_rate']} Hz, window "
+             f"{cfg['window_samples']} samples, n_fft {cfg['n_fft']}, hop {cfg['hop_length']}, {cfg['dtype']}, "
+             f"compression {summary['compression'] or 'none'}, seed {summary['seed']}",
+             f"{'split':<6} {'examples':>9} {'shards':>6} {'MB':>9} {'bytes/ex':>9} {'shard MB min-max':>17} {'SNR dB min/mean/max':>21}"]
+    for name, r in summary["splits"].items():
+        snr = r["snr_db"]
+        lines.append(f"{name:<6} {r['examples']:>9} {r['shards']:>6} {r['megabytes']:>9.1f} {r['bytes_per_example']:>9.0f} "
+                     f"{r['shard_mb_min']:>8.1f}-{r['shard_mb_max']:<8.1f} "
+                     f"{snr.get('min', float('nan')):>6.1f}/{snr.get('mean', float('nan')):.1f}/{snr.get('max', float('nan')):.1f}")
+    rej = summary["rejects"]
+    lines.append(f"rejected inputs: {rej.get('count', 0)} {rej.get('by_reason', {})}")
+    hist = info.get("histograms", {})
+    for key, title, group in (("snr_db", "realised SNR (dB), all splits", 2), ("noise_level", "noise level", 2)):
+        if key in hist:
+            counts = np.sum([hist[key]["counts"][s] for s in hist[key]["counts"]], axis=0).tolist()
+            lines.append(f"{title}:")
+            lines.extend(_bars(hist[key]["edges"], counts, group=group))
+    print("\n".join(lines))
+
+    if plot_path is None and "://" not in dataset:
+        plot_path = os.path.join(dataset, "inspect.png")
+    if plot_path and examples > 0:
+        items = read_examples(dataset, info, split, examples)
+        if items:
+            _plot(items, hist, plot_path)
+            print(f"plot: {plot_path}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def _plot(items: list[dict], hist: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(items)
+    fig, axes = plt.subplots(n + 1, 2, figsize=(9, 2.6 * (n + 1)), squeeze=False)
+    for row, item in enumerate(items):
+        for col, key in enumerate(("noisy_magnitude", "clean_magnitude")):
+            db = 20 * np.log10(np.maximum(item[key].astype(np.float32), 1e-5))
+            ax = axes[row][col]
+            im = ax.imshow(db.T, origin="lower", aspect="auto", vmin=-80, vmax=20, cmap="magma")
+            ax.set_title(f"{item['example_id']} {'noisy' if col == 0 else 'clean'}"
+                         + (f": {item['noise_class']}, SNR {item['snr_db']:.1f} dB" if col == 0 else f": speaker {item['speaker_id']}"),
+                         fontsize=8)
+            ax.set_xlabel("frame")
+            ax.set_ylabel("bin")
+    fig.colorbar(im, ax=axes[:n, :].ravel().tolist(), label="dB", shrink=0.6)
+    for col, key in enumerate(("snr_db", "noise_level")):
+        ax = axes[n][col]
+        if key in hist:
+            edges = np.asarray(hist[key]["edges"])
+            for split, counts in hist[key]["counts"].items():
+                ax.stairs(counts, edges, label=split)
+            ax.set_xlabel("realised SNR (dB)" if key == "snr_db" else "noise level (noise RMS / active speech level)")
+            ax.set_ylabel("examples")
+            ax.legend(fontsize=7)
+            total = np.sum(list(hist[key]["counts"].values()), axis=0)
+            used = np.nonzero(total)[0]
+            if used.size:
+                ax.set_xlim(edges[used[0]] - 1e-9, edges[used[-1] + 1])
+    fig.subplots_adjust(hspace=0.55)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,64 @@
+"""Small audio folders for the dataset tests, made in tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import soundfile
+
+from beam_pipelines.demo import synth_noise, synth_voice
+
+NOISE_KINDS = ("clock", "alarm", "vacuum", "traffic")
+
+
+def make_corpus(root, speakers: int = 6, utterances: int = 2, noises_per_kind: int = 2, seed: int = 7):
+    """LibriSpeech-style voices (mixed rates, one stereo file) and noises with a classes.tsv."""
+    rng = np.random.default_rng(seed)
+    voice_dir, noise_dir = os.path.join(root, "voices"), os.path.join(root, "noises")
+    for s in range(speakers):
+        speaker = 200 + s
+        folder = os.path.join(voice_dir, str(speaker), "1")
+        os.makedirs(folder)
+        for u in range(utterances):
+            rate = (16000, 8000, 22050)[(s + u) % 3]
+            audio = synth_voice(rng, rng.uniform(1.6, 2.5), rng.uniform(100, 220), rate)
+            if s == 0 and u == 0:
+                audio = np.stack([audio, audio * 0.5], axis=1)
+            fmt = ".flac" if u % 2 == 0 else ".wav"
+            soundfile.write(os.path.join(folder, f"{speaker}-1-{u:04d}{fmt}"), audio, rate)
+    os.makedirs(noise_dir)
+    rows = ["file\tclass"]
+    for kind in NOISE_KINDS:
+        for i in range(noises_per_kind):
+            audio = synth_noise(kind, rng, rng.uniform(1.5, 3.0), 16000).astype(np.float32)
+            name = f"{kind}{i}.ogg" if i == 1 else f"{kind}{i}.wav"
+            soundfile.write(os.path.join(noise_dir, name), 0.5 * audio / np.max(np.abs(audio)), 16000)
+            rows.append(f"{name}\t{kind}")
+    with open(os.path.join(noise_dir, "classes.tsv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return voice_dir, noise_dir
+
+
+def add_bad_inputs(voice_dir: str, noise_dir: str) -> dict[str, tuple[str, str]]:
+    """One bad file of each kind; returns {relative file: (role, expected reason)}."""
+    bad = {}
+    os.makedirs(os.path.join(voice_dir, "bad"), exist_ok=True)
+    with open(os.path.join(voice_dir, "bad", "200-9-0000.flac"), "wb") as f:
+        f.write(b"fLaC this is not really flac data" * 10)
+    bad["bad/200-9-0000.flac"] = ("voice", "unreadable")
+    open(os.path.join(voice_dir, "bad", "201-9-0000.wav"), "wb").close()
+    bad["bad/201-9-0000.wav"] = ("voice", "empty")
+    soundfile.write(os.path.join(voice_dir, "bad", "202-9-0000.wav"), np.full(4000, 0.1, np.float32) *
+                    np.sin(np.arange(4000) / 5), 8000)
+    bad["bad/202-9-0000.wav"] = ("voice", "too_short")
+    soundfile.write(os.path.join(voice_dir, "bad", "203-9-0000.wav"), np.zeros(20000, np.float32), 8000)
+    bad["bad/203-9-0000.wav"] = ("voice", "silent")
+    soundfile.write(os.path.join(noise_dir, "hush.wav"), np.zeros(16000, np.float32), 16000)
+    bad["hush.wav"] = ("noise", "silent")
+    soundfile.write(os.path.join(noise_dir, "blip.wav"), np.ones(400, np.float32) * 0.3, 16000)
+    bad["blip.wav"] = ("noise", "too_short")
+    with open(os.path.join(noise_dir, "broken.wav"), "wb") as f:
+        f.write(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    bad["broken.wav"] = ("noise", "unreadable")
+    return bad

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecord_schema import SCHEMA_VERSION, SPECTROGRAM_KEYS, SchemaVersionError, SpectrogramConfig, decode, encode, tf_feature_spec
+from tfrecord_schema import schema as schema_lib
+
+
+def make_example(config, rng):
+    ex = {k: rng.uniform(0, 3, config.shape).astype(np.float32) for k in SPECTROGRAM_KEYS}
+    ex.update(example_id="train-00000007", split="train", voice_file="19/198/19-198-0001.flac", voice_offset=12345,
+              speaker_id="19", noise_file="n12.wav", noise_offset=-3, noise_class="alarm_siren", noise_level=0.4375,
+              snr_db=7.25, gain=0.03125)
+    return ex
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_round_trip(dtype):
+    config = SpectrogramConfig(dtype=dtype)
+    ex = make_example(config, np.random.default_rng(0))
+    out = decode(encode(ex, config))
+    assert out["schema_version"] == SCHEMA_VERSION
+    for key in SPECTROGRAM_KEYS:
+        assert out[key].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(out[key], ex[key].astype(dtype))
+    for key in schema_lib.METADATA_FEATURES:
+        assert out[key] == pytest.approx(ex[key]) if isinstance(ex[key], float) else out[key] == ex[key]
+
+
+def test_tensorflow_reads_our_bytes_and_we_read_tensorflows():
+    config = SpectrogramConfig()
+    rng = np.random.default_rng(1)
+    examples = [make_example(config, rng) for _ in range(3)]
+    blobs = [encode(e, config) for e in examples]
+    parsed = tf.io.parse_example(tf.constant(blobs), tf_feature_spec())
+    mags = tf.reshape(tf.io.decode_raw(parsed["noisy_magnitude"], tf.float16), (3, *config.shape)).numpy()
+    for i, e in enumerate(examples):
+        np.testing.assert_array_equal(mags[i], e["noisy_magnitude"].astype(np.float16))
+    assert parsed["noise_offset"].numpy().tolist() == [-3] * 3
+    assert parsed["speaker_id"].numpy()[0] == b"19"
+    assert parsed["schema_version"].numpy().tolist() == [SCHEMA_VERSION] * 3
+    # Bytes TensorFlow serializes (its own field order) decode the same.
+    proto = tf.train.Example.FromString(blobs[0])
+    again = decode(proto.SerializeToString())
+    np.testing.assert_array_equal(again["clean_phase"], examples[0]["clean_phase"].astype(np.float16))
+    assert again["voice_file"] == examples[0]["voice_file"]
+
+
+def test_decode_refuses_other_schema_version(monkeypatch):
+    config = SpectrogramConfig()
+    ex = make_example(config, np.random.default_rng(2))
+    monkeypatch.setattr(schema_lib, "SCHEMA_VERSION", 99)
+    blob = encode(ex, config)
+    monkeypatch.undo()
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*reads version 1.*Rebuild the dataset"):
+        decode(blob)
+
+
+def test_encode_checks_shape_and_keys():
+    config = SpectrogramConfig()
+    ex = make_example(config, np.random.default_rng(3))
+    ex["noisy_phase"] = ex["noisy_phase"][:, :64]
+    with pytest.raises(ValueError, match=r"noisy_phase must have shape \(128, 128\)"):
+        encode(ex, config)
+    del ex["gain"]
+    with pytest.raises(ValueError, match="missing: \\['gain'\\]"):
+        encode(ex, config)
