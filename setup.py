@@ -26,7 +26,7 @@ setup(
     py_modules=["speech_enhance"],
     package_data={"predictor": ["pretrained/*"]},
     include_package_data=True,
-    install_requires=["numpy>=1.26", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
+    install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
     extras_require={
         "dataset": DATASET,
         "gcp": ["apache-beam[gcp]>=2.60", "gcsfs"],

@@ -21,6 +21,7 @@ from beam_pipelines.mixing import active_level, blend, is_silent, rms
 from tfrecord_schema import encode
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, shard_name
+from tfrecord_schema.spectrogram import phase as spectral_phase
 from tfrecord_schema.spectrogram import stft
 
 SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
@@ -89,6 +90,24 @@ class ChunkSpec:
     @property
     def shard_file(self) -> str:
         return shard_name(self.split, self.shard, self.num_shards)
+
+
+def tune_malloc() -> None:
+    """Keeps glibc from returning every freed 128 KB array to the kernel.
+
+    A spectrogram pair is exactly the size at which glibc serves allocations with mmap, so every
+    numpy temporary costs page faults: about 4x slower example generation. Raising the mmap and trim
+    thresholds keeps those blocks in the heap. No-op where glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def bytes_per_example(config: SpectrogramConfig) -> int:
@@ -237,7 +256,7 @@ def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, o
         mixed = blend(voice, noise, level, loudness, voice_level)
         spec_pair = stft(np.stack([mixed.mixture, mixed.clean]), config)
         magnitude = np.abs(spec_pair)
-        phase = np.angle(spec_pair)
+        phase = spectral_phase(spec_pair)
         example_id = f"{spec.split}-{index:08d}"
         result.records.append(encode({
             "noisy_magnitude": magnitude[0], "noisy_phase": phase[0],

@@ -234,6 +234,7 @@ class WriteChunk(beam.DoFn):
         self.opts, self.work_dir = opts, work_dir
 
     def setup(self) -> None:
+        ex.tune_malloc()
         self.cache = ex.SourceCache(lambda key: ex.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")

@@ -11,6 +11,7 @@ dataset job and `inspect` need no TensorFlow; the tests check both directions ag
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, Mapping
 
@@ -54,6 +55,7 @@ def check_schema_version(version: Any, where: str) -> None:
 
 # --- protocol buffer wire format -------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8192)
 def _varint(value: int) -> bytes:
     value &= (1 << 64) - 1  # negative int64 -> two's complement, 10 bytes
     out = bytearray()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.fft
 
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -28,7 +29,8 @@ def stft(signal: np.ndarray, config: SpectrogramConfig) -> np.ndarray:
     pad = config.n_fft // 2
     x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)])
     frames = np.lib.stride_tricks.sliding_window_view(x, config.n_fft, axis=-1)[..., :: config.hop_length, :]
-    return np.fft.rfft(frames * hann_window(config.n_fft), n=config.n_fft, axis=-1).astype(np.complex64)
+    # scipy's pocketfft keeps float32 and is several times faster than numpy's for odd n_fft.
+    return scipy.fft.rfft(frames * hann_window(config.n_fft), n=config.n_fft, axis=-1).astype(np.complex64, copy=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,7 +47,8 @@ def istft(spectrogram: np.ndarray, config: SpectrogramConfig, length: int) -> np
     spec = np.asarray(spectrogram)
     n_fft, hop = config.n_fft, config.hop_length
     num_frames = spec.shape[-2]
-    frames = np.fft.irfft(spec, n=n_fft, axis=-1).astype(np.float32) * hann_window(n_fft)
+    frames = scipy.fft.irfft(spec.astype(np.complex64, copy=False), n=n_fft, axis=-1).astype(np.float32, copy=False)
+    frames = frames * hann_window(n_fft)
     # Overlap-add in blocks of `hop` samples: each frame covers `k` blocks, so k vectorised adds.
     k = -(-n_fft // hop)
     frames = np.pad(frames, [(0, 0)] * (frames.ndim - 1) + [(0, k * hop - n_fft)])
@@ -65,10 +68,30 @@ def istft(spectrogram: np.ndarray, config: SpectrogramConfig, length: int) -> np
     return out
 
 
+def phase(spectrogram: np.ndarray) -> np.ndarray:
+    """Angle in radians (-pi..pi] of a complex array, float32, within 1.5e-5 rad of `np.angle`.
+
+    A polynomial arctangent: numpy's float32 arctan2 is the slowest step of example generation,
+    and phases are stored as float16 (resolution about 2e-3 rad near pi) anyway.
+    """
+    re = np.ascontiguousarray(spectrogram.real, dtype=np.float32)
+    im = np.ascontiguousarray(spectrogram.imag, dtype=np.float32)
+    ax, ay = np.abs(re), np.abs(im)
+    swap = ay > ax
+    a = np.minimum(ax, ay) / np.maximum(np.maximum(ax, ay), np.float32(1e-30))
+    s = a * a
+    r = ((((np.float32(0.0208351) * s - np.float32(0.085133)) * s + np.float32(0.180141)) * s
+          - np.float32(0.3302995)) * s + np.float32(0.999866)) * a
+    # Arithmetic blends instead of np.where, which is several times slower here.
+    r += swap.astype(np.float32) * (np.float32(np.pi / 2) - 2 * r)
+    r += (re < 0).astype(np.float32) * (np.float32(np.pi) - 2 * r)
+    return np.copysign(r, im)
+
+
 def magnitude_phase(signal: np.ndarray, config: SpectrogramConfig) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude and phase (radians) of `stft(signal)`, both float32 [..., frames, bins]."""
     spec = stft(signal, config)
-    return np.abs(spec), np.angle(spec).astype(np.float32)
+    return np.abs(spec), phase(spec)
 
 
 def from_magnitude_phase(magnitude: np.ndarray, phase: np.ndarray, config: SpectrogramConfig,
