@@ -1,0 +1,92 @@
+"""The speaker- and noise-disjoint split of the shared recordings used for the shipped model.
+
+Follows the data README: training and validation voices from train-clean-100 (validation split off
+by speaker), test voices from test-other; noise: every 5th file of each class in hu-nonspeech's
+classes.tsv, two babble files and one street file of emgse-test are held out for testing; the
+rest (and the two speech-commands background noises) are for training and validation.
+
+Writes, under --out:
+  splits.json      for `speech-enhance dataset --splits` (voices relative to train-clean-100,
+                   noises relative to the noise folder)
+  classes.tsv      noise classes for `--noise-classes`, paths relative to the noise folder
+  heldout_noise/   symbolic links to the held-out noise files, with their classes.tsv, for
+                   `speech-enhance evaluate --noise-dir`
+
+    python scripts/shared_data_split.py --data ../shared/data --out runs/shared_split
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+
+EMGSE_CLASSES = {"car_noise_idle_noise_60_mph.wav": "car", "engine.wav": "engine", "street.wav": "street",
+                 "street_noise.wav": "street", "white.wav": "white"}
+EMGSE_HELDOUT = {"one_female_english.wav", "two_male_one_female_english.wav", "street_noise.wav"}
+BACKGROUND_CLASSES = {"doing_the_dishes.wav": "kitchen", "exercise_bike.wav": "machine"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--out", default="runs/shared_split")
+    parser.add_argument("--valid-speakers", type=int, default=12, help="train-clean-100 speakers held for validation")
+    args = parser.parse_args()
+    noise_root = os.path.join(args.data, "noise")
+    os.makedirs(os.path.join(args.out, "heldout_noise"), exist_ok=True)
+
+    classes: dict[str, str] = {}
+    with open(os.path.join(noise_root, "hu-nonspeech", "classes.tsv")) as f:
+        rows = [r for r in csv.reader(f, dialect="excel-tab")][1:]
+    per_class: dict[str, list[str]] = {}
+    for name, cls in rows:
+        per_class.setdefault(cls, []).append(name)
+    noise_split: dict[str, str] = {}
+    for cls, names in per_class.items():
+        names.sort(key=lambda n: int(n[1:-4]))
+        for i, name in enumerate(names):
+            rel = f"hu-nonspeech/{name}"
+            classes[rel] = cls
+            noise_split[rel] = "test" if i % 5 == 4 else "train"
+    for name in sorted(os.listdir(os.path.join(noise_root, "emgse-test"))):
+        rel = f"emgse-test/{name}"
+        classes[rel] = EMGSE_CLASSES.get(name, "babble")
+        noise_split[rel] = "test" if name in EMGSE_HELDOUT else "train"
+    for name, cls in BACKGROUND_CLASSES.items():
+        rel = f"speech-commands-background/{name}"
+        classes[rel] = cls
+        noise_split[rel] = "train"
+    # Validation noise: every 6th training file (by a stable hash), so validation sees unseen noise files too.
+    for rel in sorted(r for r, s in noise_split.items() if s == "train"):
+        if int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 6 == 0:
+            noise_split[rel] = "valid"
+
+    voices = sorted(os.listdir(os.path.join(args.data, "speech", "librispeech", "train-clean-100")))
+    voices = [v for v in voices if v.endswith(".flac")]
+    speakers = sorted({v.split("-")[0] for v in voices}, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    valid = set(speakers[: args.valid_speakers])
+    voice_split = {v: ("valid" if v.split("-")[0] in valid else "train") for v in voices}
+
+    with open(os.path.join(args.out, "splits.json"), "w") as f:
+        json.dump({"voices": voice_split, "noises": {k: v for k, v in noise_split.items() if v != "test"}}, f, indent=1)
+    with open(os.path.join(args.out, "classes.tsv"), "w") as f:
+        f.write("file\tclass\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(classes.items())))
+    held = os.path.join(args.out, "heldout_noise")
+    lines = ["file\tclass"]
+    for rel in sorted(r for r, s in noise_split.items() if s == "test"):
+        link = os.path.join(held, rel.replace("/", "__"))
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(os.path.join(noise_root, rel)), link)
+        lines.append(f"{os.path.basename(link)}\t{classes[rel]}")
+    with open(os.path.join(held, "classes.tsv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    counts = {s: sum(v == s for v in noise_split.values()) for s in ("train", "valid", "test")}
+    print(f"voices: {sum(v == 'train' for v in voice_split.values())} train / {len(valid)} valid speakers' files; "
+          f"noises: {counts}; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
