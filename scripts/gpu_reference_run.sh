@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The reference training run on a GPU machine (docs/results.md reports what it produced).
+# Run from the repository root after the wheels and data staged by ../shared/device/stage.sh are
+# unpacked (`~/site`, `~/bundle/data/{train-clean-100,noise}`). Stages, in order given:
+#   build           the Beam job on all cores: 45,000 windows (40,500 train / 4,500 valid), held-out
+#                   noise files and test speakers excluded (scripts/shared_split/)
+#   train-noise     train the U-Net on the `noise` target (JAX backend, bf16), EPOCHS epochs
+#   train-mask      the same on the `mask` target
+#   bench           training throughput (tf.data vs in-memory) and GPU prediction speed
+# Outputs (for the caller to keep) go to $OUT.
+set -euo pipefail
+export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+DATA=$HOME/bundle/data
+DS=$HOME/ds
+MODELS=$HOME/models
+OUT=${OUT:-/tmp/out}
+EPOCHS=${EPOCHS:-40}
+N=${N:-45000}
+mkdir -p "$OUT" "$MODELS"
+quiet() { grep --line-buffered -v "sdk_worker\|data_plane\|harness\|statecache\|semi_persistent\|Pipeline_options\|Logging handler"; }
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"
+  case $stage in
+    build)
+      /usr/bin/time -v python3 -m speech_enhance dataset --voice-dir "$DATA/train-clean-100" --noise-dir "$DATA/noise" \
+        --noise-classes scripts/shared_split/classes.tsv --splits scripts/shared_split/splits.json \
+        --split-fractions 0.9,0.1,0 --snr-db -8:18 --output "$DS" --num-examples "$N" \
+        --workers "$(nproc)" --overwrite 2>&1 | quiet | grep -v "wrote .*tfrecord" | tail -40
+      python3 -m speech_enhance inspect "$DS" --plot "$OUT/dataset_inspect.png" --json "$OUT/dataset_summary.json" | tail -30
+      ;;
+    train-noise|train-mask)
+      target=${stage#train-}
+      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$target" \
+        --work-dir "$HOME/work-$target" --preset gpu --target "$target" --epochs "$EPOCHS" \
+        --summary-json "$MODELS/$target/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -60
+      cp "$HOME/work-$target"/*.csv "$HOME/work-$target"/*.png "$MODELS/$target/" 2>/dev/null || true
+      tar -C "$MODELS" -cf "$OUT/model-$target.tar" "$target"
+      ;;
+    bench)
+      python3 benchmarks/train_throughput.py --dataset "$DS" --backend jax --batch-size 256 --precision bfloat16 \
+        --steps 300 --json "$OUT/train_throughput_gpu.json" 2>&1 | tail -25
+      python3 benchmarks/predict_speed.py --model "$MODELS/noise" --batch-sizes 64 256 1024 \
+        --json "$OUT/predict_speed_gpu.json" 2>&1 | tail -25
+      ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>/dev/null || true

@@ -1,0 +1,233 @@
+"""Streaming tf.data input pipeline over the shards of a dataset directory (local or gs://).
+
+    shards --interleave(parallel)--> records --shuffle--> batch --parse_example + decode_raw-->
+    {noisy_magnitude, clean_magnitude: [B, frames, bins]} --targets--> (x, y) --prefetch-->
+
+Records are batched *before* they are parsed, so `tf.io.parse_example` and `tf.io.decode_raw` run
+once per batch instead of once per example. Every stage is a TensorFlow op (no `py_function`), so
+the same dataset runs in-process, under the tf.data service, and on TPU hosts.
+
+Model inputs and targets have shape [batch, frames, bins, 1] (float32); see `trainer.targets`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files, spectrogram_config
+from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
+from trainer.targets import check_target, tf_model_input, tf_model_target
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Keys the training pipeline parses; the phases and the metadata are not needed to train.
+_TRAINING_KEYS = ("noisy_magnitude", "clean_magnitude", "schema_version", "shape")
+# Read buffer per open shard on object stores (gs://...): fewer, larger requests. Local files keep
+# TensorFlow's default (256 KiB), which is as fast there.
+_REMOTE_READ_BUFFER_BYTES = 8 << 20
+
+
+def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads and checks `dataset_dir/dataset_info.json` (local path or gs://).
+
+    Raises FileNotFoundError when there is no dataset there, and `SchemaVersionError` (a
+    ValueError) when it was written under another schema version.
+    """
+    dataset_dir = os.fspath(dataset_dir) if isinstance(dataset_dir, os.PathLike) else dataset_dir
+    if not isinstance(dataset_dir, str) or not dataset_dir:
+        raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset_dir!r}")
+    path = f"{dataset_dir.rstrip('/')}/{INFO_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"No {INFO_FILE} in {dataset_dir!r}: it is not a dataset directory. Build one with "
+            "`speech-enhance dataset --output DIR` (or `make dataset`) and pass that DIR.")
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    return parse_dataset_info(text, where=path)
+
+
+def num_examples(info: dict[str, Any], split: str) -> int:
+    """Examples in `split` according to dataset_info (0 when the split is absent)."""
+    entry = info["splits"].get(split)
+    return int(entry["num_examples"]) if entry else 0
+
+
+def steps_per_epoch(info: dict[str, Any], split: str, batch_size: int, drop_remainder: bool) -> int:
+    """Batches in one pass over `split`: floor when the last partial batch is dropped, else ceil."""
+    count = num_examples(info, split)
+    steps = count // batch_size if drop_remainder else math.ceil(count / batch_size)
+    if steps < 1:
+        raise ValueError(
+            f"Split {split!r} has {count} examples, fewer than one batch of batch_size={batch_size} "
+            f"(drop_remainder={drop_remainder}). Use a smaller --batch-size or a bigger dataset.")
+    return steps
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    return batch_size
+
+
+def _existing_shards(info: dict[str, Any], dataset_dir: str, split: str) -> list[str]:
+    files = shard_files(info, dataset_dir, split)
+    if not files:
+        raise ValueError(f"Split {split!r} of {dataset_dir!r} lists no shards; rebuild the dataset.")
+    # One directory listing instead of one request per shard (cheap on GCS too).
+    listed = {name.rstrip("/") for name in tf.io.gfile.listdir(dataset_dir)}
+    names = [shard["file"] for shard in info["splits"][split]["shards"]]
+    missing = [path for name, path in zip(names, files)
+               if not (name in listed or ("/" in name and tf.io.gfile.exists(path)))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} shard(s) listed in {INFO_FILE} are missing from {dataset_dir!r}, e.g. "
+            f"{missing[0]!r}. The dataset was moved or only partly copied; copy the whole directory.")
+    return files
+
+
+def _records(files: Sequence[str], compression: str, *, shuffle: bool, seed: int | None,
+             cycle_length: int | None, deterministic: bool) -> tf.data.Dataset:
+    """Serialized records of `files`, read `cycle_length` shards at a time in parallel."""
+    files_ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shuffle:
+        files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    cycle = min(cycle_length or 16, len(files))
+    buffer_size = _REMOTE_READ_BUFFER_BYTES if "://" in files[0] else None
+    return files_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=buffer_size),
+        cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def parse_batch(serialized: tf.Tensor, config: SpectrogramConfig,
+                keys: Sequence[str] | None = None) -> dict[str, tf.Tensor]:
+    """Parses a [B] string tensor of records into a dict of batched tensors.
+
+    Spectrogram keys become `config.dtype` tensors [B, frames, bins]; metadata keys [B]. `keys`
+    limits parsing to those features (default: all). The records' `schema_version` and `shape`
+    are checked in the graph: a mismatch fails the iteration with InvalidArgumentError.
+    """
+    spec = tf_feature_spec()
+    wanted = set(keys or spec) | {"schema_version", "shape"}
+    unknown = sorted(wanted - set(spec))
+    if unknown:
+        raise ValueError(f"parse_batch(): unknown feature keys {unknown}. Known: {sorted(spec)}")
+    parsed = tf.io.parse_example(serialized, {k: v for k, v in spec.items() if k in wanted})
+    frames, bins = config.shape
+    checks = [
+        tf.debugging.assert_equal(
+            parsed["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
+            message=(f"records were written with another TFRecord schema version; this toolkit reads "
+                     f"schema version {SCHEMA_VERSION}. Rebuild the dataset with `speech-enhance dataset`")),
+        tf.debugging.assert_equal(
+            parsed["shape"], tf.constant([[frames, bins]], tf.int64),
+            message=(f"records hold spectrograms of another shape than the dataset's config "
+                     f"({frames} frames x {bins} bins); dataset_info.json does not match the shards")),
+    ]
+    out: dict[str, tf.Tensor] = {}
+    with tf.control_dependencies(checks):
+        for key, value in parsed.items():
+            if key in SPECTROGRAM_KEYS:
+                raw = tf.io.decode_raw(value, tf.dtypes.as_dtype(config.dtype), little_endian=True)
+                # The static batch size (when batches are fixed) survives: TPUs need static shapes.
+                out[key] = tf.reshape(raw, [value.shape[0] if value.shape[0] is not None else -1, frames, bins])
+            else:
+                out[key] = tf.identity(value)
+    return out
+
+
+def _batched_records(dataset_dir: str, split: str, batch_size: int, *, info: dict[str, Any] | None,
+                     shuffle: bool, shuffle_buffer: int, seed: int | None, repeat: bool,
+                     drop_remainder: bool, deterministic: bool, cycle_length: int | None,
+                     ) -> tuple[tf.data.Dataset, dict[str, Any]]:
+    _check_batch_size(batch_size)
+    dataset_dir = os.fspath(dataset_dir)
+    if shuffle and (not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
+        raise ValueError(f"shuffle_buffer must be a positive integer. Received: shuffle_buffer={shuffle_buffer!r}")
+    info = info if info is not None else read_dataset_info(dataset_dir)
+    files = _existing_shards(info, dataset_dir, split)
+    ds = _records(files, info.get("compression", ""), shuffle=shuffle, seed=seed,
+                  cycle_length=cycle_length, deterministic=deterministic)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
+                  deterministic=deterministic)
+    if not repeat:
+        # A known length gives Keras its progress bar and validation length, and checks the shards
+        # against the counts of dataset_info.json while reading.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            steps_per_epoch(info, split, batch_size, drop_remainder)))
+    return ds, info
+
+
+def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # Shards are listed explicitly; let each tf.data worker (or TPU host) take its own files.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
+    return ds.with_options(options)
+
+
+def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int, target: str = "noise",
+                 shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
+                 repeat: bool = False, drop_remainder: bool = False, deterministic: bool = False,
+                 cycle_length: int | None = None, info: dict[str, Any] | None = None) -> tf.data.Dataset:
+    """Batches (model input, target) for training or evaluation, both float32 [B, frames, bins, 1].
+
+    Args:
+        dataset_dir: directory (or gs:// URL) holding dataset_info.json and the shards.
+        split: "train", "valid" or "test".
+        batch_size: examples per batch (the global batch under a distribution strategy).
+        target: "noise" or "mask" (see `trainer.targets`).
+        shuffle: shuffle shard order and examples (through a buffer of `shuffle_buffer` examples).
+        seed: seeds both shuffles; with `deterministic=True` the order is then reproducible.
+        repeat: repeat forever (training with a fixed number of steps per epoch).
+        drop_remainder: drop the last partial batch, so every batch has a static size (TPU).
+        deterministic: keep the interleave and parallel maps in order (tests); slower.
+        cycle_length: shards read concurrently (default: min(16, number of shards)).
+        info: an already-read dataset_info dict, to skip reading it again.
+    """
+    check_target(target)
+    ds, info = _batched_records(dataset_dir, split, batch_size, info=info, shuffle=shuffle,
+                                shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
+                                drop_remainder=drop_remainder, deterministic=deterministic,
+                                cycle_length=cycle_length)
+    config = spectrogram_config(info)
+
+    def to_model_io(serialized):
+        batch = parse_batch(serialized, config, keys=_TRAINING_KEYS)
+        noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
+        x = tf_model_input(noisy, config)[..., tf.newaxis]
+        y = tf_model_target(noisy, clean, target, config)[..., tf.newaxis]
+        return tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
+
+    ds = ds.map(to_model_io, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return _with_options(ds.prefetch(AUTOTUNE), deterministic)
+
+
+def raw_batches(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int = 32, shuffle: bool = False,
+                shuffle_buffer: int = 2048, seed: int | None = None, drop_remainder: bool = False,
+                deterministic: bool = True, cycle_length: int | None = None,
+                info: dict[str, Any] | None = None) -> tf.data.Dataset:
+    """Batches of every parsed feature, for tests and inspection (one pass, no shuffle by default).
+
+    Each element is a dict: the four spectrograms as `config.dtype` [B, frames, bins], the
+    metadata of `METADATA_FEATURES` [B] (strings as bytes), `schema_version` [B] and `shape` [B, 2].
+    """
+    ds, info = _batched_records(dataset_dir, split, batch_size, info=info, shuffle=shuffle,
+                                shuffle_buffer=shuffle_buffer, seed=seed, repeat=False,
+                                drop_remainder=drop_remainder, deterministic=deterministic,
+                                cycle_length=cycle_length)
+    config = spectrogram_config(info)
+    keys = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
+    ds = ds.map(lambda s: parse_batch(s, config, keys=keys), num_parallel_calls=AUTOTUNE,
+                deterministic=deterministic)
+    return _with_options(ds.prefetch(AUTOTUNE), deterministic)

@@ -1,0 +1,511 @@
+"""Training the U-Net on a dataset directory, and exporting the best model as a model directory.
+
+    summary = train("data/demo", "models/demo", epochs=4, batch_size=16)
+
+Keras picks its backend when it is first imported: set KERAS_BACKEND ("tensorflow" or "jax")
+before importing this module (the `speech-enhance train --backend` flag does so). The input
+pipeline is tf.data on both backends.
+
+Outputs:
+    MODEL_DIR/model.keras, model.json      the best model (lowest validation loss), always float32
+    WORK_DIR (default MODEL_DIR/training):
+        history.csv        one row per epoch (loss, val_loss, mae, learning_rate...)
+        loss.png           the loss curves, redrawn after every epoch
+        tensorboard/       TensorBoard logs, when the tensorboard package is installed
+        checkpoints/best.weights.h5   the best weights so far
+        backup/            the last finished epoch (weights, optimizer, epoch); deleted when
+                           training ends; a rerun of the same command resumes from it
+        run.json           the arguments of the run, checked when resuming
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfrecord_schema.dataset_info import spectrogram_config
+from trainer import input_pipeline
+from trainer.model import build_unet, unet_args
+from trainer.model_dir import save_model_dir
+from trainer.plots import plot_history, read_history_csv
+from trainer.targets import check_target
+
+logger = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("cosine", "plateau", "constant")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DISTRIBUTIONS = ("mirrored", "tpu", "jax-data-parallel")
+_MIXING_KEYWORDS = ("snr", "level", "gain", "loudness")
+# Arguments that change what the backup holds; a resumed run must use the same values.
+_RESUME_KEYS = ("target", "base_filters", "depth", "dropout", "negative_slope", "lr_schedule", "precision",
+                "batch_size", "epochs", "steps_per_epoch")
+
+
+# --- argument checks --------------------------------------------------------------------------
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"train(): {name} must be a positive integer{' or None' if allow_none else ''}. "
+                         f"Received: {name}={value!r}")
+
+
+def _check_args(a: dict[str, Any]) -> None:
+    check_target(a["target"])
+    for name in ("epochs", "batch_size", "shuffle_buffer", "steps_per_execution"):
+        _positive_int(name, a[name])
+    for name in ("steps_per_epoch", "validation_steps"):
+        _positive_int(name, a[name], allow_none=True)
+    lr = a["learning_rate"]
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < 1:
+        raise ValueError(f"train(): learning_rate must be a number in (0, 1). Received: learning_rate={lr!r}")
+    if a["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"train(): lr_schedule must be one of {LR_SCHEDULES}. "
+                         f"Received: lr_schedule={a['lr_schedule']!r}")
+    if not 0 <= a["warmup_fraction"] < 1:
+        raise ValueError("train(): warmup_fraction must be in [0, 1). "
+                         f"Received: warmup_fraction={a['warmup_fraction']!r}")
+    if a["precision"] not in PRECISIONS:
+        raise ValueError(f"train(): precision must be one of {PRECISIONS}. Received: precision={a['precision']!r}")
+    if a["distribution"] is not None and a["distribution"] not in DISTRIBUTIONS:
+        raise ValueError(f"train(): distribution must be None or one of {DISTRIBUTIONS}. "
+                         f"Received: distribution={a['distribution']!r}")
+    if a["tpu"] is not None and a["distribution"] != "tpu":
+        raise ValueError(f"train(): tpu={a['tpu']!r} is only used with distribution='tpu'. "
+                         f"Received: distribution={a['distribution']!r}")
+    patience = a["early_stopping_patience"]
+    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
+        raise ValueError("train(): early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "
+                         f"Received: early_stopping_patience={patience!r}")
+    backend = keras.backend.backend()
+    wanted = {"mirrored": "tensorflow", "tpu": "tensorflow", "jax-data-parallel": "jax"}.get(a["distribution"])
+    if wanted and backend != wanted:
+        raise ValueError(
+            f"train(): distribution={a['distribution']!r} needs the {wanted} backend, but Keras runs on "
+            f"{backend!r}. Set KERAS_BACKEND={wanted} before Keras is imported (`speech-enhance train "
+            f"--backend {wanted}`).")
+
+
+# --- distribution -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _distribution(kind: str | None, tpu: str | None, batch_size: int) -> Iterator[int]:
+    """Enters the distribution scope for building and compiling the model; yields the replica count."""
+    if kind is None:
+        yield 1
+        return
+    if kind == "jax-data-parallel":
+        devices = keras.distribution.list_devices()
+        if batch_size % len(devices):
+            raise ValueError(f"train(): batch_size must be a multiple of the {len(devices)} devices for "
+                             f"distribution='jax-data-parallel'. Received: batch_size={batch_size}")
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+        return
+    if kind == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        # None: Colab or $TPU_NAME; "local": the TPU VM this runs on; else a TPU name or grpc:// address.
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+    if batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"train(): batch_size (global) must be a multiple of the {strategy.num_replicas_in_sync} "
+                         f"replicas. Received: batch_size={batch_size}")
+    with strategy.scope():
+        yield strategy.num_replicas_in_sync
+
+
+def _keep_tensorflow_off_accelerators() -> None:
+    """On JAX, TensorFlow only feeds batches: stop it from taking GPU memory that JAX needs."""
+    if keras.backend.backend() != "jax":
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as err:  # TensorFlow already initialised its devices in this process
+        logger.warning("could not hide the GPUs from TensorFlow (%s); it may hold GPU memory JAX needs", err)
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --- callbacks --------------------------------------------------------------------------------
+
+class _EpochStats(keras.callbacks.Callback):
+    """Logs the learning rate and measures training examples/s per epoch (first batch excluded).
+
+    Placed before CSVLogger so the learning rate lands in history.csv.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.first_epoch: int | None = None
+        self.examples_per_second: list[float] = []
+        self._start: tuple[int, float] | None = None
+        self._last: tuple[int, float] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self._start = self._last = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = (batch, now)
+        self._last = (batch, now)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self._start and self._last and self._last[0] > self._start[0]:
+            steps = self._last[0] - self._start[0]
+            rate = steps * self.batch_size / max(self._last[1] - self._start[1], 1e-9)
+            self.examples_per_second.append(rate)
+            if logs is not None:
+                logs["examples_per_second"] = rate
+
+
+class _LossCurve(keras.callbacks.Callback):
+    """Redraws loss.png from history.csv after every epoch (so a long run can be watched)."""
+
+    def __init__(self, csv_path: str, png_path: str, title: str) -> None:
+        super().__init__()
+        self.csv_path, self.png_path, self.title = csv_path, png_path, title
+
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            plot_history(read_history_csv(self.csv_path), self.png_path, self.title)
+        except (OSError, ValueError) as err:  # a plot must never stop training
+            logger.warning("could not draw %s: %s", self.png_path, err)
+
+
+# --- resuming ---------------------------------------------------------------------------------
+
+def _join(*parts: str) -> str:
+    return "/".join([parts[0].rstrip("/"), *(p.strip("/") for p in parts[1:])])
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.loads(f.read())
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _keep_history_before(csv_path: str, epoch: int) -> list[dict[str, str]]:
+    """Drops history rows of epochs >= `epoch` (written after the last backup); returns the kept rows."""
+    if not tf.io.gfile.exists(csv_path):
+        return []
+    with tf.io.gfile.GFile(csv_path, "r") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [row for row in reader if int(float(row.get("epoch", "0"))) < epoch]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    with tf.io.gfile.GFile(csv_path, "w") as f:
+        f.write(out.getvalue())
+    return rows
+
+
+def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> tuple[int, float | None]:
+    """Returns (epoch to resume from, best validation loss so far) and records this run's arguments."""
+    backup_dir = _join(work_dir, "backup")
+    history_csv = _join(work_dir, "history.csv")
+    tf.io.gfile.makedirs(work_dir)
+    state = _read_json(_join(backup_dir, "training_metadata.json"))
+    if state is not None and not resume:
+        logger.info("resume=False: discarding the backup in %s", backup_dir)
+        tf.io.gfile.rmtree(backup_dir)
+        state = None
+    if state is None:
+        for stale in (history_csv, _join(work_dir, "checkpoints")):
+            if tf.io.gfile.exists(stale):
+                (tf.io.gfile.rmtree if tf.io.gfile.isdir(stale) else tf.io.gfile.remove)(stale)
+        _write_json(_join(work_dir, "run.json"), run_args)
+        return 0, None
+    previous = _read_json(_join(work_dir, "run.json")) or {}
+    changed = {k: (previous.get(k), run_args.get(k)) for k in _RESUME_KEYS if previous.get(k) != run_args.get(k)}
+    if changed:
+        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise ValueError(
+            f"{work_dir} holds the backup of an interrupted run with other arguments ({details}). "
+            "Rerun with the same arguments to resume it, pass resume=False (--no-resume) to start over, "
+            "or choose another work directory (--work-dir).")
+    epoch = int(state.get("epoch", 0))
+    rows = _keep_history_before(history_csv, epoch)
+    val = [float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+    best = min(val) if val else None
+    logger.info("resuming from the backup in %s after epoch %d (best val_loss so far: %s)", backup_dir, epoch, best)
+    return epoch, best
+
+
+# --- the training run -------------------------------------------------------------------------
+
+def _learning_rate(schedule: str, learning_rate: float, total_steps: int, warmup_fraction: float):
+    if schedule != "cosine":
+        return learning_rate
+    warmup = int(round(warmup_fraction * total_steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate * 0.1 if warmup else learning_rate,
+        decay_steps=max(1, total_steps - warmup), alpha=0.01,
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def _training_data_summary(dataset_dir: str, info: dict[str, Any], train_split: str,
+                           validation_split: str | None) -> dict[str, Any]:
+    arguments = info.get("arguments") or {}
+    return {
+        "dataset": dataset_dir,
+        "schema_version": info["schema_version"],
+        "compression": info.get("compression", ""),
+        "seed": info.get("seed"),
+        "num_examples": {split: int(entry.get("num_examples", 0)) for split, entry in info["splits"].items()},
+        "num_bytes": {split: int(entry.get("num_bytes", 0)) for split, entry in info["splits"].items()},
+        "train_split": train_split,
+        "validation_split": validation_split,
+        "mixing": {k: v for k, v in arguments.items() if any(word in k.lower() for word in _MIXING_KEYWORDS)},
+        "arguments": arguments,
+    }
+
+
+def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
+          work_dir: str | os.PathLike | None = None, target: str = "noise",
+          epochs: int = 20, batch_size: int = 32, learning_rate: float = 3e-4, lr_schedule: str = "cosine",
+          warmup_fraction: float = 0.05, steps_per_epoch: int | None = None,
+          validation_steps: int | None = None, train_split: str = "train",
+          validation_split: str | None = "valid", base_filters: int = 16, depth: int = 5,
+          dropout: float = 0.5, negative_slope: float = 0.3, precision: str = "float32",
+          distribution: str | None = None, tpu: str | None = None, seed: int = 0,
+          shuffle_buffer: int = 2048, early_stopping_patience: int | None = 8, huber_delta: float = 1.0,
+          steps_per_execution: int = 1, jit_compile: bool | str = "auto", cycle_length: int | None = None,
+          deterministic: bool = False, resume: bool = True, tensorboard: bool | None = None,
+          verbose: int | str = "auto",
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+    """Trains the U-Net on `dataset_dir` and writes the best model to `model_dir`.
+
+    Args:
+        dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards.
+        model_dir: local directory for the exported model (model.keras + model.json).
+        work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training).
+        target: "noise" or "mask" (see `trainer.targets`).
+        epochs: epochs to train (an epoch is `steps_per_epoch` batches).
+        batch_size: global batch size (split across replicas under a distribution).
+        learning_rate: peak learning rate of Adam. 1e-3 (Adam's default, the reference's choice)
+            can drive this U-Net into a constant, saturated tanh output (docs/training.md).
+        lr_schedule: "cosine" (linear warm-up over `warmup_fraction` of all steps, then cosine decay
+            to 1 % of the peak), "plateau" (halve after 2 epochs without val_loss improvement) or
+            "constant".
+        steps_per_epoch: batches per epoch; default: one pass over the training split.
+        validation_steps: validation batches per epoch (the same ones every epoch); default: the
+            whole validation split.
+        validation_split: split for validation, best checkpoint and early stopping; None (or a
+            missing split) monitors the training loss instead.
+        base_filters, depth, dropout, negative_slope: the architecture (see `build_unet`).
+        precision: "float32", "mixed_bfloat16" (TPU, recent GPUs) or "mixed_float16" (loss-scaled).
+        distribution: None, "mirrored" (all local GPUs, TensorFlow), "tpu" (TensorFlow) or
+            "jax-data-parallel" (all local devices, JAX).
+        tpu: with distribution="tpu": a TPU name or grpc:// address, "local" on a TPU VM, or None
+            to auto-detect (Colab, $TPU_NAME).
+        seed: seeds Python, numpy, the backend and the shuffles.
+        shuffle_buffer: examples in the shuffle buffer.
+        early_stopping_patience: epochs without improvement before stopping; 0 or None: never.
+        huber_delta: the Huber loss's delta (the reference's loss).
+        steps_per_execution: batches per compiled call (raise on TPU to cut host round trips).
+        jit_compile: XLA compilation: True, False or "auto" (Keras decides).
+        cycle_length: shards read in parallel (default min(16, shards)).
+        deterministic: reproducible input order (slower); for tests.
+        resume: continue from the backup in `work_dir` if an earlier run was interrupted.
+        tensorboard: write TensorBoard logs; None: when the `tensorboard` package is installed.
+        verbose: Keras progress output: 0, 1 (bar), 2 (a line per epoch) or "auto" (bar on a terminal).
+        callbacks: extra Keras callbacks.
+
+    Returns a summary dict (also stored under "training" in model.json): epochs run, initial epoch,
+    best/final losses, examples/s, paths of the outputs.
+    """
+    dataset_dir, model_dir = os.fspath(dataset_dir), os.fspath(model_dir)
+    work_dir = os.fspath(work_dir) if work_dir is not None else None
+    args = dict(locals())
+    args.pop("callbacks")
+    _check_args(args)
+    _keep_tensorflow_off_accelerators()
+    info = input_pipeline.read_dataset_info(dataset_dir)
+    config = spectrogram_config(info)
+    architecture = unet_args(base_filters, depth, dropout, negative_slope)
+    build_unet(config, base_filters, depth, dropout, negative_slope)  # checks the arguments early
+    work_dir = work_dir or _join(model_dir, "training")
+    drop_remainder = distribution in ("tpu", "jax-data-parallel")
+    if tensorboard is None:
+        tensorboard = importlib.util.find_spec("tensorboard") is not None
+        if not tensorboard:
+            logger.info("the tensorboard package is not installed: no TensorBoard logs (history.csv and "
+                        "loss.png are written anyway)")
+
+    if validation_split is not None and input_pipeline.num_examples(info, validation_split) == 0:
+        logger.warning("the dataset has no %r examples: monitoring the training loss instead", validation_split)
+        validation_split = None
+    n_train = input_pipeline.num_examples(info, train_split)
+    if n_train == 0:
+        raise ValueError(f"train(): the dataset in {dataset_dir!r} has no {train_split!r} examples. "
+                         f"Splits: { {s: input_pipeline.num_examples(info, s) for s in info['splits']} }")
+    if steps_per_epoch is None:
+        steps_per_epoch = input_pipeline.steps_per_epoch(info, train_split, batch_size, drop_remainder=False)
+    if validation_split is not None:
+        full = input_pipeline.steps_per_epoch(info, validation_split, batch_size, drop_remainder)
+        validation_steps = min(validation_steps or full, full)
+    monitor = "val_loss" if validation_split is not None else "loss"
+    total_steps = epochs * steps_per_epoch
+
+    run_args = {k: v for k, v in args.items() if k not in ("verbose",)}
+    run_args.update(steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
+    initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, resume)
+    history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
+    best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
+    tf.io.gfile.makedirs(_join(work_dir, "checkpoints"))
+
+    keras.utils.set_random_seed(seed)
+    logger.info("training on %s: %d train examples, %s validation examples, %d steps/epoch x %d epochs, "
+                "batch %d, backend %s, precision %s, distribution %s", dataset_dir, n_train,
+                input_pipeline.num_examples(info, validation_split) if validation_split else 0, steps_per_epoch,
+                epochs, batch_size, keras.backend.backend(), precision, distribution or "none")
+
+    train_ds = input_pipeline.make_dataset(
+        dataset_dir, train_split, batch_size=batch_size, target=target, shuffle=True, shuffle_buffer=shuffle_buffer,
+        seed=seed, repeat=True, drop_remainder=True, deterministic=deterministic, cycle_length=cycle_length,
+        info=info)
+    val_ds = None
+    if validation_split is not None:
+        val_ds = input_pipeline.make_dataset(
+            dataset_dir, validation_split, batch_size=batch_size, target=target, shuffle=False,
+            drop_remainder=drop_remainder, deterministic=True, cycle_length=cycle_length,
+            info=info).take(validation_steps)
+
+    stats = _EpochStats(batch_size)
+    callback_list: list[keras.callbacks.Callback] = [
+        stats,
+        keras.callbacks.ModelCheckpoint(best_weights, monitor=monitor, save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_so_far, verbose=0),
+        keras.callbacks.CSVLogger(history_csv, append=initial_epoch > 0),
+        _LossCurve(history_csv, loss_png, f"U-Net ({target} target) on {dataset_dir}"),
+    ]
+    if tensorboard:
+        callback_list.append(keras.callbacks.TensorBoard(_join(work_dir, "tensorboard"), write_graph=False,
+                                                         update_freq="epoch", profile_batch=0))
+    if early_stopping_patience:
+        callback_list.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping_patience,
+                                                           verbose=1))
+    if lr_schedule == "plateau":
+        callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
+                                                               min_lr=learning_rate * 0.01, verbose=1))
+    # Last of ours, so an epoch is backed up only after its history row and checkpoint are written
+    # (a resumed run then drops rows newer than the backup instead of missing any).
+    callback_list.append(keras.callbacks.BackupAndRestore(_join(work_dir, "backup")))
+    callback_list.extend(callbacks)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+
+    started = time.time()
+    with _dtype_policy(precision), _distribution(distribution, tpu, batch_size) as replicas:
+        model = build_unet(config, base_filters, depth, dropout, negative_slope)
+        model.compile(
+            optimizer=keras.optimizers.Adam(_learning_rate(lr_schedule, learning_rate, total_steps, warmup_fraction)),
+            loss=keras.losses.Huber(delta=huber_delta), metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+            steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+        fit_history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                callbacks=callback_list, verbose=verbose, shuffle=False)
+        trained_weights = model.get_weights()
+    duration = time.time() - started
+
+    # The exported model is float32 whatever the training precision: the predictor runs anywhere.
+    with _dtype_policy("float32"):
+        export = build_unet(config, base_filters, depth, dropout, negative_slope)
+    if tf.io.gfile.exists(best_weights):
+        export.load_weights(best_weights)
+        exported = "best"
+    else:
+        export.set_weights(trained_weights)
+        exported = "last"
+
+    history = read_history_csv(history_csv) if tf.io.gfile.exists(history_csv) else dict(fit_history.history)
+    monitored = list(history.get(monitor, []))
+    finite = [i for i, v in enumerate(monitored) if math.isfinite(v)]
+    best_index = min(finite, key=monitored.__getitem__) if finite else None
+    rates = stats.examples_per_second
+    summary = {
+        "epochs_requested": epochs,
+        "epochs_run": len(history.get("loss", [])),
+        "initial_epoch": stats.first_epoch if stats.first_epoch is not None else initial_epoch,
+        "stopped_early": len(history.get("loss", [])) < epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "validation_steps": validation_steps,
+        "batch_size": batch_size,
+        "replicas": replicas,
+        "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
+        "warmup_fraction": warmup_fraction,
+        "loss": f"huber(delta={huber_delta})",
+        "optimizer": "adam",
+        "precision": precision,
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "distribution": distribution,
+        "seed": seed,
+        "shuffle_buffer": shuffle_buffer,
+        "early_stopping_patience": early_stopping_patience,
+        "monitor": monitor,
+        "exported_weights": exported,
+        "best_epoch": best_index + 1 if best_index is not None else None,  # 1-based
+        "best_val_loss": monitored[best_index] if best_index is not None and monitor == "val_loss" else None,
+        "final_loss": history["loss"][-1] if history.get("loss") else None,
+        "final_val_loss": history["val_loss"][-1] if history.get("val_loss") else None,
+        # The first epoch includes compilation; later epochs show the steady rate.
+        "examples_per_second": statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else None,
+        "duration_seconds": round(duration, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "work_dir": work_dir,
+        "history_csv": history_csv,
+        "loss_curve_png": loss_png,
+    }
+    plot_history(history, loss_png, f"U-Net ({target} target) on {dataset_dir}")
+    save_model_dir(export, model_dir, config=config, target=target, model_args=architecture,
+                   training_data=_training_data_summary(dataset_dir, info, train_split, validation_split),
+                   training=summary)
+    logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, summary["best_epoch"],
+                monitor, monitored[best_index] if best_index is not None else None, model_dir,
+                None if summary["examples_per_second"] is None else round(summary["examples_per_second"], 1))
+    return {"model_dir": model_dir, **summary, "history": history}
