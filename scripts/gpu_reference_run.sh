@@ -6,6 +6,8 @@
 #                   noise files and test speakers excluded (scripts/shared_split/)
 #   train-noise     train the U-Net on the `noise` target (JAX backend, bf16), EPOCHS epochs
 #   train-mask      the same on the `mask` target
+#   train-mask-weighted, train-noise-weighted
+#                   the same with the loss weighted by the noisy magnitude (--loss-weighting magnitude)
 #   bench           training throughput (tf.data vs in-memory) and GPU prediction speed
 # Outputs (for the caller to keep) go to $OUT.
 set -euo pipefail
@@ -28,18 +30,22 @@ for stage in "$@"; do
         --workers "$(nproc)" --overwrite 2>&1 | quiet | grep -v "wrote .*tfrecord" | tail -40
       python3 -m speech_enhance inspect "$DS" --plot "$OUT/dataset_inspect.png" --json "$OUT/dataset_summary.json" | tail -30
       ;;
-    train-noise|train-mask)
-      target=${stage#train-}
-      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$target" \
-        --work-dir "$HOME/work-$target" --preset gpu --target "$target" --epochs "$EPOCHS" \
-        --summary-json "$MODELS/$target/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -60
-      cp "$HOME/work-$target"/*.csv "$HOME/work-$target"/*.png "$MODELS/$target/" 2>/dev/null || true
-      tar -C "$MODELS" -cf "$OUT/model-$target.tar" "$target"
+    train-*)
+      name=${stage#train-}
+      target=${name%%-*}
+      weighting=none
+      case $name in *-weighted) weighting=magnitude ;; esac
+      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$name" \
+        --work-dir "$HOME/work-$name" --preset gpu --target "$target" --loss-weighting "$weighting" \
+        --epochs "$EPOCHS" --summary-json "$MODELS/$name/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -40
+      cp "$HOME/work-$name"/*.csv "$HOME/work-$name"/*.png "$MODELS/$name/" 2>/dev/null || true
+      tar -C "$MODELS" -cf "$OUT/model-$name.tar" "$name"
       ;;
     bench)
       python3 benchmarks/train_throughput.py --dataset "$DS" --backend jax --batch-size 256 --precision bfloat16 \
         --steps 300 --json "$OUT/train_throughput_gpu.json" 2>&1 | tail -25
-      python3 benchmarks/predict_speed.py --model "$MODELS/noise" --batch-sizes 64 256 1024 \
+      python3 benchmarks/predict_speed.py --model "$MODELS/${BENCH_MODEL:-mask}" --batch-sizes 64 256 1024 \
+        --total-seconds "${BENCH_SECONDS:-1800}" \
         --json "$OUT/predict_speed_gpu.json" 2>&1 | tail -25
       ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -148,6 +148,7 @@ def test_without_a_validation_split_the_training_loss_is_monitored(tmp_path):
     ({"distribution": "jax-data-parallel"}, ValueError, r"needs the jax backend.*KERAS_BACKEND=jax"),
     ({"depth": 7}, ValueError, r"frames and bins must be multiples of 64"),
     ({"early_stopping_patience": -1}, ValueError, r"early_stopping_patience must be an integer >= 0"),
+    ({"loss_weighting": "power"}, ValueError, r"loss_weighting must be one of \('none', 'magnitude'\)"),
 ])
 def test_bad_arguments_are_refused_before_training(dataset, tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -158,3 +159,19 @@ def test_bad_arguments_are_refused_before_training(dataset, tmp_path, kwargs, er
 def test_a_missing_dataset_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a dataset directory"):
         train(str(tmp_path / "nowhere"), str(tmp_path / "model"))
+
+
+def test_magnitude_weighted_loss_feeds_per_bin_weights_and_is_recorded(dataset, tmp_path):
+    from trainer.input_pipeline import raw_batches
+
+    x, y, w = next(iter(make_dataset(dataset, "valid", batch_size=4, target="mask", shuffle=False,
+                                     deterministic=True, loss_weighting="magnitude")))
+    raw = next(iter(raw_batches(dataset, "valid", batch_size=4)))
+    noisy = raw["noisy_magnitude"].numpy().astype(np.float32)
+    assert w.shape == noisy.shape and x.shape[:3] == noisy.shape
+    np.testing.assert_allclose(w.numpy(), noisy / noisy.mean(axis=(1, 2), keepdims=True), rtol=1e-4)
+    summary = train(dataset, str(tmp_path / "model"), epochs=1, steps_per_epoch=2, validation_steps=1,
+                    target="mask", loss_weighting="magnitude", **TINY)
+    assert summary["loss_weighting"] == "magnitude" and np.isfinite(summary["final_loss"])
+    _, info = load_model_dir(str(tmp_path / "model"))
+    assert info["training"]["loss_weighting"] == "magnitude"

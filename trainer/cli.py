@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "target": "noise", "epochs": 20, "batch_size": 32, "learning_rate": 3e-4, "lr_schedule": "cosine",
     "warmup_fraction": 0.05, "steps_per_epoch": None, "validation_steps": None, "base_filters": 16,
     "depth": 5, "dropout": 0.5, "negative_slope": 0.3, "precision": "float32", "distribution": None,
-    "tpu": None, "seed": 0, "shuffle_buffer": 2048, "early_stopping_patience": 8, "huber_delta": 1.0,
+    "tpu": None, "seed": 0, "shuffle_buffer": 2048, "early_stopping_patience": 8, "huber_delta": 1.0, "loss_weighting": "none",
     "steps_per_execution": 1, "jit_compile": None, "cycle_length": None, "resume": True,
     "backend": "tensorflow",
 }
@@ -97,6 +97,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                           f"(default {DEFAULTS['early_stopping_patience']})")
     fit.add_argument("--huber-delta", type=float, default=None,
                      help=f"delta of the Huber loss (default {DEFAULTS['huber_delta']})")
+    fit.add_argument("--loss-weighting", choices=("none", "magnitude"), default=None,
+                     help="weigh the loss per time-frequency bin: 'none' (all alike, the reference) or "
+                          "'magnitude' (by the noisy magnitude, so loud bins count most) "
+                          f"(default {DEFAULTS['loss_weighting']})")
     fit.add_argument("--seed", type=int, default=None,
                      help=f"seed of the weights, dropout and shuffling (default {DEFAULTS['seed']})")
     fit.add_argument("--shuffle-buffer", type=int, default=None,

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
-from trainer.targets import check_target, tf_model_input, tf_model_target
+from trainer.targets import check_loss_weighting, check_target, tf_loss_weight, tf_model_input, tf_model_target
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,12 @@ def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
 def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int, target: str = "noise",
                  shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, deterministic: bool = False,
-                 cycle_length: int | None = None, info: dict[str, Any] | None = None) -> tf.data.Dataset:
+                 cycle_length: int | None = None, info: dict[str, Any] | None = None,
+                 loss_weighting: str = "none") -> tf.data.Dataset:
     """Batches (model input, target) for training or evaluation, both float32 [B, frames, bins, 1].
+
+    With `loss_weighting="magnitude"` each element is (input, target, weights [B, frames, bins]),
+    the per-bin sample weights Keras applies to the loss (see `trainer.targets.tf_loss_weight`).
 
     Args:
         dataset_dir: directory (or gs:// URL) holding dataset_info.json and the shards.
@@ -194,8 +198,10 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
         deterministic: keep the interleave and parallel maps in order (tests); slower.
         cycle_length: shards read concurrently (default: min(16, number of shards)).
         info: an already-read dataset_info dict, to skip reading it again.
+        loss_weighting: "none" or "magnitude" (see above).
     """
     check_target(target)
+    check_loss_weighting(loss_weighting)
     ds, info = _batched_records(dataset_dir, split, batch_size, info=info, shuffle=shuffle,
                                 shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
                                 drop_remainder=drop_remainder, deterministic=deterministic,
@@ -207,7 +213,10 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
         noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
         x = tf_model_input(noisy, config)[..., tf.newaxis]
         y = tf_model_target(noisy, clean, target, config)[..., tf.newaxis]
-        return tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
+        x, y = tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
+        if loss_weighting == "magnitude":
+            return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
+        return x, y
 
     ds = ds.map(to_model_io, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return _with_options(ds.prefetch(AUTOTUNE), deterministic)

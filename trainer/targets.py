@@ -16,6 +16,10 @@ import numpy as np
 from tfrecord_schema.config import SpectrogramConfig
 
 TARGETS = ("noise", "mask")
+# How training weighs the time-frequency bins in the loss. "magnitude": in proportion to the noisy
+# magnitude (normalised to a mean of 1 per example), so errors where the signal is loud count most,
+# as in a signal-approximation loss; "none": every bin alike (the reference's choice).
+LOSS_WEIGHTINGS = ("none", "magnitude")
 _EPS = 1e-12
 
 
@@ -80,6 +84,20 @@ def tf_model_target(noisy_magnitude, clean_magnitude, target: str, config: Spect
         t = (_tf_db(noisy, config) - _tf_db(clean, config)) / config.target_scale_db
         return tf.clip_by_value(t, -1.0, 1.0)
     return 2.0 * tf.clip_by_value(clean / (noisy + _EPS), 0.0, 1.0) - 1.0
+
+
+def check_loss_weighting(weighting: str) -> str:
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}. Received: loss_weighting={weighting!r}")
+    return weighting
+
+
+def tf_loss_weight(noisy_magnitude, config: SpectrogramConfig):
+    """Per-bin loss weights [..., frames, bins]: the noisy magnitude over its mean per example."""
+    import tensorflow as tf
+
+    m = tf.cast(noisy_magnitude, tf.float32)
+    return m / (tf.reduce_mean(m, axis=[-2, -1], keepdims=True) + _EPS)
 
 
 def _tf_db(magnitude, config: SpectrogramConfig):

@@ -41,7 +41,7 @@ from trainer import input_pipeline
 from trainer.model import build_unet, unet_args
 from trainer.model_dir import save_model_dir
 from trainer.plots import plot_history, read_history_csv
-from trainer.targets import check_target
+from trainer.targets import check_loss_weighting, check_target
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
 
 def _check_args(a: dict[str, Any]) -> None:
     check_target(a["target"])
+    check_loss_weighting(a["loss_weighting"])
     for name in ("epochs", "batch_size", "shuffle_buffer", "steps_per_execution"):
         _positive_int(name, a[name])
     for name in ("steps_per_epoch", "validation_steps"):
@@ -315,7 +316,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
           shuffle_buffer: int = 2048, early_stopping_patience: int | None = 8, huber_delta: float = 1.0,
           steps_per_execution: int = 1, jit_compile: bool | str = "auto", cycle_length: int | None = None,
           deterministic: bool = False, resume: bool = True, tensorboard: bool | None = None,
-          verbose: int | str = "auto",
+          verbose: int | str = "auto", loss_weighting: str = "none",
           callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
     """Trains the U-Net on `dataset_dir` and writes the best model to `model_dir`.
 
@@ -354,6 +355,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
         tensorboard: write TensorBoard logs; None: when the `tensorboard` package is installed.
         verbose: Keras progress output: 0, 1 (bar), 2 (a line per epoch) or "auto" (bar on a terminal).
         callbacks: extra Keras callbacks.
+        loss_weighting: "none" (every time-frequency bin alike) or "magnitude" (bins weighted by the
+            noisy magnitude; see `trainer.targets.LOSS_WEIGHTINGS`).
 
     Returns a summary dict (also stored under "training" in model.json): epochs run, initial epoch,
     best/final losses, examples/s, paths of the outputs.
@@ -407,13 +410,13 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
     train_ds = input_pipeline.make_dataset(
         dataset_dir, train_split, batch_size=batch_size, target=target, shuffle=True, shuffle_buffer=shuffle_buffer,
         seed=seed, repeat=True, drop_remainder=True, deterministic=deterministic, cycle_length=cycle_length,
-        info=info)
+        info=info, loss_weighting=loss_weighting)
     val_ds = None
     if validation_split is not None:
         val_ds = input_pipeline.make_dataset(
             dataset_dir, validation_split, batch_size=batch_size, target=target, shuffle=False,
             drop_remainder=drop_remainder, deterministic=True, cycle_length=cycle_length,
-            info=info).take(validation_steps)
+            info=info, loss_weighting=loss_weighting).take(validation_steps)
 
     stats = _EpochStats(batch_size)
     callback_list: list[keras.callbacks.Callback] = [
@@ -479,6 +482,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
         "lr_schedule": lr_schedule,
         "warmup_fraction": warmup_fraction,
         "loss": f"huber(delta={huber_delta})",
+        "loss_weighting": loss_weighting,
         "optimizer": "adam",
         "precision": precision,
         "backend": keras.backend.backend(),
