@@ -18,6 +18,9 @@ TRAIN_ARGS ?=
 INPUT ?= data/demo/audio/test/noisy
 PREDICT_OUTPUT ?= out/denoised
 PREDICT_ARGS ?=
+# make evaluate: the demo dataset's paired test audio by default
+EVAL_OUTPUT ?= runs/eval
+EVAL_ARGS ?= --noisy-dir $(OUTPUT)/audio/test/noisy --clean-dir $(OUTPUT)/audio/test/clean
 
 .PHONY: dataset inspect train predict evaluate test bench clean-venv
 
@@ -47,6 +50,9 @@ train: $(VENV)/.installed-test
 
 predict: $(VENV)/.installed-test
 	$(CLI) predict $(if $(MODEL),--model "$(MODEL)") --input "$(INPUT)" --output "$(PREDICT_OUTPUT)" $(PREDICT_ARGS)
+
+evaluate: $(VENV)/.installed-test
+	$(CLI) evaluate $(if $(MODEL),--model "$(MODEL)") $(EVAL_ARGS) --output "$(EVAL_OUTPUT)"
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests

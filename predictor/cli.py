@@ -1,0 +1,155 @@
+"""`speech-enhance predict` and `speech-enhance evaluate`: thin wrappers over the library.
+
+Nothing heavy is imported at module level, so `speech-enhance --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_predict(subparsers)
+    _register_evaluate(subparsers)
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="model windows per batch; windows of several files share a batch "
+                             "(default: 8 on a CPU, 64 on a GPU or TPU)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="fraction of a window shared with the next, in [0, 1); windows are joined by "
+                             "weighted overlap-add (default: 0.5)")
+
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="denoise audio files with a trained model",
+        description="Denoise every wav/flac/ogg file of --input into --output, mirroring the folder structure. "
+                    "Files of any length, sample rate and channel count are read; each channel is denoised on "
+                    "its own (or the channels are averaged first with --downmix). Outputs keep the input's "
+                    "rate, length, channels and format unless told otherwise. Existing outputs are skipped, so "
+                    "an interrupted run resumes; unreadable files are listed in OUTPUT/failures.jsonl and make "
+                    "the exit status 1 after the rest are written.")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="model directory written by `speech-enhance train` (model.keras + model.json); "
+                        "default: the model shipped in the package, if any")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="a folder (searched recursively), one audio file, or a glob pattern (quote it; ** works)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for the denoised files; must not be the input folder")
+    _common_model_args(p)
+    p.add_argument("--format", choices=("wav", "flac", "ogg"), default=None,
+                   help="output format; default: the input file's own format")
+    p.add_argument("--keep-model-rate", action=argparse.BooleanOptionalAction, default=False,
+                   help="write at the model's sample rate instead of resampling back to the input's rate")
+    p.add_argument("--downmix", action=argparse.BooleanOptionalAction, default=False,
+                   help="average the channels and write mono, instead of denoising each channel")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="redo files whose output already exists (default: skip them)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads for reading, resampling, STFT and writing around the model "
+                        "(default: the number of CPU cores, at most 8; 0: none)")
+    p.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between progress log lines (default: 5)")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
+
+    workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    enhancer = Enhancer.from_model_dir(args.model, batch_size=args.batch_size, overlap=args.overlap, workers=workers)
+    summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite, output_format=args.format,
+                            keep_model_rate=args.keep_model_rate, downmix=args.downmix,
+                            progress_interval=args.progress_interval)
+    rtf = f"{summary.real_time_factor:.4f}" if summary.audio_seconds else "n/a"
+    print(f"{summary.written} written, {summary.skipped} skipped (output exists), {len(summary.failures)} failed "
+          f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} s "
+          f"(real-time factor {rtf})")
+    if summary.failures:
+        print(f"failures and their reasons: {os.path.join(args.output, 'failures.jsonl')}")
+        return 1
+    return 0
+
+
+def _model_spec(value: str) -> tuple[str, str]:
+    name, sep, directory = value.partition("=")
+    if not sep:
+        directory = value
+        name = os.path.basename(os.path.normpath(value)) or "model"
+    if not name or not directory:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR or DIR, got {value!r}")
+    return name, directory
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from predictor.evaluate import DEFAULT_SNRS  # numpy only; the metrics packages load when used
+
+    p = subparsers.add_parser(
+        "evaluate", help="score models against classical baselines and an oracle",
+        description="Score the noisy input, one or more models, the reference's recipe on each model, spectral "
+                    "subtraction, a Wiener filter, noisereduce (stationary and non-stationary) and the oracle "
+                    "(clean magnitude, noisy phase) with SI-SDR, SI-SDR improvement, PESQ and STOI, per input-SNR "
+                    "bin and per noise class. Items are paired files (--noisy-dir/--clean-dir) or mixtures made "
+                    "reproducibly from held-out voices and noises (--voice-dir/--noise-dir). Writes results.json, "
+                    "results.md, si_sdri_vs_snr.png and examples.png into --output.")
+    p.add_argument("--model", action="append", type=_model_spec, default=None, metavar="NAME=DIR",
+                   help="a model directory to score, named NAME in the tables (DIR alone: named after the folder); "
+                        "repeat for several models; default: the shipped model if there is one, else baselines only")
+    p.add_argument("--noisy-dir", metavar="DIR", help="noisy files, paired with --clean-dir by relative path")
+    p.add_argument("--clean-dir", metavar="DIR", help="clean files at the same relative paths as --noisy-dir")
+    p.add_argument("--voice-dir", metavar="DIR", help="held-out clean speech to make mixtures from")
+    p.add_argument("--noise-dir", metavar="DIR",
+                   help="held-out noise to make mixtures from; classes from classes.tsv (file<TAB>class) or "
+                        "sub-folder names")
+    p.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
+                   help="input SNRs (dB) to mix at, or bin centres for paired files (default: -5 0 5 10 15)")
+    p.add_argument("--num-mixtures", type=int, default=20, help="mixtures per SNR (default: 20)")
+    p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS",
+                   help="longest mixture; shorter voice files give shorter mixtures (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixtures (default: 0)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="evaluation rate when no model is given (default: 8000); with models, their rate")
+    p.add_argument("--systems", nargs="+", default=None, metavar="NAME",
+                   help="score only these systems (names as in the tables)")
+    p.add_argument("--reference-recipe", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run each model the way the reference project did (default: on)")
+    p.add_argument("--pesq", action=argparse.BooleanOptionalAction, default=True, help="compute PESQ (default: on)")
+    p.add_argument("--stoi", action=argparse.BooleanOptionalAction, default=True, help="compute STOI (default: on)")
+    _common_model_args(p)
+    p.add_argument("--examples", type=int, default=3, help="items shown in examples.png (default: 3)")
+    p.add_argument("--save-audio", action=argparse.BooleanOptionalAction, default=False,
+                   help="also write the example items' clean, noisy and enhanced audio under OUTPUT/audio/")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the report")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from predictor.enhance import PRETRAINED_DIR
+    from predictor.evaluate import run_evaluation
+
+    models = dict(args.model or [])
+    if args.model and len(models) != len(args.model):
+        raise ValueError(f"--model names must be unique. Received: {[name for name, _ in args.model]}")
+    if not models:
+        if os.path.isfile(os.path.join(PRETRAINED_DIR, "model.json")):
+            models = {"pretrained": PRETRAINED_DIR}
+        else:
+            logger.warning("no --model given and no shipped model: scoring the baselines only")
+    results = run_evaluation(
+        args.output, models=models, noisy_dir=args.noisy_dir, clean_dir=args.clean_dir, voice_dir=args.voice_dir,
+        noise_dir=args.noise_dir, snrs=args.snrs, num_mixtures=args.num_mixtures, duration=args.duration,
+        seed=args.seed, sample_rate=args.sample_rate, systems=args.systems, reference_recipe=args.reference_recipe,
+        with_pesq=args.pesq, with_stoi=args.stoi, batch_size=args.batch_size, overlap=args.overlap,
+        num_examples=args.examples, save_audio=args.save_audio)
+    with open(results["paths"]["markdown"], encoding="utf-8") as f:
+        text = f.read()
+    start = text.find("## Overall")
+    print(text[start: text.find("\n## ", start + 1)].strip())
+    print("\nwritten: " + ", ".join(results["paths"].values()))
+    return 0

@@ -1,0 +1,199 @@
+"""Baselines, evaluation items, and the evaluation end to end on a model trained here."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import soundfile
+
+import speech_enhance
+from predictor import baselines, evaluate, metrics
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.spectrogram import hann_window, stft
+from trainer.model_dir import save_model_dir
+from trainer.targets import model_input, model_target
+from trainer_fixtures import make_example, synth_noise, synth_voice
+
+CONFIG = SpectrogramConfig()
+RATE = CONFIG.sample_rate
+
+
+def mixture(seconds=4.0, snr=0.0, kind="white", seed=0):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    clean = 0.1 * synth_voice(rng, n, RATE)
+    noise = synth_noise(rng, n, RATE, kind)
+    noise *= np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr / 10))
+    return clean, (clean + noise).astype(np.float32)
+
+
+def test_oracle_beats_the_noisy_input():
+    clean, noisy = mixture(snr=0.0)
+    oracle = baselines.oracle(noisy, clean, CONFIG)
+    assert oracle.shape == noisy.shape
+    assert metrics.si_sdr(clean, oracle) > metrics.si_sdr(clean, noisy) + 5.0
+
+
+@pytest.mark.parametrize("method", ["minimum_statistics", "quietest"])
+def test_noise_estimates_find_the_level_of_white_noise(method):
+    sigma = 0.05
+    noise = sigma * np.random.default_rng(0).standard_normal(5 * RATE).astype(np.float32)
+    power = np.abs(stft(noise, CONFIG)).astype(np.float64) ** 2
+    expected = sigma**2 * np.sum(hann_window(CONFIG.n_fft).astype(np.float64) ** 2)
+    estimate = baselines.noise_power(power, CONFIG, method)
+    assert estimate.shape == power.shape
+    error_db = 10 * np.log10(np.median(estimate[:, 5:-5]) / expected)
+    assert abs(error_db) < 2.0
+
+
+def test_classical_baselines_improve_stationary_noise():
+    clean, noisy = mixture(snr=0.0)
+    before = metrics.si_sdr(clean, noisy)
+    for name, fn in [("spectral subtraction", lambda x: baselines.spectral_subtraction(x, CONFIG)),
+                     ("wiener", lambda x: baselines.wiener_filter(x, CONFIG)),
+                     ("noisereduce", lambda x: baselines.spectral_gating(x, RATE, stationary=True))]:
+        out = fn(noisy)
+        assert out.shape == noisy.shape and out.dtype == np.float32, name
+        assert metrics.si_sdr(clean, out) > before + 2.0, name
+    assert baselines.spectral_gating(noisy, RATE, stationary=False).shape == noisy.shape
+
+
+def test_reference_recipe_loses_the_level_and_drops_the_tail():
+    def identity(x):  # the noise target with zero output leaves the magnitude as it is
+        return np.zeros(x.shape[:-1], np.float32)
+
+    n = CONFIG.window_samples
+    _, x = mixture(seconds=3.5 * n / RATE)
+    recipe = baselines.ReferenceRecipe(identity, CONFIG, "noise")
+    y = recipe.enhance(x)
+    assert y.shape == x.shape
+    assert not np.any(y[3 * n:])  # the tail that does not fill a window is dropped
+    for w in range(3):  # each window: peak-normalised (peak bin = 1.0), times 10
+        window = x[w * n: (w + 1) * n]
+        peak = np.abs(stft(window, CONFIG)).max()
+        np.testing.assert_allclose(y[w * n: (w + 1) * n], 10.0 * window / peak, atol=1e-4)
+    # The level is lost: a 40 dB quieter input comes out just as loud.
+    np.testing.assert_allclose(recipe.enhance(0.01 * x), y, atol=1e-4)
+    padded = baselines.ReferenceRecipe(identity, CONFIG, "noise", tail="pad").enhance(x)
+    assert np.any(padded[3 * n:])
+    assert not np.any(recipe.enhance(x[: n // 2]))  # shorter than a window: silent, as skipped
+
+
+def write(path, data, rate):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    soundfile.write(path, data, rate)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Held-out voices (16 kHz flac, so they get resampled) and noises with classes."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(42)
+    for i, seconds in enumerate((1.5, 5.0, 6.0)):
+        voice = 0.1 * synth_voice(rng, int(seconds * 16000), 16000)
+        write(str(root / "voices" / f"speaker{i}" / f"utt{i}.flac"), voice, 16000)
+    for name, kind, seconds in (("hum.wav", "hum", 3.0), ("white.wav", "white", 1.0),
+                                ("traffic/rumble.wav", "brown", 4.0), ("loose.wav", "white", 2.0)):
+        write(str(root / "noises" / name), 0.05 * synth_noise(rng, int(seconds * RATE), RATE, kind), RATE)
+    (root / "noises" / "classes.tsv").write_text("file\tclass\nhum.wav\thum\nwhite.wav\thiss\n")
+    return root
+
+
+def test_noise_classes_from_tsv_then_folder_then_unknown(corpus):
+    files = ["hum.wav", "white.wav", "traffic/rumble.wav", "loose.wav"]
+    classes = evaluate.noise_classes(str(corpus / "noises"), files)
+    assert classes == {"hum.wav": "hum", "white.wav": "hiss", "traffic/rumble.wav": "traffic", "loose.wav": "unknown"}
+
+
+def test_mixtures_are_deterministic_and_at_the_asked_snr(corpus):
+    kwargs = dict(snrs=(-5.0, 5.0), num_mixtures=4, duration=2.0, sample_rate=RATE, seed=3)
+    items = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
+    again = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
+    assert [it.item_id for it in items] == [f"snr{s:+g}-{i:04d}" for s in (-5, 5) for i in range(4)]
+    for a, b in zip(items, again):
+        np.testing.assert_array_equal(a.noisy, b.noisy)
+        assert a.source == b.source
+    for it in items:
+        assert it.snr_db == pytest.approx(it.snr_bin, abs=0.01)
+        assert it.noisy.shape == it.clean.shape and it.noisy.shape[0] <= 2 * RATE
+        assert np.max(np.abs(it.noisy)) <= evaluate.PEAK_LIMIT + 1e-6
+        assert it.noise_class in {"hum", "hiss", "traffic", "unknown"}
+    other = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **{**kwargs, "seed": 4})
+    assert any(not np.array_equal(a.noisy, b.noisy) for a, b in zip(items, other))
+
+
+def test_paired_items_match_by_relative_path(tmp_path):
+    for i, snr in enumerate((-4.0, 11.0)):
+        clean, noisy = mixture(seconds=1.0, snr=snr, seed=i)
+        write(str(tmp_path / "clean" / "set" / f"{i}.flac"), clean, RATE)
+        write(str(tmp_path / "noisy" / "set" / f"{i}.wav"), noisy, RATE)
+    write(str(tmp_path / "noisy" / "orphan.wav"), clean, RATE)
+    items = evaluate.paired_items(str(tmp_path / "noisy"), str(tmp_path / "clean"), sample_rate=RATE)
+    assert [(it.item_id, it.snr_bin, it.noise_class) for it in items] == [
+        ("set/0", -5.0, "set"), ("set/1", 10.0, "set")]
+    assert items[0].snr_db == pytest.approx(-4.0, abs=0.05)
+    results = evaluate.run_evaluation(str(tmp_path / "report"), noisy_dir=str(tmp_path / "noisy"),
+                                      clean_dir=str(tmp_path / "clean"), systems=["noisy", "oracle"], with_pesq=False)
+    overall = results["aggregates"]["overall"]
+    assert overall["oracle"]["si_sdr"] > overall["noisy"]["si_sdr"]
+    assert overall["noisy"]["si_sdri"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_evaluate_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="either --noisy-dir and --clean-dir .* or --voice-dir and --noise-dir"):
+        evaluate.run_evaluation(str(tmp_path), noisy_dir="a", voice_dir="b")
+    with pytest.raises(ValueError, match="Unknown system names \\['nope'\\]"):
+        evaluate.run_evaluation(str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"])
+
+
+def train_tiny_model(directory):
+    """A three-layer conv net fitted for a few epochs on mixtures made like the dataset's."""
+    examples = [make_example(CONFIG, "train", i, seed=0) for i in range(32)]
+    x = np.stack([model_input(e["noisy_magnitude"], CONFIG) for e in examples])[..., None]
+    y = np.stack([model_target(e["noisy_magnitude"], e["clean_magnitude"], "noise", CONFIG)
+                  for e in examples])[..., None]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*CONFIG.shape, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    outputs = keras.layers.Conv2D(1, 3, padding="same", activation="tanh")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    history = model.fit(x, y, batch_size=8, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    return save_model_dir(model, directory, config=CONFIG, target="noise", training={"epochs": 4})
+
+
+def test_evaluation_runs_end_to_end_on_a_model_trained_here(corpus, tmp_path, capsys):
+    model_dir = train_tiny_model(str(tmp_path / "tiny"))
+    out = tmp_path / "report"
+    code = speech_enhance.main([
+        "evaluate", "--model", f"tiny={model_dir}", "--voice-dir", str(corpus / "voices"),
+        "--noise-dir", str(corpus / "noises"), "--snrs", "0", "10", "--num-mixtures", "2", "--duration", "2",
+        "--examples", "2", "--save-audio", "--output", str(out)])
+    assert code == 0
+    systems = ["noisy", "tiny", "tiny-reference-recipe", "spectral-subtraction", "wiener", "noisereduce-stationary",
+               "noisereduce-nonstationary", "oracle"]
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["systems"]] == systems
+    assert results["snr_bins"] == [0.0, 10.0] and results["pesq_mode"] == "nb" and results["num_items"] == 4
+    assert results["source"]["kind"] == "mixtures" and results["spectrogram"] == CONFIG.to_dict()
+    for item in results["items"]:
+        assert set(item["scores"]) == set(systems)
+        for scores in item["scores"].values():
+            assert set(scores) == {"si_sdr", "si_sdri", "pesq", "stoi"}
+            assert all(v is None or np.isfinite(v) for v in scores.values())
+    for system in systems:
+        assert set(results["aggregates"]["by_snr"][system]) == {"0", "10"}
+        assert sum(v["count"] for v in results["aggregates"]["by_noise_class"][system].values()) == 4
+    assert results["aggregates"]["overall"]["oracle"]["si_sdr"] > results["aggregates"]["overall"]["noisy"]["si_sdr"]
+    report = (out / "results.md").read_text()
+    for text in systems + ["| 0 |", "| 10 |", "0 dB", "10 dB", "PESQ (nb)"] + results["noise_classes"]:
+        assert text in report, text
+    for png in ("si_sdri_vs_snr.png", "examples.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert len(os.listdir(out / "audio")) == 2
+    assert "## Overall" in capsys.readouterr().out
