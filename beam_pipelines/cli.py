@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     out.add_argument("--output", required=True, help="dataset folder (local or gs://)")
     out.add_argument("--num-examples", type=int, default=2000, help="examples over all splits (default: %(default)s)")
     out.add_argument("--shard-size-mb", type=_range, default=(100.0, 200.0), metavar="MIN:MAX",
-                     help="target shard size range in MB (default: 100:200)")
+                     help="target shard size range in MiB (2**20 bytes; default: 100:200)")
     out.add_argument("--compression", choices=["none", "gzip"], default="none", help="shard compression")
     out.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="spectrogram storage dtype")
     out.add_argument("--sample-rate", type=int, default=8000,

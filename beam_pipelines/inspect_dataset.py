@@ -56,9 +56,9 @@ def summarize(info: dict) -> dict[str, Any]:
     for split, s in info["splits"].items():
         sizes = [sh["num_bytes"] for sh in s["shards"]]
         rows[split] = {
-            "examples": s["num_examples"], "shards": len(sizes), "megabytes": s["num_bytes"] / 1e6,
+            "examples": s["num_examples"], "shards": len(sizes), "mebibytes": s["num_bytes"] / 2**20,
             "bytes_per_example": s["num_bytes"] / max(1, s["num_examples"]),
-            "shard_mb_min": min(sizes) / 1e6, "shard_mb_max": max(sizes) / 1e6,
+            "shard_mib_min": min(sizes) / 2**20, "shard_mib_max": max(sizes) / 2**20,
             "snr_db": s.get("snr_db", {}),
         }
     return {"splits": rows, "rejects": info.get("rejects", {}), "seed": info.get("seed"),
@@ -73,11 +73,11 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
     lines = [f"dataset {dataset}: schema v{info['schema_version']}, {cfg['sample_rate']} Hz, window "
              f"{cfg['window_samples']} samples, n_fft {cfg['n_fft']}, hop {cfg['hop_length']}, {cfg['dtype']}, "
              f"compression {summary['compression'] or 'none'}, seed {summary['seed']}",
-             f"{'split':<6} {'examples':>9} {'shards':>6} {'MB':>9} {'bytes/ex':>9} {'shard MB min-max':>17} {'SNR dB min/mean/max':>21}"]
+             f"{'split':<6} {'examples':>9} {'shards':>6} {'MiB':>9} {'bytes/ex':>9} {'shard MiB min-max':>17} {'SNR dB min/mean/max':>21}"]
     for name, r in summary["splits"].items():
         snr = r["snr_db"]
-        lines.append(f"{name:<6} {r['examples']:>9} {r['shards']:>6} {r['megabytes']:>9.1f} {r['bytes_per_example']:>9.0f} "
-                     f"{r['shard_mb_min']:>8.1f}-{r['shard_mb_max']:<8.1f} "
+        lines.append(f"{name:<6} {r['examples']:>9} {r['shards']:>6} {r['mebibytes']:>9.1f} {r['bytes_per_example']:>9.0f} "
+                     f"{r['shard_mib_min']:>8.1f}-{r['shard_mib_max']:<8.1f} "
                      f"{snr.get('min', float('nan')):>6.1f}/{snr.get('mean', float('nan')):.1f}/{snr.get('max', float('nan')):.1f}")
     rej = summary["rejects"]
     lines.append(f"rejected inputs: {rej.get('count', 0)} {rej.get('by_reason', {})}")

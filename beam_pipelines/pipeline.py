@@ -296,7 +296,7 @@ class AssembleShard(beam.DoFn):
         FileSystems.rename([tmp], [path])
         FileSystems.delete([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
-        LOG.info("wrote %s (%d examples, %.1f MB)", name, sum(p["count"] for p in parts), size / 1e6)
+        LOG.info("wrote %s (%d examples, %.1f MiB)", name, sum(p["count"] for p in parts), size / 2**20)
         yield {"split": split, "shard": shard, "file": name, "num_examples": sum(p["count"] for p in parts),
                "num_bytes": size, "snr_db": [v for p in parts for v in p["snr_db"]],
                "levels": [v for p in parts for v in p["levels"]],
