@@ -92,24 +92,6 @@ class ChunkSpec:
         return shard_name(self.split, self.shard, self.num_shards)
 
 
-def tune_malloc() -> None:
-    """Keeps glibc from returning every freed 128 KB array to the kernel.
-
-    A spectrogram pair is exactly the size at which glibc serves allocations with mmap, so every
-    numpy temporary costs page faults: about 4x slower example generation. Raising the mmap and trim
-    thresholds keeps those blocks in the heap. No-op where glibc is not the allocator.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def bytes_per_example(config: SpectrogramConfig) -> int:
     frames, bins = config.shape
     return 4 * frames * bins * config.bytes_per_value + METADATA_BYTES

@@ -39,6 +39,7 @@ from tfrecord_schema import SCHEMA_VERSION
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
 from tfrecord_schema.records import RecordWriter
+from tfrecord_schema.spectrogram import tune_malloc
 
 LOG = logging.getLogger(__name__)
 NAMESPACE = "speech_enhance.dataset"
@@ -234,7 +235,7 @@ class WriteChunk(beam.DoFn):
         self.opts, self.work_dir = opts, work_dir
 
     def setup(self) -> None:
-        ex.tune_malloc()
+        tune_malloc()
         self.cache = ex.SourceCache(lambda key: ex.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")

@@ -34,8 +34,9 @@ def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     from beam_pipelines import examples as ex
     from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.records import RecordWriter
+    from tfrecord_schema.spectrogram import tune_malloc
 
-    ex.tune_malloc()
+    tune_malloc()
     config = SpectrogramConfig()
     arrays, sources = {}, []
     t0 = time.perf_counter()

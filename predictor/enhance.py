@@ -38,7 +38,7 @@ import numpy as np
 
 from predictor import audio_io
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.spectrogram import istft, stft
+from tfrecord_schema.spectrogram import istft, stft, tune_malloc
 from trainer.targets import check_target, enhance_magnitude, model_input
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ DEFAULT_OVERLAP = 0.5
 # Threads for the numpy and file work around the model (reading, resampling, STFT, inverse STFT,
 # writing). numpy, scipy.fft, soxr and libsndfile release the GIL, so this work overlaps the
 # model's and, on a machine with many cores, keeps a GPU fed.
-DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+DEFAULT_WORKERS = min(16, os.cpu_count() or 1)
 
 
 def resolve_model_dir(model_dir: str | None) -> str:
@@ -188,6 +188,7 @@ class Enhancer:
             raise ValueError(f"workers must be an integer >= 0. Received: workers={workers!r}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1) (a fraction of a window). Received: overlap={overlap!r}")
+        tune_malloc()  # the STFT work handles arrays of the size glibc would mmap and unmap each time
         self.model = model
         self.config = config
         self.target = target
