@@ -9,6 +9,7 @@
 #   train-mask-weighted, train-noise-weighted
 #                   the same with the loss weighted by the noisy magnitude (--loss-weighting magnitude)
 #   bench           training throughput (tf.data vs in-memory) and GPU prediction speed
+#   bench-train, bench-predict   one of the two
 # Outputs (for the caller to keep) go to $OUT.
 set -euo pipefail
 export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -41,9 +42,12 @@ for stage in "$@"; do
       cp "$HOME/work-$name"/*.csv "$HOME/work-$name"/*.png "$MODELS/$name/" 2>/dev/null || true
       tar -C "$MODELS" -cf "$OUT/model-$name.tar" "$name"
       ;;
-    bench)
+    bench|bench-train)
       python3 benchmarks/train_throughput.py --dataset "$DS" --backend jax --batch-size 256 --precision bfloat16 \
         --steps 300 --json "$OUT/train_throughput_gpu.json" 2>&1 | tail -25
+      [ "$stage" = bench-train ] && continue
+      ;;&
+    bench|bench-predict)
       python3 benchmarks/predict_speed.py --model "$MODELS/${BENCH_MODEL:-mask}" --batch-sizes 64 256 1024 \
         --total-seconds "${BENCH_SECONDS:-1800}" \
         --json "$OUT/predict_speed_gpu.json" 2>&1 | tail -25
