@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         seen.add(module_name)
         try:
             module = importlib.import_module(module_name)
-        except ImportError as err:  # a package under development may not exist yet
+        except ImportError as err:  # a command whose optional dependencies are not installed
             logging.getLogger(__name__).debug("skipping %s: %s", module_name, err)
             continue
         module.register(subparsers)
