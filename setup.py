@@ -22,9 +22,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*"]),
+    # predictor/pretrained holds the shipped model (data, no code): listed so its files install too.
+    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*"])
+    + ["predictor.pretrained"],
     py_modules=["speech_enhance"],
-    package_data={"predictor": ["pretrained/*"]},
+    package_data={"predictor.pretrained": ["*.keras", "*.json", "*.md"]},
     include_package_data=True,
     install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
     extras_require={
