@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+from typing import BinaryIO
 
 import numpy as np
 
@@ -41,27 +42,41 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def read_samples(fileobj: BinaryIO, name: str) -> tuple[np.ndarray, int, str | None]:
+    """Decodes wav/flac/ogg from an open binary file, as the toolkit reads all audio.
+
+    Returns (float32 [samples, channels], sample rate in Hz, soundfile subtype such as "PCM_16").
+    Raises AudioError("unreadable" | "empty" | "not_finite") naming the file.
+    """
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(fileobj) as f:
+            subtype = f.subtype
+            samples = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioError("unreadable", f"{name}: cannot decode audio ({type(err).__name__}: {err})") from err
+    if samples.shape[0] == 0:
+        raise AudioError("empty", f"{name}: the file holds no samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("not_finite", f"{name}: the audio holds NaN or infinite samples")
+    return samples, int(rate), subtype
+
+
 def decode_audio(data: bytes, name: str, sample_rate: int) -> tuple[np.ndarray, dict]:
     """Decodes wav/flac/ogg bytes to mono float32 at `sample_rate`.
 
     Multi-channel audio is downmixed by averaging the channels. Returns (samples, source info).
-    Raises AudioError("unreadable" | "empty") naming the file.
+    Raises AudioError("unreadable" | "empty" | "not_finite") naming the file.
     """
-    import soundfile
     import soxr
 
     if not data:
         raise AudioError("empty", f"{name}: the file is empty (0 bytes)")
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises several types for corrupt input
-        raise AudioError("unreadable", f"{name}: cannot decode audio ({type(err).__name__}: {err})") from err
-    if samples.shape[0] == 0:
-        raise AudioError("empty", f"{name}: the file holds no samples")
-    info = {"source_rate": int(rate), "channels": int(samples.shape[1]), "source_samples": int(samples.shape[0])}
+    samples, rate, _ = read_samples(io.BytesIO(data), name)
+    info = {"source_rate": rate, "channels": int(samples.shape[1]), "source_samples": int(samples.shape[0])}
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise AudioError("unreadable", f"{name}: the audio holds NaN or infinite samples")
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32), info

@@ -12,20 +12,14 @@ import os
 
 import numpy as np
 
+# One reader for the whole toolkit: the dataset job decodes its inputs with the same function.
+from beam_pipelines.audio import AUDIO_EXTENSIONS, AudioError, read_samples
+
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # soundfile format name for each extension we write.
 FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 _INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
-
-
-class AudioError(ValueError):
-    """A file that cannot be used as input; `reason` is a short tag ("unreadable", "empty", ...)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,24 +87,16 @@ def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list
 def read_audio(path: str) -> Audio:
     """Reads a wav/flac/ogg file (any rate and channel count) as float32 [samples, channels].
 
-    Raises AudioError("unreadable" | "empty" | "not finite") naming the file.
+    Raises AudioError("unreadable" | "empty" | "not_finite") naming the file.
     """
-    import soundfile
-
     try:
         if os.path.getsize(path) == 0:
             raise AudioError("empty", f"{path}: the file is empty (0 bytes)")
-        with soundfile.SoundFile(path) as f:
-            subtype = f.subtype
-            samples = f.read(dtype="float32", always_2d=True)
-            rate = f.samplerate
-    except (soundfile.SoundFileError, RuntimeError, OSError) as err:
-        raise AudioError("unreadable", f"{path}: cannot decode audio ({type(err).__name__}: {err})") from err
-    if samples.shape[0] == 0:
-        raise AudioError("empty", f"{path}: the file holds no samples")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError("not finite", f"{path}: the audio holds NaN or infinite samples")
-    return Audio(samples=samples, sample_rate=int(rate), subtype=subtype)
+        with open(path, "rb") as f:
+            samples, rate, subtype = read_samples(f, path)
+    except OSError as err:
+        raise AudioError("unreadable", f"{path}: cannot read ({type(err).__name__}: {err})") from err
+    return Audio(samples=samples, sample_rate=rate, subtype=subtype)
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

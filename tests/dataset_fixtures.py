@@ -54,6 +54,10 @@ def add_bad_inputs(voice_dir: str, noise_dir: str) -> dict[str, tuple[str, str]]
     bad["bad/202-9-0000.wav"] = ("voice", "too_short")
     soundfile.write(os.path.join(voice_dir, "bad", "203-9-0000.wav"), np.zeros(20000, np.float32), 8000)
     bad["bad/203-9-0000.wav"] = ("voice", "silent")
+    poisoned = np.full(20000, 0.1, np.float32)
+    poisoned[500] = np.nan
+    soundfile.write(os.path.join(voice_dir, "bad", "204-9-0000.wav"), poisoned, 8000, subtype="FLOAT")
+    bad["bad/204-9-0000.wav"] = ("voice", "not_finite")
     soundfile.write(os.path.join(noise_dir, "hush.wav"), np.zeros(16000, np.float32), 16000)
     bad["hush.wav"] = ("noise", "silent")
     soundfile.write(os.path.join(noise_dir, "blip.wav"), np.ones(400, np.float32) * 0.3, 16000)
