@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 from typing import BinaryIO
 
@@ -17,6 +18,13 @@ class AudioError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def join_path(base: str, *parts: str) -> str:
+    """Joins path parts for a local path or any filesystem Beam knows (gs://...)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
 
 
 def list_audio(root: str) -> list[str]:

@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import io
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 

@@ -11,14 +11,15 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from tfrecord_schema import decode
-from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info
+from beam_pipelines.audio import join_path
+from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files
 from tfrecord_schema.records import read_records
 
 LOG = logging.getLogger(__name__)
 
 
 def load_info(dataset: str) -> dict[str, Any]:
-    path = FileSystems.join(dataset.rstrip("/"), INFO_FILE) if "://" in dataset else os.path.join(dataset, INFO_FILE)
+    path = join_path(dataset, INFO_FILE)
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"{dataset} holds no {INFO_FILE}: not a finished dataset. Build one with "
                                 "`speech-enhance dataset`.")
@@ -28,8 +29,9 @@ def load_info(dataset: str) -> dict[str, Any]:
 
 def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict]:
     out: list[dict] = []
-    for shard in info["splits"].get(split, {}).get("shards", []):
-        path = f"{dataset.rstrip('/')}/{shard['file']}"
+    if split not in info["splits"]:
+        return out
+    for path in shard_files(info, dataset, split):
         with FileSystems.open(path) as f:
             for record in read_records(f, info.get("compression", ""), name=path):
                 out.append(decode(record))

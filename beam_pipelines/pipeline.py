@@ -14,7 +14,6 @@ the dataset grows.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -37,7 +36,7 @@ from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
 from tfrecord_schema import SCHEMA_VERSION
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
+from tfrecord_schema.dataset_info import INFO_FILE, SPLITS, shard_name
 from tfrecord_schema.records import RecordWriter
 from tfrecord_schema.spectrogram import tune_malloc
 
@@ -79,10 +78,6 @@ class DatasetOptions:
         for split in self.write_audio:
             if split not in SPLITS:
                 raise ValueError(f"--write-audio takes split names from {SPLITS}. Received: {split!r}")
-
-
-def _join(base: str, *parts: str) -> str:
-    return FileSystems.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -127,7 +122,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
     table: dict[str, str] = {}
     classes_source = "parent folder"
     candidates = [opts.noise_classes_file] if opts.noise_classes_file else [
-        _join(opts.noise_dir, "classes.tsv"), _join(opts.noise_dir, "meta", "esc50.csv")]
+        audio_lib.join_path(opts.noise_dir, "classes.tsv"), audio_lib.join_path(opts.noise_dir, "meta", "esc50.csv")]
     for candidate in candidates:
         if candidate and FileSystems.exists(candidate):
             table = splits_lib.read_class_table(_read_text(candidate))
@@ -191,7 +186,7 @@ class DecodeSource(beam.DoFn):
         self.decoded = Metrics.counter(NAMESPACE, f"{self.role}_files_decoded")
 
     def process(self, entry: dict):
-        path = _join(self.root, entry["file"])
+        path = audio_lib.join_path(self.root, entry["file"])
         try:
             try:
                 data = audio_lib.read_bytes(path)
@@ -204,7 +199,7 @@ class DecodeSource(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.REJECTS, {
                 "role": self.role, "file": entry["file"], "reason": err.reason, "message": str(err)})
             return
-        key = _join(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}.npy")
+        key = audio_lib.join_path(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}.npy")
         _write_atomic(key, ex.dump_npy(samples))
         self.decoded.inc()
         yield ex.Source(role=self.role, file=entry["file"], group=entry["group"], split=entry["split"],
@@ -252,7 +247,7 @@ class WriteChunk(beam.DoFn):
         with RecordWriter(buf, self.opts.compression) as writer:
             for record in result.records:
                 writer.write(record)
-        part = _join(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
+        part = audio_lib.join_path(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
         _write_atomic(part, buf.getvalue())
         if keep_audio:
             self._write_audio(spec.split, result.audio)
@@ -269,7 +264,7 @@ class WriteChunk(beam.DoFn):
             for kind, signal in (("noisy", mixture), ("clean", clean)):
                 buf = io.BytesIO()
                 soundfile.write(buf, signal, self.opts.config.sample_rate, format="WAV", subtype="FLOAT")
-                _write_atomic(_join(self.opts.output, "audio", split, kind, f"{example_id}.wav"), buf.getvalue())
+                _write_atomic(audio_lib.join_path(self.opts.output, "audio", split, kind, f"{example_id}.wav"), buf.getvalue())
 
 
 class AssembleShard(beam.DoFn):
@@ -284,8 +279,8 @@ class AssembleShard(beam.DoFn):
         parts = sorted(parts, key=lambda p: p["chunk"])
         if [p["chunk"] for p in parts] != list(range(parts[0]["num_chunks"])):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
-        name = ex.ChunkSpec(split, shard, num_shards, 0, 1, 0, 0).shard_file
-        path = _join(self.output, name)
+        name = shard_name(split, shard, num_shards)
+        path = audio_lib.join_path(self.output, name)
         tmp = f"{path}.incomplete-{uuid.uuid4().hex[:8]}"
         size = 0
         with FileSystems.create(tmp) as out:
@@ -308,11 +303,11 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], op
              plan: Plan, arguments: dict, work_dir: str, started: float) -> dict:
     """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json; removes scratch."""
     rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
-    _write_atomic(_join(opts.output, REJECTS_FILE),
+    _write_atomic(audio_lib.join_path(opts.output, REJECTS_FILE),
                   "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     split_map = {"voices": {v["file"]: v["split"] for v in plan.voices},
                  "noises": {n["file"]: n["split"] for n in plan.noises}}
-    _write_atomic(_join(opts.output, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
+    _write_atomic(audio_lib.join_path(opts.output, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
 
     splits_info: dict[str, Any] = {}
     snr_hist, level_hist = {}, {}
@@ -358,13 +353,13 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], op
         "rejects": {"count": len(rejects), "by_reason": reasons, "file": REJECTS_FILE},
         "build_seconds": round(time.time() - started, 2),
     }
-    _write_atomic(_join(opts.output, INFO_FILE), json.dumps(info, indent=1).encode())
+    _write_atomic(audio_lib.join_path(opts.output, INFO_FILE), json.dumps(info, indent=1).encode())
     _delete_tree(work_dir)
     return info
 
 
 def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float):
-    work_dir = _join(opts.output, WORK_DIR)
+    work_dir = audio_lib.join_path(opts.output, WORK_DIR)
     decoded = {}
     for role, entries, root in (("voice", plan.voices, opts.voice_dir), ("noise", plan.noises, opts.noise_dir)):
         label = "Voices" if role == "voice" else "Noises"
@@ -412,14 +407,14 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
                 arguments: dict | None = None) -> dict:
     """Builds the dataset described by `opts`; returns its dataset_info (also written to disk)."""
     started = time.time()
-    info_path = _join(opts.output, INFO_FILE)
+    info_path = audio_lib.join_path(opts.output, INFO_FILE)
     if FileSystems.exists(info_path) and not opts.overwrite:
         raise FileExistsError(f"{opts.output} already holds a dataset ({INFO_FILE}); pass --overwrite to replace it "
                               "or choose another --output.")
     plan = make_plan(opts)
     if opts.overwrite and FileSystems.exists(opts.output.rstrip("/")):
-        stale = [m.path for m in FileSystems.match([_join(opts.output, "*.tfrecord-*")])[0].metadata_list]
-        for extra in (info_path, _join(opts.output, WORK_DIR), _join(opts.output, "audio")):
+        stale = [m.path for m in FileSystems.match([audio_lib.join_path(opts.output, "*.tfrecord-*")])[0].metadata_list]
+        for extra in (info_path, audio_lib.join_path(opts.output, WORK_DIR), audio_lib.join_path(opts.output, "audio")):
             if FileSystems.exists(extra):
                 stale.append(extra)
         if stale:

@@ -68,8 +68,6 @@ def enhance_magnitude(noisy_magnitude: np.ndarray, prediction: np.ndarray, targe
 # --- TensorFlow (graph-safe; used by the tf.data input pipeline) ------------------------------
 
 def tf_model_input(noisy_magnitude, config: SpectrogramConfig):
-    import tensorflow as tf
-
     db = _tf_db(noisy_magnitude, config)
     return (db - config.input_offset_db) / config.input_scale_db
 
