@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 from typing import BinaryIO
 
 import numpy as np
+
+from tfrecord_schema import paths
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
@@ -21,33 +22,24 @@ class AudioError(ValueError):
 
 
 def join_path(base: str, *parts: str) -> str:
-    """Joins path parts for a local path or any filesystem Beam knows (gs://...)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
+    """Joins path parts for a local path or a remote prefix (gs://...)."""
+    return paths.join(base, *parts)
 
 
 def list_audio(root: str) -> list[str]:
-    """Relative paths (posix, sorted) of every wav/flac/ogg file under `root`, recursively."""
-    from apache_beam.io.filesystems import FileSystems
+    """Relative paths (posix, sorted) of every wav/flac/ogg file under `root`, recursively.
 
-    base = root.rstrip("/")
-    if not FileSystems.exists(base):
-        raise FileNotFoundError(f"Audio folder not found: {root!r}. Pass an existing local folder or gs:// prefix.")
-    matches = FileSystems.match([base + "/**"])[0].metadata_list
-    rel = []
-    for meta in matches:
-        path = meta.path
-        if path.lower().endswith(AUDIO_EXTENSIONS):
-            rel.append(posixpath.relpath(path, base) if "://" not in base else path[len(base) + 1:])
-    return sorted(rel)
+    `root` is literal (a folder named `take[1]` is that folder). A missing local folder is an error;
+    a remote prefix with nothing below it gives [] (buckets have no empty folders).
+    """
+    if not paths.is_remote(root) and not os.path.isdir(root):
+        kind = "is a file, not a folder" if os.path.exists(root) else "not found"
+        raise FileNotFoundError(f"Audio folder {kind}: {root!r}. Pass an existing local folder or gs:// prefix.")
+    return [rel for rel in paths.list_files(root) if rel.lower().endswith(AUDIO_EXTENSIONS)]
 
 
 def read_bytes(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read()
+    return paths.read_bytes(path)
 
 
 def read_samples(fileobj: BinaryIO, name: str) -> tuple[np.ndarray, int, str | None]:

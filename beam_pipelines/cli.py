@@ -7,9 +7,61 @@ import os
 
 DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards.
 
-Arguments this command does not know are passed to Apache Beam, e.g. for Dataflow:
+Apache Beam's own options are passed to Beam, e.g. for Dataflow:
   --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
-Locally it runs on Beam's FnApiRunner with one process per core (--workers)."""
+Any other unknown option is an error. Locally the job runs on Beam's FnApiRunner with one process
+per core (--workers).
+
+The dataset is built in OUTPUT.incomplete beside OUTPUT and moved into place when finished: a failed
+build leaves an existing dataset as it was. OUTPUT must be new, empty, or a dataset (--overwrite)."""
+
+# Library argument names in error messages, as the flags a CLI user typed.
+_FLAG_NAMES = (("overwrite=True", "--overwrite"), ("assume_yes=True", "--yes"), ("voice_dir=", "--voice-dir "),
+               ("noise_dir=", "--noise-dir "), ("num_examples=", "--num-examples "), ("output=", "--output "),
+               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "))
+
+
+def _as_flags(message: str) -> str:
+    for name, flag in _FLAG_NAMES:
+        message = message.replace(name, flag)
+    return message
+
+
+def _shard_size(text: str) -> float:
+    """One number in MiB; the old MIN:MAX form is accepted and its MIN ignored (it was never used)."""
+    try:
+        value = float(text.split(":")[-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB, e.g. 200; received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size in MiB; received {text!r}")
+    return value
+
+
+def unknown_beam_args(args: list[str]) -> list[str]:
+    """The options in `args` that no Beam options class defines (Beam itself only warns about them).
+
+    Beam's own check (`PipelineOptions.get_all_options`) parses with every registered options class;
+    this does the same, with the runners' option classes that are installed imported first.
+    """
+    import importlib
+
+    from apache_beam.options import pipeline_options as po
+
+    for module in ("apache_beam.runners.dask.dask_runner", "apache_beam.runners.portability.flink_runner",
+                   "apache_beam.runners.portability.spark_runner"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # that runner's extra dependencies are not installed
+            pass
+    parser = po._BeamArgumentParser(allow_abbrev=False)  # the parser Beam itself uses for its options
+    classes = {}
+    for cls in po.PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(args))
+    return unknown
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -38,15 +90,19 @@ def register(subparsers) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--output", required=True, help="dataset folder (local or gs://)")
     out.add_argument("--num-examples", type=int, default=2000, help="examples over all splits (default: %(default)s)")
-    out.add_argument("--shard-size-mb", type=_range, default=(100.0, 200.0), metavar="MIN:MAX",
-                     help="target shard size range in MiB (2**20 bytes; default: 100:200)")
+    out.add_argument("--shard-size-mb", type=_shard_size, default=200.0, metavar="MAX",
+                     help="largest shard in MiB (2**20 bytes); shards are as even as possible (default: 200)")
     out.add_argument("--compression", choices=["none", "gzip"], default="none", help="shard compression")
     out.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="spectrogram storage dtype")
     out.add_argument("--sample-rate", type=int, default=8000,
                      help="model sample rate in Hz; STFT geometry is derived for multiples of 8000 (default: %(default)s)")
     out.add_argument("--write-audio", nargs="+", default=[], metavar="SPLIT",
                      help="also write these splits' mixtures and clean voices as wav pairs under OUTPUT/audio/SPLIT/")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the dataset in --output once the new one is finished (never a folder holding "
+                          "other files)")
+    out.add_argument("--yes", action="store_true",
+                     help="build even if the estimated size exceeds the free space of a local --output")
     mix = p.add_argument_group("mixing")
     mix.add_argument("--seed", type=int, default=0, help="global seed; with the same arguments, the same examples")
     levels = mix.add_mutually_exclusive_group()
@@ -68,10 +124,25 @@ def register(subparsers) -> None:
     q.add_argument("--examples", type=int, default=4, help="spectrogram pairs in the plot (default: %(default)s)")
     q.add_argument("--plot", default=None, help="PNG path (default: DATASET/inspect.png; local datasets only)")
     q.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+    q.add_argument("--verify", action="store_true",
+                   help="read every record: check CRCs, the record schema and counts (default: shard sizes only); "
+                        "exit status 1 when anything is damaged")
     q.set_defaults(func=run_inspect_command)
 
 
 def run_dataset_command(args, extra) -> int:
+    unknown = unknown_beam_args(extra)
+    if unknown:
+        flags = [a for a in unknown if a.startswith("-")] or unknown
+        raise ValueError(f"unknown option(s) {' '.join(flags)}: neither `speech-enhance dataset` nor Apache Beam "
+                         "defines them (see `speech-enhance dataset --help`).")
+    try:
+        return _run_dataset(args, extra)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        raise type(err)(_as_flags(str(err))) from err
+
+
+def _run_dataset(args, extra) -> int:
     from beam_pipelines import examples as ex
     from beam_pipelines.pipeline import DatasetOptions, run_dataset
     from beam_pipelines.splits import parse_fractions
@@ -91,21 +162,21 @@ def run_dataset_command(args, extra) -> int:
     else:
         mix = ex.MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
                             loudness_range_dbfs=args.loudness_dbfs)
-    lo, hi = args.shard_size_mb
     opts = DatasetOptions(
         voice_dir=voice_dir, noise_dir=noise_dir, output=args.output, num_examples=args.num_examples,
         config=config, mix=mix, split_fractions=parse_fractions(args.split_fractions), splits_file=args.splits_file,
-        noise_classes_file=args.noise_classes, shard_bytes=(int(lo * 2**20), int(hi * 2**20)),
+        noise_classes_file=args.noise_classes, max_shard_bytes=int(args.shard_size_mb * 2**20),
         chunk_size=args.chunk_size, compression="GZIP" if args.compression == "gzip" else "",
         write_audio=tuple(args.write_audio), overwrite=args.overwrite)
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "accepts_extra", "verbose", "command")}
     arguments.update(voice_dir=voice_dir, noise_dir=noise_dir, beam_args=list(extra))
-    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments)
+    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes)
     return 0
 
 
 def run_inspect_command(args, extra) -> int:
     from beam_pipelines.inspect_dataset import inspect_dataset
 
-    inspect_dataset(args.dataset, split=args.split, examples=args.examples, plot_path=args.plot, json_path=args.json)
-    return 0
+    summary = inspect_dataset(args.dataset, split=args.split, examples=args.examples, plot_path=args.plot,
+                              json_path=args.json, verify=args.verify)
+    return 1 if summary["problems"] else 0

@@ -163,6 +163,10 @@ def dump_npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class NoUsableSources(ValueError):
+    """A split that needs examples kept no usable voice or noise file."""
+
+
 class SplitSources:
     """The usable voices and noises of one split, ordered by file name, with window weights."""
 
@@ -170,13 +174,11 @@ class SplitSources:
         self.voices = sorted((s for s in sources if s.role == "voice" and s.split == split), key=lambda s: s.file)
         self.noises = sorted((s for s in sources if s.role == "noise" and s.split == split), key=lambda s: s.file)
         if not self.voices:
-            raise ValueError(
-                f"No usable voice file in split {split!r}: every voice file of its speakers was rejected or none "
-                "was assigned. See rejects.jsonl; add speakers or change --split-fractions.")
+            raise NoUsableSources(f"No usable voice file in split {split!r}: every voice file of its speakers was "
+                                  "rejected or none was assigned.")
         if not self.noises:
-            raise ValueError(
-                f"No usable noise file in split {split!r}: every noise file of this split was rejected or none "
-                "was assigned. See rejects.jsonl; add noise files or change --split-fractions.")
+            raise NoUsableSources(f"No usable noise file in split {split!r}: every noise file of this split was "
+                                  "rejected or none was assigned.")
         # Voices are drawn in proportion to the windows they hold: every second of speech is equally likely.
         self.cumulative = np.cumsum([s.num_samples - window + 1 for s in self.voices], dtype=np.float64)
 

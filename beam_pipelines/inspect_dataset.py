@@ -8,10 +8,8 @@ import os
 from typing import Any
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
-from tfrecord_schema import decode
-from beam_pipelines.audio import join_path
+from tfrecord_schema import decode, paths
 from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files
 from tfrecord_schema.records import read_records
 
@@ -19,12 +17,54 @@ LOG = logging.getLogger(__name__)
 
 
 def load_info(dataset: str) -> dict[str, Any]:
-    path = join_path(dataset, INFO_FILE)
-    if not FileSystems.exists(path):
+    path = paths.join(dataset, INFO_FILE)
+    if not paths.isfile(path):
         raise FileNotFoundError(f"{dataset} holds no {INFO_FILE}: not a finished dataset. Build one with "
                                 "`speech-enhance dataset`.")
-    with FileSystems.open(path) as f:
-        return parse_dataset_info(f.read().decode("utf-8"), path)
+    return parse_dataset_info(paths.read_bytes(path).decode("utf-8"), path)
+
+
+def check_shard_sizes(dataset: str, info: dict) -> list[str]:
+    """One message per shard that is missing or whose size differs from dataset_info.json (cheap: no read)."""
+    problems = []
+    for split, s in info["splits"].items():
+        for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
+            try:
+                actual = paths.size(path)
+            except (OSError, IndexError):
+                problems.append(f"{path}: missing")
+                continue
+            if actual != shard["num_bytes"]:
+                problems.append(f"{path}: {actual} bytes, dataset_info.json says {shard['num_bytes']} "
+                                f"({'truncated' if actual < shard['num_bytes'] else 'longer than written'})")
+    return problems
+
+
+def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
+    """Reads every record of every shard: both CRCs, the record schema, the per-shard and per-split counts.
+
+    Returns (one message per damaged shard, records read).
+    """
+    problems = check_shard_sizes(dataset, info)
+    damaged = {p.split(": ")[0] for p in problems}
+    records = 0
+    for split, s in info["splits"].items():
+        for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
+            if path in damaged:
+                continue
+            count = 0
+            try:
+                with paths.open_read(path) as f:
+                    for record in read_records(f, info.get("compression", ""), name=path):
+                        decode(record)
+                        count += 1
+            except (ValueError, OSError, EOFError) as err:
+                problems.append(f"{path}: {err}" if path in str(err) else f"{path}: record {count}: {err}")
+                continue
+            records += count
+            if count != shard["num_examples"]:
+                problems.append(f"{path}: {count} records, dataset_info.json says {shard['num_examples']}")
+    return problems, records
 
 
 def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict]:
@@ -32,7 +72,7 @@ def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict
     if split not in info["splits"]:
         return out
     for path in shard_files(info, dataset, split):
-        with FileSystems.open(path) as f:
+        with paths.open_read(path) as f:
             for record in read_records(f, info.get("compression", ""), name=path):
                 out.append(decode(record))
                 if len(out) >= count:
@@ -68,7 +108,9 @@ def summarize(info: dict) -> dict[str, Any]:
 
 
 def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_path: str | None = None,
-                    json_path: str | None = None) -> dict[str, Any]:
+                    json_path: str | None = None, verify: bool = False) -> dict[str, Any]:
+    """Prints a summary of the dataset, plots a few examples and checks its shards: their sizes always,
+    every record (CRCs, schema, counts) with `verify`. The summary's "problems" lists what is damaged."""
     info = load_info(dataset)
     summary = summarize(info)
     cfg = info["spectrogram"]
@@ -89,11 +131,24 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
             counts = np.sum([hist[key]["counts"][s] for s in hist[key]["counts"]], axis=0).tolist()
             lines.append(f"{title}:")
             lines.extend(_bars(hist[key]["edges"], counts, group=group))
+    if verify:
+        problems, records = verify_dataset(dataset, info)
+        checked = f"read all {records} records: CRCs, schema and counts"
+    else:
+        problems = check_shard_sizes(dataset, info)
+        checked = "shard sizes only; --verify reads every record"
+    summary["problems"] = problems
+    if problems:
+        lines.append(f"DAMAGED: {len(problems)} problem(s) found ({checked}):")
+        lines.extend(f"  {p}" for p in problems)
+        lines.append("Rebuild the dataset (speech-enhance dataset ... --overwrite).")
+    else:
+        lines.append(f"healthy ({checked})")
     print("\n".join(lines))
 
     if plot_path is None and "://" not in dataset:
         plot_path = os.path.join(dataset, "inspect.png")
-    if plot_path and examples > 0:
+    if plot_path and examples > 0 and not problems:
         items = read_examples(dataset, info, split, examples)
         if items:
             _plot(items, hist, plot_path)

@@ -19,22 +19,21 @@ import io
 import json
 import logging
 import os
-import posixpath
 import time
 import uuid
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import audio as audio_lib
+from beam_pipelines import output_layout as layout
 from beam_pipelines import examples as ex
 from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
-from tfrecord_schema import SCHEMA_VERSION
+from tfrecord_schema import SCHEMA_VERSION, paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, SPLITS, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -45,6 +44,7 @@ NAMESPACE = "speech_enhance.dataset"
 WORK_DIR = "_work"
 REJECTS_FILE = "rejects.jsonl"
 SPLITS_FILE = "splits.json"
+PROBLEMS_FILE = "_problems.json"
 MIN_NOISE_SECONDS = 0.1
 NOISE_SILENCE_RMS = 1e-4  # -80 dBFS
 
@@ -62,7 +62,7 @@ class DatasetOptions:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     splits_file: str | None = None
     noise_classes_file: str | None = None
-    shard_bytes: tuple[int, int] = (100 << 20, 200 << 20)
+    max_shard_bytes: int = 200 << 20
     chunk_size: int = 100
     compression: str = ""
     write_audio: tuple[str, ...] = ()
@@ -71,25 +71,14 @@ class DatasetOptions:
 
     def __post_init__(self) -> None:
         if self.num_examples <= 0:
-            raise ValueError(f"--num-examples must be positive. Received: {self.num_examples}")
-        lo, hi = self.shard_bytes
-        if not 0 < lo <= hi:
-            raise ValueError(f"--shard-size-mb takes MIN:MAX with 0 < MIN <= MAX. Received: {lo >> 20}:{hi >> 20}")
+            raise ValueError(f"num_examples must be positive. Received: num_examples={self.num_examples}")
+        if self.max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be positive. Received: max_shard_bytes={self.max_shard_bytes}")
+        if self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
         for split in self.write_audio:
             if split not in SPLITS:
-                raise ValueError(f"--write-audio takes split names from {SPLITS}. Received: {split!r}")
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.incomplete-{uuid.uuid4().hex[:8]}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
-
-
-def _delete_tree(path: str) -> None:
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+                raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
 
 
 # --- planning (in the launcher, before any worker starts) ----------------------------------------
@@ -124,7 +113,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
     candidates = [opts.noise_classes_file] if opts.noise_classes_file else [
         audio_lib.join_path(opts.noise_dir, "classes.tsv"), audio_lib.join_path(opts.noise_dir, "meta", "esc50.csv")]
     for candidate in candidates:
-        if candidate and FileSystems.exists(candidate):
+        if candidate and paths.isfile(candidate):
             table = splits_lib.read_class_table(_read_text(candidate))
             classes_source = candidate
             break
@@ -150,7 +139,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
         if n and not any(s == split for s in noise_split.values()):
             raise ValueError(f"Split {split!r} needs {n} examples but has no noise file: add noise files, "
                              "or set --split-fractions.")
-    chunks = ex.plan_chunks(counts, opts.config, opts.shard_bytes[1], opts.chunk_size)
+    chunks = ex.plan_chunks(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     voices = [{"file": f, "group": speakers[f], "split": voice_split[f]} for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "group": classes[f], "split": noise_split[f]} for f in noise_files if noise_split.get(f)]
     return Plan(voices, noises, chunks, counts, classes_source)
@@ -197,10 +186,11 @@ class DecodeSource(beam.DoFn):
         except audio_lib.AudioError as err:
             Metrics.counter(NAMESPACE, f"rejected_{err.reason}").inc()
             yield beam.pvalue.TaggedOutput(self.REJECTS, {
-                "role": self.role, "file": entry["file"], "reason": err.reason, "message": str(err)})
+                "role": self.role, "file": entry["file"], "split": entry["split"], "reason": err.reason,
+                "message": str(err)})
             return
         key = audio_lib.join_path(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}.npy")
-        _write_atomic(key, ex.dump_npy(samples))
+        paths.write_atomic(key, ex.dump_npy(samples))
         self.decoded.inc()
         yield ex.Source(role=self.role, file=entry["file"], group=entry["group"], split=entry["split"],
                         num_samples=int(samples.shape[0]), key=key).to_dict()
@@ -226,21 +216,26 @@ class DecodeSource(beam.DoFn):
 class WriteChunk(beam.DoFn):
     """Generates one chunk of examples into a part file in the scratch folder."""
 
-    def __init__(self, opts: DatasetOptions, work_dir: str) -> None:
-        self.opts, self.work_dir = opts, work_dir
+    def __init__(self, opts: DatasetOptions, work_dir: str, build_dir: str) -> None:
+        self.opts, self.work_dir, self.build_dir = opts, work_dir, build_dir
 
     def setup(self) -> None:
         tune_malloc()
         self.cache = ex.SourceCache(lambda key: ex.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")
-        self._tables: dict[str, ex.SplitSources] = {}
+        self._tables: dict[str, ex.SplitSources | None] = {}
 
     def process(self, spec: ex.ChunkSpec, sources: Sequence[dict]):
-        table = self._tables.get(spec.split)
+        if spec.split not in self._tables:
+            try:
+                self._tables[spec.split] = ex.SplitSources([ex.Source(**s) for s in sources], spec.split,
+                                                           self.opts.config.window_samples)
+            except ex.NoUsableSources:
+                self._tables[spec.split] = None  # named, with its rejects, by CheckSources
+        table = self._tables[spec.split]
         if table is None:
-            table = ex.SplitSources([ex.Source(**s) for s in sources], spec.split, self.opts.config.window_samples)
-            self._tables[spec.split] = table
+            return
         keep_audio = spec.split in self.opts.write_audio
         result = ex.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio)
         buf = io.BytesIO()
@@ -248,7 +243,7 @@ class WriteChunk(beam.DoFn):
             for record in result.records:
                 writer.write(record)
         part = audio_lib.join_path(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
-        _write_atomic(part, buf.getvalue())
+        paths.write_atomic(part, buf.getvalue())
         if keep_audio:
             self._write_audio(spec.split, result.audio)
         self.examples.inc(len(result.records))
@@ -264,7 +259,8 @@ class WriteChunk(beam.DoFn):
             for kind, signal in (("noisy", mixture), ("clean", clean)):
                 buf = io.BytesIO()
                 soundfile.write(buf, signal, self.opts.config.sample_rate, format="WAV", subtype="FLOAT")
-                _write_atomic(audio_lib.join_path(self.opts.output, "audio", split, kind, f"{example_id}.wav"), buf.getvalue())
+                paths.write_atomic(audio_lib.join_path(self.build_dir, "audio", split, kind, f"{example_id}.wav"),
+                                   buf.getvalue())
 
 
 class AssembleShard(beam.DoFn):
@@ -281,16 +277,15 @@ class AssembleShard(beam.DoFn):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
         name = shard_name(split, shard, num_shards)
         path = audio_lib.join_path(self.output, name)
-        tmp = f"{path}.incomplete-{uuid.uuid4().hex[:8]}"
+        tmp = paths.temporary_name(path)
         size = 0
-        with FileSystems.create(tmp) as out:
+        with paths.open_write(tmp) as out:
             for p in parts:
-                with FileSystems.open(p["part"]) as f:
-                    data = f.read()
+                data = paths.read_bytes(p["part"])
                 out.write(data)
                 size += len(data)
-        FileSystems.rename([tmp], [path])
-        FileSystems.delete([p["part"] for p in parts])
+        paths.rename(tmp, path)
+        paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
         LOG.info("wrote %s (%d examples, %.1f MiB)", name, sum(p["count"] for p in parts), size / 2**20)
         yield {"split": split, "shard": shard, "file": name, "num_examples": sum(p["count"] for p in parts),
@@ -299,15 +294,37 @@ class AssembleShard(beam.DoFn):
                "silent_skipped": sum(p["silent_skipped"] for p in parts)}
 
 
-def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], opts: DatasetOptions,
-             plan: Plan, arguments: dict, work_dir: str, started: float) -> dict:
-    """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json; removes scratch."""
+def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int]) -> list[str]:
+    """One message for each split that needs examples but kept no usable voice or noise file, naming
+    the rejected files of that split and why."""
+    problems = []
+    for split, n in counts.items():
+        for role, fix in (("voice", "add speakers"), ("noise", "add noise files")):
+            if not n or any(s["split"] == split and s["role"] == role for s in sources):
+                continue
+            mine = sorted((r for r in rejects if r["split"] == split and r["role"] == role), key=lambda r: r["file"])
+            named = "; ".join(f"{r['file']}: {r['reason']}" for r in mine[:5])
+            more = f"; and {len(mine) - 5} more" if len(mine) > 5 else ""
+            problems.append(f"No usable {role} file in split {split!r} ({n} examples planned): every {role} file "
+                            f"assigned to it was rejected ({named}{more}). Fix or replace those files, {fix}, or "
+                            "change the split fractions.")
+    return problems
+
+
+def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], problems: list[str],
+             opts: DatasetOptions, plan: Plan, arguments: dict, build_dir: str, started: float) -> dict:
+    """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json into `build_dir`;
+    removes scratch. When the sources check found problems, writes them instead of dataset_info.json."""
+    work_dir = audio_lib.join_path(build_dir, WORK_DIR)
     rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
-    _write_atomic(audio_lib.join_path(opts.output, REJECTS_FILE),
+    if problems:
+        paths.write_atomic(audio_lib.join_path(build_dir, PROBLEMS_FILE), json.dumps(problems).encode())
+        return {}
+    paths.write_atomic(audio_lib.join_path(build_dir, REJECTS_FILE),
                   "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     split_map = {"voices": {v["file"]: v["split"] for v in plan.voices},
                  "noises": {n["file"]: n["split"] for n in plan.noises}}
-    _write_atomic(audio_lib.join_path(opts.output, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
+    paths.write_atomic(audio_lib.join_path(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
 
     splits_info: dict[str, Any] = {}
     snr_hist, level_hist = {}, {}
@@ -333,7 +350,7 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], op
         reasons[f"{r['role']}:{r['reason']}"] = reasons.get(f"{r['role']}:{r['reason']}", 0) + 1
     rate = opts.config.sample_rate
     info = {
-        "name": posixpath.basename(opts.output.rstrip("/")),
+        "name": paths.basename(opts.output),
         "schema_version": SCHEMA_VERSION,
         "spectrogram": opts.config.to_dict(),
         "compression": opts.compression,
@@ -353,13 +370,15 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], op
         "rejects": {"count": len(rejects), "by_reason": reasons, "file": REJECTS_FILE},
         "build_seconds": round(time.time() - started, 2),
     }
-    _write_atomic(audio_lib.join_path(opts.output, INFO_FILE), json.dumps(info, indent=1).encode())
-    _delete_tree(work_dir)
+    paths.write_atomic(audio_lib.join_path(build_dir, INFO_FILE), json.dumps(info, indent=1).encode())
+    paths.delete_tree(work_dir)
     return info
 
 
-def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float):
-    work_dir = audio_lib.join_path(opts.output, WORK_DIR)
+def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float,
+                   build_dir: str):
+    """The job's graph; everything it writes goes under `build_dir`."""
+    work_dir = audio_lib.join_path(build_dir, WORK_DIR)
     decoded = {}
     for role, entries, root in (("voice", plan.voices, opts.voice_dir), ("noise", plan.noises, opts.noise_dir)):
         label = "Voices" if role == "voice" else "Noises"
@@ -375,15 +394,20 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
         p
         | "ListChunks" >> beam.Create(plan.chunks)
         | "SpreadChunks" >> beam.Reshuffle()
-        | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir), sources=beam.pvalue.AsList(sources))
+        | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir, build_dir), sources=beam.pvalue.AsList(sources))
         | "GroupByShard" >> beam.GroupByKey()
-        | "AssembleShards" >> beam.ParDo(AssembleShard(opts.output)))
+        | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir)))
+    problems = (
+        p
+        | "StartCheck" >> beam.Create([None])
+        | "CheckSources" >> beam.FlatMap(check_sources, sources=beam.pvalue.AsList(sources),
+                                         rejects=beam.pvalue.AsList(rejects), counts=plan.counts))
     return (
         p
         | "Start" >> beam.Create([None])
         | "Finalize" >> beam.Map(finalize, shards=beam.pvalue.AsList(shards), sources=beam.pvalue.AsList(sources),
-                                 rejects=beam.pvalue.AsList(rejects), opts=opts, plan=plan, arguments=arguments,
-                                 work_dir=work_dir, started=started))
+                                 rejects=beam.pvalue.AsList(rejects), problems=beam.pvalue.AsList(problems),
+                                 opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
 
 
 def default_beam_args(beam_args: Sequence[str], workers: int) -> list[str]:
@@ -404,31 +428,38 @@ def default_beam_args(beam_args: Sequence[str], workers: int) -> list[str]:
 
 
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
-                arguments: dict | None = None) -> dict:
-    """Builds the dataset described by `opts`; returns its dataset_info (also written to disk)."""
+                arguments: dict | None = None, assume_yes: bool = False) -> dict:
+    """Builds the dataset described by `opts`; returns its dataset_info (also written to disk).
+
+    The job writes into a sibling build folder (`OUTPUT.incomplete`); only a finished dataset replaces
+    what `opts.output` held, so a failed or killed build leaves an existing dataset as it was.
+    `assume_yes` accepts an estimated size larger than the free space of a local output.
+    """
     started = time.time()
-    info_path = audio_lib.join_path(opts.output, INFO_FILE)
-    if FileSystems.exists(info_path) and not opts.overwrite:
-        raise FileExistsError(f"{opts.output} already holds a dataset ({INFO_FILE}); pass --overwrite to replace it "
-                              "or choose another --output.")
+    layout.check_output(opts.output, opts.overwrite, inputs={"voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir})
+    estimate = layout.estimate_bytes(opts.num_examples, opts.config, opts.split_fractions, opts.write_audio,
+                                     opts.compression)
+    layout.check_space(opts.output, estimate, assume_yes)
     plan = make_plan(opts)
-    if opts.overwrite and FileSystems.exists(opts.output.rstrip("/")):
-        stale = [m.path for m in FileSystems.match([audio_lib.join_path(opts.output, "*.tfrecord-*")])[0].metadata_list]
-        for extra in (info_path, audio_lib.join_path(opts.output, WORK_DIR), audio_lib.join_path(opts.output, "audio")):
-            if FileSystems.exists(extra):
-                stale.append(extra)
-        if stale:
-            FileSystems.delete(stale)
-    LOG.info("%d voice files, %d noise files; %s examples in %d chunks", len(plan.voices), len(plan.noises),
-             plan.counts, len(plan.chunks))
+    LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %.1f MiB", len(plan.voices),
+             len(plan.noises), plan.counts, len(plan.chunks), estimate / 2**20)
+    build_dir = layout.start_build(opts.output)
     workers = workers or os.cpu_count() or 1
     if logging.getLogger("apache_beam").getEffectiveLevel() < logging.WARNING:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     options = PipelineOptions(default_beam_args(beam_args, workers))
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, opts, plan, arguments or {}, started)
-    with FileSystems.open(info_path) as f:
-        info = json.loads(f.read())
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, opts, plan, arguments or {}, started, build_dir)
+        problems_path = audio_lib.join_path(build_dir, PROBLEMS_FILE)
+        if paths.isfile(problems_path):
+            raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
+    except BaseException:
+        # Nothing of a failed build is worth keeping, and the old dataset (if any) was not touched.
+        paths.delete_tree(build_dir)
+        raise
+    layout.replace_with_build(build_dir, opts.output)
+    info = json.loads(paths.read_bytes(audio_lib.join_path(opts.output, INFO_FILE)))
     LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected", opts.output, time.time() - started,
              {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"])
     return info

@@ -13,7 +13,7 @@ import speech_enhance
 def test_demo_dataset_and_inspect(tmp_path, capsys):
     out = tmp_path / "data" / "demo"
     rc = speech_enhance.main(["dataset", "--demo", "--output", str(out), "--num-examples", "30", "--workers", "1",
-                              "--snr-db", "-5:15", "--shard-size-mb", "1:2", "--write-audio", "test"])
+                              "--snr-db", "-5:15", "--shard-size-mb", "2", "--write-audio", "test"])
     assert rc == 0
     with open(out / "dataset_info.json") as f:
         info = json.load(f)

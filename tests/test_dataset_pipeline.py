@@ -13,12 +13,12 @@ from tfrecord_schema import decode
 from tfrecord_schema.records import read_records
 from tfrecord_schema.spectrogram import from_magnitude_phase
 
-SHARD = (0.2 * 2**20, 0.6 * 2**20)  # a few examples per shard, so splits have several shards
+SHARD = int(0.6 * 2**20)  # a few examples per shard, so splits have several shards
 
 
 def options(voice_dir, noise_dir, output, **kw):
     kw.setdefault("num_examples", 40)
-    kw.setdefault("shard_bytes", (int(SHARD[0]), int(SHARD[1])))
+    kw.setdefault("max_shard_bytes", SHARD)
     kw.setdefault("chunk_size", 3)
     return DatasetOptions(voice_dir=str(voice_dir), noise_dir=str(noise_dir), output=str(output), **kw)
 
@@ -58,7 +58,7 @@ def test_counts_shards_and_info(built):
         assert len(records) == s["num_examples"]
         assert sorted(r["example_id"] for r in records) == [f"{split}-{i:08d}" for i in range(s["num_examples"])]
         for shard in s["shards"]:
-            assert os.path.getsize(os.path.join(out, shard["file"])) == shard["num_bytes"] <= SHARD[1]
+            assert os.path.getsize(os.path.join(out, shard["file"])) == shard["num_bytes"] <= SHARD
     assert not [f for f in os.listdir(out) if "incomplete" in f or f == "_work"]
     assert info["seed"] == 0 and info["schema_version"] == 1
     assert sum(sum(c) for c in info["histograms"]["snr_db"]["counts"].values()) == 40
@@ -120,7 +120,7 @@ def test_same_seed_gives_identical_records_with_one_and_two_workers(corpus, buil
     # A different seed gives different examples.
     out3 = str(tmp_path / "other")
     run_dataset(options(voice_dir, noise_dir, out3, num_examples=10, mix=ex.MixOptions(seed=1),
-                        shard_bytes=(1 << 20, 8 << 20)), workers=1)
+                        max_shard_bytes=8 << 20), workers=1)
     with open(os.path.join(out1, files[0]), "rb") as a, open(os.path.join(out3, "train.tfrecord-00000-of-00001"), "rb") as c:
         assert a.read(1000) != c.read(1000)
 
@@ -155,5 +155,5 @@ def test_no_usable_input_fails_with_a_clear_error(corpus, tmp_path):
 def test_existing_dataset_is_not_overwritten_without_flag(corpus, built):
     voice_dir, noise_dir, _ = corpus
     out, _ = built
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="already holds a dataset. Pass overwrite=True"):
         run_dataset(options(voice_dir, noise_dir, out), workers=1)

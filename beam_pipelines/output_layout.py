@@ -1,0 +1,158 @@
+"""Where a dataset is built and how it replaces an old one, without ever touching a user's other files.
+
+A build writes into a sibling folder, `OUTPUT.incomplete`, marked as a build by a file of its own.
+Only when the job has finished is that folder moved to `OUTPUT`; an old dataset there is replaced
+only then, and only when every file in it belongs to a dataset (shards, `dataset_info.json`, the
+files the job and `inspect` write beside them). A folder holding anything else is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+from tfrecord_schema import paths
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
+
+LOG = logging.getLogger(__name__)
+
+BUILD_SUFFIX = ".incomplete"
+BUILD_MARKER = "_BUILDING.json"
+_SPLIT = "|".join(SPLITS)
+# Relative paths of the files a dataset folder may hold (all written by the job or by `inspect`).
+_DATASET_FILE = re.compile(
+    r"^(?:dataset_info\.json|splits\.json|rejects\.jsonl|inspect\.png|_problems\.json|" + re.escape(BUILD_MARKER) + "|"
+    rf"(?:{_SPLIT})\.tfrecord-\d{{5}}-of-\d{{5}}|"
+    rf"audio/(?:{_SPLIT})/(?:noisy|clean)/[^/]+\.wav|"
+    r"_work/.+)"
+    rf"(?:{re.escape(paths.INCOMPLETE_MARK)}[0-9a-f]{{8}})?$")
+
+
+def is_dataset_file(rel: str) -> bool:
+    """True for a path (relative to a dataset folder) that the dataset job or `inspect` writes."""
+    return bool(_DATASET_FILE.match(rel))
+
+
+def build_dir_for(output: str) -> str:
+    output = output.rstrip("/") if paths.is_remote(output) else output.rstrip("/") or "/"
+    return paths.join(paths.dirname(output), paths.basename(output) + BUILD_SUFFIX)
+
+
+def _inside(path: str, folder: str) -> bool:
+    if paths.is_remote(path) != paths.is_remote(folder):
+        return False
+    if not paths.is_remote(path):
+        import os
+
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
+def check_output(output: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """Refuses, before any work, an output that the build could not write or must not replace.
+
+    `inputs` maps argument names to input folders, which must not lie inside the output.
+    """
+    import os
+
+    if not paths.is_remote(output):
+        if os.path.isfile(output):
+            raise FileExistsError(f"output={output!r} is an existing file, not a folder. Choose a folder path.")
+        probe = os.path.dirname(os.path.abspath(output))
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise FileExistsError(f"output={output!r} cannot be created: {probe!r} is a file, not a folder.")
+        if not os.access(probe, os.W_OK):
+            raise PermissionError(f"output={output!r} cannot be created: {probe!r} is not writable.")
+    for name, folder in inputs.items():
+        if folder and _inside(folder, output):
+            raise ValueError(f"{name}={folder!r} lies inside output={output!r}, which the build would replace. "
+                             "Keep inputs outside the output folder.")
+    existing = paths.list_files(output) if paths.exists_folder(output) else []
+    if not existing:
+        return
+    foreign = [rel for rel in existing if not is_dataset_file(rel)]
+    if foreign:
+        shown = ", ".join(repr(f) for f in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(f"output={output!r} is not empty and holds files that are not part of a dataset "
+                              f"({shown}); it will not be replaced. Choose a new or empty folder.")
+    if not overwrite:
+        what = "a dataset" if INFO_FILE in existing else "an unfinished dataset (no dataset_info.json)"
+        raise FileExistsError(f"output={output!r} already holds {what}. Pass overwrite=True to "
+                              "replace it once the new build has finished, or choose another folder.")
+
+
+def estimate_bytes(num_examples: int, config: SpectrogramConfig, split_fractions: tuple[float, float, float],
+                   write_audio: tuple[str, ...], compression: str) -> int:
+    """Bytes the finished dataset will take: shards (uncompressed size, an upper bound with GZIP) plus
+    the wav pairs of `write_audio` splits (float32)."""
+    from beam_pipelines.examples import bytes_per_example, split_counts
+
+    total = num_examples * bytes_per_example(config)
+    counts = split_counts(num_examples, split_fractions)
+    total += sum(counts.get(s, 0) for s in write_audio) * 2 * (config.window_samples * 4 + 44)
+    return int(total)
+
+
+def check_space(output: str, estimate: int, assume_yes: bool) -> None:
+    """Refuses a local build whose estimated size (build folder and old dataset side by side) exceeds
+    the free space, unless `assume_yes`."""
+    free = paths.free_bytes(output)
+    if free is None or estimate <= free or assume_yes:
+        return
+    raise ValueError(f"The dataset would take about {estimate / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB are "
+                     f"free where output={output!r} goes. Ask for fewer examples, free some space, or pass "
+                     "assume_yes=True if space will be freed while it runs.")
+
+
+def start_build(output: str) -> str:
+    """Creates the empty build folder for `output` and returns it; removes the leftover of an
+    interrupted build of the same output (recognised by its marker file), never anything else."""
+    build = build_dir_for(output)
+    leftover = paths.list_files(build) if paths.exists_folder(build) else []
+    if leftover:
+        if BUILD_MARKER not in leftover or not all(is_dataset_file(rel) for rel in leftover):
+            raise FileExistsError(f"{build!r} exists and was not left by a dataset build; the build folder of "
+                                  f"output={output!r} must be free. Move it away.")
+        LOG.info("removing %s, left by an interrupted build", build)
+        paths.delete_tree(build)
+    try:
+        paths.makedirs(build)
+        paths.write_atomic(paths.join(build, BUILD_MARKER),
+                           json.dumps({"output": output, "started": time.time()}).encode())
+    except OSError as err:
+        raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
+    return build
+
+
+def replace_with_build(build: str, output: str) -> None:
+    """Moves the finished build folder to `output`, replacing the dataset there (checked by
+    `check_output` to hold nothing else)."""
+    paths.delete_files([paths.join(build, BUILD_MARKER)])
+    if not paths.is_remote(output):
+        import os
+
+        if not os.path.isdir(output):
+            os.rename(build, output)
+            return
+        # Two renames: the old dataset stays whole until the new one is in place.
+        old = build_dir_for(output)[: -len(BUILD_SUFFIX)] + ".replaced"
+        paths.delete_tree(old)
+        os.rename(output, old)
+        os.rename(build, output)
+        paths.delete_tree(old)
+        return
+    old = paths.list_files(output)
+    if old:
+        # No folders to rename on a bucket: invalidate the old dataset first, so that a reader never
+        # sees old info beside new shards, then move the new files in with dataset_info.json last.
+        if INFO_FILE in old:
+            paths.delete_files([paths.join(output, INFO_FILE)])
+        paths.delete_files([paths.join(output, rel) for rel in old if rel != INFO_FILE])
+    paths.move_tree(build, output, last=INFO_FILE)
