@@ -5,6 +5,11 @@ path) or from mixtures made here (`make_mixtures`: held-out voices and noises mi
 each item from its own seeded generator, so the set depends only on the folders and the seed).
 Every system (`System`) turns the items' noisy signals into estimates; `evaluate` scores them with
 `predictor.metrics` and aggregates; `write_report` writes results.json, results.md and PNG plots.
+
+Items that cannot be scored meaningfully (shorter than one model window, a silent clean reference,
+a noisy file that holds no noise) are skipped with a warning and listed with their reason in the
+report; a metric that fails on one item of one system is left out of the means and listed too,
+so one bad file never costs the whole run and never silently moves an average.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 CLASSES_FILE = "classes.tsv"
 METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
 PEAK_LIMIT = 0.99
+# Items are screened before scoring (see `degenerate_reason`).
+MIN_CLEAN_DBFS = -80.0  # mean power of the clean reference; quieter counts as silent (digital silence, dither)
+MAX_INPUT_SNR_DB = 60.0  # a noisy input closer to the clean than this holds no noise to remove
 
 
 @dataclasses.dataclass
@@ -202,14 +210,17 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
         noisy = load_mono(os.path.join(noisy_dir, rel), sample_rate)
         clean = load_mono(os.path.join(clean_dir, clean_rel), sample_rate)
         n = min(noisy.shape[0], clean.shape[0])
+        source = {"noisy_file": rel, "clean_file": clean_rel}
         if noisy.shape[0] != clean.shape[0]:
             logger.warning("%s: noisy and clean lengths differ (%d, %d samples); both cut to %d",
                            rel, noisy.shape[0], clean.shape[0], n)
+            # kept so that a skip for length can say which file was short
+            source["uncut_seconds"] = {"noisy": noisy.shape[0] / sample_rate, "clean": clean.shape[0] / sample_rate}
         noisy, clean = noisy[:n].astype(np.float32), clean[:n].astype(np.float32)
         snr = input_snr(clean, noisy)
         snr_bin = float(min(snr_bins, key=lambda b: abs(b - snr)))
         items.append(Item(item_id=os.path.splitext(rel)[0], clean=clean, noisy=noisy, snr_db=snr, snr_bin=snr_bin,
-                          noise_class=classes[rel], source={"noisy_file": rel, "clean_file": clean_rel}))
+                          noise_class=classes[rel], source=source))
     if missing:
         logger.warning("%d noisy files have no clean file at the same relative path in %s, e.g. %s; skipped",
                        len(missing), clean_dir, missing[0])
@@ -217,6 +228,66 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
         raise FileNotFoundError(f"No noisy file in {noisy_dir!r} has a clean twin in {clean_dir!r} "
                                 "(matched by relative path without extension).")
     return items
+
+
+def degenerate_reason(item: Item, sample_rate: int, min_samples: int = 0) -> str | None:
+    """Why `item` cannot be scored meaningfully, or None when it can.
+
+    Refused: non-finite samples; fewer than `min_samples` samples (one model window: the reference
+    recipe returns silence for such an item, which PESQ cannot score, and STOI needs about 0.4 s of
+    speech); a clean reference quieter than MIN_CLEAN_DBFS (SI-SDR, PESQ and STOI compare against
+    it); a silent noisy input; and an input SNR above MAX_INPUT_SNR_DB (noisy equal to clean: its
+    SI-SDR is some +200 dB, so every system's SI-SDR improvement on it is hugely negative).
+    """
+    n = item.noisy.shape[0]
+    if item.clean.shape != item.noisy.shape:
+        return f"clean and noisy differ in shape ({item.clean.shape} and {item.noisy.shape})"
+    if not (np.isfinite(item.clean).all() and np.isfinite(item.noisy).all()):
+        return "holds non-finite samples (NaN or infinity)"
+    if n == 0:
+        return "empty (0 samples)"
+    if n < min_samples:
+        reason = (f"{n / sample_rate:.3f} s long, shorter than one model window ({min_samples / sample_rate:.3f} s): "
+                  "the reference recipe returns silence for it and PESQ/STOI cannot score so little audio")
+        uncut = item.source.get("uncut_seconds")
+        if uncut:
+            reason += (f"; it was cut to the shorter of its noisy file ({uncut['noisy']:.3f} s) and clean file "
+                       f"({uncut['clean']:.3f} s): is the clean file the right one?")
+        return reason
+    if _energy(item.clean) == 0.0:
+        return "the clean reference is silent (all zeros)"
+    clean_dbfs = 10.0 * math.log10(_energy(item.clean) / n)
+    if clean_dbfs < MIN_CLEAN_DBFS:
+        return f"the clean reference is silent ({clean_dbfs:.1f} dBFS mean power, below {MIN_CLEAN_DBFS:g} dBFS)"
+    if _energy(item.noisy) == 0.0:
+        return "the noisy input is silent"
+    if item.snr_db > MAX_INPUT_SNR_DB:
+        return (f"the noisy input is (nearly) identical to the clean reference (input SNR {item.snr_db:.1f} dB, "
+                f"above {MAX_INPUT_SNR_DB:g} dB): there is no noise to remove")
+    return None
+
+
+def _describe_source(source: Mapping[str, Any]) -> str:
+    names = [f"{key.replace('_file', '')} {source[key]}" for key in ("noisy_file", "clean_file", "voice_file",
+                                                                     "noise_file") if key in source]
+    return ", ".join(names) or "no source file"
+
+
+def screen_items(items: Sequence[Item], sample_rate: int,
+                 min_samples: int = 0) -> tuple[list[Item], list[dict[str, Any]]]:
+    """Splits `items` into those to score and the skipped ones ({"id", "reason", "source"}).
+
+    Each skipped item is logged as a warning naming its files (see `degenerate_reason`).
+    """
+    kept, skipped = [], []
+    for item in items:
+        reason = degenerate_reason(item, sample_rate, min_samples)
+        if reason is None:
+            kept.append(item)
+            continue
+        logger.warning("skipping item %s (%s): %s", item.item_id, _describe_source(item.source), reason)
+        skipped.append({"id": item.item_id, "reason": reason, "source": item.source})
+    return kept, skipped
 
 
 # --- systems ---------------------------------------------------------------------------------
@@ -276,9 +347,13 @@ def baseline_systems(config: SpectrogramConfig) -> list[System]:
 
 def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int, *,
              with_pesq: bool = True, with_stoi: bool = True, keep_outputs: Iterable[str] = (),
-             progress_interval: float = 10.0) -> dict[str, Any]:
+             progress_interval: float = 10.0, min_samples: int = 0) -> dict[str, Any]:
     """Runs every system on every item and scores it; returns the results dict (see `write_report`).
 
+    Items that `degenerate_reason` refuses (e.g. shorter than `min_samples`, one model window) are
+    skipped with a warning and listed under "skipped" with their reason. A metric that cannot be
+    computed for one system on one item (or an estimate of the wrong shape or with non-finite
+    samples) is nan, left out of the means, and listed under "failures"; the run goes on.
     PESQ is computed at 8 kHz ('nb') and 16 kHz ('wb') only; at other rates it is left out.
     Estimates of the item ids in `keep_outputs` are returned under "outputs" (not JSON).
     """
@@ -290,10 +365,18 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
     if with_pesq and sample_rate not in metrics.PESQ_MODES:
         logger.warning("PESQ is defined at 8 and 16 kHz only; not computed at %d Hz", sample_rate)
         with_pesq = False
+    total = len(items)
+    items, skipped = screen_items(items, sample_rate, min_samples)
+    if not items:
+        examples = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3])
+        raise ValueError(f"All {total} items were skipped, so there is nothing to score, e.g. {examples}. "
+                         "Fix or replace those files (or use longer mixtures) and run again.")
     keep = set(keep_outputs)
     records = [{"id": it.item_id, "snr_db": it.snr_db, "snr_bin": it.snr_bin, "noise_class": it.noise_class,
                 "seconds": it.noisy.shape[0] / sample_rate, "source": it.source, "scores": {}} for it in items]
     outputs: dict[str, dict[str, np.ndarray]] = {}
+    failures: list[dict[str, str]] = []
+    warned: set[tuple[str, str]] = set()  # (system, metric): the first failure of each is logged in full
     timing = {}
     for system in systems:
         start = time.perf_counter()
@@ -303,18 +386,36 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
             raise ValueError(f"System {system.name!r} returned {len(estimates)} estimates for {len(items)} items")
         logger.info("%s: enhanced %d items in %.1f s; scoring", system.name, len(items), timing[system.name])
         last = time.perf_counter()
+        first_failures = len(failures)
         for n, (item, record, estimate) in enumerate(zip(items, records, estimates), 1):
             estimate = np.asarray(estimate, np.float32)
+            errors: dict[str, str] = {}
             if estimate.shape != item.noisy.shape:
-                raise ValueError(f"System {system.name!r} returned shape {estimate.shape} for item {item.item_id} "
-                                 f"of shape {item.noisy.shape}")
-            record["scores"][system.name] = metrics.score(item.clean, estimate, item.noisy, sample_rate,
-                                                          with_pesq=with_pesq, with_stoi=with_stoi)
-            if item.item_id in keep:
+                errors["all"] = f"the estimate has shape {estimate.shape}, the input {item.noisy.shape}"
+            elif not np.isfinite(estimate).all():
+                errors["all"] = "the estimate holds non-finite samples (NaN or infinity)"
+            if errors:
+                record["scores"][system.name] = {m: math.nan for m in METRICS}
+            else:
+                record["scores"][system.name] = metrics.score(item.clean, estimate, item.noisy, sample_rate,
+                                                              with_pesq=with_pesq, with_stoi=with_stoi, errors=errors)
+            for metric, error in errors.items():
+                if (system.name, metric) not in warned:
+                    warned.add((system.name, metric))
+                    logger.warning("%s on item %s (%s): %s could not be computed (%s); left out of the means",
+                                   system.name, item.item_id, _describe_source(item.source), metric, error)
+                failures.append({"id": item.item_id, "system": system.name, "metric": metric, "error": error})
+            if errors:
+                record.setdefault("failures", {})[system.name] = errors
+            if item.item_id in keep and not errors.get("all"):
                 outputs.setdefault(item.item_id, {})[system.name] = estimate
             if time.perf_counter() - last > progress_interval:
                 last = time.perf_counter()
                 logger.info("%s: scored %d/%d items", system.name, n, len(items))
+        if len(failures) > first_failures:
+            logger.warning("%s: %d metric values could not be computed on %d items (listed in the report)",
+                           system.name, len(failures) - first_failures,
+                           len({f["id"] for f in failures[first_failures:]}))
     return {
         "sample_rate": sample_rate,
         "pesq_mode": metrics.PESQ_MODES.get(sample_rate) if with_pesq else None,
@@ -322,6 +423,9 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
         "snr_bins": sorted({it.snr_bin for it in items}),
         "noise_classes": sorted({it.noise_class for it in items}),
         "num_items": len(items),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "failures": failures,
         "items": records,
         "aggregates": aggregate(records, names),
         "outputs": outputs,
@@ -384,7 +488,7 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
     headers = [_HEADERS[m] if m != "pesq" else pesq_name for m in METRICS]
 
     def row(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
     def table(first: list[str], rows: list[tuple[list[str], dict[str, Any]]]) -> list[str]:
         lines = [row(first + headers + ["items"]), row(["---"] * (len(first) + len(headers) + 1))]
@@ -393,10 +497,16 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
             lines.append(row(keys + cells + [str(values["count"])]))
         return lines
 
+    skipped, failures = results.get("skipped", []), results.get("failures", [])
+    notes = ""
+    if skipped:
+        notes += f" {len(skipped)} more items were skipped (see Skipped items)."
+    if failures:
+        notes += f" {len(failures)} metric values could not be computed and are left out (see Metric failures)."
     lines = [f"# {title}", "",
              f"{results['num_items']} items at {results['sample_rate']} Hz; input SNR bins (dB): "
              + ", ".join(f"{b:g}" for b in results["snr_bins"]) + ". Means over items; SI-SDRi is the "
-             "SI-SDR gain over the noisy input.", "", "## Systems", ""]
+             "SI-SDR gain over the noisy input." + notes, "", "## Systems", ""]
     lines += [f"- **{s['name']}**: {s['description']} ({s['seconds']:.1f} s)" for s in results["systems"]]
     lines += ["", "## Overall", ""]
     lines += table(["system"], [([s], agg["overall"][s]) for s in systems])
@@ -411,6 +521,12 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
     lines += ["", "## By noise class", ""]
     classes = results["noise_classes"]
     lines += table(["noise class", "system"], [([c, s], agg["by_noise_class"][s][c]) for c in classes for s in systems])
+    if skipped:
+        lines += ["", "## Skipped items", "", row(["item", "files", "reason"]), row(["---"] * 3)]
+        lines += [row([s["id"], _describe_source(s["source"]), s["reason"]]) for s in skipped]
+    if failures:
+        lines += ["", "## Metric failures", "", row(["item", "system", "metric", "error"]), row(["---"] * 4)]
+        lines += [row([f["id"], f["system"], f["metric"], f["error"]]) for f in failures]
     return "\n".join(lines) + "\n"
 
 
@@ -485,7 +601,9 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     Items come from `noisy_dir` + `clean_dir` or from `voice_dir` + `noise_dir` (see `paired_items`,
     `make_mixtures`). `models` maps a system name to a model directory; all models must share one
     sample rate, which is the evaluation rate (else `sample_rate`, 8000 Hz by default). `systems`
-    keeps only the systems of those names. With `save_audio`, the example items' clean, noisy and
+    keeps only the systems of those names. Items shorter than one model window, or otherwise
+    degenerate (`degenerate_reason`), are skipped and listed in the report; `duration` (seconds)
+    must therefore be at least one window. With `save_audio`, the example items' clean, noisy and
     estimated signals are written as wav under output_dir/audio/ITEM/.
     """
     paired = noisy_dir is not None or clean_dir is not None
@@ -517,6 +635,14 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
             raise ValueError(f"Unknown system names {unknown}. Available: {[s.name for s in all_systems]}")
         all_systems = [s for s in all_systems if s.name in set(systems)]
     rate = config.sample_rate
+    if mixed and duration * rate < config.window_samples:
+        # Every mixture would be shorter than one model window, and every one would be skipped.
+        window_seconds = config.window_samples / rate
+        raise ValueError(
+            f"duration (--duration) must be at least one model window, {window_seconds:.3f} s at {rate} Hz: "
+            "shorter items cannot be scored (the reference recipe returns silence for them and PESQ/STOI need "
+            f"more audio). Received: duration={duration}. Use --duration {math.ceil(window_seconds * 100) / 100:g} "
+            "or more.")
     if paired:
         items = paired_items(noisy_dir, clean_dir, sample_rate=rate, snr_bins=snrs)
         source = {"kind": "pairs", "noisy_dir": noisy_dir, "clean_dir": clean_dir, "snr_bins": list(snrs)}
@@ -527,8 +653,10 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
                   "num_mixtures": num_mixtures, "duration": duration, "seed": seed}
     logger.info("evaluating %d systems on %d items (%.1f s of audio at %d Hz)", len(all_systems), len(items),
                 sum(it.noisy.shape[0] for it in items) / rate, rate)
-    examples = pick_examples(items, num_examples)
-    results = evaluate(items, all_systems, rate, with_pesq=with_pesq, with_stoi=with_stoi, keep_outputs=examples)
+    examples = pick_examples([it for it in items if degenerate_reason(it, rate, config.window_samples) is None],
+                             num_examples)
+    results = evaluate(items, all_systems, rate, with_pesq=with_pesq, with_stoi=with_stoi, keep_outputs=examples,
+                       min_samples=config.window_samples)
     model_names = [s.name for s in all_systems if s.name in (models or {})]
     example_system = model_names[0] if model_names else ("oracle" if any(s.name == "oracle" for s in all_systems)
                                                          else all_systems[-1].name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -84,22 +85,47 @@ def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, mo
 
 
 def stoi_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, extended: bool = False) -> float:
-    """Short-time objective intelligibility (Taal et al., 2011), 0..1 (`extended`: ESTOI)."""
+    """Short-time objective intelligibility (Taal et al., 2011), 0..1 (`extended`: ESTOI).
+
+    Returns nan (with a debug log) when the reference holds fewer than 30 frames of speech once its
+    silent frames are dropped: pystoi then warns and returns 1e-5, a number that would look like a
+    score and pull every mean down.
+    """
     from pystoi import stoi
 
     s, e = _pair(reference, estimate)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pystoi warns (and returns 1e-5) on too-short signals
-        return float(stoi(s, e, sample_rate, extended=extended))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(stoi(s, e, sample_rate, extended=extended))
+    too_short = [w for w in caught if "Not enough STFT frames" in str(w.message)]
+    if too_short:
+        logger.debug("STOI not computed: %s", too_short[0].message)
+        return float("nan")
+    return value
 
 
 def score(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray, sample_rate: int,
-          *, with_pesq: bool = True, with_stoi: bool = True) -> dict[str, float]:
-    """All metrics of one estimate: si_sdr, si_sdri (dB), pesq, stoi (nan where not computed)."""
-    value = si_sdr(reference, estimate)
-    out = {"si_sdr": value, "si_sdri": value - si_sdr(reference, mixture), "pesq": math.nan, "stoi": math.nan}
+          *, with_pesq: bool = True, with_stoi: bool = True, errors: dict[str, str] | None = None) -> dict[str, float]:
+    """All metrics of one estimate: si_sdr, si_sdri (dB), pesq, stoi (nan where not computed).
+
+    A metric that raises is re-raised, unless a dict is passed as `errors`: the metric is then nan
+    and "ExceptionType: message" is stored in `errors` under its name, so that one pair the PESQ
+    library cannot handle (e.g. a silent estimate) costs one number instead of a whole evaluation.
+    """
+    def attempt(name: str, compute: Callable[[], float]) -> float:
+        if errors is None:
+            return compute()
+        try:
+            return compute()
+        except Exception as err:  # noqa: BLE001  (any failure of a metric library; see the docstring)
+            errors[name] = f"{type(err).__name__}: {err}"
+            return math.nan
+
+    value = attempt("si_sdr", lambda: si_sdr(reference, estimate))
+    out = {"si_sdr": value, "si_sdri": value - attempt("si_sdri", lambda: si_sdr(reference, mixture)),
+           "pesq": math.nan, "stoi": math.nan}
     if with_pesq:
-        out["pesq"] = pesq_score(reference, estimate, sample_rate)
+        out["pesq"] = attempt("pesq", lambda: pesq_score(reference, estimate, sample_rate))
     if with_stoi:
-        out["stoi"] = stoi_score(reference, estimate, sample_rate)
+        out["stoi"] = attempt("stoi", lambda: stoi_score(reference, estimate, sample_rate))
     return out

@@ -79,7 +79,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     fit = p.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, default=None, help=f"epochs to train (default {DEFAULTS['epochs']})")
     fit.add_argument("--batch-size", type=int, default=None,
-                     help=f"global batch size, split across replicas (default {DEFAULTS['batch_size']})")
+                     help=f"global batch size, split across replicas; at most the number of training examples "
+                          f"(default {DEFAULTS['batch_size']})")
     fit.add_argument("--learning-rate", type=float, default=None,
                      help=f"peak Adam learning rate (default {DEFAULTS['learning_rate']})")
     fit.add_argument("--lr-schedule", choices=_LR_SCHEDULES, default=None,

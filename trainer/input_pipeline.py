@@ -12,6 +12,9 @@ Model inputs and targets have shape [batch, frames, bins, 1] (float32); see `tra
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import logging
 import math
 import os
@@ -90,6 +93,95 @@ def _existing_shards(info: dict[str, Any], dataset_dir: str, split: str) -> list
             f"{len(missing)} shard(s) listed in {INFO_FILE} are missing from {dataset_dir!r}, e.g. "
             f"{missing[0]!r}. The dataset was moved or only partly copied; copy the whole directory.")
     return files
+
+
+class CorruptShardError(ValueError):
+    """A shard on disk does not match dataset_info.json, or cannot be read back; the message names it."""
+
+
+def _verify_hint(dataset_dir: str) -> str:
+    return (f"Check the whole dataset with `speech-enhance inspect --verify {dataset_dir}`, then copy the "
+            "shard again from where the dataset was built, or rebuild the dataset.")
+
+
+def check_shard_sizes(info: dict[str, Any], dataset_dir: str | os.PathLike, splits: Sequence[str]) -> None:
+    """Compares each shard of `splits` with its size in dataset_info.json (`num_bytes`).
+
+    Raises FileNotFoundError for a missing shard and `CorruptShardError` naming the first shard
+    whose size differs (with the expected and the actual size), so that an interrupted copy is
+    refused before training starts rather than hours into it. Shards without a recorded size
+    are not checked. Sizes are read in parallel: on gs:// each one is a request.
+    """
+    dataset_dir = os.fspath(dataset_dir)
+    checks = []
+    for split in splits:
+        entries = info["splits"][split]["shards"]
+        checks += [(split, entry, path) for entry, path in zip(entries, _existing_shards(info, dataset_dir, split))
+                   if entry.get("num_bytes") is not None]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        sizes = list(pool.map(lambda check: tf.io.gfile.stat(check[2]).length, checks))
+    for (split, entry, path), actual in zip(checks, sizes):
+        if actual != int(entry["num_bytes"]):
+            raise CorruptShardError(
+                f"Shard {path} ({split!r} split) is {actual} bytes on disk, but {INFO_FILE} expects "
+                f"{int(entry['num_bytes'])} bytes: it was cut short (an interrupted copy?) or rewritten after the "
+                f"dataset was built. {_verify_hint(dataset_dir)}")
+
+
+def find_corrupt_shards(info: dict[str, Any], dataset_dir: str | os.PathLike,
+                        splits: Sequence[str]) -> list[tuple[str, str]]:
+    """Reads every shard of `splits` on its own; returns (path, TensorFlow's error) for each that fails.
+
+    tf.data reports a bad record as "corrupted record at <offset>" without the file, since the
+    shards are interleaved; reading them one by one finds it. This reads the whole split.
+    """
+    dataset_dir = os.fspath(dataset_dir)
+    compression = info.get("compression", "")
+    corrupt = []
+    for split in splits:
+        for path in shard_files(info, dataset_dir, split):
+            try:
+                for _ in tf.data.TFRecordDataset(path, compression_type=compression).batch(1024):
+                    pass
+            except tf.errors.OpError as err:
+                corrupt.append((path, err.message.strip().splitlines()[0]))
+    return corrupt
+
+
+def raise_for_corrupt_shards(info: dict[str, Any], dataset_dir: str | os.PathLike, splits: Sequence[str],
+                             cause: BaseException) -> None:
+    """After tf.data failed with `cause` (a DataLossError), raises `CorruptShardError` naming the
+    corrupt shards of `splits`; returns when every shard reads back cleanly (a transient error)."""
+    dataset_dir = os.fspath(dataset_dir)
+    logger.error("reading %s failed (%s); reading its shards one by one to find the corrupt one", dataset_dir,
+                 getattr(cause, "message", str(cause)).strip().splitlines()[0])
+    corrupt = find_corrupt_shards(info, dataset_dir, splits)
+    if not corrupt:
+        return
+    listed = "; ".join(f"{path}: {error}" for path, error in corrupt[:5])
+    more = f"; and {len(corrupt) - 5} more" if len(corrupt) > 5 else ""
+    raise CorruptShardError(f"{len(corrupt)} shard(s) of {dataset_dir} are corrupt: {listed}{more}. "
+                            f"{_verify_hint(dataset_dir)}") from cause
+
+
+def dataset_fingerprint(info: dict[str, Any]) -> str:
+    """A short hash of what makes a dataset itself, read from its dataset_info.json.
+
+    It covers the schema, spectrogram config, compression, seed, the build arguments and sources,
+    and every split's shard list (file, examples, bytes); not the directory, so a copy of a
+    dataset (local or gs://) has the same fingerprint and a rebuilt or different one does not.
+    """
+    identity = {
+        "schema_version": info.get("schema_version"),
+        "spectrogram": info.get("spectrogram"),
+        "compression": info.get("compression", ""),
+        "seed": info.get("seed"),
+        "arguments": info.get("arguments"),
+        "sources": info.get("sources"),
+        "splits": {split: [[s.get("file"), s.get("num_examples"), s.get("num_bytes")] for s in entry["shards"]]
+                   for split, entry in sorted(info["splits"].items())},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
 def _records(files: Sequence[str], compression: str, *, shuffle: bool, seed: int | None,

@@ -15,7 +15,10 @@ Outputs:
         checkpoints/best.weights.h5   the best weights so far
         backup/            the last finished epoch (weights, optimizer, epoch); deleted when
                            training ends; a rerun of the same command resumes from it
-        run.json           the arguments of the run, checked when resuming
+        run.json           the arguments of the run and the dataset's fingerprint, checked when resuming
+
+Before training, every shard's size is compared with dataset_info.json; a corrupt record found
+while training is traced to its shard. Both errors name the shard.
 """
 
 from __future__ import annotations
@@ -244,6 +247,24 @@ def _keep_history_before(csv_path: str, epoch: int) -> list[dict[str, str]]:
     return rows
 
 
+def _check_same_dataset(work_dir: str, previous: dict[str, Any], run_args: dict[str, Any]) -> None:
+    """Refuses to resume a run on another dataset than the one it started on (see `dataset_fingerprint`)."""
+    old, new = previous.get("dataset_fingerprint"), run_args["dataset_fingerprint"]
+    old_dir, new_dir = previous.get("dataset_dir"), run_args["dataset_dir"]
+    if old is None:  # run.json written before fingerprints were recorded
+        logger.warning("%s does not record which dataset its run started on; resuming on %s unchecked",
+                       work_dir, new_dir)
+        return
+    if old != new:
+        raise ValueError(
+            f"{work_dir} holds the backup of an interrupted run on another dataset: it started on {old_dir!r} "
+            f"(fingerprint {old}), and this run reads {new_dir!r} (fingerprint {new}); resuming would train one "
+            f"model on two datasets. Pass dataset_dir={old_dir!r} (--dataset) to resume that run, resume=False "
+            "(--no-resume) to start over on this dataset, or choose another work directory (--work-dir).")
+    if old_dir != new_dir:
+        logger.info("resuming on %s, a copy of %s (same dataset_info.json fingerprint %s)", new_dir, old_dir, new)
+
+
 def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> tuple[int, float | None]:
     """Returns (epoch to resume from, best validation loss so far) and records this run's arguments."""
     backup_dir = _join(work_dir, "backup")
@@ -261,6 +282,7 @@ def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> 
         _write_json(_join(work_dir, "run.json"), run_args)
         return 0, None
     previous = _read_json(_join(work_dir, "run.json")) or {}
+    _check_same_dataset(work_dir, previous, run_args)
     changed = {k: (previous.get(k), run_args.get(k)) for k in _RESUME_KEYS if previous.get(k) != run_args.get(k)}
     if changed:
         details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
@@ -293,6 +315,7 @@ def _training_data_summary(dataset_dir: str, info: dict[str, Any], train_split: 
     arguments = info.get("arguments") or {}
     return {
         "dataset": dataset_dir,
+        "fingerprint": input_pipeline.dataset_fingerprint(info),
         "schema_version": info["schema_version"],
         "compression": info.get("compression", ""),
         "seed": info.get("seed"),
@@ -386,6 +409,14 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
     if n_train == 0:
         raise ValueError(f"train(): the dataset in {dataset_dir!r} has no {train_split!r} examples. "
                          f"Splits: { {s: input_pipeline.num_examples(info, s) for s in info['splits']} }")
+    if batch_size > n_train:
+        # The repeated, shuffled split would fill each batch with copies of the same examples.
+        raise ValueError(
+            f"train(): batch_size must be at most the {n_train} examples of the {train_split!r} split of "
+            f"{dataset_dir!r}, or every batch repeats examples (and a large one runs out of memory). "
+            f"Received: batch_size={batch_size}. Use --batch-size {n_train} or less, or a bigger dataset.")
+    used_splits = [train_split] + ([validation_split] if validation_split is not None else [])
+    input_pipeline.check_shard_sizes(info, dataset_dir, used_splits)
     if steps_per_epoch is None:
         steps_per_epoch = input_pipeline.steps_per_epoch(info, train_split, batch_size, drop_remainder=False)
     if validation_split is not None:
@@ -395,7 +426,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
     total_steps = epochs * steps_per_epoch
 
     run_args = {k: v for k, v in args.items() if k not in ("verbose",)}
-    run_args.update(steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
+    run_args.update(steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                    dataset_fingerprint=input_pipeline.dataset_fingerprint(info))
     initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, resume)
     history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
     best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
@@ -449,8 +481,13 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
             optimizer=keras.optimizers.Adam(_learning_rate(lr_schedule, learning_rate, total_steps, warmup_fraction)),
             loss=keras.losses.Huber(delta=huber_delta), metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
             steps_per_execution=steps_per_execution, jit_compile=jit_compile)
-        fit_history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                callbacks=callback_list, verbose=verbose, shuffle=False)
+        try:
+            fit_history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                                    steps_per_epoch=steps_per_epoch, callbacks=callback_list, verbose=verbose,
+                                    shuffle=False)
+        except tf.errors.DataLossError as err:  # "corrupted record at N", naming no file: find the shard
+            input_pipeline.raise_for_corrupt_shards(info, dataset_dir, used_splits, err)
+            raise
         trained_weights = model.get_weights()
     duration = time.time() - started
 
