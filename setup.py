@@ -13,6 +13,7 @@ from setuptools import find_packages, setup
 
 DATASET = ["apache-beam>=2.60", "matplotlib>=3.7"]
 TRAIN = ["keras>=3.3", "matplotlib>=3.7"]
+GCP = ["apache-beam[gcp]>=2.60", "gcsfs>=2026.10"]
 EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
 
 setup(
@@ -31,13 +32,17 @@ setup(
     install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
     extras_require={
         "dataset": DATASET,
-        "gcp": ["apache-beam[gcp]>=2.60", "gcsfs"],
+        "gcp": GCP,
         "train": TRAIN,
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
         "jax": ["jax>=0.4.30"],
         "eval": EVAL,
-        "test": sorted(set(DATASET + TRAIN + EVAL + ["tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5"])),
+        # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
+        # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
+        "test": sorted(set(DATASET + TRAIN + EVAL + GCP + [
+            "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
+            "cryptography>=42"])),
     },
     entry_points={"console_scripts": ["speech-enhance=speech_enhance:main"]},
 )
