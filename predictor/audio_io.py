@@ -1,6 +1,9 @@
 """Finding, reading, resampling and atomically writing local audio files for the predictor.
 
 Audio is float32 [samples, channels] everywhere here; channel handling is the caller's choice.
+Files of any length are read, resampled and written a block at a time (`AudioReader`,
+`StreamResampler`, `AtomicAudioWriter`), so memory does not grow with the file; the block-wise
+results equal the whole-file ones (`read_audio`, `resample`, `write_audio_atomic`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import dataclasses
 import glob
 import logging
 import os
+import re
+from typing import Iterator
 
 import numpy as np
 
@@ -99,6 +104,73 @@ def read_audio(path: str) -> Audio:
     return Audio(samples=samples, sample_rate=rate, subtype=subtype)
 
 
+class AudioReader:
+    """A wav/flac/ogg file opened for reading a block at a time, as float32 [samples, channels].
+
+    The blocks, joined, are what `read_audio` returns, and the errors are its errors, naming the
+    file: AudioError "empty" (no bytes, or no samples), "unreadable" (cannot be opened or decoded),
+    "not_finite" (NaN or infinite samples, in whichever block they turn up). A context manager.
+    """
+
+    def __init__(self, path: str) -> None:
+        import soundfile
+
+        self.path = path
+        try:
+            size = os.path.getsize(path)
+        except OSError as err:
+            raise AudioError("unreadable", f"{path}: cannot read ({type(err).__name__}: {err})") from err
+        if size == 0:
+            raise AudioError("empty", f"{path}: the file is empty (0 bytes)")
+        try:
+            self._file = soundfile.SoundFile(path)
+        except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+            raise AudioError("unreadable", f"{path}: cannot decode audio ({type(err).__name__}: {err})") from err
+        self.sample_rate = int(self._file.samplerate)
+        self.num_channels = int(self._file.channels)
+        self.subtype: str | None = self._file.subtype
+        self.samples_read = 0  # per channel, so far
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per channel that the file's header announces."""
+        return int(self._file.frames)
+
+    def blocks(self, block_samples: int) -> Iterator[tuple[np.ndarray, bool]]:
+        """Yields (float32 [at most `block_samples`, channels], is_last) up to the end of the file.
+
+        The last block is shorter than `block_samples`, possibly empty.
+        """
+        import soundfile
+
+        if not isinstance(block_samples, int) or block_samples < 1:
+            raise ValueError(f"block_samples must be a positive integer. Received: block_samples={block_samples!r}")
+        while True:
+            try:
+                block = self._file.read(block_samples, dtype="float32", always_2d=True)
+            except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+                raise AudioError("unreadable", f"{self.path}: cannot decode audio after {self.samples_read} samples "
+                                               f"({type(err).__name__}: {err})") from err
+            if not np.all(np.isfinite(block)):
+                raise AudioError("not_finite", f"{self.path}: the audio holds NaN or infinite samples")
+            self.samples_read += block.shape[0]
+            last = block.shape[0] < block_samples
+            if last and self.samples_read == 0:
+                raise AudioError("empty", f"{self.path}: the file holds no samples")
+            yield block, last
+            if last:
+                return
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resamples float32 [samples] or [samples, channels] with soxr (high quality)."""
     if from_rate == to_rate:
@@ -106,6 +178,28 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """`resample` a block at a time: float32 [samples, channels] blocks in, blocks out.
+
+    soxr keeps its filter state between blocks, so the output blocks joined are `resample` of the
+    input joined, sample for sample and of the same length. Pass `last=True` with the final block
+    (it may be empty) to flush the filter's delay.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int) -> None:
+        self.from_rate, self.to_rate, self.channels = from_rate, to_rate, channels
+        self._stream = None
+        if from_rate != to_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality="HQ")
+
+    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return samples
+        return self._stream.resample_chunk(np.ascontiguousarray(samples, np.float32), last=last)
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -125,34 +219,140 @@ def output_subtype(extension: str, source_subtype: str | None, source_extension:
     return soundfile.default_subtype(fmt)
 
 
-def write_audio_atomic(path: str, samples: np.ndarray, sample_rate: int, subtype: str | None = None) -> int:
-    """Writes `samples` [samples, channels] to `path` via a temporary file and `os.replace`.
+def temporary_path(path: str) -> str:
+    """The hidden name in `path`'s folder that `path` is written under before it is renamed into place.
 
-    A reader never sees a half-written file, and an interrupted run leaves no file under the final
-    name. Integer subtypes cannot hold values beyond full scale, so such samples are clipped; the
-    number of clipped samples is returned (and logged).
+    It carries this process's id (`.NAME.PID.tmp`), so `remove_stale_temporaries` can tell the
+    leftovers of a killed run from the files of a run still writing.
     """
-    import soundfile
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{os.getpid()}.tmp")
 
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in FORMATS:
-        raise ValueError(f"Output files must end in one of {AUDIO_EXTENSIONS}. Received: path={path!r}")
-    fmt = FORMATS[extension]
-    subtype = subtype or soundfile.default_subtype(fmt)
-    clipped = 0
-    if subtype in _INTEGER_SUBTYPES or fmt == "OGG":
-        over = np.abs(samples) > 1.0
-        clipped = int(np.count_nonzero(over))
-        if clipped:
-            logger.warning("%s: %d samples beyond full scale were clipped", path, clipped)
-            samples = np.clip(samples, -1.0, 1.0)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def remove_stale_temporaries(folder: str, endings: tuple[str, ...] = tuple(FORMATS)) -> list[str]:
+    """Deletes what killed runs left under `folder` (searched recursively); returns the paths deleted.
+
+    Only files named the way `temporary_path` names them, for a final name ending in one of
+    `endings` (any case), whose process no longer runs, are deleted: a run still writing keeps its
+    temporaries, and nothing else is touched. Links are not followed.
+    """
+    removed: list[str] = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMPORARY_NAME.match(name)
+            if not match or not match.group("name").lower().endswith(endings):
+                continue
+            path = os.path.join(root, name)
+            if os.path.islink(path) or _process_running(int(match.group("pid"))):
+                continue
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another run cleaned it up first
+                continue
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), folder)
+    return removed
+
+
+def _process_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        soundfile.write(tmp, samples, sample_rate, subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return clipped
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    except (OverflowError, ValueError):  # not a possible process id
+        return False
+    return True
+
+
+class AtomicAudioWriter:
+    """Writes a wav/flac/ogg file a block at a time, under `temporary_path(path)` until `commit()`.
+
+    `commit()` closes the temporary and renames it to `path` (`os.replace`), so a reader never sees
+    a half-written file and an interrupted run leaves no file under the final name; `abort()` (or
+    leaving the `with` block on an exception) removes the temporary. Integer subtypes and ogg cannot
+    hold values beyond full scale, so such samples are clipped; `clipped` counts them and `commit()`
+    logs the count.
+
+    Args:
+        path: the final file; its extension (.wav, .flac, .ogg) picks the format.
+        sample_rate: Hz.
+        channels: channels of every block written.
+        subtype: soundfile subtype ("PCM_16", "FLOAT", ...); None: the format's default.
+    """
+
+    def __init__(self, path: str, sample_rate: int, channels: int, subtype: str | None = None) -> None:
+        import soundfile
+
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in FORMATS:
+            raise ValueError(f"Output files must end in one of {AUDIO_EXTENSIONS}. Received: path={path!r}")
+        self.path, self.sample_rate, self.channels = path, sample_rate, channels
+        self.format = FORMATS[extension]
+        self.subtype = subtype or soundfile.default_subtype(self.format)
+        self.temporary = temporary_path(path)
+        self.clipped = 0
+        self.samples_written = 0
+        self._clips = self.subtype in _INTEGER_SUBTYPES or self.format == "OGG"
+        self._file = None
+
+    def write(self, samples: np.ndarray) -> None:
+        """Appends float [samples, channels] (or [samples] for mono)."""
+        import soundfile
+
+        if self._file is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self._file = soundfile.SoundFile(self.temporary, "w", samplerate=self.sample_rate, channels=self.channels,
+                                             subtype=self.subtype, format=self.format)
+        if self._clips:
+            over = int(np.count_nonzero(np.abs(samples) > 1.0))
+            if over:
+                self.clipped += over
+                samples = np.clip(samples, -1.0, 1.0)
+        self._file.write(samples)
+        self.samples_written += int(samples.shape[0])
+
+    def commit(self) -> None:
+        """Closes the file and renames it into place."""
+        if self._file is None:  # nothing was written: still an (empty) file, as asked
+            self.write(np.zeros((0, self.channels), np.float32))
+        self._file.close()
+        os.replace(self.temporary, self.path)
+        if self.clipped:
+            logger.warning("%s: %d samples beyond full scale were clipped", self.path, self.clipped)
+
+    def abort(self) -> None:
+        """Closes and removes the temporary; the final name is left as it was."""
+        if self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except (RuntimeError, OSError):  # a disk that failed the writes may fail the close too
+                pass
+        if os.path.exists(self.temporary):
+            os.remove(self.temporary)
+
+    def __enter__(self) -> "AtomicAudioWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_audio_atomic(path: str, samples: np.ndarray, sample_rate: int, subtype: str | None = None) -> int:
+    """Writes `samples` [samples, channels] (or [samples]) to `path` at once with `AtomicAudioWriter`.
+
+    Returns the number of samples clipped (beyond full scale for an integer subtype or ogg).
+    """
+    channels = 1 if samples.ndim == 1 else int(samples.shape[1])
+    with AtomicAudioWriter(path, sample_rate, channels, subtype) as writer:
+        writer.write(samples)
+        writer.commit()
+    return writer.clipped

@@ -32,9 +32,11 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         description="Denoise every wav/flac/ogg file of --input into --output, mirroring the folder structure. "
                     "Files of any length, sample rate and channel count are read; each channel is denoised on "
                     "its own (or the channels are averaged first with --downmix). Outputs keep the input's "
-                    "rate, length, channels and format unless told otherwise. Existing outputs are skipped, so "
-                    "an interrupted run resumes; unreadable files are listed in OUTPUT/failures.jsonl and make "
-                    "the exit status 1 after the rest are written.")
+                    "rate, length, channels and format unless told otherwise. Long files are streamed in blocks "
+                    "(memory does not grow with their length). Existing outputs are skipped, so an interrupted "
+                    "run resumes, and temporaries a killed run left in --output are removed; unreadable or "
+                    "too-short files are listed in OUTPUT/failures.jsonl and make the exit status 1 after the "
+                    "rest are written.")
     p.add_argument("--model", metavar="DIR", default=None,
                    help="model directory written by `speech-enhance train` (model.keras + model.json); "
                         "default: the model shipped in the package, if any")
@@ -51,11 +53,14 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="average the channels and write mono, instead of denoising each channel")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="redo files whose output already exists (default: skip them)")
+    # 16 is predictor.enhance.MAX_DEFAULT_WORKERS, written out so that --help imports no numpy work
+    # (tests/test_predict_streaming.py keeps the two equal).
     p.add_argument("--workers", type=int, default=None,
                    help="threads for reading, resampling, STFT and writing around the model "
-                        "(default: the number of CPU cores, at most 8; 0: none)")
+                        "(default: the number of CPU cores, at most 16; 0: none)")
     p.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
-                   help="seconds between progress log lines (default: 5)")
+                   help="seconds between progress log lines, which also say how far into a long file the "
+                        "output is (default: 5)")
     p.set_defaults(func=_predict)
 
 
@@ -96,7 +101,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                     "subtraction, a Wiener filter, noisereduce (stationary and non-stationary) and the oracle "
                     "(clean magnitude, noisy phase) with SI-SDR, SI-SDR improvement, PESQ and STOI, per input-SNR "
                     "bin and per noise class. Items are paired files (--noisy-dir/--clean-dir) or mixtures made "
-                    "reproducibly from held-out voices and noises (--voice-dir/--noise-dir). Writes results.json, "
+                    "reproducibly from held-out voices and noises (--voice-dir/--noise-dir). Items shorter than one "
+                    "model window, with a silent clean file, or whose noisy file equals the clean one are skipped "
+                    "and listed with their reason in the report. Writes results.json, "
                     "results.md, si_sdri_vs_snr.png and examples.png into --output.")
     p.add_argument("--model", action="append", type=_model_spec, default=None, metavar="NAME=DIR",
                    help="a model directory to score, named NAME in the tables (DIR alone: named after the folder); "
@@ -111,7 +118,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    help="input SNRs (dB) to mix at, or bin centres for paired files (default: -5 0 5 10 15)")
     p.add_argument("--num-mixtures", type=int, default=20, help="mixtures per SNR (default: 20)")
     p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS",
-                   help="longest mixture; shorter voice files give shorter mixtures (default: 4)")
+                   help="longest mixture, at least one model window (about 1 s); shorter voice files give "
+                        "shorter mixtures, and those shorter than a window are skipped (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixtures (default: 0)")
     p.add_argument("--sample-rate", type=int, default=None,
                    help="evaluation rate when no model is given (default: 8000); with models, their rate")
@@ -151,5 +159,8 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         text = f.read()
     start = text.find("## Overall")
     print(text[start: text.find("\n## ", start + 1)].strip())
+    if results["skipped"] or results["failures"]:
+        print(f"\n{len(results['skipped'])} items skipped, {len(results['failures'])} metric values not computed; "
+              f"the reasons are listed in {results['paths']['markdown']}")
     print("\nwritten: " + ", ".join(results["paths"].values()))
     return 0
