@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards.
 
@@ -122,8 +121,8 @@ def register(subparsers) -> None:
     q.add_argument("dataset", help="dataset folder (local or gs://) holding dataset_info.json")
     q.add_argument("--split", default="train", help="split to draw the example plot from (default: %(default)s)")
     q.add_argument("--examples", type=int, default=4, help="spectrogram pairs in the plot (default: %(default)s)")
-    q.add_argument("--plot", default=None, help="PNG path (default: DATASET/inspect.png; local datasets only)")
-    q.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+    q.add_argument("--plot", default=None, help="PNG path, local or gs:// (default: DATASET/inspect.png)")
+    q.add_argument("--json", default=None, help="also write the summary as JSON to this path (local or gs://)")
     q.add_argument("--verify", action="store_true",
                    help="read every record: check CRCs, the record schema and counts (default: shard sizes only); "
                         "exit status 1 when anything is damaged")
@@ -152,7 +151,9 @@ def _run_dataset(args, extra) -> int:
     if args.demo:
         from beam_pipelines.demo import make_demo_corpus
 
-        voice_dir, noise_dir = make_demo_corpus(os.path.join(os.path.dirname(os.path.abspath(args.output)), "demo_corpus"))
+        from tfrecord_schema import paths
+
+        voice_dir, noise_dir = make_demo_corpus(paths.join(paths.dirname(args.output), "demo_corpus"))
     if not voice_dir or not noise_dir:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
     config = SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype)

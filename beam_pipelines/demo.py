@@ -10,9 +10,11 @@ whole flow in a minute, not to train a useful model.
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+
+from tfrecord_schema import paths
 
 VOICE_RATE = 16000
 NOISE_RATE = 22050
@@ -106,23 +108,27 @@ NOISE_KINDS = ("clock", "footsteps", "alarm", "vacuum", "babble", "traffic")
 
 def make_demo_corpus(root: str, speakers: int = 12, utterances: int = 3, noises_per_kind: int = 3,
                      seed: int = 1234) -> tuple[str, str]:
-    """Writes the demo corpus under `root` (skipped if it is already complete); returns (voice_dir, noise_dir)."""
+    """Writes the demo corpus under `root`, a local folder or a gs:// prefix (skipped if it is already
+    complete); returns (voice_dir, noise_dir)."""
     import soundfile
 
-    voice_dir, noise_dir = os.path.join(root, "voices"), os.path.join(root, "noises")
-    marker = os.path.join(root, ".complete")
-    if os.path.exists(marker):
+    voice_dir, noise_dir = paths.join(root, "voices"), paths.join(root, "noises")
+    marker = paths.join(root, ".complete")
+    if paths.isfile(marker):
         return voice_dir, noise_dir
+
+    def write(path: str, audio: np.ndarray, rate: int, fmt: str) -> None:
+        buf = io.BytesIO()
+        soundfile.write(buf, audio, rate, format=fmt)
+        paths.write_atomic(path, buf.getvalue())
+
     rng = np.random.default_rng(seed)
     for s in range(speakers):
         speaker = 100 + s
         f0 = rng.uniform(95, 230)
-        folder = os.path.join(voice_dir, str(speaker))
-        os.makedirs(folder, exist_ok=True)
         for u in range(utterances):
             audio = synth_voice(rng, rng.uniform(3.0, 5.0), f0)
-            soundfile.write(os.path.join(folder, f"{speaker}-1-{u:04d}.flac"), audio, VOICE_RATE)
-    os.makedirs(noise_dir, exist_ok=True)
+            write(paths.join(voice_dir, str(speaker), f"{speaker}-1-{u:04d}.flac"), audio, VOICE_RATE, "FLAC")
     rows = ["file\tclass"]
     for kind in NOISE_KINDS:
         for i in range(noises_per_kind):
@@ -131,9 +137,8 @@ def make_demo_corpus(root: str, speakers: int = 12, utterances: int = 3, noises_
             if i == 0:  # stereo, to exercise the downmix
                 audio = np.stack([audio, np.roll(audio, 50)], axis=1)
             name = f"{kind}_{i}.wav"
-            soundfile.write(os.path.join(noise_dir, name), audio, NOISE_RATE)
+            write(paths.join(noise_dir, name), audio, NOISE_RATE, "WAV")
             rows.append(f"{name}\t{kind}")
-    with open(os.path.join(noise_dir, "classes.tsv"), "w", encoding="utf-8") as f:
-        f.write("\n".join(rows) + "\n")
-    open(marker, "w").close()
+    paths.write_atomic(paths.join(noise_dir, "classes.tsv"), ("\n".join(rows) + "\n").encode("utf-8"))
+    paths.write_atomic(marker, b"")
     return voice_dir, noise_dir

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -146,16 +146,15 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
         lines.append(f"healthy ({checked})")
     print("\n".join(lines))
 
-    if plot_path is None and "://" not in dataset:
-        plot_path = os.path.join(dataset, "inspect.png")
+    if plot_path is None:
+        plot_path = paths.join(dataset, "inspect.png")
     if plot_path and examples > 0 and not problems:
         items = read_examples(dataset, info, split, examples)
         if items:
             _plot(items, hist, plot_path)
             print(f"plot: {plot_path}")
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        paths.write_atomic(json_path, json.dumps(summary, indent=1).encode())
     return summary
 
 
@@ -192,5 +191,7 @@ def _plot(items: list[dict], hist: dict, path: str) -> None:
             if used.size:
                 ax.set_xlim(edges[used[0]] - 1e-9, edges[used[-1] + 1])
     fig.subplots_adjust(hspace=0.55)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    paths.write_atomic(path, buf.getvalue())

@@ -335,6 +335,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
 
+def _accept_empty_uploads() -> None:
+    """gcp-storage-emulator answers an upload with an empty body (an empty file, or the `dir/` object
+    that tf.io.gfile.makedirs creates) by dropping the connection: it reads the body as None. Real GCS
+    stores an empty object; so does the emulator after this fix, applied in its own process."""
+    from gcp_storage_emulator import server
+
+    read = server._read_data
+
+    def read_empty_upload_as_bytes(request_handler, query):
+        data = read(request_handler, query)
+        is_upload = request_handler.command in ("POST", "PUT") and "/upload/" in request_handler.path
+        return b"" if data is None and is_upload else data
+
+    server._read_data = read_empty_upload_as_bytes
+
+
 def serve_proxy(target: tuple[str, int], cert: Path, key: Path, port_file: Path) -> None:
     """Run the TensorFlow proxy until killed; its port is written to `port_file` once it listens."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -574,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         import runpy
 
         _die_with_parent(args.parent_pid)
+        _accept_empty_uploads()
         emulator_args = args.emulator_args[1:] if args.emulator_args[:1] == ["--"] else args.emulator_args
         sys.argv = ["gcp-storage-emulator", *emulator_args]
         runpy.run_module("gcp_storage_emulator", run_name="__main__", alter_sys=True)

@@ -178,8 +178,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     summary = train(args.dataset, args.model_dir, work_dir=args.work_dir, **options)
     if args.summary_json:
-        with open(args.summary_json, "w", encoding="utf-8") as f:
-            json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2, default=str)
+        from tfrecord_schema import paths
+
+        text = json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str)
+        paths.write_atomic(args.summary_json, text.encode("utf-8"))
     best = summary["best_val_loss"]
     print(f"model: {summary['model_dir']}  epochs: {summary['epochs_run']}  "
           f"best val_loss: {'n/a' if best is None else f'{best:.4f}'}  "

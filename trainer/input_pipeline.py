@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
@@ -46,14 +47,12 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     dataset_dir = os.fspath(dataset_dir) if isinstance(dataset_dir, os.PathLike) else dataset_dir
     if not isinstance(dataset_dir, str) or not dataset_dir:
         raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset_dir!r}")
-    path = f"{dataset_dir.rstrip('/')}/{INFO_FILE}"
-    if not tf.io.gfile.exists(path):
+    path = paths.join(dataset_dir, INFO_FILE)
+    if not paths.isfile(path):
         raise FileNotFoundError(
             f"No {INFO_FILE} in {dataset_dir!r}: it is not a dataset directory. Build one with "
             "`speech-enhance dataset --output DIR` (or `make dataset`) and pass that DIR.")
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    return parse_dataset_info(text, where=path)
+    return parse_dataset_info(paths.read_text(path), where=path)
 
 
 def num_examples(info: dict[str, Any], split: str) -> int:
@@ -83,11 +82,10 @@ def _existing_shards(info: dict[str, Any], dataset_dir: str, split: str) -> list
     files = shard_files(info, dataset_dir, split)
     if not files:
         raise ValueError(f"Split {split!r} of {dataset_dir!r} lists no shards; rebuild the dataset.")
-    # One directory listing instead of one request per shard (cheap on GCS too).
-    listed = {name.rstrip("/") for name in tf.io.gfile.listdir(dataset_dir)}
+    # One listing instead of one request per shard (cheap on GCS too).
+    listed = set(paths.list_files(dataset_dir))
     names = [shard["file"] for shard in info["splits"][split]["shards"]]
-    missing = [path for name, path in zip(names, files)
-               if not (name in listed or ("/" in name and tf.io.gfile.exists(path)))]
+    missing = [path for name, path in zip(names, files) if name not in listed]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} shard(s) listed in {INFO_FILE} are missing from {dataset_dir!r}, e.g. "
@@ -119,7 +117,7 @@ def check_shard_sizes(info: dict[str, Any], dataset_dir: str | os.PathLike, spli
         checks += [(split, entry, path) for entry, path in zip(entries, _existing_shards(info, dataset_dir, split))
                    if entry.get("num_bytes") is not None]
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        sizes = list(pool.map(lambda check: tf.io.gfile.stat(check[2]).length, checks))
+        sizes = list(pool.map(lambda check: paths.size(check[2]), checks))
     for (split, entry, path), actual in zip(checks, sizes):
         if actual != int(entry["num_bytes"]):
             raise CorruptShardError(

@@ -23,10 +23,12 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import zipfile
 from typing import Any
 
+from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import SCHEMA_VERSION, check_schema_version
 from trainer.targets import check_target
@@ -62,6 +64,9 @@ def save_model_dir(model, directory: str, *, config: SpectrogramConfig, target: 
         "training": dict(training or {}),
     }
     json.dumps(info)  # a value JSON cannot hold fails here, before anything is written
+    if paths.is_remote(directory):
+        _save_remote(model, directory, info)
+        return directory
     os.makedirs(directory, exist_ok=True)
     _clean_up_interrupted_saves(directory)
     staging = os.path.join(directory, f"{STAGING_PREFIX}{time.time_ns()}-{os.getpid()}")
@@ -84,6 +89,21 @@ def save_model_dir(model, directory: str, *, config: SpectrogramConfig, target: 
         raise
     _move_into_place(ready, directory)
     return directory
+
+
+def _save_remote(model, directory: str, info: dict[str, Any]) -> None:
+    """A bucket has no folder rename: both files are uploaded under temporary names, then renamed into
+    place, model.keras first. A reader that meets a new model.keras beside the old model.json is
+    refused by the size and SHA-256 that model.json records, never served a mixed pair."""
+    with tempfile.TemporaryDirectory() as local:
+        model_path = os.path.join(local, MODEL_FILE)
+        model.save(model_path)
+        info["model_file"] = _describe_file(model_path)
+        staged = [paths.temporary_name(paths.join(directory, name)) for name in _PAIR]
+        paths.upload_atomic(model_path, staged[0])
+        paths.write_atomic(staged[1], json.dumps(info, indent=2, sort_keys=True).encode("utf-8"))
+    for tmp, name in zip(staged, _PAIR):
+        paths.rename(tmp, paths.join(directory, name))
 
 
 def _fsync(path: str) -> None:
@@ -117,8 +137,8 @@ def _move_into_place(ready: str, directory: str) -> None:
 
 
 def _staged(directory: str) -> tuple[list[str], list[str]]:
-    """(committed `.ready` temporaries oldest first, incomplete temporaries) in `directory`."""
-    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    """(committed `.ready` temporaries oldest first, incomplete temporaries) in a local `directory`."""
+    names = sorted(os.listdir(directory)) if not paths.is_remote(directory) and os.path.isdir(directory) else []
     ours = [os.path.join(directory, n) for n in names if n.startswith(STAGING_PREFIX)]
     # time_ns ids have the same number of digits for centuries, so names sort by age
     return [p for p in ours if p.endswith(READY_SUFFIX)], [p for p in ours if not p.endswith(READY_SUFFIX)]
@@ -140,26 +160,25 @@ def _clean_up_interrupted_saves(directory: str) -> None:
 def _pair_paths(directory: str) -> tuple[str, str]:
     """Paths of the current model.keras and model.json, looking into an interrupted commit first."""
     ready, _ = _staged(directory)
-    paths = []
+    found = []
     for name in _PAIR:
         staged = os.path.join(ready[-1], name) if ready else None
-        paths.append(staged if staged and os.path.exists(staged) else os.path.join(directory, name))
-    return paths[0], paths[1]
+        found.append(staged if staged and os.path.exists(staged) else paths.join(directory, name))
+    return found[0], found[1]
 
 
 def read_model_info(directory: str) -> dict[str, Any]:
-    """Reads and checks `model.json`; raises FileNotFoundError/ValueError that say what is wrong."""
+    """Reads and checks `model.json` (local or gs://); raises FileNotFoundError/ValueError that say what is wrong."""
     _, path = _pair_paths(directory)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(
             f"{directory} is not a model directory: {INFO_FILE} is missing. Train one with "
             "`speech-enhance train --model-dir DIR`, or omit --model to use the shipped model.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            info = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is truncated or corrupt (not valid JSON: {err}). Copy the model directory "
-                             "again, or export the model again with `speech-enhance train`.") from err
+    try:
+        info = json.loads(paths.read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is truncated or corrupt (not valid JSON: {err}). Copy the model directory "
+                         "again, or export the model again with `speech-enhance train`.") from err
     if info.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: model directory format {info.get('format_version')!r} is not "
                          f"{FORMAT_VERSION}; upgrade the toolkit.")
@@ -205,9 +224,19 @@ def load_model_dir(directory: str, compile: bool = False):
     import keras
 
     info = read_model_info(directory)
-    model_path, _ = _pair_paths(directory)
-    check_model_file(model_path, info.get("model_file"))
     import trainer.model  # noqa: F401  (registers the toolkit's serializable layers, if any)
 
+    model_path, _ = _pair_paths(directory)
+    if paths.is_remote(model_path):
+        if not paths.isfile(model_path):
+            raise FileNotFoundError(f"{model_path} is missing: the model directory holds {INFO_FILE} but not "
+                                    f"{MODEL_FILE}. Copy the whole model directory.")
+        with tempfile.TemporaryDirectory() as local:
+            local_path = os.path.join(local, MODEL_FILE)
+            paths.download(model_path, local_path)
+            check_model_file(local_path, info.get("model_file"))
+            model = keras.saving.load_model(local_path, compile=compile)
+        return model, info
+    check_model_file(model_path, info.get("model_file"))
     model = keras.saving.load_model(model_path, compile=compile)
     return model, info

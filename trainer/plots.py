@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from typing import Mapping, Sequence
+
+from tfrecord_schema import paths
 
 
 def read_history_csv(path: str) -> dict[str, list[float]]:
     """Columns of a Keras `CSVLogger` file as float lists (missing or non-numeric cells -> NaN)."""
-    import tensorflow as tf  # tf.io.gfile reads local paths and gs:// alike
-
-    with tf.io.gfile.GFile(path, "r") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(paths.read_text(path))))
     columns: dict[str, list[float]] = {}
     for row in rows:
         for key, value in row.items():
@@ -59,8 +59,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str, title: str =
         axes[1].grid(True, alpha=0.3)
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    paths.write_atomic(path, buf.getvalue())
     return path

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Sequence
 import keras
 import tensorflow as tf
 
+from tfrecord_schema import paths
 from tfrecord_schema.dataset_info import spectrogram_config
 from trainer import input_pipeline
 from trainer.model import build_unet, unet_args
@@ -198,6 +199,27 @@ class _EpochStats(keras.callbacks.Callback):
                 logs["examples_per_second"] = rate
 
 
+class _HistoryCsv(keras.callbacks.Callback):
+    """history.csv as Keras' CSVLogger writes it (epoch, then the logs' keys sorted), rewritten whole
+    through the path layer after every epoch: CSVLogger's open file fails on gs:// in Keras 3."""
+
+    def __init__(self, path: str, append: bool) -> None:
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if append and paths.isfile(path):
+            self.rows = list(csv.DictReader(io.StringIO(paths.read_text(path))))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch, **{k: logs[k] for k in sorted(logs or {})}})
+        fields = ["epoch"] + sorted({k for row in self.rows for k in row if k != "epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        paths.write_atomic(self.path, out.getvalue().encode("utf-8"))
+
+
 class _LossCurve(keras.callbacks.Callback):
     """Redraws loss.png from history.csv after every epoch (so a long run can be watched)."""
 
@@ -214,36 +236,31 @@ class _LossCurve(keras.callbacks.Callback):
 
 # --- resuming ---------------------------------------------------------------------------------
 
-def _join(*parts: str) -> str:
-    return "/".join([parts[0].rstrip("/"), *(p.strip("/") for p in parts[1:])])
+_join = paths.join
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-    if not tf.io.gfile.exists(path):
+    if not paths.isfile(path):
         return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.loads(f.read())
+    return json.loads(paths.read_text(path))
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True))
+    paths.write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def _keep_history_before(csv_path: str, epoch: int) -> list[dict[str, str]]:
     """Drops history rows of epochs >= `epoch` (written after the last backup); returns the kept rows."""
-    if not tf.io.gfile.exists(csv_path):
+    if not paths.isfile(csv_path):
         return []
-    with tf.io.gfile.GFile(csv_path, "r") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = [row for row in reader if int(float(row.get("epoch", "0"))) < epoch]
+    reader = csv.DictReader(io.StringIO(paths.read_text(csv_path)))
+    fields = reader.fieldnames or []
+    rows = [row for row in reader if int(float(row.get("epoch", "0"))) < epoch]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    with tf.io.gfile.GFile(csv_path, "w") as f:
-        f.write(out.getvalue())
+    paths.write_atomic(csv_path, out.getvalue().encode("utf-8"))
     return rows
 
 
@@ -269,16 +286,16 @@ def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> 
     """Returns (epoch to resume from, best validation loss so far) and records this run's arguments."""
     backup_dir = _join(work_dir, "backup")
     history_csv = _join(work_dir, "history.csv")
-    tf.io.gfile.makedirs(work_dir)
+    paths.makedirs(work_dir)
     state = _read_json(_join(backup_dir, "training_metadata.json"))
     if state is not None and not resume:
         logger.info("resume=False: discarding the backup in %s", backup_dir)
-        tf.io.gfile.rmtree(backup_dir)
+        paths.delete_tree(backup_dir)
         state = None
     if state is None:
-        for stale in (history_csv, _join(work_dir, "checkpoints")):
-            if tf.io.gfile.exists(stale):
-                (tf.io.gfile.rmtree if tf.io.gfile.isdir(stale) else tf.io.gfile.remove)(stale)
+        if paths.isfile(history_csv):
+            paths.delete_files([history_csv])
+        paths.delete_tree(_join(work_dir, "checkpoints"))
         _write_json(_join(work_dir, "run.json"), run_args)
         return 0, None
     previous = _read_json(_join(work_dir, "run.json")) or {}
@@ -345,8 +362,9 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
 
     Args:
         dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards.
-        model_dir: local directory for the exported model (model.keras + model.json).
-        work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training).
+        model_dir: directory (local or gs://) for the exported model (model.keras + model.json).
+        work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training;
+            local or gs://).
         target: "noise" or "mask" (see `trainer.targets`).
         epochs: epochs to train (an epoch is `steps_per_epoch` batches).
         batch_size: global batch size (split across replicas under a distribution).
@@ -431,7 +449,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
     initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, resume)
     history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
     best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
-    tf.io.gfile.makedirs(_join(work_dir, "checkpoints"))
+    paths.makedirs(_join(work_dir, "checkpoints"))
 
     keras.utils.set_random_seed(seed)
     logger.info("training on %s: %d train examples, %s validation examples, %d steps/epoch x %d epochs, "
@@ -455,7 +473,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
         stats,
         keras.callbacks.ModelCheckpoint(best_weights, monitor=monitor, save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far, verbose=0),
-        keras.callbacks.CSVLogger(history_csv, append=initial_epoch > 0),
+        _HistoryCsv(history_csv, append=initial_epoch > 0),
         _LossCurve(history_csv, loss_png, f"U-Net ({target} target) on {dataset_dir}"),
     ]
     if tensorboard:
@@ -494,14 +512,14 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
     # The exported model is float32 whatever the training precision: the predictor runs anywhere.
     with _dtype_policy("float32"):
         export = build_unet(config, base_filters, depth, dropout, negative_slope)
-    if tf.io.gfile.exists(best_weights):
+    if paths.isfile(best_weights):
         export.load_weights(best_weights)
         exported = "best"
     else:
         export.set_weights(trained_weights)
         exported = "last"
 
-    history = read_history_csv(history_csv) if tf.io.gfile.exists(history_csv) else dict(fit_history.history)
+    history = read_history_csv(history_csv) if paths.isfile(history_csv) else dict(fit_history.history)
     monitored = list(history.get(monitor, []))
     finite = [i for i, v in enumerate(monitored) if math.isfinite(v)]
     best_index = min(finite, key=monitored.__getitem__) if finite else None
