@@ -4,7 +4,9 @@ Every stage reads and writes through these functions. Rules they keep:
 - A user's path is literal: `[`, `*` and `?` in a folder name are characters, never patterns.
 - A remote "folder" is a prefix: it exists through the objects below it (`exists_folder`), and
   deleting it deletes those objects (`delete_tree`).
-- Writes are atomic: a temporary name (`*.incomplete-XXXXXXXX`), then a rename.
+- Writes are atomic: locally a temporary name (`*.incomplete-XXXXXXXX`), then a rename; on a
+  bucket an upload is itself atomic (an object appears only when its upload completes), so objects
+  are written under their final name and a rename, a full copy there, is saved.
 - Remote files are streamed (`open_read`), never downloaded whole first.
 
 Local paths go through `os`. Remote paths go through one of two clients, both able to talk to
@@ -262,8 +264,26 @@ def open_write(path: str) -> BinaryIO:
     return open(path, "wb")
 
 
+def open_write_atomic(path: str) -> tuple[BinaryIO, str]:
+    """(file object, name it writes) for a file that must appear whole or not at all at `path`:
+    call `finish_atomic(name, path)` after closing it. The name is `path` itself on a bucket."""
+    if is_remote(path):
+        return remote_client().open_write(path), path
+    tmp = temporary_name(path)
+    return open_write(tmp), tmp
+
+
+def finish_atomic(written: str, path: str) -> None:
+    if written != path:
+        rename(written, path)
+
+
 def write_atomic(path: str, data: bytes) -> None:
-    """Writes `data` under a temporary name, then renames it to `path`: readers never see part of it."""
+    """Writes `data` to `path` so that readers never see part of it (see the module docstring)."""
+    if is_remote(path):
+        with remote_client().open_write(path) as f:
+            f.write(data)
+        return
     tmp = temporary_name(path)
     with open_write(tmp) as f:
         f.write(data)
@@ -272,10 +292,10 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def upload_atomic(local_file: str, path: str) -> None:
     """Copies the local file `local_file` to `path` (local or remote) atomically, streaming it."""
-    tmp = temporary_name(path)
-    with open(local_file, "rb") as src, open_write(tmp) as dst:
+    dst, written = open_write_atomic(path)
+    with open(local_file, "rb") as src, dst:
         shutil.copyfileobj(src, dst, 1 << 22)
-    rename(tmp, path)
+    finish_atomic(written, path)
 
 
 def download(path: str, local_file: str) -> None:
