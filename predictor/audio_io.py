@@ -1,9 +1,13 @@
-"""Finding, reading, resampling and atomically writing local audio files for the predictor.
+"""Finding, reading, resampling and atomically writing audio files for the predictor.
 
 Audio is float32 [samples, channels] everywhere here; channel handling is the caller's choice.
 Files of any length are read, resampled and written a block at a time (`AudioReader`,
 `StreamResampler`, `AtomicAudioWriter`), so memory does not grow with the file; the block-wise
 results equal the whole-file ones (`read_audio`, `resample`, `write_audio_atomic`).
+
+Paths are local or remote (gs://...): every file operation goes through `tfrecord_schema.paths`.
+Remote files are read streamed (soundfile decodes from the path layer's seekable reader) and
+written to a local temporary file, uploaded atomically when complete.
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import dataclasses
 import glob
 import logging
 import os
+import posixpath
 import re
+import tempfile
 from typing import Iterator
 
 import numpy as np
 
 # One reader for the whole toolkit: the dataset job decodes its inputs with the same function.
 from beam_pipelines.audio import AUDIO_EXTENSIONS, AudioError, read_samples
+from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +55,64 @@ class Audio:
         return self.num_samples / self.sample_rate
 
 
+def split_extension(path: str) -> tuple[str, str]:
+    """(`path` without its extension, the extension as written) for a local path or a remote URL."""
+    return (posixpath if paths.is_remote(path) else os.path).splitext(path)
+
+
+def extension(path: str) -> str:
+    """The lower-case extension of `path` (".wav"), "" when it has none."""
+    return split_extension(path)[1].lower()
+
+
 def is_audio_file(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+    return extension(path) in AUDIO_EXTENSIONS
+
+
+_GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def _normalised_folder(path: str) -> str:
+    """`path` as a folder prefix that another path below it starts with: resolved, with one trailing
+    separator (remote prefixes only lose trailing slashes: a bucket has no links and no "..")."""
+    if paths.is_remote(path):
+        return path.rstrip("/") + "/"
+    return os.path.realpath(path) + os.sep
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether the local paths or remote prefixes `a` and `b` name the same file or folder."""
+    return paths.is_remote(a) == paths.is_remote(b) and _normalised_folder(a) == _normalised_folder(b)
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether `path` lies strictly below `folder` (both local, or both remote)."""
+    if paths.is_remote(path) != paths.is_remote(folder):
+        return False
+    inside, top = _normalised_folder(path), _normalised_folder(folder)
+    return inside != top and inside.startswith(top)
+
+
+def _find_remote_audio_files(source: str) -> tuple[str, list[str]]:
+    """`find_audio_files` for a remote prefix or object: literal, never a pattern."""
+    listed = paths.list_files(source)
+    found = [rel for rel in listed if is_audio_file(rel) and not posixpath.basename(rel).startswith(".")]
+    if found:
+        return source.rstrip("/"), found
+    if listed:  # a folder, but without audio
+        raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
+    if paths.isfile(source):
+        if not is_audio_file(source):
+            raise ValueError(f"--input must be a {'/'.join(AUDIO_EXTENSIONS)} file or a folder. "
+                             f"Received: input={source!r}")
+        return paths.dirname(source), [paths.basename(source)]
+    if any(c in source for c in _GLOB_CHARACTERS):
+        raise ValueError(
+            f"Glob patterns work on local paths only; a remote --input is one file or a folder prefix (searched "
+            f"recursively), and '*', '?' and '[' in it are literal characters. Received: input={source!r}, which "
+            "names no object and no folder. Pass the folder that holds the files, or copy them to a local folder.")
+    raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files match the input: {source!r} is neither a "
+                            "folder prefix with objects below it nor one object.")
 
 
 def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list[str]]:
@@ -59,7 +122,17 @@ def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list
     relative to their deepest common folder, so the output mirrors the input's structure. Only
     wav/flac/ogg files count. Files under `exclude` (e.g. an output folder inside the input folder)
     are left out. Raises FileNotFoundError when nothing matches.
+
+    A remote `source` (gs://...) is a folder prefix (searched recursively) or one object; globs are
+    local only (a remote pattern is refused with ValueError), and relative paths use "/".
     """
+    if paths.is_remote(source):
+        base, rel = _find_remote_audio_files(source)
+        if exclude and is_inside(exclude, base):
+            rel = [r for r in rel if not is_inside(paths.join(base, r), exclude)]
+        if not rel:
+            raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
+        return base, sorted(rel)
     if os.path.isdir(source):
         base = source
         found = []
@@ -78,11 +151,10 @@ def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list
                 f"No {'/'.join(AUDIO_EXTENSIONS)} files match the input: {source!r} is neither a folder, "
                 "a file nor a glob pattern with matches.")
         base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in found])
-    if exclude:
+    if exclude and is_inside(exclude, base):
         # Only a folder strictly inside the input is left out; the caller refuses one equal to it.
-        inside, top = os.path.realpath(exclude) + os.sep, os.path.realpath(base) + os.sep
-        if inside != top and inside.startswith(top):
-            found = [p for p in found if not os.path.realpath(p).startswith(inside)]
+        inside = _normalised_folder(exclude)
+        found = [p for p in found if not os.path.realpath(p).startswith(inside)]
     rel = sorted(os.path.relpath(p, base) for p in found)
     if not rel:
         raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
@@ -95,9 +167,9 @@ def read_audio(path: str) -> Audio:
     Raises AudioError("unreadable" | "empty" | "not_finite") naming the file.
     """
     try:
-        if os.path.getsize(path) == 0:
+        if paths.size(path) == 0:
             raise AudioError("empty", f"{path}: the file is empty (0 bytes)")
-        with open(path, "rb") as f:
+        with paths.open_read(path) as f:
             samples, rate, subtype = read_samples(f, path)
     except OSError as err:
         raise AudioError("unreadable", f"{path}: cannot read ({type(err).__name__}: {err})") from err
@@ -110,21 +182,31 @@ class AudioReader:
     The blocks, joined, are what `read_audio` returns, and the errors are its errors, naming the
     file: AudioError "empty" (no bytes, or no samples), "unreadable" (cannot be opened or decoded),
     "not_finite" (NaN or infinite samples, in whichever block they turn up). A context manager.
+
+    A remote file is streamed: soundfile decodes from the path layer's reader (Beam's GCS reader
+    and tf.io.gfile's are both seekable, which soundfile needs to find the header and the blocks),
+    so nothing is downloaded whole first.
     """
 
     def __init__(self, path: str) -> None:
         import soundfile
 
         self.path = path
+        self._stream = None  # the remote reader soundfile decodes from
         try:
-            size = os.path.getsize(path)
+            size = paths.size(path)
         except OSError as err:
             raise AudioError("unreadable", f"{path}: cannot read ({type(err).__name__}: {err})") from err
         if size == 0:
             raise AudioError("empty", f"{path}: the file is empty (0 bytes)")
         try:
-            self._file = soundfile.SoundFile(path)
+            if paths.is_remote(path):
+                self._stream = paths.open_read(path)
+                self._file = soundfile.SoundFile(self._stream)
+            else:
+                self._file = soundfile.SoundFile(path)
         except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+            self._close_stream()
             raise AudioError("unreadable", f"{path}: cannot decode audio ({type(err).__name__}: {err})") from err
         self.sample_rate = int(self._file.samplerate)
         self.num_channels = int(self._file.channels)
@@ -162,7 +244,15 @@ class AudioReader:
                 return
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        finally:
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def __enter__(self) -> "AudioReader":
         return self
@@ -238,7 +328,14 @@ def remove_stale_temporaries(folder: str, endings: tuple[str, ...] = tuple(FORMA
     Only files named the way `temporary_path` names them, for a final name ending in one of
     `endings` (any case), whose process no longer runs, are deleted: a run still writing keeps its
     temporaries, and nothing else is touched. Links are not followed.
+
+    Local folders only: for a remote `folder` nothing is deleted and [] is returned. A bucket
+    cannot tell whether the writer of a temporary object is still alive (its process may run on
+    another machine), and `AtomicAudioWriter` keeps a remote output's temporary on the local disk
+    anyway; only a failed upload can leave an object (`*.incomplete-*`, see `paths.upload_atomic`).
     """
+    if paths.is_remote(folder):
+        return []
     removed: list[str] = []
     for root, _, files in os.walk(folder):
         for name in files:
@@ -281,8 +378,14 @@ class AtomicAudioWriter:
     hold values beyond full scale, so such samples are clipped; `clipped` counts them and `commit()`
     logs the count.
 
+    A remote `path` (gs://...) is written block by block to a local temporary file (in
+    `tempfile.gettempdir()`: soundfile seeks back to finish a header, which an object upload cannot)
+    and `commit()` uploads it with `paths.upload_atomic`, under a temporary object name renamed
+    into place, so the bucket never holds part of a file under the final name. The local file is
+    removed by `commit()` and `abort()`. An upload that fails raises OSError naming `path`.
+
     Args:
-        path: the final file; its extension (.wav, .flac, .ogg) picks the format.
+        path: the final file (local or remote); its extension (.wav, .flac, .ogg) picks the format.
         sample_rate: Hz.
         channels: channels of every block written.
         subtype: soundfile subtype ("PCM_16", "FLOAT", ...); None: the format's default.
@@ -291,13 +394,15 @@ class AtomicAudioWriter:
     def __init__(self, path: str, sample_rate: int, channels: int, subtype: str | None = None) -> None:
         import soundfile
 
-        extension = os.path.splitext(path)[1].lower()
-        if extension not in FORMATS:
+        ext = extension(path)
+        if ext not in FORMATS:
             raise ValueError(f"Output files must end in one of {AUDIO_EXTENSIONS}. Received: path={path!r}")
         self.path, self.sample_rate, self.channels = path, sample_rate, channels
-        self.format = FORMATS[extension]
+        self.format = FORMATS[ext]
         self.subtype = subtype or soundfile.default_subtype(self.format)
-        self.temporary = temporary_path(path)
+        self.remote = paths.is_remote(path)
+        # A remote output's local temporary is made when the first block comes (see `write`).
+        self.temporary = None if self.remote else temporary_path(path)
         self.clipped = 0
         self.samples_written = 0
         self._clips = self.subtype in _INTEGER_SUBTYPES or self.format == "OGG"
@@ -308,7 +413,11 @@ class AtomicAudioWriter:
         import soundfile
 
         if self._file is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            if self.remote:
+                handle, self.temporary = tempfile.mkstemp(prefix="speech-enhance-", suffix=extension(self.path))
+                os.close(handle)
+            else:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._file = soundfile.SoundFile(self.temporary, "w", samplerate=self.sample_rate, channels=self.channels,
                                              subtype=self.subtype, format=self.format)
         if self._clips:
@@ -324,7 +433,18 @@ class AtomicAudioWriter:
         if self._file is None:  # nothing was written: still an (empty) file, as asked
             self.write(np.zeros((0, self.channels), np.float32))
         self._file.close()
-        os.replace(self.temporary, self.path)
+        if self.remote:
+            local, self.temporary = self.temporary, None  # gone after this, whatever happens
+            try:
+                paths.upload_atomic(local, self.path)
+            except OSError:
+                raise
+            except Exception as err:  # the storage clients' own errors (google.api_core, ...) are no OSError
+                raise OSError(f"cannot upload to {self.path} ({type(err).__name__}: {err})") from err
+            finally:
+                os.remove(local)
+        else:
+            os.replace(self.temporary, self.path)
         if self.clipped:
             logger.warning("%s: %d samples beyond full scale were clipped", self.path, self.clipped)
 
@@ -335,7 +455,7 @@ class AtomicAudioWriter:
                 self._file.close()
             except (RuntimeError, OSError):  # a disk that failed the writes may fail the close too
                 pass
-        if os.path.exists(self.temporary):
+        if self.temporary is not None and os.path.exists(self.temporary):
             os.remove(self.temporary)
 
     def __enter__(self) -> "AtomicAudioWriter":

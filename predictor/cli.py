@@ -34,16 +34,19 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
                     "its own (or the channels are averaged first with --downmix). Outputs keep the input's "
                     "rate, length, channels and format unless told otherwise. Long files are streamed in blocks "
                     "(memory does not grow with their length). Existing outputs are skipped, so an interrupted "
-                    "run resumes, and temporaries a killed run left in --output are removed; unreadable or "
-                    "too-short files are listed in OUTPUT/failures.jsonl and make the exit status 1 after the "
-                    "rest are written.")
+                    "run resumes, and temporaries a killed run left in a local --output are removed; unreadable "
+                    "or too-short files are listed in OUTPUT/failures.jsonl and make the exit status 1 after the "
+                    "rest are written. --input and --output may be gs:// prefixes: inputs are streamed from the "
+                    "bucket, and each output is written to a local temporary file and uploaded when complete.")
     p.add_argument("--model", metavar="DIR", default=None,
-                   help="model directory written by `speech-enhance train` (model.keras + model.json); "
-                        "default: the model shipped in the package, if any")
+                   help="model directory (local or gs://) written by `speech-enhance train` (model.keras + "
+                        "model.json); default: the model shipped in the package, if any")
     p.add_argument("--input", required=True, metavar="PATH",
-                   help="a folder (searched recursively), one audio file, or a glob pattern (quote it; ** works)")
+                   help="a folder (searched recursively), one audio file, or a local glob pattern (quote it; ** "
+                        "works); or a gs:// folder prefix (searched recursively) or object, taken literally: "
+                        "globs are local only")
     p.add_argument("--output", required=True, metavar="DIR",
-                   help="folder for the denoised files; must not be the input folder")
+                   help="folder (or gs:// prefix) for the denoised files; must not be the input folder")
     _common_model_args(p)
     p.add_argument("--format", choices=("wav", "flac", "ogg"), default=None,
                    help="output format; default: the input file's own format")
@@ -65,7 +68,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
+    from predictor.enhance import DEFAULT_WORKERS, FAILURES_FILE, Enhancer, enhance_files
+    from tfrecord_schema import paths
 
     workers = DEFAULT_WORKERS if args.workers is None else args.workers
     enhancer = Enhancer.from_model_dir(args.model, batch_size=args.batch_size, overlap=args.overlap, workers=workers)
@@ -77,16 +81,19 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
           f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} s "
           f"(real-time factor {rtf})")
     if summary.failures:
-        print(f"failures and their reasons: {os.path.join(args.output, 'failures.jsonl')}")
+        print(f"failures and their reasons: {paths.join(args.output, FAILURES_FILE)}")
         return 1
     return 0
 
 
 def _model_spec(value: str) -> tuple[str, str]:
+    from tfrecord_schema import paths
+
     name, sep, directory = value.partition("=")
     if not sep:
         directory = value
-        name = os.path.basename(os.path.normpath(value)) or "model"
+        name = (paths.basename(value) if paths.is_remote(value) else os.path.basename(os.path.normpath(value))
+                ) or "model"
     if not name or not directory:
         raise argparse.ArgumentTypeError(f"expected NAME=DIR or DIR, got {value!r}")
     return name, directory
@@ -104,16 +111,18 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                     "reproducibly from held-out voices and noises (--voice-dir/--noise-dir). Items shorter than one "
                     "model window, with a silent clean file, or whose noisy file equals the clean one are skipped "
                     "and listed with their reason in the report. Writes results.json, "
-                    "results.md, si_sdri_vs_snr.png and examples.png into --output.")
+                    "results.md, si_sdri_vs_snr.png and examples.png into --output. Every folder (and --model) "
+                    "may be a gs:// prefix; its files are listed and read through the bucket.")
     p.add_argument("--model", action="append", type=_model_spec, default=None, metavar="NAME=DIR",
                    help="a model directory to score, named NAME in the tables (DIR alone: named after the folder); "
                         "repeat for several models; default: the shipped model if there is one, else baselines only")
-    p.add_argument("--noisy-dir", metavar="DIR", help="noisy files, paired with --clean-dir by relative path")
+    p.add_argument("--noisy-dir", metavar="DIR",
+                   help="noisy files, paired with --clean-dir by relative path; classes as for --noise-dir")
     p.add_argument("--clean-dir", metavar="DIR", help="clean files at the same relative paths as --noisy-dir")
     p.add_argument("--voice-dir", metavar="DIR", help="held-out clean speech to make mixtures from")
     p.add_argument("--noise-dir", metavar="DIR",
-                   help="held-out noise to make mixtures from; classes from classes.tsv (file<TAB>class) or "
-                        "sub-folder names")
+                   help="held-out noise to make mixtures from; classes from the nearest classes.tsv "
+                        "(file<TAB>class) in a file's folder or above, or sub-folder names")
     p.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
                    help="input SNRs (dB) to mix at, or bin centres for paired files (default: -5 0 5 10 15)")
     p.add_argument("--num-mixtures", type=int, default=20, help="mixtures per SNR (default: 20)")
@@ -133,13 +142,16 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--examples", type=int, default=3, help="items shown in examples.png (default: 3)")
     p.add_argument("--save-audio", action=argparse.BooleanOptionalAction, default=False,
                    help="also write the example items' clean, noisy and enhanced audio under OUTPUT/audio/")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the report")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder (or gs:// prefix) for the report; each file is written whole under a temporary "
+                        "name and renamed into place")
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from predictor.enhance import PRETRAINED_DIR
     from predictor.evaluate import run_evaluation
+    from tfrecord_schema import paths
 
     models = dict(args.model or [])
     if args.model and len(models) != len(args.model):
@@ -155,8 +167,7 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed, sample_rate=args.sample_rate, systems=args.systems, reference_recipe=args.reference_recipe,
         with_pesq=args.pesq, with_stoi=args.stoi, batch_size=args.batch_size, overlap=args.overlap,
         num_examples=args.examples, save_audio=args.save_audio)
-    with open(results["paths"]["markdown"], encoding="utf-8") as f:
-        text = f.read()
+    text = paths.read_text(results["paths"]["markdown"])
     start = text.find("## Overall")
     print(text[start: text.find("\n## ", start + 1)].strip())
     if results["skipped"] or results["failures"]:

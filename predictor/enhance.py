@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from predictor import audio_io
+from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft, tune_malloc
 from trainer.targets import check_target, enhance_magnitude, model_input
@@ -750,9 +751,7 @@ class _FileSink:
         self.rate = enhancer.sample_rate if keep_model_rate else job.sample_rate
         self.synthesis = _Synthesis(enhancer)
         self.resampler = audio_io.StreamResampler(enhancer.sample_rate, self.rate, job.channels)
-        source_ext = os.path.splitext(job.source)[1].lower()
-        target_ext = os.path.splitext(job.target)[1].lower()
-        subtype = audio_io.output_subtype(target_ext, job.subtype, source_ext)
+        subtype = audio_io.output_subtype(audio_io.extension(job.target), job.subtype, audio_io.extension(job.source))
         self.writer = audio_io.AtomicAudioWriter(job.target, self.rate, job.channels, subtype)
         self.error: str | None = None
 
@@ -813,13 +812,13 @@ def _read_frames(job: _FileJob, enhancer: Enhancer, downmix: bool,
 
 def output_path(output_dir: str, rel: str, output_format: str | None) -> str:
     """Where the output of input `rel` goes: same relative path; extension from `output_format`."""
-    stem, ext = os.path.splitext(rel)
+    stem, ext = audio_io.split_extension(rel)
     if output_format:
         ext = "." + output_format.lower().lstrip(".")
         if ext not in audio_io.FORMATS:
             raise ValueError(f"output format must be one of {sorted(f[1:] for f in audio_io.FORMATS)}. "
                              f"Received: format={output_format!r}")
-    return os.path.join(output_dir, stem + ext.lower())
+    return paths.join(output_dir, stem + ext.lower())
 
 
 def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
@@ -827,23 +826,31 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                   progress_interval: float = 5.0, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> PredictSummary:
     """Denoises every wav/flac/ogg file of `source` (folder, file or glob) into `output_dir`.
 
+    `source` and `output_dir` may be local or remote (gs://...; a remote `source` is a folder
+    prefix or one object, never a glob). Remote inputs are streamed; remote outputs are written to
+    a local temporary file and uploaded when complete (`audio_io.AtomicAudioWriter`).
+
     Outputs mirror the input's folder structure, keep the input's sample rate (the model's with
     `keep_model_rate`), length, channel count (mono with `downmix`), format (or `output_format`:
     "wav", "flac", "ogg") and, for the same format, sample encoding. Files are streamed: read,
     resampled, enhanced and written `block_seconds` (of input) at a time, so memory does not grow
     with their length, and the output is the same as for the whole file at once. Each output is
     written under a temporary name and renamed when complete; temporaries that a killed run left
-    in `output_dir` are removed. Outputs that exist are skipped unless `overwrite`, so an
-    interrupted run resumes. A file that cannot be read, is too short to resample to the model's
-    rate, or cannot be written is logged, recorded in `output_dir/failures.jsonl` with its reason,
-    and skipped. Refuses (ValueError) when an output would replace an input.
+    in a local `output_dir` are removed (a bucket cannot tell whether their writer still runs).
+    Outputs that exist are skipped unless `overwrite`, so an interrupted run resumes. A file that
+    cannot be read, is too short to resample to the model's rate, or cannot be written is logged,
+    recorded in `output_dir/failures.jsonl` with its reason, and skipped. Refuses (ValueError)
+    when an output would replace an input.
     """
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
     base, rels = audio_io.find_audio_files(source, exclude=output_dir)
-    jobs = [_FileJob(rel, os.path.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
+    jobs = [_FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
     _check_no_input_overwritten(base, output_dir, jobs)
+    # Local only (remove_stale_temporaries does nothing for a bucket): an object cannot say whether
+    # the process writing it still runs, and remote outputs are staged on the local disk anyway.
     audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
+    output_exists = _existing_outputs(output_dir)
     summary = PredictSummary(total=len(jobs))
     progress = _Progress(len(jobs), progress_interval)
     logger.info("denoising %d files from %s into %s (model rate %d Hz, batch %d, overlap %.0f%%)",
@@ -857,7 +864,7 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                   "use --format to keep them apart or rename one")
             continue
         targets_seen.add(job.target)
-        if os.path.exists(job.target) and not overwrite:
+        if not overwrite and output_exists(job.target):
             summary.skipped += 1
             continue
         todo.append(job)
@@ -918,20 +925,45 @@ def _fail(summary: PredictSummary, job: _FileJob, reason: str, message: str) -> 
     summary.failures.append({"input": job.source, "output": job.target, "reason": reason, "message": message})
 
 
+def _existing_outputs(output_dir: str) -> Callable[[str], bool]:
+    """A test of whether an output path exists, for the resume check.
+
+    Locally one `os.path.exists` per file, as always. For a remote `output_dir` the prefix is
+    listed once (one request per 1000 objects) instead of asking for every output in turn.
+    """
+    if not paths.is_remote(output_dir):
+        return os.path.exists
+    existing = {paths.join(output_dir, rel) for rel in paths.list_files(output_dir)}
+    return existing.__contains__
+
+
+def _location(path: str) -> str:
+    """`path` normalised for comparing with another: resolved locally, without trailing "/" remotely."""
+    return path.rstrip("/") if paths.is_remote(path) else os.path.realpath(path)
+
+
 def _check_no_input_overwritten(base: str, output_dir: str, jobs: Sequence[_FileJob]) -> None:
-    if os.path.realpath(output_dir) == os.path.realpath(base):
+    if audio_io.same_location(output_dir, base):
         raise ValueError(
             "--output must not be the input folder: outputs would replace or mix with the inputs. "
             f"Received: input folder={base!r}, output={output_dir!r}. Choose another --output.")
-    sources = {os.path.realpath(job.source) for job in jobs}
-    clashes = [job.source for job in jobs if os.path.realpath(job.target) in sources]
+    sources = {_location(job.source) for job in jobs}
+    clashes = [job.source for job in jobs if _location(job.target) in sources]
     if clashes:
         raise ValueError(f"--output {output_dir!r} would overwrite {len(clashes)} input file(s), e.g. "
                          f"{clashes[0]!r}. Choose an --output folder that holds no inputs.")
 
 
 def _write_failures(output_dir: str, failures: list[dict[str, str]]) -> None:
-    path = os.path.join(output_dir, FAILURES_FILE)
+    path = paths.join(output_dir, FAILURES_FILE)
+    if paths.is_remote(path):
+        # Whole, under a temporary object name renamed into place; an earlier run's list is replaced.
+        if failures:
+            paths.write_atomic(path, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures).encode("utf-8"))
+            logger.error("%d file(s) failed; reasons in %s", len(failures), path)
+        elif paths.isfile(path):  # from an earlier run; its files were retried
+            paths.delete_files([path])
+        return
     if not failures:
         if os.path.exists(path):  # from an earlier run; its files were retried
             os.remove(path)

@@ -10,6 +10,9 @@ Items that cannot be scored meaningfully (shorter than one model window, a silen
 a noisy file that holds no noise) are skipped with a warning and listed with their reason in the
 report; a metric that fails on one item of one system is left out of the means and listed too,
 so one bad file never costs the whole run and never silently moves an average.
+
+Input and output folders may be local or remote (gs://...): files are listed, read and written
+through `tfrecord_schema.paths` (the report's files whole, with `paths.write_atomic`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import json
 import logging
 import math
@@ -28,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from predictor import audio_io, baselines, metrics
+from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
 logger = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ class Item:
 # --- items -----------------------------------------------------------------------------------
 
 def noise_classes(root: str, rel_paths: Iterable[str]) -> dict[str, str]:
-    """Class of each file (paths relative to `root`).
+    """Class of each file (paths relative to `root`, a local folder or a remote prefix).
 
     The class is taken from the nearest `classes.tsv` ("file<TAB>class" lines, paths relative to
     the folder holding the tsv, an optional "file<TAB>class" header) in the file's folder or any
@@ -72,8 +77,8 @@ def noise_classes(root: str, rel_paths: Iterable[str]) -> dict[str, str]:
 
     def table(folder: str) -> dict[str, str] | None:
         if folder not in tables:
-            path = os.path.join(root, folder, CLASSES_FILE)
-            tables[folder] = _read_classes(path) if os.path.isfile(path) else None
+            path = paths.join(root, folder, CLASSES_FILE)
+            tables[folder] = _read_classes(path) if paths.isfile(path) else None
         return tables[folder]
 
     out = {}
@@ -95,7 +100,8 @@ def noise_classes(root: str, rel_paths: Iterable[str]) -> dict[str, str]:
 
 def _read_classes(path: str) -> dict[str, str]:
     entries = {}
-    with open(path, encoding="utf-8", newline="") as f:
+    # A small table: read whole (newline="" lets csv see the line ends as they are, as open() did).
+    with io.StringIO(paths.read_text(path), newline="") as f:
         for row in csv.reader(f, delimiter="\t"):
             if len(row) < 2 or not row[0].strip() or row[0].startswith("#"):
                 continue
@@ -166,7 +172,7 @@ def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = DEF
 def _draw_voice(rng, root, files, max_samples, rate, item_id, tries=10):
     for _ in range(tries):
         rel = files[int(rng.integers(len(files)))]
-        voice = load_mono(os.path.join(root, rel), rate)
+        voice = load_mono(paths.join(root, rel), rate)
         n = min(voice.shape[0], max_samples)
         offset = int(rng.integers(voice.shape[0] - n + 1))
         segment = voice[offset: offset + n]
@@ -179,7 +185,7 @@ def _draw_voice(rng, root, files, max_samples, rate, item_id, tries=10):
 def _draw_noise(rng, root, files, length, rate, item_id, tries=10):
     for _ in range(tries):
         rel = files[int(rng.integers(len(files)))]
-        noise = load_mono(os.path.join(root, rel), rate)
+        noise = load_mono(paths.join(root, rel), rate)
         if noise.shape[0] < length:
             noise = np.tile(noise, -(-length // noise.shape[0]))
         offset = int(rng.integers(noise.shape[0] - length + 1))
@@ -207,8 +213,8 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
         if clean_rel is None:
             missing.append(rel)
             continue
-        noisy = load_mono(os.path.join(noisy_dir, rel), sample_rate)
-        clean = load_mono(os.path.join(clean_dir, clean_rel), sample_rate)
+        noisy = load_mono(paths.join(noisy_dir, rel), sample_rate)
+        clean = load_mono(paths.join(clean_dir, clean_rel), sample_rate)
         n = min(noisy.shape[0], clean.shape[0])
         source = {"noisy_file": rel, "clean_file": clean_rel}
         if noisy.shape[0] != clean.shape[0]:
@@ -537,34 +543,40 @@ def write_report(results: Mapping[str, Any], items: Sequence[Item], output_dir: 
 
     examples.png shows the noisy, `example_system` and clean spectrograms of up to `num_examples`
     items whose estimates are in results["outputs"], through `config`'s STFT. `extra` is merged
-    into the JSON (e.g. how the items were made). Returns {kind: path}.
+    into the JSON (e.g. how the items were made). Returns {kind: path}. `output_dir` may be local
+    or remote; each file is written whole under a temporary name and renamed into place.
     """
     from predictor import plots
 
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {"json": os.path.join(output_dir, "results.json"), "markdown": os.path.join(output_dir, "results.md"),
-             "improvement_plot": os.path.join(output_dir, "si_sdri_vs_snr.png")}
+    paths.makedirs(output_dir)
+    written = {"json": paths.join(output_dir, "results.json"), "markdown": paths.join(output_dir, "results.md"),
+               "improvement_plot": paths.join(output_dir, "si_sdri_vs_snr.png")}
     document = {k: v for k, v in results.items() if k != "outputs"}
     document.update(extra or {})
-    _write_text(paths["json"], json.dumps(_json_safe(document), indent=2, sort_keys=False))
-    _write_text(paths["markdown"], markdown_report(results))
-    plots.improvement_vs_snr(results, paths["improvement_plot"])
+    _write_text(written["json"], json.dumps(_json_safe(document), indent=2, sort_keys=False))
+    _write_text(written["markdown"], markdown_report(results))
+    _write_png(written["improvement_plot"], lambda f: plots.improvement_vs_snr(results, f))
     by_id = {item.item_id: item for item in items}
     outputs = results.get("outputs", {})
     if example_system and outputs:
         examples = [(by_id[i], outputs[i][example_system]) for i in list(outputs)[:num_examples]
                     if example_system in outputs[i]]
         if examples:
-            paths["examples_plot"] = os.path.join(output_dir, "examples.png")
-            plots.example_spectrograms(examples, example_system, config, paths["examples_plot"])
-    return paths
+            written["examples_plot"] = paths.join(output_dir, "examples.png")
+            _write_png(written["examples_plot"], lambda f: plots.example_spectrograms(examples, example_system,
+                                                                                       config, f))
+    return written
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    paths.write_atomic(path, text.encode("utf-8"))
+
+
+def _write_png(path: str, draw: Callable[[io.BytesIO], Any]) -> None:
+    """Has `draw` save a figure into memory (matplotlib writes PNG to a file object), then writes it."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    paths.write_atomic(path, buffer.getvalue())
 
 
 def pick_examples(items: Sequence[Item], count: int) -> list[str]:
@@ -604,7 +616,8 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     keeps only the systems of those names. Items shorter than one model window, or otherwise
     degenerate (`degenerate_reason`), are skipped and listed in the report; `duration` (seconds)
     must therefore be at least one window. With `save_audio`, the example items' clean, noisy and
-    estimated signals are written as wav under output_dir/audio/ITEM/.
+    estimated signals are written as wav under output_dir/audio/ITEM/. The input folders and
+    `output_dir` may be local or remote (gs://...).
     """
     paired = noisy_dir is not None or clean_dir is not None
     mixed = voice_dir is not None or noise_dir is not None
@@ -660,16 +673,16 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     model_names = [s.name for s in all_systems if s.name in (models or {})]
     example_system = model_names[0] if model_names else ("oracle" if any(s.name == "oracle" for s in all_systems)
                                                          else all_systems[-1].name)
-    paths = write_report(results, items, output_dir, config=config, example_system=example_system,
-                         num_examples=num_examples, extra={"source": source, "spectrogram": config.to_dict()})
+    written = write_report(results, items, output_dir, config=config, example_system=example_system,
+                           num_examples=num_examples, extra={"source": source, "spectrogram": config.to_dict()})
     if save_audio:
         by_id = {it.item_id: it for it in items}
         for item_id, estimates in results["outputs"].items():
-            folder = os.path.join(output_dir, "audio", item_id)
+            folder = paths.join(output_dir, "audio", item_id)
             signals = {"clean": by_id[item_id].clean, **estimates}
             for name, signal in signals.items():
-                audio_io.write_audio_atomic(os.path.join(folder, f"{name}.wav"), signal[:, None], rate, "FLOAT")
-        paths["audio"] = os.path.join(output_dir, "audio")
+                audio_io.write_audio_atomic(paths.join(folder, f"{name}.wav"), signal[:, None], rate, "FLOAT")
+        written["audio"] = paths.join(output_dir, "audio")
     results = {k: v for k, v in results.items() if k != "outputs"}
-    results["paths"] = paths
+    results["paths"] = written
     return results
