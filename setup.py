@@ -14,6 +14,8 @@ from setuptools import find_packages, setup
 DATASET = ["apache-beam>=2.60", "matplotlib>=3.7"]
 TRAIN = ["keras>=3.3", "matplotlib>=3.7"]
 GCP = ["apache-beam[gcp]>=2.60", "gcsfs>=2026.10"]
+# Beam's DaskRunner against a dask.distributed cluster (Beam's own `dask` extra names the same two).
+DASK = ["apache-beam[dask]>=2.60", "dask[distributed]>=2024.4.2"]
 EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
 
 setup(
@@ -33,6 +35,7 @@ setup(
     extras_require={
         "dataset": DATASET,
         "gcp": GCP,
+        "dask": DASK,
         "train": TRAIN,
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
@@ -40,7 +43,7 @@ setup(
         "eval": EVAL,
         # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
         # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
-        "test": sorted(set(DATASET + TRAIN + EVAL + GCP + [
+        "test": sorted(set(DATASET + TRAIN + EVAL + GCP + DASK + [
             "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
             "cryptography>=42"])),
     },

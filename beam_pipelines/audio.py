@@ -56,7 +56,10 @@ def read_samples(fileobj: BinaryIO, name: str) -> tuple[np.ndarray, int, str | N
             samples = f.read(dtype="float32", always_2d=True)
             rate = f.samplerate
     except (soundfile.SoundFileError, RuntimeError, OSError) as err:
-        raise AudioError("unreadable", f"{name}: cannot decode audio ({type(err).__name__}: {err})") from err
+        # libsndfile names the file object (`<_io.BytesIO object at 0x...>`): say "the file", so that the
+        # message, and rejects.jsonl with it, is the same on every run.
+        detail = str(err).replace(repr(fileobj), "the file")
+        raise AudioError("unreadable", f"{name}: cannot decode audio ({type(err).__name__}: {detail})") from err
     if samples.shape[0] == 0:
         raise AudioError("empty", f"{name}: the file holds no samples")
     if not np.all(np.isfinite(samples)):

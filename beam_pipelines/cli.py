@@ -9,7 +9,9 @@ DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram 
 Apache Beam's own options are passed to Beam, e.g. for Dataflow:
   --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
 Any other unknown option is an error. Locally the job runs on Beam's FnApiRunner with one process
-per core (--workers).
+per core (--workers). On a Dask cluster (pip install 'speech-enhance[dask]'):
+  --runner DaskRunner --dask_client_address tcp://HOST:PORT
+or --runner DaskRunner alone for a local one with --workers processes.
 
 The dataset is built in OUTPUT.incomplete beside OUTPUT and moved into place when finished: a failed
 build leaves an existing dataset as it was. OUTPUT must be new, empty, or a dataset (--overwrite)."""
@@ -75,8 +77,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("dataset", help="build a spectrogram dataset (Apache Beam job)", description=DATASET_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("inputs")
-    src.add_argument("--voice-dir", help="folder (local or gs://) searched recursively for wav/flac/ogg speech")
-    src.add_argument("--noise-dir", help="folder (local or gs://) searched recursively for wav/flac/ogg noise")
+    src.add_argument("--voice-dir", action="append", metavar="DIR",
+                     help="folder (local or gs://) searched recursively for wav/flac/ogg speech; give it again for "
+                          "more corpora (files are then named FOLDER/..., speakers FOLDER:id, FOLDER being each "
+                          "folder's name)")
+    src.add_argument("--noise-dir", action="append", metavar="DIR",
+                     help="folder (local or gs://) searched recursively for wav/flac/ogg noise; may be given more "
+                          "than once, like --voice-dir")
     src.add_argument("--demo", action="store_true",
                      help="generate the built-in demo corpus (under OUTPUT/../demo_corpus) and use it as input")
     src.add_argument("--noise-classes", metavar="FILE",
@@ -113,7 +120,9 @@ def register(subparsers) -> None:
     mix.add_argument("--loudness-dbfs", type=_range, default=(-35.0, -15.0), metavar="LOW:HIGH",
                      help="mixture RMS range in dBFS (default: -35:-15); never clips")
     run = p.add_argument_group("execution")
-    run.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="local worker processes: FnApiRunner's, or those of the local Dask cluster that "
+                          "--runner DaskRunner starts without --dask_client_address (default: all cores)")
     run.add_argument("--chunk-size", type=int, default=100, help="examples per work item (default: %(default)s)")
     p.set_defaults(func=run_dataset_command, accepts_extra=True)
 
@@ -130,6 +139,13 @@ def register(subparsers) -> None:
 
 
 def run_dataset_command(args, extra) -> int:
+    from beam_pipelines import runners
+
+    if runners.is_dask(extra):
+        try:
+            runners.require_dask()
+        except ImportError as err:
+            raise ValueError(str(err)) from None
     unknown = unknown_beam_args(extra)
     if unknown:
         flags = [a for a in unknown if a.startswith("-")] or unknown
@@ -154,6 +170,9 @@ def _run_dataset(args, extra) -> int:
         from tfrecord_schema import paths
 
         voice_dir, noise_dir = make_demo_corpus(paths.join(paths.dirname(args.output), "demo_corpus"))
+    else:  # one folder as itself (the names and dataset_info of a single corpus), several as a tuple
+        voice_dir = voice_dir and (voice_dir[0] if len(voice_dir) == 1 else tuple(voice_dir))
+        noise_dir = noise_dir and (noise_dir[0] if len(noise_dir) == 1 else tuple(noise_dir))
     if not voice_dir or not noise_dir:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
     config = SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype)

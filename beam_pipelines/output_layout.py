@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from typing import Sequence
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -53,10 +54,10 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder + "/")
 
 
-def check_output(output: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
+def check_output(output: str, overwrite: bool, inputs: dict[str, str | Sequence[str] | None]) -> None:
     """Refuses, before any work, an output that the build could not write or must not replace.
 
-    `inputs` maps argument names to input folders, which must not lie inside the output.
+    `inputs` maps argument names to input folders (one or several), which must not lie inside the output.
     """
     import os
 
@@ -70,10 +71,11 @@ def check_output(output: str, overwrite: bool, inputs: dict[str, str | None]) ->
             raise FileExistsError(f"output={output!r} cannot be created: {probe!r} is a file, not a folder.")
         if not os.access(probe, os.W_OK):
             raise PermissionError(f"output={output!r} cannot be created: {probe!r} is not writable.")
-    for name, folder in inputs.items():
-        if folder and _inside(folder, output):
-            raise ValueError(f"{name}={folder!r} lies inside output={output!r}, which the build would replace. "
-                             "Keep inputs outside the output folder.")
+    for name, folders in inputs.items():
+        for folder in [folders] if isinstance(folders, str) else folders or []:
+            if folder and _inside(folder, output):
+                raise ValueError(f"{name}={folder!r} lies inside output={output!r}, which the build would replace. "
+                                 "Keep inputs outside the output folder.")
     existing = paths.list_files(output) if paths.exists_folder(output) else []
     if not existing:
         return

@@ -1,12 +1,18 @@
 """The dataset job: an Apache Beam pipeline that blends voices with noise and writes TFRecord shards.
 
 Stages (each a labelled transform):
-    DecodeVoices / DecodeNoises   read, downmix, resample, check; cache samples; rejects tagged out
+    DecodeVoices / DecodeNoises   read, downmix, resample, check; cache samples; one record per input,
+                                  its `kind` "source" (usable) or "reject" (with a reason)
     WriteChunks                   generate the examples of each chunk into a part file
     AssembleShards                concatenate a shard's parts in order, write it atomically
+    CheckSources                  name every split left without a usable voice or noise file
     Finalize                      dataset_info.json, splits.json, rejects.jsonl; remove scratch files
 
-Runs locally on Beam's FnApiRunner (multi-process, all cores by default) and unchanged on Dataflow
+The graph uses only what every Beam runner supports (docs/dataset.md lists it): one output per
+transform (a `kind` field, never tagged outputs), a single leaf (Finalize takes everything else as
+side inputs), side-input producers that may run more than once (DecodeSource remembers what it
+decoded), and counts taken from the data (dataset_info.json), not from Beam metrics. It runs locally
+on FnApiRunner (multi-process), on Beam's DaskRunner (a dask.distributed cluster) and on Dataflow
 (`--runner DataflowRunner --project ... --region ... --temp_location gs://... --setup_file ./setup.py`).
 Only small records travel between stages; audio goes through scratch files, so memory stays flat as
 the dataset grows.
@@ -14,6 +20,7 @@ the dataset grows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -29,8 +36,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import audio as audio_lib
-from beam_pipelines import output_layout as layout
 from beam_pipelines import examples as ex
+from beam_pipelines import output_layout as layout
+from beam_pipelines import runners
 from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
 from tfrecord_schema import SCHEMA_VERSION, paths
@@ -45,16 +53,22 @@ WORK_DIR = "_work"
 REJECTS_FILE = "rejects.jsonl"
 SPLITS_FILE = "splits.json"
 PROBLEMS_FILE = "_problems.json"
+SOURCE, REJECT = "source", "reject"  # the kinds of DecodeSource's records
 MIN_NOISE_SECONDS = 0.1
 NOISE_SILENCE_RMS = 1e-4  # -80 dBFS
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetOptions:
-    """Everything the job needs besides Beam's own options."""
+    """Everything the job needs besides Beam's own options.
 
-    voice_dir: str
-    noise_dir: str
+    `voice_dir` and `noise_dir` are a folder each, or several (a tuple): e.g. LibriSpeech and another
+    read-speech corpus. With several, files are named `TAG/relative path` and speaker ids `TAG:id`,
+    TAG being the folder's base name, so that speakers of different corpora never merge.
+    """
+
+    voice_dir: str | tuple[str, ...]
+    noise_dir: str | tuple[str, ...]
     output: str
     num_examples: int
     config: SpectrogramConfig = SpectrogramConfig()
@@ -70,6 +84,16 @@ class DatasetOptions:
     cache_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
+        for name in ("voice_dir", "noise_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                value = tuple(str(v) for v in value)
+                if not value:
+                    raise ValueError(f"{name} needs at least one folder. Received: {name}=()")
+                if len(set(value)) < len(value):
+                    raise ValueError(f"{name} names a folder more than once. Received: {name}={value!r}")
+                # One folder is given as itself: the same names, ids and dataset_info as ever.
+                object.__setattr__(self, name, value[0] if len(value) == 1 else value)
         if self.num_examples <= 0:
             raise ValueError(f"num_examples must be positive. Received: num_examples={self.num_examples}")
         if self.max_shard_bytes <= 0:
@@ -80,49 +104,82 @@ class DatasetOptions:
             if split not in SPLITS:
                 raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
 
+    @property
+    def voice_dirs(self) -> tuple[str, ...]:
+        return (self.voice_dir,) if isinstance(self.voice_dir, str) else self.voice_dir
+
+    @property
+    def noise_dirs(self) -> tuple[str, ...]:
+        return (self.noise_dir,) if isinstance(self.noise_dir, str) else self.noise_dir
+
 
 # --- planning (in the launcher, before any worker starts) ----------------------------------------
 
 @dataclasses.dataclass
 class Plan:
-    voices: list[dict]  # {"file", "group", "split"}
+    voices: list[dict]  # {"file", "path", "group", "split"}
     noises: list[dict]
     chunks: list[ex.ChunkSpec]
     counts: dict[str, int]
-    classes_source: str
+    classes_source: str | list[str]
 
 
 def _read_text(path: str) -> str:
     return audio_lib.read_bytes(path).decode("utf-8")
 
 
+def corpus_tags(folders: Sequence[str]) -> list[str]:
+    """One name per input folder, to keep files and speakers of several corpora apart: "" for a
+    single folder (names as they always were), else the folder's base name (`train-clean-100`),
+    numbered when two folders share one (`speech-1`, `speech-2`)."""
+    if len(folders) == 1:
+        return [""]
+    names = [paths.basename(f) or f"corpus{i}" for i, f in enumerate(folders)]
+    return [name if names.count(name) == 1 else f"{name}-{names[:i + 1].count(name)}" for i, name in enumerate(names)]
+
+
+def _list_inputs(folders: Sequence[str], flag: str) -> list[tuple[str, str, str, str]]:
+    """(name, path, folder, path relative to folder) of every audio file of every folder; a folder
+    without audio is an error that names it."""
+    found = []
+    for tag, folder in zip(corpus_tags(folders), folders):
+        files = audio_lib.list_audio(folder)
+        if not files:
+            role = "voice" if flag == "--voice-dir" else "noise"
+            raise ValueError(f"No {role} audio (wav, flac, ogg) found under {flag} {folder!r}.")
+        found += [(f"{tag}/{rel}" if tag else rel, audio_lib.join_path(folder, rel), folder, rel) for rel in files]
+    return found
+
+
+def _class_table(opts: DatasetOptions, noise_dir: str) -> tuple[dict[str, str], str]:
+    candidates = [opts.noise_classes_file] if opts.noise_classes_file else [
+        audio_lib.join_path(noise_dir, "classes.tsv"), audio_lib.join_path(noise_dir, "meta", "esc50.csv")]
+    for candidate in candidates:
+        if candidate and paths.isfile(candidate):
+            return splits_lib.read_class_table(_read_text(candidate)), candidate
+    if opts.noise_classes_file:
+        raise FileNotFoundError(f"--noise-classes file not found: {opts.noise_classes_file!r}")
+    return {}, "parent folder"
+
+
 def make_plan(opts: DatasetOptions) -> Plan:
     """Lists the inputs, assigns speakers and noise files to splits and cuts the work into chunks.
 
-    Fails at once, with the folder named, when either folder holds no audio file.
+    Fails at once, with the folder named, when a voice or noise folder holds no audio file.
     """
-    voice_files = audio_lib.list_audio(opts.voice_dir)
-    if not voice_files:
-        raise ValueError(f"No voice audio (wav, flac, ogg) found under --voice-dir {opts.voice_dir!r}.")
-    noise_files = audio_lib.list_audio(opts.noise_dir)
-    if not noise_files:
-        raise ValueError(f"No noise audio (wav, flac, ogg) found under --noise-dir {opts.noise_dir!r}.")
-
-    table: dict[str, str] = {}
-    classes_source = "parent folder"
-    candidates = [opts.noise_classes_file] if opts.noise_classes_file else [
-        audio_lib.join_path(opts.noise_dir, "classes.tsv"), audio_lib.join_path(opts.noise_dir, "meta", "esc50.csv")]
-    for candidate in candidates:
-        if candidate and paths.isfile(candidate):
-            table = splits_lib.read_class_table(_read_text(candidate))
-            classes_source = candidate
-            break
-    else:
-        if opts.noise_classes_file:
-            raise FileNotFoundError(f"--noise-classes file not found: {opts.noise_classes_file!r}")
-
-    speakers = {f: splits_lib.speaker_of(f) for f in voice_files}
-    classes = {f: splits_lib.noise_class_of(f, table) for f in noise_files}
+    voice_inputs = _list_inputs(opts.voice_dirs, "--voice-dir")
+    noise_inputs = _list_inputs(opts.noise_dirs, "--noise-dir")
+    tags = dict(zip(opts.voice_dirs, corpus_tags(opts.voice_dirs)))
+    tables = {folder: _class_table(opts, folder) for folder in opts.noise_dirs}
+    classes_source = [tables[f][1] for f in opts.noise_dirs]
+    if len(classes_source) == 1:
+        classes_source = classes_source[0]
+    voice_files = [name for name, *_ in voice_inputs]
+    noise_files = [name for name, *_ in noise_inputs]
+    file_paths = {name: path for name, path, *_ in voice_inputs + noise_inputs}
+    speakers = {name: (f"{tags[folder]}:" if tags[folder] else "") + splits_lib.speaker_of(rel)
+                for name, _, folder, rel in voice_inputs}
+    classes = {name: splits_lib.noise_class_of(rel, tables[folder][0]) for name, _, folder, rel in noise_inputs}
     if opts.splits_file:
         given = json.loads(_read_text(opts.splits_file))
         voice_split, noise_split = _given_splits(given, voice_files, noise_files, opts.splits_file)
@@ -140,8 +197,10 @@ def make_plan(opts: DatasetOptions) -> Plan:
             raise ValueError(f"Split {split!r} needs {n} examples but has no noise file: add noise files, "
                              "or set --split-fractions.")
     chunks = ex.plan_chunks(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
-    voices = [{"file": f, "group": speakers[f], "split": voice_split[f]} for f in voice_files if voice_split.get(f)]
-    noises = [{"file": f, "group": classes[f], "split": noise_split[f]} for f in noise_files if noise_split.get(f)]
+    voices = [{"file": f, "path": file_paths[f], "group": speakers[f], "split": voice_split[f]}
+              for f in voice_files if voice_split.get(f)]
+    noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
+              for f in noise_files if noise_split.get(f)]
     return Plan(voices, noises, chunks, counts, classes_source)
 
 
@@ -164,18 +223,34 @@ def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], w
 # --- Beam stages --------------------------------------------------------------------------------
 
 class DecodeSource(beam.DoFn):
-    """Decodes one input file; usable ones are cached as .npy in the scratch folder."""
+    """Decodes one input file into one record: {"kind": "source", ...} (an `ex.Source`, its samples
+    cached as .npy in the scratch folder) or {"kind": "reject", role, file, split, reason, message}.
 
-    REJECTS = "rejects"
+    Idempotent: the record is also written beside the samples, and a second call for the same file
+    returns it without decoding again. Runners may call it more than once per file: DaskRunner
+    recomputes a side input's producers for each consumer, and any runner retries failed bundles.
+    """
 
-    def __init__(self, role: str, root: str, work_dir: str, config: SpectrogramConfig) -> None:
-        self.role, self.root, self.work_dir, self.config = role, root, work_dir, config
+    def __init__(self, role: str, work_dir: str, config: SpectrogramConfig) -> None:
+        self.role, self.work_dir, self.config = role, work_dir, config
 
     def setup(self) -> None:
+        # Live progress where the runner reports metrics (Dataflow's UI); the counts of record are
+        # taken from the data by Finalize.
         self.decoded = Metrics.counter(NAMESPACE, f"{self.role}_files_decoded")
 
     def process(self, entry: dict):
-        path = audio_lib.join_path(self.root, entry["file"])
+        path = entry["path"]
+        stem = audio_lib.join_path(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}")
+        done = stem + ".json"
+        if paths.isfile(done):
+            yield json.loads(paths.read_bytes(done))
+            return
+        record = self._decode(entry, path, stem + ".npy")
+        paths.write_atomic(done, json.dumps(record, sort_keys=True).encode())
+        yield record
+
+    def _decode(self, entry: dict, path: str, key: str) -> dict:
         try:
             try:
                 data = audio_lib.read_bytes(path)
@@ -185,15 +260,13 @@ class DecodeSource(beam.DoFn):
             self._check(samples, path)
         except audio_lib.AudioError as err:
             Metrics.counter(NAMESPACE, f"rejected_{err.reason}").inc()
-            yield beam.pvalue.TaggedOutput(self.REJECTS, {
-                "role": self.role, "file": entry["file"], "split": entry["split"], "reason": err.reason,
-                "message": str(err)})
-            return
-        key = audio_lib.join_path(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}.npy")
+            return {"kind": REJECT, "role": self.role, "file": entry["file"], "split": entry["split"],
+                    "reason": err.reason, "message": str(err)}
         paths.write_atomic(key, ex.dump_npy(samples))
         self.decoded.inc()
-        yield ex.Source(role=self.role, file=entry["file"], group=entry["group"], split=entry["split"],
-                        num_samples=int(samples.shape[0]), key=key).to_dict()
+        return {"kind": SOURCE, **ex.Source(role=self.role, file=entry["file"], group=entry["group"],
+                                            split=entry["split"], num_samples=int(samples.shape[0]),
+                                            key=key).to_dict()}
 
     def _check(self, samples: np.ndarray, path: str) -> None:
         seconds = samples.shape[0] / self.config.sample_rate
@@ -260,7 +333,16 @@ class WriteChunk(beam.DoFn):
                 buf = io.BytesIO()
                 soundfile.write(buf, signal, self.opts.config.sample_rate, format="WAV", subtype="FLOAT")
                 paths.write_atomic(audio_lib.join_path(self.build_dir, "audio", split, kind, f"{example_id}.wav"),
-                                   buf.getvalue())
+                                   _without_peak_time(buf.getvalue()))
+
+
+def _without_peak_time(wav: bytes) -> bytes:
+    """A float WAV from libsndfile with the time stamp of its PEAK chunk zeroed: the same audio gives
+    the same bytes on every run."""
+    at = wav.find(b"PEAK", 12, 256)
+    if at < 0:
+        return wav
+    return wav[:at + 12] + bytes(4) + wav[at + 16:]  # "PEAK", size, version, then the time stamp
 
 
 class AssembleShard(beam.DoFn):
@@ -277,15 +359,20 @@ class AssembleShard(beam.DoFn):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
         name = shard_name(split, shard, num_shards)
         path = audio_lib.join_path(self.output, name)
-        tmp = paths.temporary_name(path)
-        size = 0
-        with paths.open_write(tmp) as out:
-            for p in parts:
-                data = paths.read_bytes(p["part"])
-                out.write(data)
-                size += len(data)
-        paths.rename(tmp, path)
-        paths.delete_files([p["part"] for p in parts])
+        if paths.isfile(path):
+            # Written by an earlier attempt of this bundle (a retry): a shard appears only when whole.
+            size = paths.size(path)
+            paths.delete_files([p["part"] for p in parts if paths.isfile(p["part"])])
+        else:
+            out, written = paths.open_write_atomic(path)
+            size = 0
+            with out:
+                for p in parts:
+                    data = paths.read_bytes(p["part"])
+                    out.write(data)
+                    size += len(data)
+            paths.finish_atomic(written, path)
+            paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
         LOG.info("wrote %s (%d examples, %.1f MiB)", name, sum(p["count"] for p in parts), size / 2**20)
         yield {"split": split, "shard": shard, "file": name, "num_examples": sum(p["count"] for p in parts),
@@ -375,21 +462,29 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     return info
 
 
+def select(record: dict, kind: str):
+    """`record` without its `kind` field when it is of `kind` (a FlatMap: one output, split by kind)."""
+    if record["kind"] == kind:
+        yield {k: v for k, v in record.items() if k != "kind"}
+
+
 def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float,
                    build_dir: str):
-    """The job's graph; everything it writes goes under `build_dir`."""
+    """The job's graph; everything it writes goes under `build_dir`. Returns the leaf (Finalize's
+    output), on which every other stage depends: a runner that runs only what the last transform
+    needs (Beam's DaskRunner) still runs everything."""
     work_dir = audio_lib.join_path(build_dir, WORK_DIR)
-    decoded = {}
-    for role, entries, root in (("voice", plan.voices, opts.voice_dir), ("noise", plan.noises, opts.noise_dir)):
+    decoded = []
+    for role, entries in (("voice", plan.voices), ("noise", plan.noises)):
         label = "Voices" if role == "voice" else "Noises"
-        decoded[role] = (
+        decoded.append(
             p
             | f"List{label}" >> beam.Create(entries)
             | f"Spread{label}" >> beam.Reshuffle()
-            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, root, work_dir, opts.config)).with_outputs(
-                DecodeSource.REJECTS, main="ok"))
-    sources = (decoded["voice"].ok, decoded["noise"].ok) | "AllSources" >> beam.Flatten()
-    rejects = (decoded["voice"][DecodeSource.REJECTS], decoded["noise"][DecodeSource.REJECTS]) | "AllRejects" >> beam.Flatten()
+            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, opts.config)))
+    inputs = decoded | "AllInputs" >> beam.Flatten()
+    sources = inputs | "Sources" >> beam.FlatMap(select, SOURCE)
+    rejects = inputs | "Rejects" >> beam.FlatMap(select, REJECT)
     shards = (
         p
         | "ListChunks" >> beam.Create(plan.chunks)
@@ -402,6 +497,7 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
         | "StartCheck" >> beam.Create([None])
         | "CheckSources" >> beam.FlatMap(check_sources, sources=beam.pvalue.AsList(sources),
                                          rejects=beam.pvalue.AsList(rejects), counts=plan.counts))
+    # Applied last: DaskRunner computes the last transform of the graph (and what it depends on) only.
     return (
         p
         | "Start" >> beam.Create([None])
@@ -410,21 +506,18 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
                                  opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
 
 
-def default_beam_args(beam_args: Sequence[str], workers: int) -> list[str]:
-    """Local default: FnApiRunner, one process per worker (Beam's DirectRunner may try to download
-    the Prism runner, which offline machines cannot)."""
-    args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args.append("--runner=FnApiRunner")
-        if workers > 1:
-            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-        else:
-            args += ["--direct_running_mode=in_memory"]
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
-        # Worker processes: the job's own progress lines, Beam's warnings and errors.
-        args += ["--default_sdk_harness_log_level=WARNING",
-                 '--sdk_harness_log_level_overrides={"beam_pipelines": "INFO"}']
-    return args
+class _DropWorkerNotes(logging.Filter):
+    """Drops the warning every local Beam worker process logs at start-up about a missing
+    semi-persistent directory: it concerns user-registered schema types, which this job has none of."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No semi_persistent_directory found" not in record.getMessage()
+
+
+def _quiet_worker_notes() -> None:
+    logger = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    if not any(isinstance(f, _DropWorkerNotes) for f in logger.filters):
+        logger.addFilter(_DropWorkerNotes())
 
 
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
@@ -436,21 +529,33 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     `assume_yes` accepts an estimated size larger than the free space of a local output.
     """
     started = time.time()
-    layout.check_output(opts.output, opts.overwrite, inputs={"voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir})
+    layout.check_output(opts.output, opts.overwrite, inputs={"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs})
     estimate = layout.estimate_bytes(opts.num_examples, opts.config, opts.split_fractions, opts.write_audio,
                                      opts.compression)
     layout.check_space(opts.output, estimate, assume_yes)
     plan = make_plan(opts)
     LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %.1f MiB", len(plan.voices),
              len(plan.noises), plan.counts, len(plan.chunks), estimate / 2**20)
-    build_dir = layout.start_build(opts.output)
     workers = workers or os.cpu_count() or 1
+    if runners.is_dask(beam_args):
+        runners.require_dask()
+    build_dir = layout.start_build(opts.output)
     if logging.getLogger("apache_beam").getEffectiveLevel() < logging.WARNING:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    options = PipelineOptions(default_beam_args(beam_args, workers))
+    _quiet_worker_notes()
     try:
-        with beam.Pipeline(options=options) as p:
+        with contextlib.ExitStack() as stack:
+            if runners.is_dask(beam_args):
+                beam_args = stack.enter_context(runners.dask_cluster(beam_args, workers))
+            p = beam.Pipeline(options=PipelineOptions(runners.default_beam_args(beam_args, workers)))
             build_pipeline(p, opts, plan, arguments or {}, started, build_dir)
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            finally:
+                client = getattr(result, "client", None)  # DaskRunner's own dask.distributed client
+                if client is not None:
+                    client.close()
         problems_path = audio_lib.join_path(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
@@ -460,6 +565,8 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
         raise
     layout.replace_with_build(build_dir, opts.output)
     info = json.loads(paths.read_bytes(audio_lib.join_path(opts.output, INFO_FILE)))
-    LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected", opts.output, time.time() - started,
-             {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"])
+    # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).
+    LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s", opts.output, time.time() - started,
+             {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"],
+             f" {info['rejects']['by_reason']}" if info["rejects"]["count"] else "")
     return info

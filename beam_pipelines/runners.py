@@ -1,0 +1,170 @@
+"""Which Beam runner runs the dataset job: local defaults, runner names, and the Dask cluster.
+
+The job's graph (`pipeline.build_pipeline`) is the same on every runner; this module only turns the
+command line's Beam options into `PipelineOptions` and, for Beam's DaskRunner, provides the cluster:
+
+* no `--runner`: Beam's FnApiRunner, one process per worker (`--workers`);
+* `--runner DaskRunner --dask_client_address tcp://HOST:PORT`: an existing dask.distributed cluster;
+* `--runner DaskRunner` alone: a `LocalCluster` on 127.0.0.1 with `--workers` worker processes of one
+  thread each, started here and closed at the end.
+
+On Dask the job's progress lines (logger `beam_pipelines`) are forwarded from the workers to the
+launcher's log, and `--dask_npartitions` defaults to the cluster's thread count: Beam's DaskRunner
+otherwise puts every `beam.Create` of fewer than 128 elements into one task, i.e. one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Sequence
+
+LOG = logging.getLogger(__name__)
+
+# Beam's runner registry knows no short name for the DaskRunner; the command line accepts one.
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_SHORT_NAMES = {"DaskRunner": DASK_RUNNER}
+_LOGGER_NAME = "beam_pipelines"  # the job's own progress lines
+_CONNECT_SECONDS = 20  # waiting for a scheduler that does not answer (--dask_connection_timeout)
+
+
+def _option_value(args: Sequence[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in `args` (the last one given), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
+
+
+def _has_option(args: Sequence[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in args)
+
+
+def runner_of(beam_args: Sequence[str]) -> str | None:
+    """The runner named in `beam_args` (short names expanded), None when none is named."""
+    name = _option_value(beam_args, "--runner")
+    return _SHORT_NAMES.get(name, name) if name else None
+
+
+def is_dask(beam_args: Sequence[str]) -> bool:
+    return runner_of(beam_args) == DASK_RUNNER
+
+
+def require_dask() -> None:
+    """Raises ImportError, saying what to install, when Beam's DaskRunner cannot be imported."""
+    try:
+        import dask.distributed  # noqa: F401
+        from apache_beam.runners.dask import dask_runner  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"--runner DaskRunner needs dask.distributed ({err}): "
+                          "pip install 'speech-enhance[dask]'") from err
+
+
+def default_beam_args(beam_args: Sequence[str], workers: int) -> list[str]:
+    """Beam's options for this job: the user's, with short runner names expanded and local defaults.
+
+    Default runner: FnApiRunner, one process per worker (Beam's DirectRunner may try to download the
+    Prism runner, which offline machines cannot).
+    """
+    args: list[str] = []
+    skip = False
+    for i, arg in enumerate(beam_args):
+        if skip:
+            skip = False
+            continue
+        if arg == "--runner" and i + 1 < len(beam_args):
+            args.append(f"--runner={_SHORT_NAMES.get(beam_args[i + 1], beam_args[i + 1])}")
+            skip = True
+        elif arg.startswith("--runner="):
+            args.append(f"--runner={_SHORT_NAMES.get(arg[9:], arg[9:])}")
+        else:
+            args.append(arg)
+    if not _has_option(args, "--runner"):
+        args.append("--runner=FnApiRunner")
+        if workers > 1:
+            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        else:
+            args += ["--direct_running_mode=in_memory"]
+    if not (_has_option(args, "--save_main_session") or _has_option(args, "--no_save_main_session")):
+        # Every DoFn and function of the job lives in the installed package and pickles by reference;
+        # the launcher's __main__ (a console script) is not worth shipping to workers.
+        args.append("--no_save_main_session")
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        # Worker processes: the job's own progress lines, Beam's warnings and errors.
+        args += ["--default_sdk_harness_log_level=WARNING",
+                 '--sdk_harness_log_level_overrides={"beam_pipelines": "INFO"}']
+    return args
+
+
+def _progress_level_plugin():
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class ProgressLogLevel(WorkerPlugin):
+        """Lets the job's INFO lines through on a worker (a worker's loggers start at WARNING), so
+        that `Client.forward_logging` can bring them to the launcher."""
+
+        def setup(self, worker) -> None:
+            self.previous = logging.getLogger(_LOGGER_NAME).level
+            logging.getLogger(_LOGGER_NAME).setLevel(logging.INFO)
+
+        def teardown(self, worker) -> None:
+            logging.getLogger(_LOGGER_NAME).setLevel(getattr(self, "previous", logging.NOTSET))
+
+    return ProgressLogLevel()
+
+
+@contextlib.contextmanager
+def dask_cluster(beam_args: Sequence[str], workers: int) -> Iterator[list[str]]:
+    """For `--runner DaskRunner`: yields `beam_args` completed with the scheduler's address and a
+    partition count, with the job's log lines forwarded from the workers while the block runs.
+
+    Connects to `--dask_client_address` (or `--dask_scheduler_file`) when given; otherwise starts a
+    LocalCluster (127.0.0.1, `workers` worker processes, one thread each) and closes it when the
+    block ends.
+    """
+    require_dask()
+    import dask
+    from distributed import Client, LocalCluster
+
+    args = list(beam_args)
+    address = _option_value(args, "--dask_client_address")
+    scheduler_file = _option_value(args, "--dask_scheduler_file")
+    if logging.getLogger("distributed").getEffectiveLevel() < logging.WARNING:
+        # The scheduler of a local cluster runs in this process: its INFO lines would drown the job's.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if address is None and scheduler_file is None:
+            # Spawned, never forked: a forked child of a process that has used gcsfs can hang.
+            stack.enter_context(dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}))
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None))
+            address = cluster.scheduler_address
+            args.append(f"--dask_client_address={address}")
+            LOG.info("started a local Dask cluster at %s: %d worker processes", address, workers)
+        timeout = _option_value(args, "--dask_connection_timeout")
+        timeout = int(timeout) if timeout and timeout.isdigit() else _CONNECT_SECONDS
+        where = f"--dask_client_address {address}" if address else f"--dask_scheduler_file {scheduler_file}"
+        try:
+            client = stack.enter_context(Client(address, scheduler_file=None if address else scheduler_file,
+                                                set_as_default=False, timeout=timeout))
+        except OSError as err:
+            raise ValueError(f"{where}: no Dask scheduler answered ({err}). Start one (`dask scheduler`, then "
+                             "`dask worker ADDRESS` on each machine), or leave the flag out for a local cluster "
+                             "of --workers processes.") from err
+        threads = sum(client.nthreads().values())
+        LOG.info("Dask scheduler %s: %d workers, %d threads", client.scheduler.address, len(client.nthreads()),
+                 threads)
+        if not (_has_option(args, "--dask_npartitions") or _has_option(args, "--dask_partition_size")):
+            args.append(f"--dask_npartitions={max(1, threads or workers)}")
+        client.register_plugin(_progress_level_plugin(), name="speech-enhance-progress-level")
+        client.forward_logging(_LOGGER_NAME, level=logging.INFO)
+        try:
+            yield args
+        finally:
+            with contextlib.suppress(Exception):  # the cluster may be gone; nothing left to undo then
+                client.unforward_logging(_LOGGER_NAME)
+                client.unregister_worker_plugin("speech-enhance-progress-level")
