@@ -104,14 +104,50 @@ def split_counts(num_examples: int, fractions: Sequence[float]) -> dict[str, int
     return {"train": train, "valid": valid, "test": max(0, num_examples - train - valid)}
 
 
-def plan_chunks(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int,
-                chunk_size: int) -> list[ChunkSpec]:
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """Chunks `chunk_lo` to `chunk_hi` (exclusive) of one shard: the unit the launcher hands out.
+
+    The shard holds `count` examples of `split` from example index `start`, cut into `num_chunks`
+    chunks of at most `chunk_size`; `chunks()` expands the item on a worker, so the launcher never
+    holds one record per chunk.
+    """
+
+    split: str
+    shard: int
+    num_shards: int
+    start: int
+    count: int
+    chunk_size: int
+    chunk_lo: int
+    chunk_hi: int
+
+    @property
+    def num_chunks(self) -> int:
+        return max(1, math.ceil(self.count / self.chunk_size))
+
+    def chunks(self) -> list[ChunkSpec]:
+        n = self.num_chunks
+        base, extra = divmod(self.count, n)
+        return [ChunkSpec(self.split, self.shard, self.num_shards, c, n,
+                          self.start + c * base + min(c, extra), base + (1 if c < extra else 0))
+                for c in range(self.chunk_lo, self.chunk_hi)]
+
+
+# Work items the launcher hands out at most; above it, an item covers several chunks of a shard.
+MAX_WORK_ITEMS = 20_000
+
+
+def plan_work(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int, chunk_size: int,
+              max_items: int = MAX_WORK_ITEMS) -> list[WorkItem]:
     """Shards of at most `max_shard_bytes`, as even as possible, each cut into chunks of at most
-    `chunk_size` examples (the unit of parallel work)."""
+    `chunk_size` examples (the unit of parallel work), handed out as at most about `max_items` work
+    items: one chunk each for up to `max_items` chunks, else runs of consecutive chunks of a shard.
+    The size of the plan grows with the number of shards, not of examples."""
     if max_shard_bytes <= 0 or chunk_size <= 0:
         raise ValueError(f"shard size and chunk size must be positive. Received: {max_shard_bytes}, {chunk_size}")
     per_shard = max(1, max_shard_bytes // bytes_per_example(config))
-    specs: list[ChunkSpec] = []
+    shards = []
     for split in SPLITS:
         n = counts.get(split, 0)
         if n == 0:
@@ -121,13 +157,61 @@ def plan_chunks(counts: dict[str, int], config: SpectrogramConfig, max_shard_byt
         start = 0
         for shard in range(num_shards):
             size = base + (1 if shard < extra else 0)
-            num_chunks = max(1, math.ceil(size / chunk_size))
-            cbase, cextra = divmod(size, num_chunks)
-            for chunk in range(num_chunks):
-                csize = cbase + (1 if chunk < cextra else 0)
-                specs.append(ChunkSpec(split, shard, num_shards, chunk, num_chunks, start, csize))
-                start += csize
-    return specs
+            shards.append((split, shard, num_shards, start, size))
+            start += size
+    total_chunks = sum(max(1, math.ceil(size / chunk_size)) for *_, size in shards)
+    per_item = max(1, math.ceil(total_chunks / max_items))
+    items = []
+    for split, shard, num_shards, start, size in shards:
+        num_chunks = max(1, math.ceil(size / chunk_size))
+        for lo in range(0, num_chunks, per_item):
+            items.append(WorkItem(split, shard, num_shards, start, size, chunk_size, lo, min(lo + per_item, num_chunks)))
+    return items
+
+
+def plan_chunks(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int,
+                chunk_size: int) -> list[ChunkSpec]:
+    """Every chunk of `plan_work`, in order (for small plans and tests)."""
+    return [spec for item in plan_work(counts, config, max_shard_bytes, chunk_size) for spec in item.chunks()]
+
+
+class ChunkStats:
+    """What Finalize reports about a set of examples, merged chunk by chunk so that nothing grows
+    with the number of examples: histograms of realised SNR and noise level, SNR minimum, sum and
+    maximum (the sum with `math.fsum` per chunk, so the mean does not depend on the order of
+    merging), counts. A plain dict travels between stages (`to_dict`/`from_dict`)."""
+
+    @staticmethod
+    def of_chunk(snr_db: Sequence[float], levels: Sequence[float], silent_skipped: int) -> dict:
+        return {"count": len(snr_db), "snr_hist": histogram(snr_db, SNR_EDGES),
+                "level_hist": histogram(levels, LEVEL_EDGES),
+                "snr_min": float(min(snr_db)) if snr_db else math.inf,
+                "snr_max": float(max(snr_db)) if snr_db else -math.inf,
+                "snr_sums": [math.fsum(snr_db)], "silent_skipped": int(silent_skipped)}
+
+    @staticmethod
+    def empty() -> dict:
+        return {"count": 0, "snr_hist": [0] * (len(SNR_EDGES) - 1), "level_hist": [0] * (len(LEVEL_EDGES) - 1),
+                "snr_min": math.inf, "snr_max": -math.inf, "snr_sums": [], "silent_skipped": 0}
+
+    @staticmethod
+    def merge(stats: Sequence[dict]) -> dict:
+        """Merges in the order given (callers sort by chunk and shard, so the result does not depend
+        on the runner's order)."""
+        out = ChunkStats.empty()
+        for s in stats:
+            out["count"] += s["count"]
+            out["snr_hist"] = [a + b for a, b in zip(out["snr_hist"], s["snr_hist"])]
+            out["level_hist"] = [a + b for a, b in zip(out["level_hist"], s["level_hist"])]
+            out["snr_min"] = min(out["snr_min"], s["snr_min"])
+            out["snr_max"] = max(out["snr_max"], s["snr_max"])
+            out["snr_sums"] = [math.fsum(out["snr_sums"] + s["snr_sums"])]
+            out["silent_skipped"] += s["silent_skipped"]
+        return out
+
+    @staticmethod
+    def mean_snr(stats: dict) -> float:
+        return math.fsum(stats["snr_sums"]) / max(1, stats["count"])
 
 
 class SourceCache:

@@ -113,21 +113,32 @@ def check_space(output: str, estimate: int, assume_yes: bool) -> None:
                      "assume_yes=True if space will be freed while it runs.")
 
 
-def start_build(output: str) -> str:
-    """Creates the empty build folder for `output` and returns it; removes the leftover of an
-    interrupted build of the same output (recognised by its marker file), never anything else."""
+def start_build(output: str, fingerprint: str) -> str:
+    """Returns the build folder for `output`, ready for a build whose content `fingerprint` names.
+
+    The leftover of an interrupted build (recognised by its marker file) is resumed when it has the
+    same fingerprint, so its finished decodes and parts are reused, and removed otherwise; a folder
+    of that name that no build left is refused, never deleted.
+    """
     build = build_dir_for(output)
     leftover = paths.list_files(build) if paths.exists_folder(build) else []
     if leftover:
         if BUILD_MARKER not in leftover or not all(is_dataset_file(rel) for rel in leftover):
             raise FileExistsError(f"{build!r} exists and was not left by a dataset build; the build folder of "
                                   f"output={output!r} must be free. Move it away.")
-        LOG.info("removing %s, left by an interrupted build", build)
+        try:
+            marker = json.loads(paths.read_text(paths.join(build, BUILD_MARKER)))
+        except ValueError:
+            marker = {}
+        if marker.get("fingerprint") == fingerprint:
+            LOG.info("resuming the interrupted build in %s: finished work is reused", build)
+            return build
+        LOG.info("removing %s, left by an interrupted build with other arguments or inputs", build)
         paths.delete_tree(build)
     try:
         paths.makedirs(build)
         paths.write_atomic(paths.join(build, BUILD_MARKER),
-                           json.dumps({"output": output, "started": time.time()}).encode())
+                           json.dumps({"output": output, "started": time.time(), "fingerprint": fingerprint}).encode())
     except OSError as err:
         raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
     return build

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -119,9 +120,21 @@ class DatasetOptions:
 class Plan:
     voices: list[dict]  # {"file", "path", "group", "split"}
     noises: list[dict]
-    chunks: list[ex.ChunkSpec]
+    work: list[ex.WorkItem]  # grows with the number of shards, not of examples
     counts: dict[str, int]
     classes_source: str | list[str]
+
+    @property
+    def num_chunks(self) -> int:
+        return sum(item.chunk_hi - item.chunk_lo for item in self.work)
+
+    def fingerprint(self, opts: "DatasetOptions") -> str:
+        """Everything the shards' bytes depend on: a build folder left with another fingerprint is
+        not resumed."""
+        content = {"options": {k: v for k, v in dataclasses.asdict(opts).items()
+                               if k not in ("output", "overwrite", "cache_bytes")},
+                   "voices": self.voices, "noises": self.noises, "counts": self.counts}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_text(path: str) -> str:
@@ -196,12 +209,12 @@ def make_plan(opts: DatasetOptions) -> Plan:
         if n and not any(s == split for s in noise_split.values()):
             raise ValueError(f"Split {split!r} needs {n} examples but has no noise file: add noise files, "
                              "or set --split-fractions.")
-    chunks = ex.plan_chunks(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
+    work = ex.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     voices = [{"file": f, "path": file_paths[f], "group": speakers[f], "split": voice_split[f]}
               for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
               for f in noise_files if noise_split.get(f)]
-    return Plan(voices, noises, chunks, counts, classes_source)
+    return Plan(voices, noises, work, counts, classes_source)
 
 
 def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], where: str):
@@ -309,21 +322,28 @@ class WriteChunk(beam.DoFn):
         table = self._tables[spec.split]
         if table is None:
             return
+        part = audio_lib.join_path(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
+        done = part + ".json"
+        if paths.isfile(done):
+            # Finished by an earlier, interrupted run of the same build (or a retried bundle): parts
+            # are deterministic and the record is written last, so the part (or its shard) is whole.
+            yield (spec.split, spec.shard, spec.num_shards), {**json.loads(paths.read_bytes(done)), "reused": True}
+            return
         keep_audio = spec.split in self.opts.write_audio
         result = ex.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio)
         buf = io.BytesIO()
         with RecordWriter(buf, self.opts.compression) as writer:
             for record in result.records:
                 writer.write(record)
-        part = audio_lib.join_path(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
         paths.write_atomic(part, buf.getvalue())
         if keep_audio:
             self._write_audio(spec.split, result.audio)
         self.examples.inc(len(result.records))
         self.silent.inc(result.silent_windows_skipped)
-        yield (spec.split, spec.shard, spec.num_shards), {
-            "chunk": spec.chunk, "num_chunks": spec.num_chunks, "part": part, "count": len(result.records),
-            "snr_db": result.snr_db, "levels": result.levels, "silent_skipped": result.silent_windows_skipped}
+        summary = {"chunk": spec.chunk, "num_chunks": spec.num_chunks, "part": part,
+                   "stats": ex.ChunkStats.of_chunk(result.snr_db, result.levels, result.silent_windows_skipped)}
+        paths.write_atomic(done, json.dumps(summary).encode())
+        yield (spec.split, spec.shard, spec.num_shards), {**summary, "reused": False}
 
     def _write_audio(self, split: str, items: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> None:
         import soundfile
@@ -360,7 +380,8 @@ class AssembleShard(beam.DoFn):
         name = shard_name(split, shard, num_shards)
         path = audio_lib.join_path(self.output, name)
         if paths.isfile(path):
-            # Written by an earlier attempt of this bundle (a retry): a shard appears only when whole.
+            # Written by an earlier attempt (a retried bundle, or an interrupted run of the same build
+            # resumed): a shard appears only when whole.
             size = paths.size(path)
             paths.delete_files([p["part"] for p in parts if paths.isfile(p["part"])])
         else:
@@ -374,11 +395,10 @@ class AssembleShard(beam.DoFn):
             paths.finish_atomic(written, path)
             paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
-        LOG.info("wrote %s (%d examples, %.1f MiB)", name, sum(p["count"] for p in parts), size / 2**20)
-        yield {"split": split, "shard": shard, "file": name, "num_examples": sum(p["count"] for p in parts),
-               "num_bytes": size, "snr_db": [v for p in parts for v in p["snr_db"]],
-               "levels": [v for p in parts for v in p["levels"]],
-               "silent_skipped": sum(p["silent_skipped"] for p in parts)}
+        stats = ex.ChunkStats.merge([p["stats"] for p in parts])
+        LOG.info("wrote %s (%d examples, %.1f MiB)", name, stats["count"], size / 2**20)
+        yield {"split": split, "shard": shard, "file": name, "num_examples": stats["count"], "num_bytes": size,
+               "stats": stats, "chunks_reused": sum(1 for p in parts if p["reused"])}
 
 
 def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int]) -> list[str]:
@@ -424,12 +444,11 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
             "num_bytes": sum(s["num_bytes"] for s in mine),
             "shards": [{k: s[k] for k in ("file", "num_examples", "num_bytes")} for s in mine],
         }
-        snr = [v for s in mine for v in s["snr_db"]]
-        levels = [v for s in mine for v in s["levels"]]
-        snr_hist[split] = ex.histogram(snr, ex.SNR_EDGES)
-        level_hist[split] = ex.histogram(levels, ex.LEVEL_EDGES)
-        splits_info[split]["snr_db"] = {"min": float(np.min(snr)), "mean": float(np.mean(snr)),
-                                        "max": float(np.max(snr))}
+        stats = ex.ChunkStats.merge([s["stats"] for s in mine])
+        snr_hist[split] = stats["snr_hist"]
+        level_hist[split] = stats["level_hist"]
+        splits_info[split]["snr_db"] = {"min": stats["snr_min"], "mean": ex.ChunkStats.mean_snr(stats),
+                                        "max": stats["snr_max"]}
     usable = {role: sorted((s for s in sources if s["role"] == role), key=lambda s: s["file"])
               for role in ("voice", "noise")}
     reasons: dict[str, int] = {}
@@ -446,7 +465,7 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
         "splits": splits_info,
         "histograms": {"snr_db": {"edges": ex.SNR_EDGES, "counts": snr_hist},
                        "noise_level": {"edges": ex.LEVEL_EDGES, "counts": level_hist}},
-        "silent_voice_windows_skipped": int(sum(s["silent_skipped"] for s in shards)),
+        "silent_voice_windows_skipped": int(sum(s["stats"]["silent_skipped"] for s in shards)),
         "sources": {
             "voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir, "noise_classes": plan.classes_source,
             "voices": [{"file": s["file"], "speaker_id": s["group"], "split": s["split"],
@@ -456,10 +475,15 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
         },
         "rejects": {"count": len(rejects), "by_reason": reasons, "file": REJECTS_FILE},
         "build_seconds": round(time.time() - started, 2),
+        "chunks_reused": int(sum(s["chunks_reused"] for s in shards)),
     }
     paths.write_atomic(audio_lib.join_path(build_dir, INFO_FILE), json.dumps(info, indent=1).encode())
     paths.delete_tree(work_dir)
     return info
+
+
+def expand_work(item: ex.WorkItem) -> list[ex.ChunkSpec]:
+    return item.chunks()
 
 
 def select(record: dict, kind: str):
@@ -487,8 +511,9 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
     rejects = inputs | "Rejects" >> beam.FlatMap(select, REJECT)
     shards = (
         p
-        | "ListChunks" >> beam.Create(plan.chunks)
-        | "SpreadChunks" >> beam.Reshuffle()
+        | "ListWork" >> beam.Create(plan.work)
+        | "SpreadWork" >> beam.Reshuffle()
+        | "ExpandChunks" >> beam.FlatMap(expand_work)
         | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir, build_dir), sources=beam.pvalue.AsList(sources))
         | "GroupByShard" >> beam.GroupByKey()
         | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir)))
@@ -535,11 +560,11 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     layout.check_space(opts.output, estimate, assume_yes)
     plan = make_plan(opts)
     LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %.1f MiB", len(plan.voices),
-             len(plan.noises), plan.counts, len(plan.chunks), estimate / 2**20)
+             len(plan.noises), plan.counts, plan.num_chunks, estimate / 2**20)
     workers = workers or os.cpu_count() or 1
     if runners.is_dask(beam_args):
         runners.require_dask()
-    build_dir = layout.start_build(opts.output)
+    build_dir = layout.start_build(opts.output, plan.fingerprint(opts))
     if logging.getLogger("apache_beam").getEffectiveLevel() < logging.WARNING:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     _quiet_worker_notes()
@@ -559,6 +584,9 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
         problems_path = audio_lib.join_path(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
+    except KeyboardInterrupt:
+        LOG.warning("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
+        raise
     except BaseException:
         # Nothing of a failed build is worth keeping, and the old dataset (if any) was not touched.
         paths.delete_tree(build_dir)
@@ -566,7 +594,9 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     layout.replace_with_build(build_dir, opts.output)
     info = json.loads(paths.read_bytes(audio_lib.join_path(opts.output, INFO_FILE)))
     # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).
-    LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s", opts.output, time.time() - started,
+    LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s%s", opts.output, time.time() - started,
              {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"],
-             f" {info['rejects']['by_reason']}" if info["rejects"]["count"] else "")
+             f" {info['rejects']['by_reason']}" if info["rejects"]["count"] else "",
+             f"; {info['chunks_reused']} of {plan.num_chunks} chunks reused from an interrupted run"
+             if info.get("chunks_reused") else "")
     return info

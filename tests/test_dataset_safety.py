@@ -127,7 +127,7 @@ def test_killed_build_leaves_no_temporaries_after_a_rerun(corpus, tmp_path):
     cmd = [sys.executable, "-m", "speech_enhance", "dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir,
            "--output", str(out), "--num-examples", "400", "--chunk-size", "2", "--shard-size-mb", "1",
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -135,9 +135,10 @@ def test_killed_build_leaves_no_temporaries_after_a_rerun(corpus, tmp_path):
             if parts.is_dir() and len(os.listdir(parts)) >= 3:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the build finished before it could be killed"
+        assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not out.exists()
     assert build.is_dir()

@@ -1,0 +1,64 @@
+"""A dataset build killed part way resumes from what it finished, and gives the same bytes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import speech_enhance
+from dataset_fixtures import make_corpus
+
+
+def test_a_killed_build_is_resumed_reusing_its_finished_chunks(tmp_path):
+    voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=5, utterances=1)
+    args = ["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--num-examples", "300",
+            "--chunk-size", "2", "--shard-size-mb", "4", "--workers", "1"]
+    assert speech_enhance.main(args + ["--output", str(tmp_path / "reference")]) == 0
+
+    out, build = tmp_path / "ds", tmp_path / "ds.incomplete"
+    proc = subprocess.Popen([sys.executable, "-m", "speech_enhance", *args, "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            parts = build / "_work" / "parts"
+            if parts.is_dir() and sum(name.endswith(".json") for name in os.listdir(parts)) >= 20:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = sum(name.endswith(".json") for name in os.listdir(build / "_work" / "parts"))
+    assert not out.exists() and finished < 150
+
+    assert speech_enhance.main(args + ["--output", str(out)]) == 0
+    with open(out / "dataset_info.json") as f:
+        info = json.load(f)
+    assert info["chunks_reused"] >= finished
+    with open(tmp_path / "reference" / "dataset_info.json") as f:
+        reference = json.load(f)
+    assert reference["chunks_reused"] == 0
+    assert info["splits"] == reference["splits"] and info["histograms"] == reference["histograms"]
+    for split in info["splits"].values():
+        for shard in split["shards"]:
+            with open(out / shard["file"], "rb") as a, open(tmp_path / "reference" / shard["file"], "rb") as b:
+                assert a.read() == b.read(), shard["file"]
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "ds", "reference"]
+
+
+def test_a_build_left_with_other_arguments_is_not_reused(tmp_path):
+    voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=5, utterances=1)
+    args = ["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--num-examples", "40", "--workers", "1",
+            "--output", str(tmp_path / "ds")]
+    assert speech_enhance.main(args + ["--seed", "1"]) == 0
+    # Leave a finished build of seed 1 as if it had been killed just before its move into place.
+    os.rename(tmp_path / "ds", tmp_path / "ds.incomplete")
+    (tmp_path / "ds.incomplete" / "_BUILDING.json").write_text(json.dumps({"fingerprint": "another build"}))
+    assert speech_enhance.main(args + ["--seed", "2"]) == 0
+    with open(tmp_path / "ds" / "dataset_info.json") as f:
+        info = json.load(f)
+    assert info["seed"] == 2 and info["chunks_reused"] == 0
