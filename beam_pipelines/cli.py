@@ -158,7 +158,7 @@ def run_dataset_command(args, extra) -> int:
 
 
 def _run_dataset(args, extra) -> int:
-    from beam_pipelines import examples as ex
+    from beam_pipelines import generation as gen
     from beam_pipelines.pipeline import DatasetOptions, run_dataset
     from beam_pipelines.splits import parse_fractions
     from tfrecord_schema.config import SpectrogramConfig
@@ -177,10 +177,10 @@ def _run_dataset(args, extra) -> int:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
     config = SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype)
     if args.snr_db is not None:
-        mix = ex.MixOptions(seed=args.seed, level_range=None, snr_range_db=args.snr_db,
+        mix = gen.MixOptions(seed=args.seed, level_range=None, snr_range_db=args.snr_db,
                             loudness_range_dbfs=args.loudness_dbfs)
     else:
-        mix = ex.MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
+        mix = gen.MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
                             loudness_range_dbfs=args.loudness_dbfs)
     opts = DatasetOptions(
         voice_dir=voice_dir, noise_dir=noise_dir, output=args.output, num_examples=args.num_examples,

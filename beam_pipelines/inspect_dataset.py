@@ -10,18 +10,15 @@ from typing import Any
 import numpy as np
 
 from tfrecord_schema import decode, paths
-from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files
+from tfrecord_schema.dataset_info import DatasetInfo, shard_files
 from tfrecord_schema.records import read_records
 
 LOG = logging.getLogger(__name__)
 
 
 def load_info(dataset: str) -> dict[str, Any]:
-    path = paths.join(dataset, INFO_FILE)
-    if not paths.isfile(path):
-        raise FileNotFoundError(f"{dataset} holds no {INFO_FILE}: not a finished dataset. Build one with "
-                                "`speech-enhance dataset`.")
-    return parse_dataset_info(paths.read_bytes(path).decode("utf-8"), path)
+    """The checked contents of `dataset`'s dataset_info.json, as a dict (see `DatasetInfo`)."""
+    return DatasetInfo.read(dataset).to_dict()
 
 
 def check_shard_sizes(dataset: str, info: dict) -> list[str]:

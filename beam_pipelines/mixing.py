@@ -6,11 +6,18 @@ ITU-T P.56), the noise by its plain RMS. A level of 0.2-0.8 is thus an active-sp
 14 to 2 dB (SNR = -20 log10(level)). After blending, the pair is scaled to a random loudness and,
 if the mixture would clip, scaled down further; the factor is recorded as the gain. The recorded
 `snr_db` is what was realised over the written window: 10 log10(sum clean^2 / sum noise^2).
+
+`mix_at_snr` is the other way to mix, used by `predictor.evaluate`: the noise scaled to an exact
+SNR (by plain energy), no loudness target. Both share the peak limit (`PEAK_LIMIT`,
+`peak_limited_gain`). Their arithmetic differs on purpose (active level vs energy; one gain for
+the mixture vs one per part) and each is kept as it was, so datasets and evaluation items
+written before stay reproducible to the bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -18,11 +25,24 @@ FRAME_SECONDS = 0.02
 ACTIVE_RANGE_DB = 30.0  # frames within this of the loud (95th percentile) frames count as active
 SILENCE_DBFS = -60.0  # a voice window whose active level is below this is silent
 MIN_ACTIVE_FRACTION = 0.2  # ...or whose active frames are fewer than this share
-PEAK_LIMIT = 0.99
+PEAK_LIMIT = 0.99  # largest absolute sample of any mixture made here (full scale is 1.0)
 
 
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def energy(x: np.ndarray) -> float:
+    """Sum of squares, in float64."""
+    return float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+
+
+def peak_limited_gain(signal: np.ndarray, gain: float = 1.0) -> float:
+    """`gain`, lowered just enough that max|signal| * gain does not exceed PEAK_LIMIT."""
+    peak = float(np.max(np.abs(signal))) * gain
+    if peak > PEAK_LIMIT:
+        gain *= PEAK_LIMIT / peak
+    return gain
 
 
 def active_level(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
@@ -56,19 +76,30 @@ def blend(voice: np.ndarray, noise: np.ndarray, level: float, loudness_dbfs: flo
     """Mixes `voice` with `noise` at noise-to-voice ratio `level`, then scales to `loudness_dbfs`.
 
     `voice_level` is the voice's active speech level (linear). The mixture never clips: if its peak
-    would exceed 0.99 after loudness scaling, the gain is reduced to meet it.
+    would exceed PEAK_LIMIT after loudness scaling, the gain is reduced to meet it.
     """
     noise_rms = rms(noise)
     if noise_rms <= 0 or voice_level <= 0:
         raise ValueError("blend() needs a non-silent voice and noise window")
     scaled_noise = noise * np.float32(level * voice_level / noise_rms)
     mixture = voice + scaled_noise
-    gain = 10.0 ** (loudness_dbfs / 20.0) / max(rms(mixture), 1e-12)
-    peak = float(np.max(np.abs(mixture))) * gain
-    if peak > PEAK_LIMIT:
-        gain *= PEAK_LIMIT / peak
-    g = np.float32(gain)
+    g = np.float32(peak_limited_gain(mixture, 10.0 ** (loudness_dbfs / 20.0) / max(rms(mixture), 1e-12)))
     clean, noise_out = voice * g, scaled_noise * g
     mixture = clean + noise_out
     snr = 10.0 * np.log10(np.sum(np.square(clean, dtype=np.float64)) / np.sum(np.square(noise_out, dtype=np.float64)))
     return Blend(mixture=mixture, clean=clean, noise=noise_out, gain=float(g), snr_db=float(snr))
+
+
+def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, mixture), float32 [samples]: `noise` scaled so that 10 log10(sum clean^2 / sum noise^2)
+    is exactly `snr_db` (dB), added to `clean`; if the mixture would exceed PEAK_LIMIT, both are
+    scaled down together (the SNR is kept). `clean` and `noise` are float32 of equal length; the
+    noise must not be silent.
+    """
+    noise = noise * np.float32(math.sqrt(energy(clean) / (energy(noise) * 10.0 ** (snr_db / 10.0))))
+    mixture = clean + noise
+    gain = peak_limited_gain(mixture)
+    if gain < 1.0:
+        g = np.float32(gain)
+        clean, mixture = clean * g, mixture * g
+    return clean, mixture

@@ -94,7 +94,7 @@ def estimate_bytes(num_examples: int, config: SpectrogramConfig, split_fractions
                    write_audio: tuple[str, ...], compression: str) -> int:
     """Bytes the finished dataset will take: shards (uncompressed size, an upper bound with GZIP) plus
     the wav pairs of `write_audio` splits (float32)."""
-    from beam_pipelines.examples import bytes_per_example, split_counts
+    from beam_pipelines.generation import bytes_per_example, split_counts
 
     total = num_examples * bytes_per_example(config)
     counts = split_counts(num_examples, split_fractions)

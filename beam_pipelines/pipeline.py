@@ -37,16 +37,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import audio as audio_lib
-from beam_pipelines import examples as ex
+from beam_pipelines import generation as gen
 from beam_pipelines import output_layout as layout
 from beam_pipelines import runners
 from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
 from tfrecord_schema import SCHEMA_VERSION, paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, SPLITS, shard_name
+from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
-from tfrecord_schema.spectrogram import tune_malloc
+from tfrecord_schema.malloc import tune_malloc
 
 LOG = logging.getLogger(__name__)
 NAMESPACE = "speech_enhance.dataset"
@@ -73,7 +73,7 @@ class DatasetOptions:
     output: str
     num_examples: int
     config: SpectrogramConfig = SpectrogramConfig()
-    mix: ex.MixOptions = ex.MixOptions()
+    mix: gen.MixOptions = gen.MixOptions()
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     splits_file: str | None = None
     noise_classes_file: str | None = None
@@ -120,7 +120,7 @@ class DatasetOptions:
 class Plan:
     voices: list[dict]  # {"file", "path", "group", "split"}
     noises: list[dict]
-    work: list[ex.WorkItem]  # grows with the number of shards, not of examples
+    work: list[gen.WorkItem]  # grows with the number of shards, not of examples
     counts: dict[str, int]
     classes_source: str | list[str]
 
@@ -165,14 +165,11 @@ def _list_inputs(folders: Sequence[str], flag: str) -> list[tuple[str, str, str,
 
 
 def _class_table(opts: DatasetOptions, noise_dir: str) -> tuple[dict[str, str], str]:
-    candidates = [opts.noise_classes_file] if opts.noise_classes_file else [
-        audio_lib.join_path(noise_dir, "classes.tsv"), audio_lib.join_path(noise_dir, "meta", "esc50.csv")]
-    for candidate in candidates:
-        if candidate and paths.isfile(candidate):
-            return splits_lib.read_class_table(_read_text(candidate)), candidate
     if opts.noise_classes_file:
-        raise FileNotFoundError(f"--noise-classes file not found: {opts.noise_classes_file!r}")
-    return {}, "parent folder"
+        if not paths.isfile(opts.noise_classes_file):
+            raise FileNotFoundError(f"--noise-classes file not found: {opts.noise_classes_file!r}")
+        return splits_lib.read_class_table(_read_text(opts.noise_classes_file)), opts.noise_classes_file
+    return splits_lib.find_class_table(noise_dir) or ({}, "parent folder")
 
 
 def make_plan(opts: DatasetOptions) -> Plan:
@@ -201,7 +198,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
         voice_split = {f: speaker_split[speakers[f]] for f in voice_files}
         noise_split = splits_lib.assign_groups(noise_files, opts.split_fractions, salt="noise", strata=classes)
 
-    counts = ex.split_counts(opts.num_examples, opts.split_fractions)
+    counts = gen.split_counts(opts.num_examples, opts.split_fractions)
     for split, n in counts.items():
         if n and not any(s == split for s in voice_split.values()):
             raise ValueError(f"Split {split!r} needs {n} examples but has no speaker: {len(set(speakers.values()))} "
@@ -209,7 +206,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
         if n and not any(s == split for s in noise_split.values()):
             raise ValueError(f"Split {split!r} needs {n} examples but has no noise file: add noise files, "
                              "or set --split-fractions.")
-    work = ex.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
+    work = gen.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     voices = [{"file": f, "path": file_paths[f], "group": speakers[f], "split": voice_split[f]}
               for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
@@ -236,7 +233,7 @@ def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], w
 # --- Beam stages --------------------------------------------------------------------------------
 
 class DecodeSource(beam.DoFn):
-    """Decodes one input file into one record: {"kind": "source", ...} (an `ex.Source`, its samples
+    """Decodes one input file into one record: {"kind": "source", ...} (an `gen.Source`, its samples
     cached as .npy in the scratch folder) or {"kind": "reject", role, file, split, reason, message}.
 
     Idempotent: the record is also written beside the samples, and a second call for the same file
@@ -275,9 +272,9 @@ class DecodeSource(beam.DoFn):
             Metrics.counter(NAMESPACE, f"rejected_{err.reason}").inc()
             return {"kind": REJECT, "role": self.role, "file": entry["file"], "split": entry["split"],
                     "reason": err.reason, "message": str(err)}
-        paths.write_atomic(key, ex.dump_npy(samples))
+        paths.write_atomic(key, gen.dump_npy(samples))
         self.decoded.inc()
-        return {"kind": SOURCE, **ex.Source(role=self.role, file=entry["file"], group=entry["group"],
+        return {"kind": SOURCE, **gen.Source(role=self.role, file=entry["file"], group=entry["group"],
                                             split=entry["split"], num_samples=int(samples.shape[0]),
                                             key=key).to_dict()}
 
@@ -307,17 +304,17 @@ class WriteChunk(beam.DoFn):
 
     def setup(self) -> None:
         tune_malloc()
-        self.cache = ex.SourceCache(lambda key: ex.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
+        self.cache = gen.SourceCache(lambda key: gen.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")
-        self._tables: dict[str, ex.SplitSources | None] = {}
+        self._tables: dict[str, gen.SplitSources | None] = {}
 
-    def process(self, spec: ex.ChunkSpec, sources: Sequence[dict]):
+    def process(self, spec: gen.ChunkSpec, sources: Sequence[dict]):
         if spec.split not in self._tables:
             try:
-                self._tables[spec.split] = ex.SplitSources([ex.Source(**s) for s in sources], spec.split,
+                self._tables[spec.split] = gen.SplitSources([gen.Source(**s) for s in sources], spec.split,
                                                            self.opts.config.window_samples)
-            except ex.NoUsableSources:
+            except gen.NoUsableSources:
                 self._tables[spec.split] = None  # named, with its rejects, by CheckSources
         table = self._tables[spec.split]
         if table is None:
@@ -330,7 +327,7 @@ class WriteChunk(beam.DoFn):
             yield (spec.split, spec.shard, spec.num_shards), {**json.loads(paths.read_bytes(done)), "reused": True}
             return
         keep_audio = spec.split in self.opts.write_audio
-        result = ex.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio)
+        result = gen.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio)
         buf = io.BytesIO()
         with RecordWriter(buf, self.opts.compression) as writer:
             for record in result.records:
@@ -341,7 +338,7 @@ class WriteChunk(beam.DoFn):
         self.examples.inc(len(result.records))
         self.silent.inc(result.silent_windows_skipped)
         summary = {"chunk": spec.chunk, "num_chunks": spec.num_chunks, "part": part,
-                   "stats": ex.ChunkStats.of_chunk(result.snr_db, result.levels, result.silent_windows_skipped)}
+                   "stats": gen.ChunkStats.of_chunk(result.snr_db, result.levels, result.silent_windows_skipped)}
         paths.write_atomic(done, json.dumps(summary).encode())
         yield (spec.split, spec.shard, spec.num_shards), {**summary, "reused": False}
 
@@ -395,7 +392,7 @@ class AssembleShard(beam.DoFn):
             paths.finish_atomic(written, path)
             paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
-        stats = ex.ChunkStats.merge([p["stats"] for p in parts])
+        stats = gen.ChunkStats.merge([p["stats"] for p in parts])
         LOG.info("wrote %s (%d examples, %.1f MiB)", name, stats["count"], size / 2**20)
         yield {"split": split, "shard": shard, "file": name, "num_examples": stats["count"], "num_bytes": size,
                "stats": stats, "chunks_reused": sum(1 for p in parts if p["reused"])}
@@ -444,10 +441,10 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
             "num_bytes": sum(s["num_bytes"] for s in mine),
             "shards": [{k: s[k] for k in ("file", "num_examples", "num_bytes")} for s in mine],
         }
-        stats = ex.ChunkStats.merge([s["stats"] for s in mine])
+        stats = gen.ChunkStats.merge([s["stats"] for s in mine])
         snr_hist[split] = stats["snr_hist"]
         level_hist[split] = stats["level_hist"]
-        splits_info[split]["snr_db"] = {"min": stats["snr_min"], "mean": ex.ChunkStats.mean_snr(stats),
+        splits_info[split]["snr_db"] = {"min": stats["snr_min"], "mean": gen.ChunkStats.mean_snr(stats),
                                         "max": stats["snr_max"]}
     usable = {role: sorted((s for s in sources if s["role"] == role), key=lambda s: s["file"])
               for role in ("voice", "noise")}
@@ -455,34 +452,34 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     for r in rejects:
         reasons[f"{r['role']}:{r['reason']}"] = reasons.get(f"{r['role']}:{r['reason']}", 0) + 1
     rate = opts.config.sample_rate
-    info = {
-        "name": paths.basename(opts.output),
-        "schema_version": SCHEMA_VERSION,
-        "spectrogram": opts.config.to_dict(),
-        "compression": opts.compression,
-        "seed": opts.mix.seed,
-        "arguments": arguments,
-        "splits": splits_info,
-        "histograms": {"snr_db": {"edges": ex.SNR_EDGES, "counts": snr_hist},
-                       "noise_level": {"edges": ex.LEVEL_EDGES, "counts": level_hist}},
-        "silent_voice_windows_skipped": int(sum(s["stats"]["silent_skipped"] for s in shards)),
-        "sources": {
+    info = DatasetInfo(
+        name=paths.basename(opts.output),
+        schema_version=SCHEMA_VERSION,
+        spectrogram=opts.config,
+        compression=opts.compression,
+        seed=opts.mix.seed,
+        arguments=arguments,
+        splits=splits_info,
+        histograms={"snr_db": {"edges": gen.SNR_EDGES, "counts": snr_hist},
+                    "noise_level": {"edges": gen.LEVEL_EDGES, "counts": level_hist}},
+        silent_voice_windows_skipped=int(sum(s["stats"]["silent_skipped"] for s in shards)),
+        sources={
             "voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir, "noise_classes": plan.classes_source,
             "voices": [{"file": s["file"], "speaker_id": s["group"], "split": s["split"],
                         "seconds": round(s["num_samples"] / rate, 3)} for s in usable["voice"]],
             "noises": [{"file": s["file"], "noise_class": s["group"], "split": s["split"],
                         "seconds": round(s["num_samples"] / rate, 3)} for s in usable["noise"]],
         },
-        "rejects": {"count": len(rejects), "by_reason": reasons, "file": REJECTS_FILE},
-        "build_seconds": round(time.time() - started, 2),
-        "chunks_reused": int(sum(s["chunks_reused"] for s in shards)),
-    }
-    paths.write_atomic(audio_lib.join_path(build_dir, INFO_FILE), json.dumps(info, indent=1).encode())
+        rejects={"count": len(rejects), "by_reason": reasons, "file": REJECTS_FILE},
+        build_seconds=round(time.time() - started, 2),
+        chunks_reused=int(sum(s["chunks_reused"] for s in shards)),
+    )
+    info.write(build_dir)
     paths.delete_tree(work_dir)
-    return info
+    return info.to_dict()
 
 
-def expand_work(item: ex.WorkItem) -> list[ex.ChunkSpec]:
+def expand_work(item: gen.WorkItem) -> list[gen.ChunkSpec]:
     return item.chunks()
 
 
@@ -592,7 +589,7 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
         paths.delete_tree(build_dir)
         raise
     layout.replace_with_build(build_dir, opts.output)
-    info = json.loads(paths.read_bytes(audio_lib.join_path(opts.output, INFO_FILE)))
+    info = DatasetInfo.read(opts.output).to_dict()
     # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).
     LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s%s", opts.output, time.time() - started,
              {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"],

@@ -15,7 +15,11 @@ import posixpath
 import re
 from typing import Iterable, Mapping, Sequence
 
-SPLITS = ("train", "valid", "test")
+from tfrecord_schema import paths
+from tfrecord_schema.dataset_info import SPLITS
+
+# Noise class tables looked for in a noise folder, in this order (ESC-50 ships meta/esc50.csv).
+CLASS_TABLE_FILES = ("classes.tsv", "meta/esc50.csv")
 _LIBRISPEECH = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _ESC50 = re.compile(r"^\d+-\d+-[A-Z]-(\d+)$")
 
@@ -34,27 +38,77 @@ def speaker_of(rel_path: str) -> str:
 
 
 def read_class_table(text: str) -> dict[str, str]:
-    """Parses a noise class table: TSV `file<TAB>class` (classes.tsv) or ESC-50's `esc50.csv`."""
-    sample = text.splitlines()[0] if text else ""
+    """Parses a noise class table: TSV `file<TAB>class` (classes.tsv) or ESC-50's `esc50.csv`.
+
+    classes.tsv: an optional `file<TAB>class` header, blank lines and `#` comment lines ignored,
+    cells stripped, file paths relative to the folder that holds the table. esc50.csv: the
+    `filename` and `category` columns (the file's base name and its class).
+    """
+    lines = text.splitlines()
+    sample = next((line for line in lines if line.strip() and not line.startswith("#")), "")
     dialect = "excel-tab" if "\t" in sample else "excel"
-    rows = list(csv.reader(io.StringIO(text), dialect=dialect))
+    rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text, newline=""), dialect=dialect)]
+    rows = [row for row in rows if len(row) >= 2 and row[0] and not row[0].startswith("#")]
     if not rows:
         return {}
-    header = [h.strip().lower() for h in rows[0]]
+    header = [h.lower() for h in rows[0]]
     if "filename" in header and "category" in header:  # ESC-50 meta/esc50.csv
         fi, ci = header.index("filename"), header.index("category")
         return {r[fi]: r[ci] for r in rows[1:] if len(r) > max(fi, ci)}
-    start = 1 if header[:2] == ["file", "class"] else 0
-    return {r[0]: r[1] for r in rows[start:] if len(r) >= 2}
+    return {posixpath.normpath(r[0]): r[1] for r in rows if [r[0].lower(), r[1].lower()] != ["file", "class"]}
+
+
+def find_class_table(folder: str) -> tuple[dict[str, str], str] | None:
+    """(table, its path) of the first of CLASS_TABLE_FILES in `folder` (local or gs://), or None."""
+    for name in CLASS_TABLE_FILES:
+        path = paths.join(folder, name)
+        if paths.isfile(path):
+            return read_class_table(paths.read_text(path)), path
+    return None
+
+
+def class_in_table(rel_path: str, table: Mapping[str, str]) -> str | None:
+    """The table's class of `rel_path` (listed by relative path or by base name), or None."""
+    for key in (rel_path, posixpath.basename(rel_path)):
+        if key in table:
+            return table[key]
+    return None
 
 
 def noise_class_of(rel_path: str, table: Mapping[str, str]) -> str:
     """Class from the table (by relative path or base name), else the parent folder, else 'unknown'."""
-    for key in (rel_path, posixpath.basename(rel_path)):
-        if key in table:
-            return table[key]
+    found = class_in_table(rel_path, table)
+    if found is not None:
+        return found
     parent = posixpath.dirname(rel_path)
     return posixpath.basename(parent) if parent else "unknown"
+
+
+def noise_classes(root: str, rel_paths: Iterable[str]) -> dict[str, str]:
+    """Class of each noise file (paths relative to `root`, a local folder or a gs:// prefix).
+
+    From the nearest class table (`find_class_table`: classes.tsv, else meta/esc50.csv) in the
+    file's folder or a folder above it up to `root` that lists the file; else as `noise_class_of`
+    with no table: the parent folder's name, or "unknown" at the top.
+    """
+    tables: dict[str, dict[str, str]] = {}
+
+    def table(folder: str) -> dict[str, str]:
+        if folder not in tables:
+            found = find_class_table(paths.join(root, folder) if folder else root)
+            tables[folder] = found[0] if found else {}
+        return tables[folder]
+
+    out = {}
+    for rel in rel_paths:
+        folder, cls = posixpath.dirname(rel), None
+        while cls is None:
+            cls = class_in_table(posixpath.relpath(rel, folder) if folder else rel, table(folder))
+            if not folder:
+                break
+            folder = posixpath.dirname(folder)
+        out[rel] = cls if cls is not None else noise_class_of(rel, {})
+    return out
 
 
 def _hash(name: str, salt: str) -> str:

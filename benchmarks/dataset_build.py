@@ -31,10 +31,10 @@ sys.path.insert(0, ROOT)
 
 def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     from beam_pipelines import audio as audio_lib
-    from beam_pipelines import examples as ex
+    from beam_pipelines import generation as gen
     from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.records import RecordWriter
-    from tfrecord_schema.spectrogram import tune_malloc
+    from tfrecord_schema.malloc import tune_malloc
 
     tune_malloc()
     config = SpectrogramConfig()
@@ -47,15 +47,15 @@ def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
             if role == "voice" and samples.shape[0] < config.window_samples:
                 continue
             arrays[path] = samples
-            sources.append(ex.Source(role, rel, "g", "train", int(samples.shape[0]), path))
+            sources.append(gen.Source(role, rel, "g", "train", int(samples.shape[0]), path))
     decode_s = time.perf_counter() - t0
-    table = ex.SplitSources(sources, "train", config.window_samples)
-    cache = ex.SourceCache(arrays.__getitem__)
+    table = gen.SplitSources(sources, "train", config.window_samples)
+    cache = gen.SourceCache(arrays.__getitem__)
     t0 = time.perf_counter()
     with open(os.path.join(out_dir, "tight.tfrecord"), "wb") as f, RecordWriter(f) as writer:
         for start in range(0, n, 100):
-            spec = ex.ChunkSpec("train", 0, 1, 0, 1, start, min(100, n - start))
-            for record in ex.generate_chunk(spec, table, cache, ex.MixOptions(), config).records:
+            spec = gen.ChunkSpec("train", 0, 1, 0, 1, start, min(100, n - start))
+            for record in gen.generate_chunk(spec, table, cache, gen.MixOptions(), config).records:
                 writer.write(record)
     gen_s = time.perf_counter() - t0
     return {"examples": n, "decode_seconds": decode_s, "generate_seconds": gen_s, "examples_per_s": n / gen_s}

@@ -36,7 +36,7 @@ def synthetic_listing() -> tuple[list[str], list[str], dict[str, str]]:
 
 
 def plan_once(num_examples: int) -> dict:
-    from beam_pipelines import examples as ex
+    from beam_pipelines import generation as gen
     from beam_pipelines import splits as splits_lib
     from beam_pipelines.pipeline import DatasetOptions, Plan
 
@@ -48,8 +48,8 @@ def plan_once(num_examples: int) -> dict:
     classes = {f: splits_lib.noise_class_of(f, table) for f in noises}
     speaker_split = splits_lib.assign_groups(speakers.values(), opts.split_fractions, salt="voice")
     noise_split = splits_lib.assign_groups(noises, opts.split_fractions, salt="noise", strata=classes)
-    counts = ex.split_counts(opts.num_examples, opts.split_fractions)
-    work = ex.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
+    counts = gen.split_counts(opts.num_examples, opts.split_fractions)
+    work = gen.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     plan = Plan([{"file": f, "path": f"gs://bucket/voices/{f}", "group": speakers[f],
                   "split": speaker_split[speakers[f]]} for f in voices],
                 [{"file": f, "path": f"gs://bucket/noises/{f}", "group": classes[f], "split": noise_split[f]}
@@ -57,14 +57,14 @@ def plan_once(num_examples: int) -> dict:
     plan.fingerprint(opts)
     seconds = time.perf_counter() - started
     # Side inputs as workers receive them: one record per usable source, one summary per shard.
-    sources = [ex.Source(role="voice", file=v["file"], group=v["group"], split=v["split"], num_samples=120_000,
+    sources = [gen.Source(role="voice", file=v["file"], group=v["group"], split=v["split"], num_samples=120_000,
                          key=f"gs://bucket/ds.incomplete/_work/audio/voice-{i:032x}.npy").to_dict()
                for i, v in enumerate(plan.voices)]
-    sources += [ex.Source(role="noise", file=n["file"], group=n["group"], split=n["split"], num_samples=40_000,
+    sources += [gen.Source(role="noise", file=n["file"], group=n["group"], split=n["split"], num_samples=40_000,
                           key=f"gs://bucket/ds.incomplete/_work/audio/noise-{i:032x}.npy").to_dict()
                 for i, n in enumerate(plan.noises)]
     shards = {(w.split, w.shard, w.num_shards) for w in work}
-    stats = ex.ChunkStats.merge([ex.ChunkStats.of_chunk([5.0] * 100, [0.5] * 100, 0)])
+    stats = gen.ChunkStats.merge([gen.ChunkStats.of_chunk([5.0] * 100, [0.5] * 100, 0)])
     shard_summaries = [{"split": s, "shard": i, "file": f"{s}.tfrecord-{i:05d}-of-{n:05d}", "num_examples": 1000,
                         "num_bytes": 10**8, "stats": stats, "chunks_reused": 0} for s, i, n in shards]
     sizes = {"work items (Create)": len(pickle.dumps(work)),

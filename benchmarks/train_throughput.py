@@ -30,8 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-_PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16",
-               "float16": "mixed_float16", "mixed_float16": "mixed_float16"}
+from trainer.cli import BACKENDS  # noqa: E402  (Keras-free, like trainer.config)
+from trainer.config import PRECISIONS, TARGETS, TrainConfig  # noqa: E402
+
+_DEFAULT = TrainConfig()
+# TrainConfig's precisions, plus the short names bfloat16 and float16 for the mixed ones.
+_PRECISIONS = {**{p: p for p in PRECISIONS}, **{p.split("_")[1]: p for p in PRECISIONS if p.startswith("mixed_")}}
 
 
 def parse_args(argv):
@@ -40,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--num-examples", type=int, default=2000,
                         help="examples (128x128) to build when --dataset is not given (default 2000)")
     parser.add_argument("--split", default="train", help="split to train on (default train)")
-    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
     parser.add_argument("--precision", choices=sorted(_PRECISIONS), default="float32",
@@ -49,11 +53,16 @@ def parse_args(argv):
     parser.add_argument("--warmup-steps", type=int, default=20, help="untimed steps at the start (default 20)")
     parser.add_argument("--memory-batches", type=int, default=8,
                         help="distinct batches replayed by the in-memory run (default 8)")
-    parser.add_argument("--base-filters", type=int, default=16, help="U-Net base filters (default 16, the reference)")
-    parser.add_argument("--depth", type=int, default=5, help="U-Net depth (default 5, the reference)")
-    parser.add_argument("--target", choices=["noise", "mask"], default="noise", help="training target (default noise)")
-    parser.add_argument("--shuffle-buffer", type=int, default=2048, help="pipeline shuffle buffer (default 2048)")
-    parser.add_argument("--steps-per-execution", type=int, default=1, help="batches per compiled call (default 1)")
+    parser.add_argument("--base-filters", type=int, default=_DEFAULT.base_filters,
+                        help=f"U-Net base filters (default {_DEFAULT.base_filters}, the reference)")
+    parser.add_argument("--depth", type=int, default=_DEFAULT.depth,
+                        help=f"U-Net depth (default {_DEFAULT.depth}, the reference)")
+    parser.add_argument("--target", choices=TARGETS, default=_DEFAULT.target,
+                        help=f"training target (default {_DEFAULT.target})")
+    parser.add_argument("--shuffle-buffer", type=int, default=_DEFAULT.shuffle_buffer,
+                        help=f"pipeline shuffle buffer (default {_DEFAULT.shuffle_buffer})")
+    parser.add_argument("--steps-per-execution", type=int, default=_DEFAULT.steps_per_execution,
+                        help=f"batches per compiled call (default {_DEFAULT.steps_per_execution})")
     parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                         help="XLA-compile the train step (default: Keras decides)")
     parser.add_argument("--modes", nargs="+", choices=["pipeline", "memory"], default=["pipeline", "memory"],
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         keras.config.set_dtype_policy(precision)
         try:
             model = build_unet(config, base_filters=args.base_filters, depth=args.depth)
-            model.compile(optimizer=keras.optimizers.Adam(3e-4), loss=keras.losses.Huber(),
+            model.compile(optimizer=keras.optimizers.Adam(_DEFAULT.learning_rate),
+                          loss=keras.losses.Huber(delta=_DEFAULT.huber_delta),
                           steps_per_execution=args.steps_per_execution, jit_compile=jit_compile)
             timer = Timer()
             model.fit(dataset, epochs=1, steps_per_epoch=args.steps, callbacks=[timer], verbose=0, shuffle=False)

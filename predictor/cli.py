@@ -11,6 +11,33 @@ import os
 
 logger = logging.getLogger(__name__)
 
+# Library errors name the library's arguments (`noisy_dir=`); the commands re-raise them with their
+# flags. A name with "_" is replaced wherever it stands, a plain word only as `word=` or where it
+# opens the message (prose such as "the systems of ..." stays as it is).
+_PREDICT_FLAGS = {"model_dir": "--model", "source": "--input", "output_dir": "--output", "output_format": "--format",
+                  "batch_size": "--batch-size", "overlap": "--overlap", "workers": "--workers",
+                  "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate"}
+_EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_dir": "--clean-dir",
+                   "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "snrs": "--snrs",
+                   "num_mixtures": "--num-mixtures", "duration": "--duration", "seed": "--seed",
+                   "sample_rate": "--sample-rate", "systems": "--systems", "batch_size": "--batch-size",
+                   "overlap": "--overlap", "num_examples": "--examples", "output_dir": "--output"}
+
+
+def _with_flags(err: Exception, flags: dict[str, str]) -> Exception:
+    """`err` again, of the same type, with the library's argument names written as `flags`."""
+    import re
+
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+
+    def flag(match: re.Match) -> str:
+        name, equals = match.group(1), match.group(2)
+        if "_" not in name and not equals and match.start() > 0:
+            return match.group(0)
+        return flags[name] + (" " if equals else "")
+
+    return type(err)(re.sub(rf"(?<![\w-])({names})(?![\w-])(=?)", flag, str(err)))
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_predict(subparsers)
@@ -72,10 +99,14 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     from tfrecord_schema import paths
 
     workers = DEFAULT_WORKERS if args.workers is None else args.workers
-    enhancer = Enhancer.from_model_dir(args.model, batch_size=args.batch_size, overlap=args.overlap, workers=workers)
-    summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite, output_format=args.format,
-                            keep_model_rate=args.keep_model_rate, downmix=args.downmix,
-                            progress_interval=args.progress_interval)
+    try:
+        enhancer = Enhancer.from_model_dir(args.model, batch_size=args.batch_size, overlap=args.overlap,
+                                           workers=workers)
+        summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
+                                output_format=args.format, keep_model_rate=args.keep_model_rate,
+                                downmix=args.downmix, progress_interval=args.progress_interval)
+    except (ValueError, FileNotFoundError) as err:
+        raise _with_flags(err, _PREDICT_FLAGS) from err
     rtf = f"{summary.real_time_factor:.4f}" if summary.audio_seconds else "n/a"
     print(f"{summary.written} written, {summary.skipped} skipped (output exists), {len(summary.failures)} failed "
           f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} s "
@@ -122,7 +153,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--voice-dir", metavar="DIR", help="held-out clean speech to make mixtures from")
     p.add_argument("--noise-dir", metavar="DIR",
                    help="held-out noise to make mixtures from; classes from the nearest classes.tsv "
-                        "(file<TAB>class) in a file's folder or above, or sub-folder names")
+                        "(file<TAB>class) or ESC-50 meta/esc50.csv in a file's folder or above (as the dataset "
+                        "job reads them), else sub-folder names")
     p.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
                    help="input SNRs (dB) to mix at, or bin centres for paired files (default: -5 0 5 10 15)")
     p.add_argument("--num-mixtures", type=int, default=20, help="mixtures per SNR (default: 20)")
@@ -161,12 +193,16 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
             models = {"pretrained": PRETRAINED_DIR}
         else:
             logger.warning("no --model given and no shipped model: scoring the baselines only")
-    results = run_evaluation(
-        args.output, models=models, noisy_dir=args.noisy_dir, clean_dir=args.clean_dir, voice_dir=args.voice_dir,
-        noise_dir=args.noise_dir, snrs=args.snrs, num_mixtures=args.num_mixtures, duration=args.duration,
-        seed=args.seed, sample_rate=args.sample_rate, systems=args.systems, reference_recipe=args.reference_recipe,
-        with_pesq=args.pesq, with_stoi=args.stoi, batch_size=args.batch_size, overlap=args.overlap,
-        num_examples=args.examples, save_audio=args.save_audio)
+    try:
+        results = run_evaluation(
+            args.output, models=models, noisy_dir=args.noisy_dir, clean_dir=args.clean_dir,
+            voice_dir=args.voice_dir, noise_dir=args.noise_dir, snrs=args.snrs, num_mixtures=args.num_mixtures,
+            duration=args.duration, seed=args.seed, sample_rate=args.sample_rate, systems=args.systems,
+            reference_recipe=args.reference_recipe, with_pesq=args.pesq, with_stoi=args.stoi,
+            batch_size=args.batch_size, overlap=args.overlap, num_examples=args.examples,
+            save_audio=args.save_audio)
+    except (ValueError, FileNotFoundError) as err:
+        raise _with_flags(err, _EVALUATE_FLAGS) from err
     text = paths.read_text(results["paths"]["markdown"])
     start = text.find("## Overall")
     print(text[start: text.find("\n## ", start + 1)].strip())

@@ -1,4 +1,4 @@
-"""Small audio folders for the dataset tests, made in tmp_path."""
+"""Small audio folders for the dataset tests, made in tmp_path from `beam_pipelines.synthetic` audio."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import soundfile
 
-from beam_pipelines.demo import synth_noise, synth_voice
+from beam_pipelines import synthetic
 
 NOISE_KINDS = ("clock", "alarm", "vacuum", "traffic")
 
@@ -22,7 +22,7 @@ def make_corpus(root, speakers: int = 6, utterances: int = 2, noises_per_kind: i
         os.makedirs(folder)
         for u in range(utterances):
             rate = (16000, 8000, 22050)[(s + u) % 3]
-            audio = synth_voice(rng, rng.uniform(1.6, 2.5), rng.uniform(100, 220), rate)
+            audio = synthetic.speech(rng, int(rng.uniform(1.6, 2.5) * rate), rate, f0=rng.uniform(100, 220))
             if s == 0 and u == 0:
                 audio = np.stack([audio, audio * 0.5], axis=1)
             fmt = ".flac" if u % 2 == 0 else ".wav"
@@ -31,7 +31,7 @@ def make_corpus(root, speakers: int = 6, utterances: int = 2, noises_per_kind: i
     rows = ["file\tclass"]
     for kind in NOISE_KINDS:
         for i in range(noises_per_kind):
-            audio = synth_noise(kind, rng, rng.uniform(1.5, 3.0), 16000).astype(np.float32)
+            audio = synthetic.noise(rng, int(rng.uniform(1.5, 3.0) * 16000), 16000, kind).astype(np.float32)
             name = f"{kind}{i}.ogg" if i == 1 else f"{kind}{i}.wav"
             soundfile.write(os.path.join(noise_dir, name), 0.5 * audio / np.max(np.abs(audio)), 16000)
             rows.append(f"{name}\t{kind}")

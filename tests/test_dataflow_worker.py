@@ -18,10 +18,10 @@ import time
 import apache_beam
 import pytest
 
-from beam_pipelines import examples as ex
+from beam_pipelines import generation as gen
 from beam_pipelines.pipeline import (AssembleShard, DatasetOptions, DecodeSource, Plan, WriteChunk, check_sources,
                                      finalize, run_dataset, select)
-from tests.dataset_fixtures import add_bad_inputs, make_corpus
+from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.config import SpectrogramConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +71,12 @@ def picklers():
 def test_dofns_options_and_functions_pickle_by_reference(tmp_path):
     opts = DatasetOptions(voice_dir="gs://b/voices", noise_dir="/data/noises", output=str(tmp_path / "o"),
                           num_examples=50, config=SpectrogramConfig(sample_rate=16000, dtype="float32"),
-                          mix=ex.MixOptions(seed=3, level_range=None, snr_range_db=(-5.0, 15.0)),
+                          mix=gen.MixOptions(seed=3, level_range=None, snr_range_db=(-5.0, 15.0)),
                           write_audio=("test",), compression="GZIP")
     plan = Plan(voices=[{"file": "a/1-2-3.flac", "path": "gs://b/voices/a/1-2-3.flac", "group": "1", "split": "train"}],
-                noises=[], chunks=[ex.ChunkSpec("train", 0, 2, 1, 3, 10, 5)], counts={"train": 5}, classes_source="x")
-    objects = [opts, opts.config, opts.mix, plan, ex.ChunkSpec("train", 0, 2, 1, 3, 10, 5),
+                noises=[], work=[gen.WorkItem("train", 0, 2, 0, 10, 4, 1, 3)], counts={"train": 5}, classes_source="x")
+    objects = [opts, opts.config, opts.mix, plan, gen.ChunkSpec("train", 0, 2, 1, 3, 10, 5),
+               gen.WorkItem("train", 0, 2, 0, 10, 4, 1, 3),
                DecodeSource("voice", "/w", opts.config), WriteChunk(opts, "/w", "/b"),
                AssembleShard("/b")]
     for name, (dumps, loads) in picklers().items():

@@ -7,7 +7,7 @@ import pytest
 
 import speech_enhance
 from beam_pipelines.pipeline import DatasetOptions, corpus_tags
-from tests.dataset_fixtures import add_bad_inputs, make_corpus
+from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema import decode
 from tfrecord_schema.records import read_records
 

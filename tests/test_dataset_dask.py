@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
 
 import speech_enhance  # noqa: E402
-from tests.dataset_fixtures import add_bad_inputs, make_corpus  # noqa: E402
+from dataset_fixtures import add_bad_inputs, make_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import speech_enhance
 from beam_pipelines.cli import unknown_beam_args
 from beam_pipelines.pipeline import DatasetOptions, run_dataset
-from tests.dataset_fixtures import make_corpus
+from dataset_fixtures import make_corpus
 
 SHARD = int(0.6 * 2**20)
 

@@ -17,7 +17,8 @@ import speech_enhance
 from predictor import evaluate, metrics
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir
-from trainer_fixtures import synth_noise, synth_voice
+from beam_pipelines.synthetic import chirp as synth_voice
+from beam_pipelines.synthetic import noise as synth_noise
 
 CONFIG = SpectrogramConfig()
 RATE = CONFIG.sample_rate
@@ -76,7 +77,7 @@ def pairs(tmp_path_factory):
 def test_degenerate_pairs_are_skipped_by_name_and_the_rest_is_scored(pairs, tmp_path, caplog):
     model_dir = constant_model_dir(str(tmp_path / "identity"), "noise", 0.0)
     out = tmp_path / "report"
-    with caplog.at_level(logging.WARNING, logger="predictor.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="predictor"):
         # The reference recipe returns silence for the 0.3 s item, which made PESQ raise and lost the run.
         results = evaluate.run_evaluation(
             str(out), models={"tiny": model_dir}, noisy_dir=str(pairs / "noisy"), clean_dir=str(pairs / "clean"),
@@ -110,7 +111,7 @@ def test_degenerate_pairs_are_skipped_by_name_and_the_rest_is_scored(pairs, tmp_
 def test_a_metric_that_fails_on_one_system_is_listed_and_the_run_completes(pairs, tmp_path, capsys, caplog):
     muted = constant_model_dir(str(tmp_path / "muted"), "mask", -1.0)
     out = tmp_path / "report"
-    with caplog.at_level(logging.WARNING, logger="predictor.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="predictor"):
         code = speech_enhance.main([
             "evaluate", "--model", f"muted={muted}", "--noisy-dir", str(pairs / "noisy"), "--clean-dir",
             str(pairs / "clean"), "--systems", "noisy", "muted", "--no-reference-recipe", "--no-stoi",
@@ -148,12 +149,12 @@ def corpus(tmp_path_factory):
 def test_mixtures_shorter_than_a_window_are_refused_or_skipped(corpus, tmp_path, caplog):
     common = dict(voice_dir=str(corpus / "voices"), noise_dir=str(corpus / "noises"), systems=["noisy", "oracle"],
                   snrs=(0.0,), with_pesq=False, with_stoi=False)
-    with pytest.raises(ValueError, match=r"duration \(--duration\) must be at least one model window, 1\.008 s at "
-                                         r"8000 Hz.*Received: duration=0\.5\. Use --duration 1\.01 or more"):
+    with pytest.raises(ValueError, match=r"duration must be at least one model window, 1\.008 s at "
+                                         r"8000 Hz.*Received: duration=0\.5\. Use duration=1\.01 or more"):
         evaluate.run_evaluation(str(tmp_path / "a"), duration=0.5, **common)
     assert not os.path.exists(tmp_path / "a")
 
-    with caplog.at_level(logging.WARNING, logger="predictor.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="predictor"):
         results = evaluate.run_evaluation(str(tmp_path / "b"), duration=2.0, num_mixtures=6, seed=1, **common)
     skipped = results["skipped"]
     assert skipped and results["num_items"] == 6 - len(skipped) > 0

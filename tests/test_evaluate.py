@@ -14,7 +14,9 @@ from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import hann_window, stft
 from trainer.model_dir import save_model_dir
 from trainer.targets import model_input, model_target
-from trainer_fixtures import make_example, synth_noise, synth_voice
+from beam_pipelines.synthetic import chirp as synth_voice
+from beam_pipelines.synthetic import noise as synth_noise
+from trainer_fixtures import make_example
 
 CONFIG = SpectrogramConfig()
 RATE = CONFIG.sample_rate
@@ -107,6 +109,26 @@ def test_noise_classes_from_tsv_then_folder_then_unknown(corpus):
     assert classes == {"hum.wav": "hum", "white.wav": "hiss", "traffic/rumble.wav": "traffic", "loose.wav": "unknown"}
 
 
+def test_esc50_categories_label_the_mixtures(tmp_path):
+    """An ESC-50-style folder (audio/*.wav, meta/esc50.csv) gets its categories, as in the dataset job."""
+    rng = np.random.default_rng(7)
+    write(str(tmp_path / "voices" / "a.wav"), 0.1 * synth_voice(rng, 2 * RATE, RATE), RATE)
+    for name, kind in (("1-100032-A-0.wav", "white"), ("1-17367-A-10.wav", "brown")):
+        write(str(tmp_path / "ESC-50" / "audio" / name), 0.05 * synth_noise(rng, RATE, RATE, kind), RATE)
+    (tmp_path / "ESC-50" / "meta").mkdir()
+    (tmp_path / "ESC-50" / "meta" / "esc50.csv").write_text(
+        "filename,fold,target,category,esc10,src_file,take\n"
+        "1-100032-A-0.wav,1,0,dog,True,100032,A\n1-17367-A-10.wav,1,10,rain,True,17367,A\n")
+    files = ["audio/1-100032-A-0.wav", "audio/1-17367-A-10.wav"]
+    assert evaluate.noise_classes(str(tmp_path / "ESC-50"), files) == dict(zip(files, ["dog", "rain"]))
+    items = evaluate.make_mixtures(str(tmp_path / "voices"), str(tmp_path / "ESC-50"), snrs=(0.0,), num_mixtures=6,
+                                   duration=1.5, sample_rate=RATE)
+    assert {it.noise_class for it in items} == {"dog", "rain"}
+    for it in items:
+        assert it.noise_class == {"audio/1-100032-A-0.wav": "dog", "audio/1-17367-A-10.wav": "rain"}[
+            it.source["noise_file"]]
+
+
 def test_mixtures_are_deterministic_and_at_the_asked_snr(corpus):
     kwargs = dict(snrs=(-5.0, 5.0), num_mixtures=4, duration=2.0, sample_rate=RATE, seed=3)
     items = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
@@ -142,10 +164,19 @@ def test_paired_items_match_by_relative_path(tmp_path):
 
 
 def test_evaluate_refuses_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="either --noisy-dir and --clean-dir .* or --voice-dir and --noise-dir"):
+    with pytest.raises(ValueError, match="either noisy_dir and clean_dir .* or voice_dir and noise_dir .*"
+                                         "Received: noisy_dir='a', clean_dir=None"):
         evaluate.run_evaluation(str(tmp_path), noisy_dir="a", voice_dir="b")
-    with pytest.raises(ValueError, match="Unknown system names \\['nope'\\]"):
+    with pytest.raises(ValueError, match="systems must name systems of this evaluation; \\['nope'\\]"):
         evaluate.run_evaluation(str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"])
+
+
+def test_evaluate_command_names_its_flags(tmp_path, capsys):
+    code = speech_enhance.main(["evaluate", "--noisy-dir", "a", "--voice-dir", "b", "--output", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert ("either --noisy-dir and --clean-dir (paired files) or --voice-dir and --noise-dir" in err
+            and "Received: --noisy-dir 'a', --clean-dir None" in err and "noisy_dir" not in err), err
 
 
 def train_tiny_model(directory):

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines.demo import synth_noise, synth_voice
+from beam_pipelines import synthetic
 from dataset_fixtures import make_corpus
 from predictor import evaluate
 from predictor.enhance import Enhancer, enhance_files
@@ -78,13 +78,13 @@ def inputs(gcs, tmp_path_factory):
     file, locally and in the bucket."""
     root = str(tmp_path_factory.mktemp("predict_in"))
     rng = np.random.default_rng(0)
-    voice = synth_voice(rng, 2.6, 140.0, 16000)
-    noisy = voice + 0.05 * synth_noise("traffic", rng, 2.6, 16000)[: voice.shape[0]]
+    voice = synthetic.speech(rng, int(2.6 * 16000), 16000, 140.0)
+    noisy = voice + 0.05 * synthetic.noise(rng, int(2.6 * 16000), 16000, "traffic")[: voice.shape[0]]
     stereo = np.stack([noisy, 0.6 * noisy[::-1]], axis=1).astype(np.float32)
     soundfile.write(os.path.join(root, "a.wav"), stereo, 16000, subtype="FLOAT")
     os.makedirs(os.path.join(root, "sub"))
-    voice = synth_voice(rng, 3.1, 190.0, 11025)
-    noisy = voice + 0.05 * synth_noise("vacuum", rng, 3.1, 11025)[: voice.shape[0]]
+    voice = synthetic.speech(rng, int(3.1 * 11025), 11025, 190.0)
+    noisy = voice + 0.05 * synthetic.noise(rng, int(3.1 * 11025), 11025, "vacuum")[: voice.shape[0]]
     soundfile.write(os.path.join(root, "sub", "b.flac"), noisy.astype(np.float32), 11025, subtype="PCM_24")
     with open(os.path.join(root, "sub", "corrupt.wav"), "wb") as f:
         f.write(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
@@ -131,7 +131,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_deleted_output(enhancer, inputs
     assert (first.written, first.skipped, len(first.failures)) == (2, 0, 1)
     before = {rel: (generation(paths.join(out, rel)), read(paths.join(out, rel))[0]) for rel in OUTPUTS}
     windows = enhancer.windows_run
-    with caplog.at_level(logging.INFO, logger="predictor.enhance"):
+    with caplog.at_level(logging.INFO, logger="predictor.folders"):
         second = enhance_files(enhancer, remote_in, out)
     assert (second.written, second.skipped, len(second.failures)) == (0, 2, 1)
     assert any("skipping 2 files whose output exists" in r.getMessage() for r in caplog.records)
@@ -153,9 +153,9 @@ def test_bucket_inputs_are_literal_and_never_overwritten(enhancer, inputs, gcs, 
     source = gcs.url("safety/in")
     paths.upload_atomic(os.path.join(local_in, "a.wav"), paths.join(source, "x.wav"))
     for output in (source, source + "/"):
-        with pytest.raises(ValueError, match="--output must not be the input folder"):
+        with pytest.raises(ValueError, match="output_dir must not be the input folder"):
             enhance_files(enhancer, source, output)
-    with pytest.raises(ValueError, match="--output must not be the input folder"):
+    with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(enhancer, paths.join(source, "x.wav"), source)
     with pytest.raises(ValueError, match="Glob patterns work on local paths only.*input='gs://.*/\\*\\.wav'"):
         enhance_files(enhancer, paths.join(remote_in, "*.wav"), str(tmp_path / "o"))
@@ -197,8 +197,8 @@ def make_pairs(root: str) -> tuple[str, str]:
     for d in (noisy_dir, clean_dir):
         os.makedirs(os.path.join(d, "set"))
     for i, (snr, kind) in enumerate(((-3.0, "traffic"), (4.0, "vacuum"), (11.0, "clock"))):
-        clean = 0.5 * synth_voice(rng, 1.6, 120.0 + 40 * i, 8000)
-        noise = synth_noise(kind, rng, 1.6, 8000)[: clean.shape[0]]
+        clean = 0.5 * synthetic.speech(rng, int(1.6 * 8000), 8000, 120.0 + 40 * i)
+        noise = synthetic.noise(rng, int(1.6 * 8000), 8000, kind)[: clean.shape[0]]
         noise *= np.sqrt(np.sum(clean ** 2) / (np.sum(noise ** 2) * 10 ** (snr / 10)))
         soundfile.write(os.path.join(clean_dir, "set", f"{i}.flac"), clean.astype(np.float32), 8000)
         soundfile.write(os.path.join(noisy_dir, "set", f"{i}.wav"), (clean + noise).astype(np.float32), 8000,

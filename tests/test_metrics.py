@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from predictor import metrics
-from trainer_fixtures import synth_voice
+from beam_pipelines.synthetic import chirp as synth_voice
 
 
 def voice(rate, seconds=3.0, seed=0):

@@ -98,7 +98,7 @@ def test_memory_does_not_grow_with_the_file_length(tmp_path):
 def test_progress_is_logged_within_a_long_file(tmp_path, caplog):
     enhancer = Enhancer(lambda x: np.zeros(x.shape[:-1], np.float32), CONFIG, "noise", batch_size=8)
     long_file(str(tmp_path / "in" / "long.wav"), 60.0, 8000)
-    with caplog.at_level("INFO", logger="predictor.enhance"):
+    with caplog.at_level("INFO", logger="predictor.folders"):
         enhance_files(enhancer, str(tmp_path / "in"), str(tmp_path / "out"), progress_interval=0.0)
     within = [r.getMessage() for r in caplog.records if "long.wav: " in r.getMessage()]
     assert len(within) >= 3, within  # 60 s in blocks of 10 s

@@ -151,7 +151,7 @@ def test_rerun_skips_existing_outputs_and_overwrite_redoes_them(identity, tmp_pa
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         write(str(src / f"f{i}.wav"), signal(5000 + 3000 * i, seed=i), 8000)
-    with caplog.at_level(logging.INFO, logger="predictor.enhance"):
+    with caplog.at_level(logging.INFO, logger="predictor.folders"):
         first = enhance_files(identity, str(src), str(out))
     assert first.written == 3
     assert any("3/3 files" in r.getMessage() and "real-time factor" in r.getMessage() for r in caplog.records)
@@ -171,11 +171,11 @@ def test_never_overwrites_an_input(identity, tmp_path):
     src = tmp_path / "in"
     path = write(str(src / "a.wav"), signal(4000), 8000)
     before = open(path, "rb").read()
-    with pytest.raises(ValueError, match="--output must not be the input folder"):
+    with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(identity, str(src), str(src))
-    with pytest.raises(ValueError, match="--output must not be the input folder"):
+    with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(identity, path, str(src), output_format="wav")
-    with pytest.raises(ValueError, match="--output must not be the input folder"):
+    with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(identity, str(tmp_path / "**" / "*.wav"), str(src), output_format="wav")
     assert open(path, "rb").read() == before
     # An output folder inside the input folder is fine, and its files are never taken as inputs.
@@ -214,9 +214,12 @@ def test_default_batch_size_follows_the_device(monkeypatch):
     assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == enhance.ACCELERATOR_BATCH_SIZE == 64
 
 
-def test_missing_shipped_model_says_how_to_pass_one(tmp_path, monkeypatch):
+def test_missing_shipped_model_says_how_to_pass_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(enhance, "PRETRAINED_DIR", str(tmp_path / "pretrained"))
-    with pytest.raises(FileNotFoundError, match="ships no pretrained model.*Pass --model DIR"):
+    with pytest.raises(FileNotFoundError, match="No model_dir was given.*ships no pretrained model.*Pass model_dir=DIR"):
         enhance.resolve_model_dir(None)
     code = speech_enhance.main(["predict", "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     assert code == 2
+    # The command says it with its own flags.
+    err = capsys.readouterr().err
+    assert "No --model was given" in err and "Pass --model DIR" in err and "model_dir" not in err

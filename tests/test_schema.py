@@ -65,3 +65,38 @@ def test_encode_checks_shape_and_keys():
     del ex["gain"]
     with pytest.raises(ValueError, match="missing: \\['gain'\\]"):
         encode(ex, config)
+
+
+def test_dataset_info_round_trip(tmp_path):
+    import json
+
+    from tfrecord_schema import DatasetInfo
+
+    splits = {"train": {"num_examples": 3, "num_bytes": 30,
+                        "shards": [{"file": "train.tfrecord-00000-of-00001", "num_examples": 3, "num_bytes": 30}]}}
+    info = DatasetInfo(name="ds", spectrogram=SpectrogramConfig(dtype="float32"), splits=splits, seed=4,
+                       arguments={"num_examples": 3}, build_seconds=1.5, extra={"future_key": [1]})
+    path = info.write(str(tmp_path))
+    text = open(path, encoding="utf-8").read()
+    assert text == json.dumps(info.to_dict(), indent=1)
+    assert list(json.loads(text)) == ["name", "schema_version", "spectrogram", "compression", "seed", "arguments",
+                                      "splits", "build_seconds", "future_key"]
+    back = DatasetInfo.read(tmp_path)
+    assert back == info and DatasetInfo.from_dict(info.to_dict()) == info
+    assert back.shard_files(str(tmp_path), "train") == [f"{tmp_path}/train.tfrecord-00000-of-00001"]
+
+
+def test_dataset_info_refuses_bad_files(tmp_path):
+    from tfrecord_schema import DatasetInfo
+
+    with pytest.raises(FileNotFoundError, match="holds no dataset_info.json: it is not a dataset directory"):
+        DatasetInfo.read(tmp_path)
+    (tmp_path / "dataset_info.json").write_text('{"schema_version": 1')
+    with pytest.raises(ValueError, match="is not valid JSON.*Rebuild it"):
+        DatasetInfo.read(tmp_path)
+    (tmp_path / "dataset_info.json").write_text('{"schema_version": 1, "splits": {}}')
+    with pytest.raises(ValueError, match="has no 'spectrogram' entry"):
+        DatasetInfo.read(tmp_path)
+    (tmp_path / "dataset_info.json").write_text('{"schema_version": 7, "spectrogram": {}, "splits": {}}')
+    with pytest.raises(SchemaVersionError, match=r"schema version 7, but this toolkit reads version 1\. Rebuild"):
+        DatasetInfo.read(tmp_path)

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from beam_pipelines import examples as ex
-from beam_pipelines.mixing import active_level, blend
-from beam_pipelines.splits import assign_groups, noise_class_of, parse_fractions, read_class_table, speaker_of
+from beam_pipelines import generation as ex
+from beam_pipelines.mixing import PEAK_LIMIT, active_level, blend, mix_at_snr, peak_limited_gain
+from beam_pipelines.splits import (assign_groups, noise_class_of, noise_classes, parse_fractions, read_class_table,
+                                   speaker_of)
 from tfrecord_schema.config import SpectrogramConfig
 
 
@@ -17,6 +18,22 @@ def test_speaker_and_class_names():
     assert noise_class_of("x.wav", {}) == "unknown"
     esc = read_class_table("filename,fold,target,category,esc10,src_file,take\n1-100032-A-0.wav,1,0,dog,True,100032,A\n")
     assert esc == {"1-100032-A-0.wav": "dog"}
+    assert noise_class_of("audio/1-100032-A-0.wav", esc) == "dog"  # ESC-50 lists base names
+    # Comments, blank lines, padding and "./" are what people write in a hand-made classes.tsv.
+    assert read_class_table("# made by hand\n\nfile\tclass\n ./a/b.wav \t rain \nc.wav\twind\n") == {
+        "a/b.wav": "rain", "c.wav": "wind"}
+
+
+def test_noise_classes_take_the_nearest_table_then_the_folder(tmp_path):
+    (tmp_path / "sub" / "deep").mkdir(parents=True)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "classes.tsv").write_text("file\tclass\ntop.wav\thum\nsub/listed.wav\tfan\n")
+    (tmp_path / "sub" / "classes.tsv").write_text("deep/x.wav\tpink\n")
+    (tmp_path / "meta" / "esc50.csv").write_text("filename,category\ntop.wav,ignored\n")  # classes.tsv comes first
+    rels = ["top.wav", "sub/listed.wav", "sub/deep/x.wav", "sub/deep/y.wav", "loose.wav"]
+    assert noise_classes(str(tmp_path), rels) == {
+        "top.wav": "hum", "sub/listed.wav": "fan", "sub/deep/x.wav": "pink", "sub/deep/y.wav": "deep",
+        "loose.wav": "unknown"}
 
 
 def test_split_assignment_is_deterministic_disjoint_and_covers_every_split():
@@ -48,6 +65,24 @@ def test_blend_hits_level_records_snr_and_never_clips():
     assert np.sqrt(np.mean(out.noise ** 2)) / active_level(out.clean, 8000)[0] == pytest.approx(0.5, rel=1e-3)
     measured = 10 * np.log10(np.sum(out.clean.astype(np.float64) ** 2) / np.sum(out.noise.astype(np.float64) ** 2))
     assert out.snr_db == pytest.approx(measured, abs=1e-4)
+
+
+def test_mix_at_snr_hits_the_snr_exactly_and_shares_the_peak_limit():
+    rng = np.random.default_rng(1)
+    clean = (0.3 * rng.standard_normal(8000)).astype(np.float32)
+    noise = rng.standard_normal(8000).astype(np.float32)
+    for snr in (-5.0, 20.0):
+        out_clean, mixture = mix_at_snr(clean, noise, snr)
+        residual = (mixture - out_clean).astype(np.float64)
+        assert 10 * np.log10(np.sum(out_clean.astype(np.float64) ** 2) / np.sum(residual ** 2)) == pytest.approx(
+            snr, abs=1e-3)
+        assert np.max(np.abs(mixture)) <= PEAK_LIMIT + 1e-6
+    _, loud = mix_at_snr(clean, noise, -5.0)
+    assert np.max(np.abs(loud)) == pytest.approx(PEAK_LIMIT, rel=1e-6)  # scaled down to the limit, not below
+    quiet_clean, quiet = mix_at_snr(0.01 * clean, 0.01 * noise, 20.0)
+    np.testing.assert_array_equal(quiet_clean, 0.01 * clean)  # no limit needed: the clean is untouched
+    assert peak_limited_gain(np.array([0.5, -2.0], np.float32), 1.0) == pytest.approx(PEAK_LIMIT / 2.0)
+    assert peak_limited_gain(np.array([0.5], np.float32), 1.5) == 1.5
 
 
 def test_chunk_plan_sizes_shards_within_bound():

@@ -1,6 +1,7 @@
 """`speech-enhance train`: flags, presets, errors, and the installed command end to end."""
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 import speech_enhance
 from trainer import cli
+from trainer.config import PRESETS, TrainConfig
 from trainer_fixtures import write_dataset
 
 # Keras 3 on TensorFlow converts tensors with np.array(x), which numpy 2 flags; not ours to fix.
@@ -45,15 +47,41 @@ def test_help_answers_without_importing_keras():
 def test_presets_fill_in_and_explicit_flags_override():
     parser = _train_parser()
     args = parser.parse_args(["--dataset", "d", "--model-dir", "m", "--preset", "cpu-demo", "--epochs", "1"])
-    options = cli.resolve_options(args)
-    assert options["epochs"] == 1 and options["batch_size"] == cli.PRESETS["cpu-demo"]["batch_size"]
+    config, _ = cli.resolve_config(args)
+    assert config.epochs == 1 and config.batch_size == PRESETS["cpu-demo"].batch_size
     args = parser.parse_args(["--dataset", "d", "--model-dir", "m", "--preset", "gpu", "--precision", "float32",
                               "--no-resume", "--distribution", "none"])
-    options = cli.resolve_options(args)
-    assert options["batch_size"] == 256 and options["precision"] == "float32"
-    assert options["resume"] is False and options["distribution"] is None
+    config, _ = cli.resolve_config(args)
+    assert config.batch_size == 256 and config.precision == "float32" and config.jit_compile is True
+    assert config.resume is False and config.distribution is None
     args = parser.parse_args(["--dataset", "d", "--model-dir", "m"])
-    assert cli.resolve_options(args)["epochs"] == cli.DEFAULTS["epochs"]
+    assert cli.resolve_config(args)[0] == TrainConfig()
+
+
+def test_flags_take_their_defaults_choices_and_help_from_train_config():
+    parser = _train_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for field in dataclasses.fields(TrainConfig):
+        if not field.metadata["cli"]:
+            assert field.name not in actions, field.name
+            continue
+        action = actions[field.name]
+        assert action.option_strings[0] == "--" + field.name.replace("_", "-")
+        assert action.default is None  # the value comes from TrainConfig (or the preset) unless given
+        if field.metadata["choices"]:
+            none = {"none"} if field.default is None else set()
+            assert set(action.choices) == set(field.metadata["choices"]) | none, field.name
+        if not isinstance(field.default, bool) and field.default not in (None, "auto"):
+            assert f"(default {field.default})" in action.help, field.name
+
+
+def test_library_errors_are_shown_with_flag_names():
+    assert (cli.flag_terms("batch_size must be a positive integer. Received: batch_size=0")
+            == "--batch-size must be a positive integer. Received: --batch-size 0")
+    assert (cli.flag_terms("tpu='local' is only used with distribution='tpu'. Received: distribution=None.")
+            == "--tpu 'local' is only used with --distribution 'tpu'. Received: --distribution none.")
+    assert cli.flag_terms("pass resume=False to start over") == "pass --no-resume to start over"
+    assert cli.flag_terms("an epoch is steps_per_epoch batches") == "an epoch is --steps-per-epoch batches"
 
 
 def test_train_command_in_process(tmp_path, capsys):
@@ -75,7 +103,10 @@ def test_bad_flags_fail_with_a_message(tmp_path, capsys):
     write_dataset(dataset, splits={"train": 4})
     code = speech_enhance.main(["train", "--dataset", dataset, "--model-dir", str(tmp_path / "m"), "--epochs", "0"])
     assert code == 2
-    assert "train(): epochs must be a positive integer. Received: epochs=0" in capsys.readouterr().err
+    assert "--epochs must be a positive integer. Received: --epochs 0" in capsys.readouterr().err
+    code = speech_enhance.main(["train", "--dataset", dataset, "--model-dir", str(tmp_path / "m"),
+                                "--tpu", "local"])
+    assert code == 2 and "--tpu 'local' is only used with --distribution 'tpu'" in capsys.readouterr().err
     code = speech_enhance.main(["train", "--dataset", str(tmp_path / "none"), "--model-dir", str(tmp_path / "m")])
     assert code == 2 and "not a dataset directory" in capsys.readouterr().err
     # This process already runs Keras on TensorFlow; switching needs a fresh process.

@@ -7,9 +7,11 @@ import keras
 import numpy as np
 import pytest
 
+import trainer.config
 import trainer.model
 from tfrecord_schema.config import SpectrogramConfig
-from trainer.model import build_unet, unet_args
+from trainer.config import ARCHITECTURES, TrainConfig
+from trainer.model import BUILDERS, build_model, build_unet
 from trainer.model_dir import load_model_dir, save_model_dir
 from trainer_fixtures import SMALL_CONFIG
 
@@ -38,7 +40,8 @@ def test_full_model_round_trips_through_a_model_directory(tmp_path):
     x = _inputs(SpectrogramConfig(), n=2)
     expected = model.predict(x, verbose=0)
     assert np.all(np.abs(expected) <= 1.0)
-    save_model_dir(model, str(tmp_path / "m"), config=SpectrogramConfig(), target="noise", model_args=unet_args())
+    save_model_dir(model, str(tmp_path / "m"), config=SpectrogramConfig(), target="noise",
+                   model_args=TrainConfig().model_args())
     loaded, info = load_model_dir(str(tmp_path / "m"))
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
     assert info["config"] == SpectrogramConfig() and info["model"]["base_filters"] == 16
@@ -71,7 +74,17 @@ def test_model_uses_keras_only():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "typing", "keras", "tfrecord_schema"}
+    assert imported <= {"__future__", "typing", "keras", "tfrecord_schema", "trainer"}
+    # trainer.config, the only trainer module the model imports, stays free of TensorFlow.
+    tree = ast.parse(inspect.getsource(trainer.config))
+    assert not {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} & {"keras", "tensorflow"}
+
+
+def test_every_architecture_has_a_builder_and_build_model_passes_its_arguments():
+    assert tuple(BUILDERS) == ARCHITECTURES
+    model = build_model(SMALL_CONFIG, TrainConfig(base_filters=4, depth=3, dropout=0.0))
+    assert model.get_layer("down1a_conv").filters == 4 and model.get_layer("down3b_conv").filters == 16
+    assert not [layer for layer in model.layers if "dropout" in layer.name]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -8,6 +8,9 @@ import keras
 import numpy as np
 import pytest
 
+import dataclasses
+
+from trainer.config import PRESETS, RESUME_KEYS, TrainConfig
 from trainer.input_pipeline import make_dataset
 from trainer.model_dir import load_model_dir
 from trainer.targets import enhance_magnitude
@@ -98,7 +101,19 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(dataset, tmp_path):
     with pytest.raises(ValueError, match=r"backup of an interrupted run with other arguments \(depth: 3 -> 2\)"):
         train(dataset, model_dir, **dict(args, depth=2))
 
-    summary = train(dataset, model_dir, **args)
+    # run.json holds TrainConfig.to_dict(); one written before `architecture` existed still resumes.
+    run_json = os.path.join(work_dir, "run.json")
+    with open(run_json) as f:
+        recorded = json.load(f)
+    assert TrainConfig.from_dict({k: v for k, v in recorded.items() if k in TrainConfig().to_dict()}) == TrainConfig(
+        **{**{k: v for k, v in args.items() if k not in ("verbose", "work_dir")}, "steps_per_epoch": 4,
+           "validation_steps": 1})
+    del recorded["architecture"]
+    with open(run_json, "w") as f:
+        json.dump(recorded, f)
+
+    config = TrainConfig(**{k: v for k, v in args.items() if k not in ("verbose", "work_dir")})
+    summary = train(dataset, model_dir, config, work_dir=work_dir, verbose=0)
     assert summary["initial_epoch"] == 2  # continued, not restarted from zero
     rows = _history(os.path.join(work_dir, "history.csv"))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and summary["epochs_run"] == 4
@@ -175,3 +190,40 @@ def test_magnitude_weighted_loss_feeds_per_bin_weights_and_is_recorded(dataset, 
     assert summary["loss_weighting"] == "magnitude" and np.isfinite(summary["final_loss"])
     _, info = load_model_dir(str(tmp_path / "model"))
     assert info["training"]["loss_weighting"] == "magnitude"
+
+
+def test_train_config_round_trips_and_refuses_unknown_keys():
+    config = TrainConfig(epochs=3, distribution="tpu", tpu="local", jit_compile=True)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"Unknown TrainConfig keys \['epoch'\].*Known keys"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, r"^batch_size must be a positive integer. Received: batch_size=0$"),
+    ({"steps_per_epoch": 0}, r"steps_per_epoch must be a positive integer or None. Received: steps_per_epoch=0"),
+    ({"architecture": "resnet"}, r"architecture must be one of \('unet',\). Received: architecture='resnet'"),
+    ({"depth": 1}, r"depth must be at least 2"),
+    ({"warmup_fraction": 1.0}, r"warmup_fraction must be in \[0, 1\)"),
+    ({"jit_compile": "yes"}, r"jit_compile must be True, False or 'auto'"),
+])
+def test_train_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_resume_keys_and_presets_come_from_the_fields():
+    assert set(RESUME_KEYS) == {"target", "architecture", "base_filters", "depth", "dropout", "negative_slope",
+                                "lr_schedule", "precision", "batch_size", "epochs", "steps_per_epoch"}
+    assert PRESETS["gpu"] == dataclasses.replace(TrainConfig(), epochs=40, batch_size=256, learning_rate=5e-4,
+                                                 precision="mixed_bfloat16", shuffle_buffer=8192, jit_compile=True)
+    assert TrainConfig.from_preset("tpu", epochs=2).distribution == "tpu"
+    with pytest.raises(ValueError, match=r"preset must be one of \('cpu-demo', 'gpu', 'tpu'\)"):
+        TrainConfig.from_preset("laptop")
+
+
+def test_train_refuses_an_unknown_keyword(dataset, tmp_path):
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['epoch'\]: not TrainConfig fields"):
+        train(dataset, str(tmp_path / "model"), epoch=1)

@@ -14,7 +14,6 @@ the Beam job's output.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import zlib
 from typing import Any, Iterator, Mapping
@@ -22,8 +21,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 import tfrecord_schema.schema as schema_module
+from beam_pipelines import synthetic
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, shard_name
+from tfrecord_schema.dataset_info import DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
 from tfrecord_schema.schema import SCHEMA_VERSION, encode
 from tfrecord_schema.spectrogram import magnitude_phase
@@ -32,7 +32,7 @@ from tfrecord_schema.spectrogram import magnitude_phase
 # a few epochs take seconds on two CPU cores.
 SMALL_CONFIG = SpectrogramConfig(window_samples=512, n_fft=63, hop_length=16)
 
-NOISE_CLASSES = ("white", "brown", "hum")
+NOISE_CLASSES = synthetic.SIMPLE_NOISE_KINDS
 SNR_RANGE_DB = (-5.0, 15.0)
 
 
@@ -41,36 +41,7 @@ def _rng(seed: int, example_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(example_id.encode("utf-8"))])
 
 
-def synth_voice(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
-    """A voiced-speech stand-in: harmonics of a gliding f0 (chirp) under a syllable envelope."""
-    t = np.arange(num_samples) / sample_rate
-    f0_start, f0_end = rng.uniform(90.0, 250.0, size=2)
-    duration = num_samples / sample_rate
-    f0 = f0_start + (f0_end - f0_start) * t / duration
-    phase = 2.0 * np.pi * np.cumsum(f0) / sample_rate
-    voice = np.zeros(num_samples)
-    for harmonic in range(1, 12):
-        if harmonic * max(f0_start, f0_end) >= sample_rate / 2:
-            break
-        voice += rng.uniform(0.2, 1.0) / harmonic * np.sin(harmonic * phase + rng.uniform(0, 2 * np.pi))
-    syllable_rate = rng.uniform(3.0, 6.0)  # Hz
-    envelope = np.clip(np.sin(2 * np.pi * syllable_rate * t + rng.uniform(0, 2 * np.pi)), 0.05, None)
-    voice *= envelope
-    return (voice / (np.sqrt(np.mean(voice**2)) + 1e-12)).astype(np.float32)
-
-
-def synth_noise(rng: np.random.Generator, num_samples: int, sample_rate: int, kind: str) -> np.ndarray:
-    if kind == "white":
-        noise = rng.standard_normal(num_samples)
-    elif kind == "brown":
-        noise = np.cumsum(rng.standard_normal(num_samples))
-        noise -= np.linspace(noise[0], noise[-1], num_samples)
-    else:  # mains hum with harmonics plus a little hiss
-        t = np.arange(num_samples) / sample_rate
-        base = rng.choice([50.0, 60.0])
-        noise = sum(np.sin(2 * np.pi * base * k * t) / k for k in (1, 2, 3, 5))
-        noise = noise + 0.05 * rng.standard_normal(num_samples)
-    return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
+# The names other tests import; the synthesizers live in beam_pipelines.synthetic.
 
 
 def make_example(config: SpectrogramConfig, split: str, index: int, seed: int = 0) -> dict[str, Any]:
@@ -78,9 +49,9 @@ def make_example(config: SpectrogramConfig, split: str, index: int, seed: int = 
     example_id = f"{split}-{index}"
     rng = _rng(seed, example_id)
     n, sr = config.window_samples, config.sample_rate
-    voice = synth_voice(rng, n, sr)
+    voice = synthetic.chirp(rng, n, sr)
     kind = NOISE_CLASSES[int(rng.integers(len(NOISE_CLASSES)))]
-    noise = synth_noise(rng, n, sr, kind)
+    noise = synthetic.noise(rng, n, sr, kind)
     target_snr = rng.uniform(*SNR_RANGE_DB)
     noise_level = 10.0 ** (-target_snr / 20.0)
     gain = 10.0 ** (rng.uniform(-30.0, -10.0) / 20.0)  # keeps the signal level, not peak-normalised
@@ -147,21 +118,20 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
                        for name, writer in zip(names, writers)]
             info_splits[split] = {"num_examples": count, "num_bytes": sum(e["num_bytes"] for e in entries),
                                   "shards": entries}
-    info = {
-        "schema_version": info_schema_version,
-        "spectrogram": config.to_dict(),
-        "compression": compression,
-        "seed": seed,
-        "splits": info_splits,
-        "histograms": {},
-        "sources": {"voice": "synthetic harmonic chirps", "noise": list(NOISE_CLASSES)},
-        "rejects": {},
-        "arguments": {"snr_db_range": list(SNR_RANGE_DB), "gain_db_range": [-30.0, -10.0],
-                      "num_examples": sum(splits.values()), "seed": seed},
-    }
-    with open(os.path.join(directory, INFO_FILE), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    return info
+    info = DatasetInfo(
+        schema_version=info_schema_version,
+        spectrogram=config,
+        compression=compression,
+        seed=seed,
+        splits=info_splits,
+        histograms={},
+        sources={"voice": "synthetic harmonic chirps", "noise": list(NOISE_CLASSES)},
+        rejects={},
+        arguments={"snr_db_range": list(SNR_RANGE_DB), "gain_db_range": [-30.0, -10.0],
+                   "num_examples": sum(splits.values()), "seed": seed},
+    )
+    info.write(directory)
+    return info.to_dict()
 
 
 def read_raw_records(directory: str | os.PathLike, info: Mapping[str, Any], split: str) -> list[bytes]:

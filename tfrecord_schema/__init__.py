@@ -1,6 +1,7 @@
 """The one definition of the spectrogram geometry and of what a dataset record holds."""
 
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import SPLITS, DatasetInfo
 from tfrecord_schema.schema import (
     METADATA_FEATURES,
     SCHEMA_VERSION,
@@ -13,6 +14,7 @@ from tfrecord_schema.schema import (
 )
 
 __all__ = [
-    "METADATA_FEATURES", "SCHEMA_VERSION", "SPECTROGRAM_KEYS", "SchemaVersionError", "SpectrogramConfig",
+    "DatasetInfo", "METADATA_FEATURES", "SCHEMA_VERSION", "SPECTROGRAM_KEYS", "SPLITS", "SchemaVersionError",
+    "SpectrogramConfig",
     "check_schema_version", "decode", "encode", "tf_feature_spec",
 ]

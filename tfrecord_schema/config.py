@@ -114,13 +114,18 @@ class SpectrogramConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SpectrogramConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown SpectrogramConfig keys {unknown}: the file was written by a newer version "
-                f"of this toolkit; upgrade it. Known keys: {sorted(known)}")
-        return cls(**dict(values))
+        return from_known_keys(cls, values)
+
+
+def from_known_keys(cls, values: Mapping[str, Any]):
+    """`cls(**values)` for a config dataclass, refusing keys it does not define (a file written by a
+    newer version of the toolkit, or a typo) with a message that names them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} keys {unknown}: written by a newer version of this toolkit, or "
+                         f"a typo; upgrade it, or fix the keys. Known keys: {sorted(known)}")
+    return cls(**dict(values))
 
 
 def db_to_amplitude(db: float) -> float:

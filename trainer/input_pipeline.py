@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, parse_dataset_info, shard_files, spectrogram_config
+from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
 from trainer.targets import check_loss_weighting, check_target, tf_loss_weight, tf_model_input, tf_model_target
 
@@ -39,20 +39,15 @@ _REMOTE_READ_BUFFER_BYTES = 8 << 20
 
 
 def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads and checks `dataset_dir/dataset_info.json` (local path or gs://).
+    """Reads and checks `dataset_dir/dataset_info.json` (local path or gs://) through `DatasetInfo.read`;
+    returns its dict.
 
     Raises FileNotFoundError when there is no dataset there, and `SchemaVersionError` (a
     ValueError) when it was written under another schema version.
     """
-    dataset_dir = os.fspath(dataset_dir) if isinstance(dataset_dir, os.PathLike) else dataset_dir
-    if not isinstance(dataset_dir, str) or not dataset_dir:
+    if not isinstance(dataset_dir, (str, os.PathLike)) or not os.fspath(dataset_dir):
         raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset_dir!r}")
-    path = paths.join(dataset_dir, INFO_FILE)
-    if not paths.isfile(path):
-        raise FileNotFoundError(
-            f"No {INFO_FILE} in {dataset_dir!r}: it is not a dataset directory. Build one with "
-            "`speech-enhance dataset --output DIR` (or `make dataset`) and pass that DIR.")
-    return parse_dataset_info(paths.read_text(path), where=path)
+    return DatasetInfo.read(dataset_dir).to_dict()
 
 
 def num_examples(info: dict[str, Any], split: str) -> int:

@@ -22,31 +22,16 @@ import keras
 from keras import layers
 
 from tfrecord_schema.config import SpectrogramConfig
+from trainer.config import TrainConfig, check_unet_args
 
-ARCHITECTURE = "unet"
-
-
-def unet_args(base_filters: int = 16, depth: int = 5, dropout: float = 0.5,
-              negative_slope: float = 0.3) -> dict[str, Any]:
-    """The architecture arguments as stored in model.json ("model" entry)."""
-    return {"architecture": ARCHITECTURE, "base_filters": base_filters, "depth": depth,
-            "dropout": dropout, "negative_slope": negative_slope}
+_DEFAULT = TrainConfig()
 
 
 def _check_args(config: SpectrogramConfig, base_filters: Any, depth: Any, dropout: Any,
                 negative_slope: Any) -> None:
     if not isinstance(config, SpectrogramConfig):
         raise ValueError(f"config must be a SpectrogramConfig. Received: config={config!r}")
-    for name, value in (("base_filters", base_filters), ("depth", depth)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"build_unet(): {name} must be a positive integer. Received: {name}={value!r}")
-    if depth < 2:
-        raise ValueError(f"build_unet(): depth must be at least 2 (one pooling level). Received: depth={depth}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"build_unet(): dropout must be in [0, 1). Received: dropout={dropout!r}")
-    if not isinstance(negative_slope, (int, float)) or negative_slope < 0:
-        raise ValueError(
-            f"build_unet(): negative_slope must be a number >= 0. Received: negative_slope={negative_slope!r}")
+    check_unet_args(base_filters, depth, dropout, negative_slope)
     factor = 2 ** (depth - 1)
     frames, bins = config.shape
     if frames % factor or bins % factor:
@@ -56,8 +41,9 @@ def _check_args(config: SpectrogramConfig, base_filters: Any, depth: Any, dropou
             f"(frames, bins). Use a smaller depth or a config whose shape is divisible by {factor}.")
 
 
-def build_unet(config: SpectrogramConfig, base_filters: int = 16, depth: int = 5, dropout: float = 0.5,
-               negative_slope: float = 0.3, name: str = "unet") -> keras.Model:
+def build_unet(config: SpectrogramConfig, base_filters: int = _DEFAULT.base_filters, depth: int = _DEFAULT.depth,
+               dropout: float = _DEFAULT.dropout, negative_slope: float = _DEFAULT.negative_slope,
+               name: str = "unet") -> keras.Model:
     """The reference U-Net for spectrograms of `config.shape`.
 
     Args:
@@ -99,3 +85,13 @@ def build_unet(config: SpectrogramConfig, base_filters: int = 16, depth: int = 5
     x = conv(x, 2, 3, "head")
     outputs = layers.Conv2D(1, 1, activation="tanh", kernel_initializer=init, dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# One builder per `trainer.config.ARCHITECTURES` entry (a test checks they match).
+BUILDERS = {"unet": build_unet}
+
+
+def build_model(config: SpectrogramConfig, train_config: TrainConfig) -> keras.Model:
+    """The model `train_config.architecture` names, with its arguments, for spectrograms of `config.shape`."""
+    args = train_config.model_args()
+    return BUILDERS[args.pop("architecture")](config, **args)

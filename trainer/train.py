@@ -1,6 +1,9 @@
 """Training the U-Net on a dataset directory, and exporting the best model as a model directory.
 
     summary = train("data/demo", "models/demo", epochs=4, batch_size=16)
+    summary = train("data/demo", "models/demo", TrainConfig.from_preset("gpu", epochs=10))
+
+The options, their defaults and their checks live in `trainer.config.TrainConfig`.
 
 Keras picks its backend when it is first imported: set KERAS_BACKEND ("tensorflow" or "jax")
 before importing this module (the `speech-enhance train --backend` flag does so). The input
@@ -15,7 +18,8 @@ Outputs:
         checkpoints/best.weights.h5   the best weights so far
         backup/            the last finished epoch (weights, optimizer, epoch); deleted when
                            training ends; a rerun of the same command resumes from it
-        run.json           the arguments of the run and the dataset's fingerprint, checked when resuming
+        run.json           the options of the run (`TrainConfig.to_dict()`, steps resolved), the paths and
+                           the dataset's fingerprint; checked when resuming
 
 Before training, every shard's size is compared with dataset_info.json; a corrupt record found
 while training is traced to its shard. Both errors name the shard.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -42,65 +47,23 @@ import tensorflow as tf
 from tfrecord_schema import paths
 from tfrecord_schema.dataset_info import spectrogram_config
 from trainer import input_pipeline
-from trainer.model import build_unet, unet_args
+from trainer.config import RESUME_KEYS, TrainConfig
+from trainer.model import build_model
 from trainer.model_dir import save_model_dir
 from trainer.plots import plot_history, read_history_csv
-from trainer.targets import check_loss_weighting, check_target
 
 logger = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("cosine", "plateau", "constant")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-DISTRIBUTIONS = ("mirrored", "tpu", "jax-data-parallel")
 _MIXING_KEYWORDS = ("snr", "level", "gain", "loudness")
-# Arguments that change what the backup holds; a resumed run must use the same values.
-_RESUME_KEYS = ("target", "base_filters", "depth", "dropout", "negative_slope", "lr_schedule", "precision",
-                "batch_size", "epochs", "steps_per_epoch")
+_BACKEND_OF = {"mirrored": "tensorflow", "tpu": "tensorflow", "jax-data-parallel": "jax"}
 
 
-# --- argument checks --------------------------------------------------------------------------
-
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"train(): {name} must be a positive integer{' or None' if allow_none else ''}. "
-                         f"Received: {name}={value!r}")
-
-
-def _check_args(a: dict[str, Any]) -> None:
-    check_target(a["target"])
-    check_loss_weighting(a["loss_weighting"])
-    for name in ("epochs", "batch_size", "shuffle_buffer", "steps_per_execution"):
-        _positive_int(name, a[name])
-    for name in ("steps_per_epoch", "validation_steps"):
-        _positive_int(name, a[name], allow_none=True)
-    lr = a["learning_rate"]
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < 1:
-        raise ValueError(f"train(): learning_rate must be a number in (0, 1). Received: learning_rate={lr!r}")
-    if a["lr_schedule"] not in LR_SCHEDULES:
-        raise ValueError(f"train(): lr_schedule must be one of {LR_SCHEDULES}. "
-                         f"Received: lr_schedule={a['lr_schedule']!r}")
-    if not 0 <= a["warmup_fraction"] < 1:
-        raise ValueError("train(): warmup_fraction must be in [0, 1). "
-                         f"Received: warmup_fraction={a['warmup_fraction']!r}")
-    if a["precision"] not in PRECISIONS:
-        raise ValueError(f"train(): precision must be one of {PRECISIONS}. Received: precision={a['precision']!r}")
-    if a["distribution"] is not None and a["distribution"] not in DISTRIBUTIONS:
-        raise ValueError(f"train(): distribution must be None or one of {DISTRIBUTIONS}. "
-                         f"Received: distribution={a['distribution']!r}")
-    if a["tpu"] is not None and a["distribution"] != "tpu":
-        raise ValueError(f"train(): tpu={a['tpu']!r} is only used with distribution='tpu'. "
-                         f"Received: distribution={a['distribution']!r}")
-    patience = a["early_stopping_patience"]
-    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
-        raise ValueError("train(): early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "
-                         f"Received: early_stopping_patience={patience!r}")
+def _check_backend(distribution: str | None) -> None:
     backend = keras.backend.backend()
-    wanted = {"mirrored": "tensorflow", "tpu": "tensorflow", "jax-data-parallel": "jax"}.get(a["distribution"])
+    wanted = _BACKEND_OF.get(distribution)
     if wanted and backend != wanted:
         raise ValueError(
-            f"train(): distribution={a['distribution']!r} needs the {wanted} backend, but Keras runs on "
+            f"train(): distribution={distribution!r} needs the {wanted} backend, but Keras runs on "
             f"{backend!r}. Set KERAS_BACKEND={wanted} before Keras is imported (`speech-enhance train "
             f"--backend {wanted}`).")
 
@@ -300,7 +263,10 @@ def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> 
         return 0, None
     previous = _read_json(_join(work_dir, "run.json")) or {}
     _check_same_dataset(work_dir, previous, run_args)
-    changed = {k: (previous.get(k), run_args.get(k)) for k in _RESUME_KEYS if previous.get(k) != run_args.get(k)}
+    # A key missing from an older run.json held that option's default then.
+    defaults = TrainConfig().to_dict()
+    changed = {k: (previous.get(k, defaults[k]), run_args[k]) for k in RESUME_KEYS
+               if previous.get(k, defaults[k]) != run_args[k]}
     if changed:
         details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise ValueError(
@@ -345,81 +311,109 @@ def _training_data_summary(dataset_dir: str, info: dict[str, Any], train_split: 
     }
 
 
-def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
-          work_dir: str | os.PathLike | None = None, target: str = "noise",
-          epochs: int = 20, batch_size: int = 32, learning_rate: float = 3e-4, lr_schedule: str = "cosine",
-          warmup_fraction: float = 0.05, steps_per_epoch: int | None = None,
-          validation_steps: int | None = None, train_split: str = "train",
-          validation_split: str | None = "valid", base_filters: int = 16, depth: int = 5,
-          dropout: float = 0.5, negative_slope: float = 0.3, precision: str = "float32",
-          distribution: str | None = None, tpu: str | None = None, seed: int = 0,
-          shuffle_buffer: int = 2048, early_stopping_patience: int | None = 8, huber_delta: float = 1.0,
-          steps_per_execution: int = 1, jit_compile: bool | str = "auto", cycle_length: int | None = None,
-          deterministic: bool = False, resume: bool = True, tensorboard: bool | None = None,
-          verbose: int | str = "auto", loss_weighting: str = "none",
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
-    """Trains the U-Net on `dataset_dir` and writes the best model to `model_dir`.
-
-    Args:
-        dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards.
-        model_dir: directory (local or gs://) for the exported model (model.keras + model.json).
-        work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training;
-            local or gs://).
-        target: "noise" or "mask" (see `trainer.targets`).
-        epochs: epochs to train (an epoch is `steps_per_epoch` batches).
-        batch_size: global batch size (split across replicas under a distribution).
-        learning_rate: peak learning rate of Adam. 1e-3 (Adam's default, the reference's choice)
-            can drive this U-Net into a constant, saturated tanh output (docs/training.md).
-        lr_schedule: "cosine" (linear warm-up over `warmup_fraction` of all steps, then cosine decay
-            to 1 % of the peak), "plateau" (halve after 2 epochs without val_loss improvement) or
-            "constant".
-        steps_per_epoch: batches per epoch; default: one pass over the training split.
-        validation_steps: validation batches per epoch (the same ones every epoch); default: the
-            whole validation split.
-        validation_split: split for validation, best checkpoint and early stopping; None (or a
-            missing split) monitors the training loss instead.
-        base_filters, depth, dropout, negative_slope: the architecture (see `build_unet`).
-        precision: "float32", "mixed_bfloat16" (TPU, recent GPUs) or "mixed_float16" (loss-scaled).
-        distribution: None, "mirrored" (all local GPUs, TensorFlow), "tpu" (TensorFlow) or
-            "jax-data-parallel" (all local devices, JAX).
-        tpu: with distribution="tpu": a TPU name or grpc:// address, "local" on a TPU VM, or None
-            to auto-detect (Colab, $TPU_NAME).
-        seed: seeds Python, numpy, the backend and the shuffles.
-        shuffle_buffer: examples in the shuffle buffer.
-        early_stopping_patience: epochs without improvement before stopping; 0 or None: never.
-        huber_delta: the Huber loss's delta (the reference's loss).
-        steps_per_execution: batches per compiled call (raise on TPU to cut host round trips).
-        jit_compile: XLA compilation: True, False or "auto" (Keras decides).
-        cycle_length: shards read in parallel (default min(16, shards)).
-        deterministic: reproducible input order (slower); for tests.
-        resume: continue from the backup in `work_dir` if an earlier run was interrupted.
-        tensorboard: write TensorBoard logs; None: when the `tensorboard` package is installed.
-        verbose: Keras progress output: 0, 1 (bar), 2 (a line per epoch) or "auto" (bar on a terminal).
-        callbacks: extra Keras callbacks.
-        loss_weighting: "none" (every time-frequency bin alike) or "magnitude" (bins weighted by the
-            noisy magnitude; see `trainer.targets.LOSS_WEIGHTINGS`).
-
-    Returns a summary dict (also stored under "training" in model.json): epochs run, initial epoch,
-    best/final losses, examples/s, paths of the outputs.
-    """
-    dataset_dir, model_dir = os.fspath(dataset_dir), os.fspath(model_dir)
-    work_dir = os.fspath(work_dir) if work_dir is not None else None
-    args = dict(locals())
-    args.pop("callbacks")
-    _check_args(args)
-    _keep_tensorflow_off_accelerators()
-    info = input_pipeline.read_dataset_info(dataset_dir)
-    config = spectrogram_config(info)
-    architecture = unet_args(base_filters, depth, dropout, negative_slope)
-    build_unet(config, base_filters, depth, dropout, negative_slope)  # checks the arguments early
-    work_dir = work_dir or _join(model_dir, "training")
-    drop_remainder = distribution in ("tpu", "jax-data-parallel")
+def _callbacks(config: TrainConfig, work_dir: str, monitor: str, best_so_far: float | None, append: bool,
+               title: str) -> list[keras.callbacks.Callback]:
+    """Our callbacks after `_EpochStats`: best checkpoint, history.csv, loss.png, TensorBoard, early
+    stopping, the plateau schedule, and last the backup."""
+    history_csv = _join(work_dir, "history.csv")
+    callback_list: list[keras.callbacks.Callback] = [
+        keras.callbacks.ModelCheckpoint(_join(work_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_so_far, verbose=0),
+        _HistoryCsv(history_csv, append=append),
+        _LossCurve(history_csv, _join(work_dir, "loss.png"), title),
+    ]
+    tensorboard = config.tensorboard
     if tensorboard is None:
         tensorboard = importlib.util.find_spec("tensorboard") is not None
         if not tensorboard:
             logger.info("the tensorboard package is not installed: no TensorBoard logs (history.csv and "
                         "loss.png are written anyway)")
+    if tensorboard:
+        callback_list.append(keras.callbacks.TensorBoard(_join(work_dir, "tensorboard"), write_graph=False,
+                                                         update_freq="epoch", profile_batch=0))
+    if config.early_stopping_patience:
+        callback_list.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
+                                                           verbose=1))
+    if config.lr_schedule == "plateau":
+        callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
+                                                               min_lr=config.learning_rate * 0.01, verbose=1))
+    # Last of ours, so an epoch is backed up only after its history row and checkpoint are written
+    # (a resumed run then drops rows newer than the backup instead of missing any).
+    callback_list.append(keras.callbacks.BackupAndRestore(_join(work_dir, "backup")))
+    return callback_list
 
+
+def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: str, rates: list[float], *,
+             replicas: int, initial_epoch: int, exported: str, duration: float, work_dir: str) -> dict[str, Any]:
+    """model.json's "training" block: the options as run, then what the run did."""
+    monitored = list(history.get(monitor, []))
+    finite = [i for i, v in enumerate(monitored) if math.isfinite(v)]
+    best_index = min(finite, key=monitored.__getitem__) if finite else None
+    return {
+        **options,
+        "epochs_requested": options["epochs"],
+        "epochs_run": len(history.get("loss", [])),
+        "initial_epoch": initial_epoch,
+        "stopped_early": len(history.get("loss", [])) < options["epochs"],
+        "replicas": replicas,
+        "loss": f"huber(delta={options['huber_delta']})",
+        "optimizer": "adam",
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "monitor": monitor,
+        "exported_weights": exported,
+        "best_epoch": best_index + 1 if best_index is not None else None,  # 1-based
+        "best_val_loss": monitored[best_index] if best_index is not None and monitor == "val_loss" else None,
+        "final_loss": history["loss"][-1] if history.get("loss") else None,
+        "final_val_loss": history["val_loss"][-1] if history.get("val_loss") else None,
+        # The first epoch includes compilation; later epochs show the steady rate.
+        "examples_per_second": statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else None,
+        "duration_seconds": round(duration, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "work_dir": work_dir,
+        "history_csv": _join(work_dir, "history.csv"),
+        "loss_curve_png": _join(work_dir, "loss.png"),
+    }
+
+
+def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+          work_dir: str | os.PathLike | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
+          verbose: int | str = "auto", **overrides: Any) -> dict[str, Any]:
+    """Trains the model `config` describes on `dataset_dir` and writes the best one to `model_dir`.
+
+    Args:
+        dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards.
+        model_dir: directory (local or gs://) for the exported model (model.keras + model.json).
+        config: every training option (`trainer.config.TrainConfig`; default: its defaults).
+        work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training;
+            local or gs://).
+        callbacks: extra Keras callbacks.
+        verbose: Keras progress output: 0, 1 (bar), 2 (a line per epoch) or "auto" (bar on a terminal).
+        **overrides: TrainConfig fields replacing those of `config`, e.g. `epochs=4, batch_size=16`.
+
+    Returns a summary dict (also stored under "training" in model.json): the options
+    (`TrainConfig.to_dict()`, with steps_per_epoch and validation_steps resolved), epochs run,
+    initial epoch, best/final losses, examples/s, paths of the outputs.
+    """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ValueError(f"train(): config must be a TrainConfig (or None). Received: config={config!r}. "
+                         "Build one with TrainConfig(...) or TrainConfig.from_dict(...).")
+    unknown = sorted(set(overrides) - set(TrainConfig().to_dict()))
+    if unknown:
+        raise TypeError(f"train() got unexpected keyword arguments {unknown}: not TrainConfig fields. "
+                        f"Known: {sorted(TrainConfig().to_dict())}")
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    _check_backend(config.distribution)
+    dataset_dir, model_dir = os.fspath(dataset_dir), os.fspath(model_dir)
+    work_dir = os.fspath(work_dir) if work_dir is not None else _join(model_dir, "training")
+    _keep_tensorflow_off_accelerators()
+    info = input_pipeline.read_dataset_info(dataset_dir)
+    spectrogram = spectrogram_config(info)
+    build_model(spectrogram, config)  # checks the architecture against the spectrogram's shape early
+    drop_remainder = config.distribution in ("tpu", "jax-data-parallel")
+
+    train_split, validation_split, batch_size = config.train_split, config.validation_split, config.batch_size
     if validation_split is not None and input_pipeline.num_examples(info, validation_split) == 0:
         logger.warning("the dataset has no %r examples: monitoring the training loss instead", validation_split)
         validation_split = None
@@ -435,72 +429,56 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
             f"Received: batch_size={batch_size}. Use --batch-size {n_train} or less, or a bigger dataset.")
     used_splits = [train_split] + ([validation_split] if validation_split is not None else [])
     input_pipeline.check_shard_sizes(info, dataset_dir, used_splits)
+    steps_per_epoch, validation_steps = config.steps_per_epoch, config.validation_steps
     if steps_per_epoch is None:
         steps_per_epoch = input_pipeline.steps_per_epoch(info, train_split, batch_size, drop_remainder=False)
     if validation_split is not None:
         full = input_pipeline.steps_per_epoch(info, validation_split, batch_size, drop_remainder)
         validation_steps = min(validation_steps or full, full)
+    # The options as run: what run.json records (resume checks) and model.json's "training" block holds.
+    options = dict(config.to_dict(), steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
     monitor = "val_loss" if validation_split is not None else "loss"
-    total_steps = epochs * steps_per_epoch
 
-    run_args = {k: v for k, v in args.items() if k not in ("verbose",)}
-    run_args.update(steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                    dataset_fingerprint=input_pipeline.dataset_fingerprint(info))
-    initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, resume)
+    run_args = {**options, "dataset_dir": dataset_dir, "model_dir": model_dir, "work_dir": work_dir,
+                "dataset_fingerprint": input_pipeline.dataset_fingerprint(info)}
+    initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, config.resume)
     history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
     best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
     paths.makedirs(_join(work_dir, "checkpoints"))
 
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(config.seed)
     logger.info("training on %s: %d train examples, %s validation examples, %d steps/epoch x %d epochs, "
                 "batch %d, backend %s, precision %s, distribution %s", dataset_dir, n_train,
                 input_pipeline.num_examples(info, validation_split) if validation_split else 0, steps_per_epoch,
-                epochs, batch_size, keras.backend.backend(), precision, distribution or "none")
+                config.epochs, batch_size, keras.backend.backend(), config.precision, config.distribution or "none")
 
+    data_args = dict(batch_size=batch_size, target=config.target, cycle_length=config.cycle_length, info=info,
+                     loss_weighting=config.loss_weighting)
     train_ds = input_pipeline.make_dataset(
-        dataset_dir, train_split, batch_size=batch_size, target=target, shuffle=True, shuffle_buffer=shuffle_buffer,
-        seed=seed, repeat=True, drop_remainder=True, deterministic=deterministic, cycle_length=cycle_length,
-        info=info, loss_weighting=loss_weighting)
+        dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+        repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
     val_ds = None
     if validation_split is not None:
-        val_ds = input_pipeline.make_dataset(
-            dataset_dir, validation_split, batch_size=batch_size, target=target, shuffle=False,
-            drop_remainder=drop_remainder, deterministic=True, cycle_length=cycle_length,
-            info=info, loss_weighting=loss_weighting).take(validation_steps)
+        val_ds = input_pipeline.make_dataset(dataset_dir, validation_split, shuffle=False, deterministic=True,
+                                             drop_remainder=drop_remainder, **data_args).take(validation_steps)
 
+    title = f"U-Net ({config.target} target) on {dataset_dir}"
     stats = _EpochStats(batch_size)
-    callback_list: list[keras.callbacks.Callback] = [
-        stats,
-        keras.callbacks.ModelCheckpoint(best_weights, monitor=monitor, save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_so_far, verbose=0),
-        _HistoryCsv(history_csv, append=initial_epoch > 0),
-        _LossCurve(history_csv, loss_png, f"U-Net ({target} target) on {dataset_dir}"),
-    ]
-    if tensorboard:
-        callback_list.append(keras.callbacks.TensorBoard(_join(work_dir, "tensorboard"), write_graph=False,
-                                                         update_freq="epoch", profile_batch=0))
-    if early_stopping_patience:
-        callback_list.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping_patience,
-                                                           verbose=1))
-    if lr_schedule == "plateau":
-        callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
-                                                               min_lr=learning_rate * 0.01, verbose=1))
-    # Last of ours, so an epoch is backed up only after its history row and checkpoint are written
-    # (a resumed run then drops rows newer than the backup instead of missing any).
-    callback_list.append(keras.callbacks.BackupAndRestore(_join(work_dir, "backup")))
-    callback_list.extend(callbacks)
+    callback_list = [stats, *_callbacks(config, work_dir, monitor, best_so_far, initial_epoch > 0, title),
+                     *callbacks]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
 
     started = time.time()
-    with _dtype_policy(precision), _distribution(distribution, tpu, batch_size) as replicas:
-        model = build_unet(config, base_filters, depth, dropout, negative_slope)
-        model.compile(
-            optimizer=keras.optimizers.Adam(_learning_rate(lr_schedule, learning_rate, total_steps, warmup_fraction)),
-            loss=keras.losses.Huber(delta=huber_delta), metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
-            steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    with _dtype_policy(config.precision), _distribution(config.distribution, config.tpu, batch_size) as replicas:
+        model = build_model(spectrogram, config)
+        schedule = _learning_rate(config.lr_schedule, config.learning_rate, config.epochs * steps_per_epoch,
+                                  config.warmup_fraction)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=keras.losses.Huber(delta=config.huber_delta),
+                      metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+                      steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile)
         try:
-            fit_history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+            fit_history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                                     steps_per_epoch=steps_per_epoch, callbacks=callback_list, verbose=verbose,
                                     shuffle=False)
         except tf.errors.DataLossError as err:  # "corrupted record at N", naming no file: find the shard
@@ -511,7 +489,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
 
     # The exported model is float32 whatever the training precision: the predictor runs anywhere.
     with _dtype_policy("float32"):
-        export = build_unet(config, base_filters, depth, dropout, negative_slope)
+        export = build_model(spectrogram, config)
     if paths.isfile(best_weights):
         export.load_weights(best_weights)
         exported = "best"
@@ -520,51 +498,15 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
         exported = "last"
 
     history = read_history_csv(history_csv) if paths.isfile(history_csv) else dict(fit_history.history)
-    monitored = list(history.get(monitor, []))
-    finite = [i for i, v in enumerate(monitored) if math.isfinite(v)]
-    best_index = min(finite, key=monitored.__getitem__) if finite else None
-    rates = stats.examples_per_second
-    summary = {
-        "epochs_requested": epochs,
-        "epochs_run": len(history.get("loss", [])),
-        "initial_epoch": stats.first_epoch if stats.first_epoch is not None else initial_epoch,
-        "stopped_early": len(history.get("loss", [])) < epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "validation_steps": validation_steps,
-        "batch_size": batch_size,
-        "replicas": replicas,
-        "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule,
-        "warmup_fraction": warmup_fraction,
-        "loss": f"huber(delta={huber_delta})",
-        "loss_weighting": loss_weighting,
-        "optimizer": "adam",
-        "precision": precision,
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "distribution": distribution,
-        "seed": seed,
-        "shuffle_buffer": shuffle_buffer,
-        "early_stopping_patience": early_stopping_patience,
-        "monitor": monitor,
-        "exported_weights": exported,
-        "best_epoch": best_index + 1 if best_index is not None else None,  # 1-based
-        "best_val_loss": monitored[best_index] if best_index is not None and monitor == "val_loss" else None,
-        "final_loss": history["loss"][-1] if history.get("loss") else None,
-        "final_val_loss": history["val_loss"][-1] if history.get("val_loss") else None,
-        # The first epoch includes compilation; later epochs show the steady rate.
-        "examples_per_second": statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else None,
-        "duration_seconds": round(duration, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "work_dir": work_dir,
-        "history_csv": history_csv,
-        "loss_curve_png": loss_png,
-    }
-    plot_history(history, loss_png, f"U-Net ({target} target) on {dataset_dir}")
-    save_model_dir(export, model_dir, config=config, target=target, model_args=architecture,
+    summary = _summary(options, history, monitor, stats.examples_per_second, replicas=replicas,
+                       initial_epoch=stats.first_epoch if stats.first_epoch is not None else initial_epoch,
+                       exported=exported, duration=duration, work_dir=work_dir)
+    plot_history(history, loss_png, title)
+    save_model_dir(export, model_dir, config=spectrogram, target=config.target, model_args=config.model_args(),
                    training_data=_training_data_summary(dataset_dir, info, train_split, validation_split),
                    training=summary)
-    logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, summary["best_epoch"],
-                monitor, monitored[best_index] if best_index is not None else None, model_dir,
+    best_epoch = summary["best_epoch"]
+    logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, best_epoch, monitor,
+                history[monitor][best_epoch - 1] if best_epoch else None, model_dir,
                 None if summary["examples_per_second"] is None else round(summary["examples_per_second"], 1))
     return {"model_dir": model_dir, **summary, "history": history}

@@ -1,0 +1,66 @@
+"""The systems an evaluation compares: the models, the reference's recipe, classical baselines, the oracle.
+
+A `System` turns the items' noisy signals into estimates of the same length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from predictor import baselines
+from predictor.eval_items import Item
+from tfrecord_schema.config import SpectrogramConfig
+
+
+@dataclasses.dataclass
+class System:
+    """A named denoiser: `run(items)` returns one estimate per item (same length as item.noisy)."""
+
+    name: str
+    run: Callable[[Sequence[Item]], list[np.ndarray]]
+    description: str = ""
+
+
+def _per_item(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Sequence[Item]], list[np.ndarray]]:
+    return lambda items: [fn(item.noisy) for item in items]
+
+
+def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, overlap: float = 0.5,
+                  reference_recipe: bool = True) -> tuple[list[System], SpectrogramConfig]:
+    """Our model (overlap-add predictor) and, optionally, the reference's recipe on the same weights."""
+    from predictor.enhance import Enhancer
+
+    enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap)
+
+    def run(items: Sequence[Item]) -> list[np.ndarray]:
+        return [y for _, y in enhancer.enhance_many((i, item.noisy) for i, item in enumerate(items))]
+
+    systems = [System(name, run, f"{model_dir}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add")]
+    if reference_recipe:
+        recipe = baselines.ReferenceRecipe(enhancer.predict, enhancer.config, enhancer.target,
+                                           batch_size=enhancer.batch_size)
+        systems.append(System(f"{name}-reference-recipe", lambda items: recipe.enhance_many([i.noisy for i in items]),
+                              f"{model_dir} run as the reference did: per-window peak normalisation, "
+                              "non-overlapping windows, tail dropped, output x10"))
+    return systems, enhancer.config
+
+
+def baseline_systems(config: SpectrogramConfig) -> list[System]:
+    """noisy input, spectral subtraction, Wiener filter, noisereduce (both modes) and the oracle."""
+    rate = config.sample_rate
+    return [
+        System("noisy", lambda items: [item.noisy for item in items], "the unprocessed mixture"),
+        System("spectral-subtraction", _per_item(lambda x: baselines.spectral_subtraction(x, config)),
+               "power spectral subtraction, minimum-statistics noise estimate"),
+        System("wiener", _per_item(lambda x: baselines.wiener_filter(x, config)),
+               "decision-directed Wiener filter, minimum-statistics noise estimate"),
+        System("noisereduce-stationary", _per_item(lambda x: baselines.spectral_gating(x, rate, stationary=True)),
+               "noisereduce.reduce_noise(stationary=True)"),
+        System("noisereduce-nonstationary", _per_item(lambda x: baselines.spectral_gating(x, rate, stationary=False)),
+               "noisereduce.reduce_noise(stationary=False)"),
+        System("oracle", lambda items: [baselines.oracle(item.noisy, item.clean, config) for item in items],
+               "clean magnitude with the noisy phase (ceiling of magnitude-only models)"),
+    ]
