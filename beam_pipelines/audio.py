@@ -21,11 +21,6 @@ class AudioError(ValueError):
         self.reason = reason
 
 
-def join_path(base: str, *parts: str) -> str:
-    """Joins path parts for a local path or a remote prefix (gs://...)."""
-    return paths.join(base, *parts)
-
-
 def list_audio(root: str) -> list[str]:
     """Relative paths (posix, sorted) of every wav/flac/ogg file under `root`, recursively.
 

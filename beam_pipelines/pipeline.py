@@ -160,7 +160,7 @@ def _list_inputs(folders: Sequence[str], flag: str) -> list[tuple[str, str, str,
         if not files:
             role = "voice" if flag == "--voice-dir" else "noise"
             raise ValueError(f"No {role} audio (wav, flac, ogg) found under {flag} {folder!r}.")
-        found += [(f"{tag}/{rel}" if tag else rel, audio_lib.join_path(folder, rel), folder, rel) for rel in files]
+        found += [(f"{tag}/{rel}" if tag else rel, paths.join(folder, rel), folder, rel) for rel in files]
     return found
 
 
@@ -251,7 +251,7 @@ class DecodeSource(beam.DoFn):
 
     def process(self, entry: dict):
         path = entry["path"]
-        stem = audio_lib.join_path(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}")
+        stem = paths.join(self.work_dir, "audio", f"{self.role}-{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}")
         done = stem + ".json"
         if paths.isfile(done):
             yield json.loads(paths.read_bytes(done))
@@ -319,7 +319,7 @@ class WriteChunk(beam.DoFn):
         table = self._tables[spec.split]
         if table is None:
             return
-        part = audio_lib.join_path(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
+        part = paths.join(self.work_dir, "parts", f"{spec.shard_file}.part-{spec.chunk:05d}")
         done = part + ".json"
         if paths.isfile(done):
             # Finished by an earlier, interrupted run of the same build (or a retried bundle): parts
@@ -349,7 +349,7 @@ class WriteChunk(beam.DoFn):
             for kind, signal in (("noisy", mixture), ("clean", clean)):
                 buf = io.BytesIO()
                 soundfile.write(buf, signal, self.opts.config.sample_rate, format="WAV", subtype="FLOAT")
-                paths.write_atomic(audio_lib.join_path(self.build_dir, "audio", split, kind, f"{example_id}.wav"),
+                paths.write_atomic(paths.join(self.build_dir, "audio", split, kind, f"{example_id}.wav"),
                                    _without_peak_time(buf.getvalue()))
 
 
@@ -375,7 +375,7 @@ class AssembleShard(beam.DoFn):
         if [p["chunk"] for p in parts] != list(range(parts[0]["num_chunks"])):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
         name = shard_name(split, shard, num_shards)
-        path = audio_lib.join_path(self.output, name)
+        path = paths.join(self.output, name)
         if paths.isfile(path):
             # Written by an earlier attempt (a retried bundle, or an interrupted run of the same build
             # resumed): a shard appears only when whole.
@@ -419,16 +419,16 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
              opts: DatasetOptions, plan: Plan, arguments: dict, build_dir: str, started: float) -> dict:
     """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json into `build_dir`;
     removes scratch. When the sources check found problems, writes them instead of dataset_info.json."""
-    work_dir = audio_lib.join_path(build_dir, WORK_DIR)
+    work_dir = paths.join(build_dir, WORK_DIR)
     rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
     if problems:
-        paths.write_atomic(audio_lib.join_path(build_dir, PROBLEMS_FILE), json.dumps(problems).encode())
+        paths.write_atomic(paths.join(build_dir, PROBLEMS_FILE), json.dumps(problems).encode())
         return {}
-    paths.write_atomic(audio_lib.join_path(build_dir, REJECTS_FILE),
+    paths.write_atomic(paths.join(build_dir, REJECTS_FILE),
                   "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     split_map = {"voices": {v["file"]: v["split"] for v in plan.voices},
                  "noises": {n["file"]: n["split"] for n in plan.noises}}
-    paths.write_atomic(audio_lib.join_path(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
+    paths.write_atomic(paths.join(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
 
     splits_info: dict[str, Any] = {}
     snr_hist, level_hist = {}, {}
@@ -494,7 +494,7 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
     """The job's graph; everything it writes goes under `build_dir`. Returns the leaf (Finalize's
     output), on which every other stage depends: a runner that runs only what the last transform
     needs (Beam's DaskRunner) still runs everything."""
-    work_dir = audio_lib.join_path(build_dir, WORK_DIR)
+    work_dir = paths.join(build_dir, WORK_DIR)
     decoded = []
     for role, entries in (("voice", plan.voices), ("noise", plan.noises)):
         label = "Voices" if role == "voice" else "Noises"
@@ -578,7 +578,7 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
                 client = getattr(result, "client", None)  # DaskRunner's own dask.distributed client
                 if client is not None:
                     client.close()
-        problems_path = audio_lib.join_path(build_dir, PROBLEMS_FILE)
+        problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
     except KeyboardInterrupt:

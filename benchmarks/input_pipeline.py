@@ -30,14 +30,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def build_dataset(directory: str, num_examples: int, num_shards: int, compression: str, seed: int) -> None:
     from tfrecord_schema.config import SpectrogramConfig
-    from trainer_fixtures import write_dataset
+    from beam_pipelines.testing import write_dataset
 
     started = time.perf_counter()
     write_dataset(directory, config=SpectrogramConfig(), splits={"train": num_examples}, num_shards=num_shards,

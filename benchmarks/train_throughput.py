@@ -28,7 +28,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from trainer.cli import BACKENDS  # noqa: E402  (Keras-free, like trainer.config)
 from trainer.config import PRECISIONS, TARGETS, TrainConfig  # noqa: E402
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     built = None
     dataset_dir = args.dataset
     if dataset_dir is None:
-        from trainer_fixtures import write_dataset
+        from beam_pipelines.testing import write_dataset
 
         built = tempfile.mkdtemp(prefix="bench-train-")
         dataset_dir = os.path.join(built, "dataset")

@@ -16,7 +16,7 @@ from trainer.model_dir import save_model_dir
 from trainer.targets import model_input, model_target
 from beam_pipelines.synthetic import chirp as synth_voice
 from beam_pipelines.synthetic import noise as synth_noise
-from trainer_fixtures import make_example
+from beam_pipelines.testing import make_example
 
 CONFIG = SpectrogramConfig()
 RATE = CONFIG.sample_rate

@@ -9,7 +9,7 @@ import pytest
 
 from trainer import input_pipeline
 from trainer.train import train
-from trainer_fixtures import write_dataset
+from beam_pipelines.testing import write_dataset
 
 # Keras 3 on TensorFlow converts tensors with np.array(x), which numpy 2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

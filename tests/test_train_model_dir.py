@@ -13,7 +13,7 @@ import pytest
 
 from trainer import model_dir as model_dir_module
 from trainer.model_dir import load_model_dir, read_model_info, save_model_dir
-from trainer_fixtures import SMALL_CONFIG
+from beam_pipelines.testing import SMALL_CONFIG
 
 # Keras 3 on TensorFlow converts tensors with np.array(x), which numpy 2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -101,7 +101,7 @@ def test_a_save_killed_while_writing_keeps_the_old_pair_and_its_temporary_is_rem
     script = textwrap.dedent(f"""
         import os, signal, keras
         from trainer.model_dir import save_model_dir
-        from trainer_fixtures import SMALL_CONFIG
+        from beam_pipelines.testing import SMALL_CONFIG
 
         class Killed(keras.layers.Layer):
             def call(self, x):

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS, SchemaVersionError, decode
 from trainer import input_pipeline
 from trainer.targets import model_input, model_target
-from trainer_fixtures import SMALL_CONFIG, read_raw_records, write_dataset
+from beam_pipelines.testing import SMALL_CONFIG, read_raw_records, write_dataset
 
 SPLITS = {"train": 11, "valid": 5}
 

@@ -13,7 +13,7 @@ from tfrecord_schema.config import SpectrogramConfig
 from trainer.config import ARCHITECTURES, TrainConfig
 from trainer.model import BUILDERS, build_model, build_unet
 from trainer.model_dir import load_model_dir, save_model_dir
-from trainer_fixtures import SMALL_CONFIG
+from beam_pipelines.testing import SMALL_CONFIG
 
 # Keras 3 on TensorFlow converts tensors with np.array(x), which numpy 2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

@@ -15,7 +15,7 @@ from trainer.input_pipeline import make_dataset
 from trainer.model_dir import load_model_dir
 from trainer.targets import enhance_magnitude
 from trainer.train import train
-from trainer_fixtures import SMALL_CONFIG, write_dataset
+from beam_pipelines.testing import SMALL_CONFIG, write_dataset
 
 # Keras 3 on TensorFlow converts tensors with np.array(x), which numpy 2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

@@ -7,7 +7,7 @@ into magnitude/phase spectrograms with the toolkit's own STFT. Examples are enco
 `dataset_info.json` in the documented layout, so the trainer reads them exactly as it would read
 the Beam job's output.
 
-    from trainer_fixtures import SMALL_CONFIG, write_dataset
+    from beam_pipelines.testing import SMALL_CONFIG, write_dataset
     info = write_dataset(tmp_path / "ds", config=SMALL_CONFIG, splits={"train": 16, "valid": 8})
 """
 
