@@ -173,7 +173,6 @@ def _plot(items: list[dict], hist: dict, path: str) -> None:
                          fontsize=8)
             ax.set_xlabel("frame")
             ax.set_ylabel("bin")
-    fig.colorbar(im, ax=axes[:n, :].ravel().tolist(), label="dB", shrink=0.6)
     for col, key in enumerate(("snr_db", "noise_level")):
         ax = axes[n][col]
         if key in hist:
@@ -187,7 +186,10 @@ def _plot(items: list[dict], hist: dict, path: str) -> None:
             used = np.nonzero(total)[0]
             if used.size:
                 ax.set_xlim(edges[used[0]] - 1e-9, edges[used[-1] + 1])
-    fig.subplots_adjust(hspace=0.55)
+    # The colour bar gets a column of its own, right of the spectrograms, so it covers none of them.
+    fig.subplots_adjust(hspace=0.55, right=0.86)
+    top, bottom = axes[0][1].get_position().y1, axes[n - 1][1].get_position().y0
+    fig.colorbar(im, cax=fig.add_axes([0.89, bottom, 0.018, top - bottom]), label="dB")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
