@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tfrecord_schema import decode, paths
-from tfrecord_schema.dataset_info import DatasetInfo, shard_files
+from tfrecord_schema.dataset_info import DatasetInfo, shard_files, shard_sizes
 from tfrecord_schema.records import read_records
 
 LOG = logging.getLogger(__name__)
@@ -24,16 +24,12 @@ def load_info(dataset: str) -> dict[str, Any]:
 def check_shard_sizes(dataset: str, info: dict) -> list[str]:
     """One message per shard that is missing or whose size differs from dataset_info.json (cheap: no read)."""
     problems = []
-    for split, s in info["splits"].items():
-        for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
-            try:
-                actual = paths.size(path)
-            except (OSError, IndexError):
-                problems.append(f"{path}: missing")
-                continue
-            if actual != shard["num_bytes"]:
-                problems.append(f"{path}: {actual} bytes, dataset_info.json says {shard['num_bytes']} "
-                                f"({'truncated' if actual < shard['num_bytes'] else 'longer than written'})")
+    for _, shard, path, actual in shard_sizes(info, dataset, list(info["splits"])):
+        if actual is None:
+            problems.append(f"{path}: missing")
+        elif actual != shard["num_bytes"]:
+            problems.append(f"{path}: {actual} bytes, dataset_info.json says {shard['num_bytes']} "
+                            f"({'truncated' if actual < shard['num_bytes'] else 'longer than written'})")
     return problems
 
 

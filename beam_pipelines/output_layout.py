@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from typing import Sequence
@@ -46,8 +47,6 @@ def _inside(path: str, folder: str) -> bool:
     if paths.is_remote(path) != paths.is_remote(folder):
         return False
     if not paths.is_remote(path):
-        import os
-
         path, folder = os.path.realpath(path), os.path.realpath(folder)
         return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
     path, folder = path.rstrip("/"), folder.rstrip("/")
@@ -59,14 +58,10 @@ def check_output(output: str, overwrite: bool, inputs: dict[str, str | Sequence[
 
     `inputs` maps argument names to input folders (one or several), which must not lie inside the output.
     """
-    import os
-
     if not paths.is_remote(output):
         if os.path.isfile(output):
             raise FileExistsError(f"output={output!r} is an existing file, not a folder. Choose a folder path.")
-        probe = os.path.dirname(os.path.abspath(output))
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
+        probe = paths.existing_ancestor(os.path.dirname(os.path.abspath(output)))
         if not os.path.isdir(probe):
             raise FileExistsError(f"output={output!r} cannot be created: {probe!r} is a file, not a folder.")
         if not os.access(probe, os.W_OK):
@@ -149,8 +144,6 @@ def replace_with_build(build: str, output: str) -> None:
     `check_output` to hold nothing else)."""
     paths.delete_files([paths.join(build, BUILD_MARKER)])
     if not paths.is_remote(output):
-        import os
-
         if not os.path.isdir(output):
             os.rename(build, output)
             return

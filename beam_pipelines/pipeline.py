@@ -137,10 +137,6 @@ class Plan:
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_text(path: str) -> str:
-    return audio_lib.read_bytes(path).decode("utf-8")
-
-
 def corpus_tags(folders: Sequence[str]) -> list[str]:
     """One name per input folder, to keep files and speakers of several corpora apart: "" for a
     single folder (names as they always were), else the folder's base name (`train-clean-100`),
@@ -168,7 +164,7 @@ def _class_table(opts: DatasetOptions, noise_dir: str) -> tuple[dict[str, str], 
     if opts.noise_classes_file:
         if not paths.isfile(opts.noise_classes_file):
             raise FileNotFoundError(f"--noise-classes file not found: {opts.noise_classes_file!r}")
-        return splits_lib.read_class_table(_read_text(opts.noise_classes_file)), opts.noise_classes_file
+        return splits_lib.read_class_table(paths.read_text(opts.noise_classes_file)), opts.noise_classes_file
     return splits_lib.find_class_table(noise_dir) or ({}, "parent folder")
 
 
@@ -191,7 +187,7 @@ def make_plan(opts: DatasetOptions) -> Plan:
                 for name, _, folder, rel in voice_inputs}
     classes = {name: splits_lib.noise_class_of(rel, tables[folder][0]) for name, _, folder, rel in noise_inputs}
     if opts.splits_file:
-        given = json.loads(_read_text(opts.splits_file))
+        given = json.loads(paths.read_text(opts.splits_file))
         voice_split, noise_split = _given_splits(given, voice_files, noise_files, opts.splits_file)
     else:
         speaker_split = splits_lib.assign_groups(speakers.values(), opts.split_fractions, salt="voice")

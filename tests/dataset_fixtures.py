@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from typing import Callable
 
 import numpy as np
 import soundfile
@@ -66,3 +70,29 @@ def add_bad_inputs(voice_dir: str, noise_dir: str) -> dict[str, tuple[str, str]]
         f.write(b"RIFF\x00\x00\x00\x00WAVEjunk")
     bad["broken.wav"] = ("noise", "unreadable")
     return bad
+
+
+def read_tree(folder) -> dict[str, bytes]:
+    """{path relative to `folder`: bytes} of every file below it."""
+    out = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def kill_build_when(cmd: list[str], ready: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """Runs `cmd` (a dataset build) in its own process group and SIGKILLs the group as soon as
+    `ready()` holds; fails the test if the build ends first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
 
 import speech_enhance  # noqa: E402
-from dataset_fixtures import add_bad_inputs, make_corpus  # noqa: E402
+from dataset_fixtures import add_bad_inputs, make_corpus, read_tree  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,6 @@ def build(corpus, output, *extra) -> int:
                                 "--write-audio", "test", *extra])
 
 
-def files(folder) -> dict[str, bytes]:
-    out = {}
-    for base, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = f.read()
-    return out
-
-
 def comparable_info(data: bytes) -> dict:
     info = json.loads(data)
     del info["build_seconds"], info["arguments"]
@@ -70,7 +60,7 @@ def test_dask_build_equals_fnapi_build(cluster, corpus, tmp_path, caplog):
     # Progress came back from the workers (Beam's metrics do not on DaskRunner).
     assert "wrote train.tfrecord-00000-of-" in caplog.text
 
-    expected, got = files(tmp_path / "fnapi" / "ds"), files(tmp_path / "dask" / "ds")
+    expected, got = read_tree(tmp_path / "fnapi" / "ds"), read_tree(tmp_path / "dask" / "ds")
     assert sorted(got) == sorted(expected)
     shards = [name for name in expected if ".tfrecord-" in name]
     assert len(shards) > 3

@@ -2,13 +2,10 @@
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import speech_enhance
-from dataset_fixtures import make_corpus
+from dataset_fixtures import kill_build_when, make_corpus
 
 
 def test_a_killed_build_is_resumed_reusing_its_finished_chunks(tmp_path):
@@ -18,20 +15,9 @@ def test_a_killed_build_is_resumed_reusing_its_finished_chunks(tmp_path):
     assert speech_enhance.main(args + ["--output", str(tmp_path / "reference")]) == 0
 
     out, build = tmp_path / "ds", tmp_path / "ds.incomplete"
-    proc = subprocess.Popen([sys.executable, "-m", "speech_enhance", *args, "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            parts = build / "_work" / "parts"
-            if parts.is_dir() and sum(name.endswith(".json") for name in os.listdir(parts)) >= 20:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    parts = build / "_work" / "parts"
+    kill_build_when([sys.executable, "-m", "speech_enhance", *args, "--output", str(out)],
+                    lambda: parts.is_dir() and sum(name.endswith(".json") for name in os.listdir(parts)) >= 20)
     finished = sum(name.endswith(".json") for name in os.listdir(build / "_work" / "parts"))
     assert not out.exists() and finished < 150
 

@@ -5,8 +5,6 @@ Each test here reproduces a defect found by probing the command line as a hostil
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -15,7 +13,7 @@ import pytest
 import speech_enhance
 from beam_pipelines.cli import unknown_beam_args
 from beam_pipelines.pipeline import DatasetOptions, run_dataset
-from dataset_fixtures import make_corpus
+from dataset_fixtures import kill_build_when, make_corpus, read_tree
 
 SHARD = int(0.6 * 2**20)
 
@@ -25,16 +23,6 @@ def options(voice_dir, noise_dir, output, **kw):
     kw.setdefault("max_shard_bytes", SHARD)
     kw.setdefault("chunk_size", 3)
     return DatasetOptions(voice_dir=str(voice_dir), noise_dir=str(noise_dir), output=str(output), **kw)
-
-
-def tree(folder) -> dict[str, bytes]:
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +36,13 @@ def test_overwrite_refuses_a_folder_that_is_not_a_dataset(corpus, tmp_path, caps
     user = tmp_path / "recordings"
     (user / "audio").mkdir(parents=True)
     (user / "audio" / "take1.wav").write_bytes(b"precious")
-    before = tree(user)
+    before = read_tree(user)
     rc = speech_enhance.main(["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--output", str(user),
                               "--overwrite", "--num-examples", "6", "--workers", "1"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "holds files that are not part of a dataset ('audio/take1.wav')" in err and "--output" in err
-    assert tree(user) == before
+    assert read_tree(user) == before
 
 
 def test_overwrite_refuses_inputs_inside_the_output(corpus, tmp_path):
@@ -62,11 +50,11 @@ def test_overwrite_refuses_inputs_inside_the_output(corpus, tmp_path):
     out = tmp_path / "ds"
     run_dataset(options(voice_dir, noise_dir, out, write_audio=("test",)), workers=1)
     inner_voices = out / "audio" / "test" / "clean"
-    before = tree(inner_voices)
+    before = read_tree(inner_voices)
     assert before
     with pytest.raises(ValueError, match="voice_dir=.* lies inside output="):
         run_dataset(options(inner_voices, noise_dir, out, overwrite=True), workers=1)
-    assert tree(inner_voices) == before
+    assert read_tree(inner_voices) == before
 
 
 def test_glob_characters_in_paths_are_literal(corpus, tmp_path):
@@ -74,11 +62,11 @@ def test_glob_characters_in_paths_are_literal(corpus, tmp_path):
     group = tmp_path / "g"
     sibling = group / "ds1"
     run_dataset(options(voice_dir, noise_dir, sibling), workers=1)
-    sibling_files = tree(sibling)
+    sibling_files = read_tree(sibling)
     # `ds[1]` as a pattern matches `ds1`: it must not touch it.
     info = run_dataset(options(voice_dir, noise_dir, group / "ds[1]"), workers=1)
     run_dataset(options(voice_dir, noise_dir, group / "ds[1]", overwrite=True), workers=1)
-    assert tree(sibling) == sibling_files
+    assert read_tree(sibling) == sibling_files
     assert info["name"] == "ds[1]"
     assert os.path.isfile(group / "ds[1]" / "dataset_info.json")
     # `*` in the output and `[` in an input folder's name.
@@ -96,7 +84,7 @@ def test_failed_rebuild_keeps_the_old_dataset(corpus, tmp_path):
     voice_dir, noise_dir = corpus
     out = tmp_path / "ds"
     run_dataset(options(voice_dir, noise_dir, out), workers=1)
-    before = tree(out)
+    before = read_tree(out)
     broken = tmp_path / "broken_voices" / "300" / "1"
     broken.mkdir(parents=True)
     for i in range(4):
@@ -104,7 +92,7 @@ def test_failed_rebuild_keeps_the_old_dataset(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"No usable voice file in split 'train'.*300/1/300-1-0000.wav: unreadable"):
         run_dataset(options(tmp_path / "broken_voices", noise_dir, out, overwrite=True,
                             split_fractions=(1.0, 0.0, 0.0)), workers=1)
-    assert tree(out) == before
+    assert read_tree(out) == before
     assert sorted(os.listdir(tmp_path)) == ["broken_voices", "ds"]  # no build folder left behind
 
 
@@ -127,19 +115,8 @@ def test_killed_build_leaves_no_temporaries_after_a_rerun(corpus, tmp_path):
     cmd = [sys.executable, "-m", "speech_enhance", "dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir,
            "--output", str(out), "--num-examples", "400", "--chunk-size", "2", "--shard-size-mb", "1",
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            parts = build / "_work" / "parts"
-            if parts.is_dir() and len(os.listdir(parts)) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    parts = build / "_work" / "parts"
+    kill_build_when(cmd, lambda: parts.is_dir() and len(os.listdir(parts)) >= 3)
     assert not out.exists()
     assert build.is_dir()
     run_dataset(options(voice_dir, noise_dir, out, num_examples=20), workers=1)

@@ -25,10 +25,11 @@ the dataset directory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -172,3 +173,22 @@ def shard_files(info: DatasetInfo | Mapping[str, Any], dataset_dir: str, split: 
         raise ValueError(f"The dataset in {dataset_dir} has no split {split!r}. It has: {sorted(splits)}")
     base = dataset_dir.rstrip("/")
     return [f"{base}/{shard['file']}" for shard in splits[split]["shards"]]
+
+
+def shard_sizes(info: DatasetInfo | Mapping[str, Any], dataset_dir: str,
+                splits: Sequence[str]) -> list[tuple[str, dict[str, Any], str, int | None]]:
+    """(split, shard entry, path, size on disk in bytes or None when missing) of every shard of
+    `splits`, in order. Sizes are read in parallel: on gs:// each one is a request."""
+    table = info.splits if isinstance(info, DatasetInfo) else info["splits"]
+    shards = [(split, entry, path) for split in splits
+              for entry, path in zip(table[split]["shards"], shard_files(info, dataset_dir, split))]
+
+    def size(path: str) -> int | None:
+        try:
+            return paths.size(path)
+        except FileNotFoundError:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        sizes = list(pool.map(size, [path for _, _, path in shards]))
+    return [(split, entry, path, actual) for (split, entry, path), actual in zip(shards, sizes)]

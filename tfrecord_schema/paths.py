@@ -324,7 +324,13 @@ def free_bytes(path: str) -> int | None:
     """Free space on the local filesystem that would hold `path` (None for remote paths)."""
     if is_remote(path):
         return None
+    probe = existing_ancestor(path)
+    return shutil.disk_usage(probe if os.path.isdir(probe) else os.path.dirname(probe)).free
+
+
+def existing_ancestor(path: str) -> str:
+    """The nearest local path, `path` itself or a folder above it, that exists."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    return shutil.disk_usage(probe if os.path.isdir(probe) else os.path.dirname(probe)).free
+    return probe

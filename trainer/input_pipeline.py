@@ -12,7 +12,6 @@ Model inputs and targets have shape [batch, frames, bins, 1] (float32); see `tra
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ import tensorflow as tf
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, spectrogram_config
+from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, shard_sizes, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
 from trainer.targets import check_loss_weighting, check_target, tf_loss_weight, tf_model_input, tf_model_target
 
@@ -82,10 +81,14 @@ def _existing_shards(info: dict[str, Any], dataset_dir: str, split: str) -> list
     names = [shard["file"] for shard in info["splits"][split]["shards"]]
     missing = [path for name, path in zip(names, files) if name not in listed]
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} shard(s) listed in {INFO_FILE} are missing from {dataset_dir!r}, e.g. "
-            f"{missing[0]!r}. The dataset was moved or only partly copied; copy the whole directory.")
+        raise _missing_shards(missing, dataset_dir)
     return files
+
+
+def _missing_shards(missing: list[str], dataset_dir: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{len(missing)} shard(s) listed in {INFO_FILE} are missing from {dataset_dir!r}, e.g. "
+        f"{missing[0]!r}. The dataset was moved or only partly copied; copy the whole directory.")
 
 
 class CorruptShardError(ValueError):
@@ -106,15 +109,15 @@ def check_shard_sizes(info: dict[str, Any], dataset_dir: str | os.PathLike, spli
     are not checked. Sizes are read in parallel: on gs:// each one is a request.
     """
     dataset_dir = os.fspath(dataset_dir)
-    checks = []
     for split in splits:
-        entries = info["splits"][split]["shards"]
-        checks += [(split, entry, path) for entry, path in zip(entries, _existing_shards(info, dataset_dir, split))
-                   if entry.get("num_bytes") is not None]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        sizes = list(pool.map(lambda check: paths.size(check[2]), checks))
-    for (split, entry, path), actual in zip(checks, sizes):
-        if actual != int(entry["num_bytes"]):
+        if not info["splits"][split]["shards"]:
+            raise ValueError(f"Split {split!r} of {dataset_dir!r} lists no shards; rebuild the dataset.")
+    found = shard_sizes(info, dataset_dir, splits)
+    missing = [path for _, _, path, actual in found if actual is None]
+    if missing:
+        raise _missing_shards(missing, dataset_dir)
+    for split, entry, path, actual in found:
+        if entry.get("num_bytes") is not None and actual != int(entry["num_bytes"]):
             raise CorruptShardError(
                 f"Shard {path} ({split!r} split) is {actual} bytes on disk, but {INFO_FILE} expects "
                 f"{int(entry['num_bytes'])} bytes: it was cut short (an interrupted copy?) or rewritten after the "
