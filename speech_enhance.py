@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        # Runner chatter (gcsio's listing lines, worker start-up notes) only with --verbose.
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Runner chatter (gcsio's listing lines, worker start-up notes) only with --verbose.
+    logging.getLogger("apache_beam").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -558,7 +558,8 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     if runners.is_dask(beam_args):
         runners.require_dask()
     build_dir = layout.start_build(opts.output, plan.fingerprint(opts))
-    if logging.getLogger("apache_beam").getEffectiveLevel() < logging.WARNING:
+    if logging.getLogger("apache_beam").level == logging.NOTSET:
+        # Quiet by default for library callers; a level set on purpose (`speech-enhance -v`) is kept.
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     _quiet_worker_notes()
     try:
