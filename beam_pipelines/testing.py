@@ -33,6 +33,7 @@ from tfrecord_schema.spectrogram import magnitude_phase
 SMALL_CONFIG = SpectrogramConfig(window_samples=512, n_fft=63, hop_length=16)
 
 NOISE_CLASSES = synthetic.SIMPLE_NOISE_KINDS
+_SPEAKERS = 3  # speaker ids speaker-0..2, assigned round-robin
 SNR_RANGE_DB = (-5.0, 15.0)
 
 
@@ -66,7 +67,7 @@ def make_example(config: SpectrogramConfig, split: str, index: int, seed: int = 
         "clean_magnitude": clean_mag, "clean_phase": clean_phase,
         "example_id": example_id, "split": split,
         "voice_file": f"synthetic/voice-{index % 7}.wav", "voice_offset": int(rng.integers(0, 10 * sr)),
-        "speaker_id": f"speaker-{index % 3}",
+        "speaker_id": f"speaker-{index % _SPEAKERS}",
         "noise_file": f"synthetic/{kind}.wav", "noise_offset": int(rng.integers(0, 10 * sr)),
         "noise_class": kind, "noise_level": float(noise_level), "snr_db": float(snr_db), "gain": float(gain),
     }
@@ -125,7 +126,12 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
         seed=seed,
         splits=info_splits,
         histograms={},
-        sources={"voice": "synthetic harmonic chirps", "noise": list(NOISE_CLASSES)},
+        # In the dataset job's layout, listing the speakers and noise classes make_example uses.
+        sources={"voice_dir": "synthetic harmonic chirps", "noise_dir": "synthetic noise",
+                 "voices": [{"file": f"synthetic/{split}/speaker-{k}.wav", "speaker_id": f"speaker-{k}",
+                             "split": split} for split in splits for k in range(_SPEAKERS)],
+                 "noises": [{"file": f"synthetic/{kind}.wav", "noise_class": kind, "split": split}
+                            for split in splits for kind in NOISE_CLASSES]},
         rejects={},
         arguments={"snr_db_range": list(SNR_RANGE_DB), "gain_db_range": [-30.0, -10.0],
                    "num_examples": sum(splits.values()), "seed": seed},

@@ -16,12 +16,15 @@ logger = logging.getLogger(__name__)
 # opens the message (prose such as "the systems of ..." stays as it is).
 _PREDICT_FLAGS = {"model_dir": "--model", "source": "--input", "output_dir": "--output", "output_format": "--format",
                   "batch_size": "--batch-size", "overlap": "--overlap", "workers": "--workers",
-                  "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate"}
+                  "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate", "head": "--head"}
 _EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_dir": "--clean-dir",
                    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "snrs": "--snrs",
                    "num_mixtures": "--num-mixtures", "duration": "--duration", "seed": "--seed",
                    "sample_rate": "--sample-rate", "systems": "--systems", "batch_size": "--batch-size",
-                   "overlap": "--overlap", "num_examples": "--examples", "output_dir": "--output"}
+                   "overlap": "--overlap", "num_examples": "--examples", "output_dir": "--output",
+                   "snmf_speech_dir": "--snmf-speech-dir", "snmf_noise_dir": "--snmf-noise-dir",
+                   "snmf_dataset": "--snmf-dataset", "snmf_file": "--snmf-model", "snmf_atoms": "--snmf-atoms",
+                   "snmf_sparsity": "--snmf-sparsity"}
 
 
 def _with_flags(err: Exception, flags: dict[str, str]) -> Exception:
@@ -68,6 +71,10 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", default=None,
                    help="model directory (local or gs://) written by `speech-enhance train` (model.keras + "
                         "model.json); default: the model shipped in the package, if any")
+    p.add_argument("--head", metavar="NAME", default=None,
+                   help="the output to run, for a model with several (model.json \"heads\"; a BLSTM has "
+                        "\"mask\", the mask-inference head, and \"kmeans\", the clustering of its embeddings); "
+                        "default: the model's first head")
     p.add_argument("--input", required=True, metavar="PATH",
                    help="a folder (searched recursively), one audio file, or a local glob pattern (quote it; ** "
                         "works); or a gs:// folder prefix (searched recursively) or object, taken literally: "
@@ -100,8 +107,8 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 
     workers = DEFAULT_WORKERS if args.workers is None else args.workers
     try:
-        enhancer = Enhancer.from_model_dir(args.model, batch_size=args.batch_size, overlap=args.overlap,
-                                           workers=workers)
+        enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
+                                           overlap=args.overlap, workers=workers)
         summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
                                 output_format=args.format, keep_model_rate=args.keep_model_rate,
                                 downmix=args.downmix, progress_interval=args.progress_interval)
@@ -174,6 +181,28 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--examples", type=int, default=3, help="items shown in examples.png (default: 3)")
     p.add_argument("--save-audio", action=argparse.BooleanOptionalAction, default=False,
                    help="also write the example items' clean, noisy and enhanced audio under OUTPUT/audio/")
+    snmf = p.add_argument_group(
+        "sparse-NMF baseline",
+        "Adds the system 'snmf' (sparse NMF with W normalised in the cost, Le Roux et al. 2015): a speech and a "
+        "noise dictionary learnt from training audio, then a Wiener-like mask. Give exactly one source of "
+        "dictionaries; none: no snmf system. Training folders must not be the evaluation folders. The "
+        "dictionaries used are written to OUTPUT/snmf.npz (pass it to --snmf-model to repeat the run).")
+    snmf.add_argument("--snmf-speech-dir", metavar="DIR",
+                      help="clean training speech (local or gs://, searched recursively) to learn the speech "
+                           "dictionary from; with --snmf-noise-dir")
+    snmf.add_argument("--snmf-noise-dir", metavar="DIR",
+                      help="training noise to learn the noise dictionary from; with --snmf-speech-dir")
+    snmf.add_argument("--snmf-dataset", metavar="DIR",
+                      help="a dataset directory written by `speech-enhance dataset`: learn from the clean and the "
+                           "noise (noisy - clean) spectrograms of its train split, read without TensorFlow")
+    snmf.add_argument("--snmf-model", metavar="FILE",
+                      help="an snmf.npz written by an earlier evaluation (or SparseNMF.save): use its dictionaries "
+                           "instead of learning")
+    snmf.add_argument("--snmf-atoms", type=int, default=None, metavar="N",
+                      help="atoms per dictionary, speech and noise alike, when learning (default: 64)")
+    snmf.add_argument("--snmf-sparsity", type=float, default=None, metavar="X",
+                      help="L1 weight on the activations, for learning and enhancing, on spectrograms normalised "
+                           "to mean 1 (default: 1.0; 0: plain NMF)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder (or gs:// prefix) for the report; each file is written whole under a temporary "
                         "name and renamed into place")
@@ -200,7 +229,9 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
             duration=args.duration, seed=args.seed, sample_rate=args.sample_rate, systems=args.systems,
             reference_recipe=args.reference_recipe, with_pesq=args.pesq, with_stoi=args.stoi,
             batch_size=args.batch_size, overlap=args.overlap, num_examples=args.examples,
-            save_audio=args.save_audio)
+            save_audio=args.save_audio, snmf_speech_dir=args.snmf_speech_dir, snmf_noise_dir=args.snmf_noise_dir,
+            snmf_dataset=args.snmf_dataset, snmf_file=args.snmf_model, snmf_atoms=args.snmf_atoms,
+            snmf_sparsity=args.snmf_sparsity)
     except (ValueError, FileNotFoundError) as err:
         raise _with_flags(err, _EVALUATE_FLAGS) from err
     text = paths.read_text(results["paths"]["markdown"])

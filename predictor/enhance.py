@@ -127,14 +127,21 @@ class Enhancer:
         self.weights = crossfade_weights(self.window_frames, self.hop_frames)
         self.predict = predict_function(model)  # numpy [B, frames, bins, 1] -> [B, frames, bins]
         self.windows_run = 0  # counts model windows, for benchmarks and tests
+        self.head: str | None = None  # the output of a several-headed model directory this runs
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | None = None, **kwargs: Any) -> "Enhancer":
-        """Loads a model directory (`trainer.model_dir` layout); None means the shipped model."""
+    def from_model_dir(cls, model_dir: str | None = None, *, head: str | None = None, **kwargs: Any) -> "Enhancer":
+        """Loads a model directory (`trainer.model_dir` layout); None means the shipped model.
+
+        `head` picks one output of a model with several (model.json "heads", e.g. "mask" or
+        "kmeans" of a BLSTM); None: its default head.
+        """
         from trainer.model_dir import load_model_dir
 
-        model, info = load_model_dir(resolve_model_dir(model_dir))
-        return cls(model, info["config"], info["target"], **kwargs)
+        model, info = load_model_dir(resolve_model_dir(model_dir), head=head)
+        enhancer = cls(model, info["config"], info["target"], **kwargs)
+        enhancer.head = info.get("head")
+        return enhancer
 
     @property
     def sample_rate(self) -> int:

@@ -6,13 +6,16 @@ A `System` turns the items' noisy signals into estimates of the same length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from predictor import baselines
 from predictor.eval_items import Item
 from tfrecord_schema.config import SpectrogramConfig
+
+if TYPE_CHECKING:
+    from predictor.snmf import SparseNMF
 
 
 @dataclasses.dataclass
@@ -30,15 +33,26 @@ def _per_item(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Sequence[Item
 
 def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, overlap: float = 0.5,
                   reference_recipe: bool = True) -> tuple[list[System], SpectrogramConfig]:
-    """Our model (overlap-add predictor) and, optionally, the reference's recipe on the same weights."""
+    """Our model (overlap-add predictor) and, optionally, the reference's recipe on the same weights.
+
+    A model with several heads (model.json "heads") gives one system per head: NAME for the
+    default head, NAME-HEAD for each other one (e.g. a BLSTM's "NAME-kmeans").
+    """
     from predictor.enhance import Enhancer
+    from trainer.model_dir import read_model_info
 
-    enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap)
+    heads = read_model_info(model_dir).get("heads") or [None]
+    systems = []
+    for head in heads:
+        enhancer = Enhancer.from_model_dir(model_dir, head=head, batch_size=batch_size, overlap=overlap)
 
-    def run(items: Sequence[Item]) -> list[np.ndarray]:
-        return [y for _, y in enhancer.enhance_many((i, item.noisy) for i, item in enumerate(items))]
+        def run(items: Sequence[Item], enhancer=enhancer) -> list[np.ndarray]:
+            return [y for _, y in enhancer.enhance_many((i, item.noisy) for i, item in enumerate(items))]
 
-    systems = [System(name, run, f"{model_dir}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add")]
+        label = f" ({head} head)" if head else ""
+        systems.append(System(name if head == heads[0] else f"{name}-{head}", run,
+                              f"{model_dir}{label}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add"))
+    enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap) if len(heads) > 1 else enhancer
     if reference_recipe:
         recipe = baselines.ReferenceRecipe(enhancer.predict, enhancer.config, enhancer.target,
                                            batch_size=enhancer.batch_size)
@@ -64,3 +78,15 @@ def baseline_systems(config: SpectrogramConfig) -> list[System]:
         System("oracle", lambda items: [baselines.oracle(item.noisy, item.clean, config) for item in items],
                "clean magnitude with the noisy phase (ceiling of magnitude-only models)"),
     ]
+
+
+def snmf_system(model: "SparseNMF", name: str = "snmf") -> System:
+    """The sparse-NMF baseline (`predictor.snmf.SparseNMF`, fitted or loaded) as a System named `name`.
+
+    Each item's noisy signal is enhanced on its own with the model's dictionaries; the description
+    gives the atoms, sparsity, beta and mask power.
+    """
+    if not model.fitted:
+        raise ValueError("model must hold dictionaries (fit(), from_folders(), from_dataset() or load() it first). "
+                         f"Received: model={model!r} without dictionaries")
+    return System(name, _per_item(model.enhance), model.describe())

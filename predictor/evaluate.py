@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 from beam_pipelines.mixing import PEAK_LIMIT
@@ -32,7 +33,7 @@ from predictor.eval_items import (DEFAULT_SNRS, MAX_INPUT_SNR_DB, MIN_CLEAN_DBFS
                                   screen_items)
 from predictor.eval_report import markdown_report, pick_examples, write_report
 from predictor.eval_scoring import METRICS, aggregate, evaluate
-from predictor.eval_systems import System, baseline_systems, model_systems
+from predictor.eval_systems import System, baseline_systems, model_systems, snmf_system
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -50,7 +51,9 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
                    seed: int = 0, sample_rate: int | None = None, systems: Sequence[str] | None = None,
                    reference_recipe: bool = True, with_pesq: bool = True, with_stoi: bool = True,
                    batch_size: int | None = None, overlap: float = 0.5, num_examples: int = 3,
-                   save_audio: bool = False) -> dict[str, Any]:
+                   save_audio: bool = False, snmf_speech_dir: str | None = None, snmf_noise_dir: str | None = None,
+                   snmf_dataset: str | None = None, snmf_file: str | None = None, snmf_atoms: int | None = None,
+                   snmf_sparsity: float | None = None) -> dict[str, Any]:
     """Builds the items and systems, scores them and writes the report; returns the results.
 
     Items come from `noisy_dir` + `clean_dir` or from `voice_dir` + `noise_dir` (see `paired_items`,
@@ -61,7 +64,17 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     must therefore be at least one window. With `save_audio`, the example items' clean, noisy and
     estimated signals are written as wav under output_dir/audio/ITEM/. The input folders and
     `output_dir` may be local or remote (gs://...).
+
+    A sparse-NMF baseline (`predictor.snmf.SparseNMF`, system "snmf", scored after the classical
+    baselines and before the oracle) is added by one of: `snmf_speech_dir` + `snmf_noise_dir`
+    (learn from the audio of two training folders), `snmf_dataset` (learn from the train split of
+    a dataset directory) or `snmf_file` (an .npz saved earlier); `snmf_atoms` (per dictionary) and
+    `snmf_sparsity` override the defaults when learning. Nothing is chosen automatically, and a
+    training folder may not be, contain or lie inside an evaluation folder. The dictionaries used
+    are written to output_dir/snmf.npz, so the run can be repeated with `snmf_file`.
     """
+    snmf_request = _check_snmf_arguments(snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
+                                         snmf_sparsity, [noisy_dir, clean_dir, voice_dir, noise_dir])
     paired = noisy_dir is not None or clean_dir is not None
     mixed = voice_dir is not None or noise_dir is not None
     if paired == mixed or (paired and not (noisy_dir and clean_dir)) or (mixed and not (voice_dir and noise_dir)):
@@ -84,6 +97,14 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
         raise ValueError(f"sample_rate must be left out (None) or equal the models' rate, {config.sample_rate} Hz. "
                          f"Received: sample_rate={sample_rate}. Leave it out to evaluate at the models' rate.")
     base = baseline_systems(config)
+    snmf_model = None
+    if snmf_request and systems and "snmf" not in systems:
+        logger.info("snmf arguments given but 'snmf' is not among systems=%s: not fitted", list(systems))
+    elif snmf_request:
+        snmf_model = _snmf_model(config, snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
+                                 snmf_sparsity)
+        oracle_at = next((i for i, s in enumerate(base) if s.name == "oracle"), len(base))
+        base.insert(oracle_at, snmf_system(snmf_model))
     all_systems = base[:1] + all_systems + base[1:]
     if systems:
         unknown = sorted(set(systems) - {s.name for s in all_systems})
@@ -117,8 +138,13 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     model_names = [s.name for s in all_systems if s.name in (models or {})]
     example_system = model_names[0] if model_names else ("oracle" if any(s.name == "oracle" for s in all_systems)
                                                          else all_systems[-1].name)
+    extra = {"source": source, "spectrogram": config.to_dict()}
+    if snmf_model is not None:
+        extra["snmf"] = {"hyper_parameters": snmf_model.hyper_parameters(), "training": snmf_model.training}
     written = write_report(results, items, output_dir, config=config, example_system=example_system,
-                           num_examples=num_examples, extra={"source": source, "spectrogram": config.to_dict()})
+                           num_examples=num_examples, extra=extra)
+    if snmf_model is not None:
+        written["snmf"] = snmf_model.save(paths.join(output_dir, "snmf.npz"))
     if save_audio:
         by_id = {it.item_id: it for it in items}
         for item_id, estimates in results["outputs"].items():
@@ -130,3 +156,79 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     results = {k: v for k, v in results.items() if k != "outputs"}
     results["paths"] = written
     return results
+
+
+# SparseNMF's own argument names, as run_evaluation calls them (errors raised inside it are renamed).
+_SNMF_ARGUMENTS = {"speech_dir": "snmf_speech_dir", "noise_dir": "snmf_noise_dir", "dataset_dir": "snmf_dataset",
+                   "path": "snmf_file", "atoms": "snmf_atoms", "sparsity": "snmf_sparsity"}
+
+
+def _snmf_names(text: str) -> str:
+    """`text` with SparseNMF's argument names written as run_evaluation's: a name with "_" wherever
+    it stands, a plain word only as `word=` or where it opens the message (as the CLI renames flags)."""
+    def rename(match: re.Match) -> str:
+        name, equals = match.group(1), match.group(2)
+        if "_" not in name and not equals and match.start() > 0:
+            return match.group(0)
+        return _SNMF_ARGUMENTS[name] + equals
+
+    names = "|".join(_SNMF_ARGUMENTS)
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])(=?)", rename, text)
+
+
+def _check_snmf_arguments(speech_dir: str | None, noise_dir: str | None, dataset: str | None, file: str | None,
+                          atoms: int | None, sparsity: float | None, evaluation_dirs: Sequence[str | None]) -> bool:
+    """Whether an SNMF system was asked for; ValueError for contradictory or leaking arguments."""
+    folders = speech_dir is not None or noise_dir is not None
+    ways = [name for name, given in (("snmf_speech_dir + snmf_noise_dir", folders),
+                                     ("snmf_dataset", dataset is not None), ("snmf_file", file is not None)) if given]
+    received = (f"Received: snmf_speech_dir={speech_dir!r}, snmf_noise_dir={noise_dir!r}, "
+                f"snmf_dataset={dataset!r}, snmf_file={file!r}")
+    if len(ways) > 1:
+        raise ValueError(f"Give one way to get the SNMF dictionaries, not {' and '.join(ways)}: snmf_speech_dir and "
+                         f"snmf_noise_dir (training folders), snmf_dataset (a dataset directory) or snmf_file (an "
+                         f".npz saved earlier). {received}")
+    if folders and not (speech_dir and noise_dir):
+        raise ValueError(f"snmf_speech_dir and snmf_noise_dir go together: give both training folders. {received}")
+    if not ways:
+        if atoms is not None or sparsity is not None:
+            raise ValueError("snmf_atoms and snmf_sparsity need training data: give snmf_speech_dir and "
+                             f"snmf_noise_dir, or snmf_dataset. Received: snmf_atoms={atoms!r}, "
+                             f"snmf_sparsity={sparsity!r}")
+        return False
+    if file is not None and (atoms is not None or sparsity is not None):
+        raise ValueError(f"snmf_file already fixes the atoms and the sparsity; leave snmf_atoms and snmf_sparsity "
+                         f"out. Received: snmf_atoms={atoms!r}, snmf_sparsity={sparsity!r}, snmf_file={file!r}")
+    # Learning from the held-out audio would score the SNMF on its own training data.
+    for name, training in (("snmf_speech_dir", speech_dir), ("snmf_noise_dir", noise_dir)):
+        for held_out in evaluation_dirs:
+            if training and held_out and (audio_io.same_location(training, held_out)
+                                          or audio_io.is_inside(training, held_out)
+                                          or audio_io.is_inside(held_out, training)):
+                raise ValueError(f"{name} must not be, contain or lie inside an evaluation folder ({held_out!r}): "
+                                 f"the SNMF would learn from the held-out audio. Received: {name}={training!r}")
+    return True
+
+
+def _snmf_model(config: SpectrogramConfig, speech_dir: str | None, noise_dir: str | None, dataset: str | None,
+                file: str | None, atoms: int | None, sparsity: float | None):
+    """The SparseNMF the arguments ask for (fitted or loaded), at the evaluation's STFT."""
+    from predictor.snmf import SparseNMF, same_stft
+
+    options = {k: v for k, v in (("atoms", atoms), ("sparsity", sparsity)) if v is not None}
+    try:
+        if file is not None:
+            model = SparseNMF.load(file)
+            if not same_stft(model.config, config):
+                learnt, wanted = model.config, config
+                raise ValueError(f"snmf_file was learnt at {learnt.sample_rate} Hz, n_fft {learnt.n_fft}, hop "
+                                 f"{learnt.hop_length}; this evaluation runs at {wanted.sample_rate} Hz, n_fft "
+                                 f"{wanted.n_fft}, hop {wanted.hop_length}: fit it again at this rate. "
+                                 f"Received: snmf_file={file!r}")
+        elif dataset is not None:
+            model = SparseNMF.from_dataset(dataset, "train", config=config, **options)
+        else:
+            model = SparseNMF.from_folders(speech_dir, noise_dir, config, **options)
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(_snmf_names(str(err))) from err
+    return model

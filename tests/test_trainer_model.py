@@ -11,7 +11,8 @@ import trainer.config
 import trainer.model
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.config import ARCHITECTURES, TrainConfig
-from trainer.model import BUILDERS, build_model, build_unet
+from trainer.families import FAMILIES, get_family
+from trainer.model import build_unet
 from trainer.model_dir import load_model_dir, save_model_dir
 from beam_pipelines.testing import SMALL_CONFIG
 
@@ -80,9 +81,9 @@ def test_model_uses_keras_only():
     assert not {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} & {"keras", "tensorflow"}
 
 
-def test_every_architecture_has_a_builder_and_build_model_passes_its_arguments():
-    assert tuple(BUILDERS) == ARCHITECTURES
-    model = build_model(SMALL_CONFIG, TrainConfig(base_filters=4, depth=3, dropout=0.0))
+def test_every_architecture_has_a_family_and_the_unet_family_passes_its_arguments():
+    assert tuple(FAMILIES) == ARCHITECTURES
+    model = get_family("unet").build_training_model(SMALL_CONFIG, TrainConfig(base_filters=4, depth=3, dropout=0.0))
     assert model.get_layer("down1a_conv").filters == 4 and model.get_layer("down3b_conv").filters == 16
     assert not [layer for layer in model.layers if "dropout" in layer.name]
 

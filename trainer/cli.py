@@ -16,7 +16,7 @@ import os
 import re
 import sys
 
-from trainer.config import PRESETS, TrainConfig, preset_overrides
+from trainer.config import ARCHITECTURE_PRESETS, PRESETS, TrainConfig, preset_overrides
 
 BACKENDS = ("tensorflow", "jax")
 _GROUPS = {"data": "data and outputs", "optimisation": "optimisation", "model": "model", "hardware": "hardware"}
@@ -78,15 +78,19 @@ def _add_option(group, field: dataclasses.Field) -> None:
 
 
 def _preset_help() -> str:
-    return "; ".join(f"{name}: " + flag_terms(", ".join(f"{k}={v}" for k, v in preset_overrides(name).items()))
+    text = "; ".join(f"{name}: " + flag_terms(", ".join(f"{k}={v}" for k, v in preset_overrides(name).items()))
                      for name in PRESETS)
+    families = "; ".join(f"{architecture} {name}: " + flag_terms(", ".join(f"{k}={v}" for k, v in overrides.items()))
+                         for architecture, by_preset in ARCHITECTURE_PRESETS.items()
+                         for name, overrides in by_preset.items())
+    return f"{text}. For other architectures, on top: {families}"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds the `train` subcommand to the `speech-enhance` parser."""
     p = subparsers.add_parser(
-        "train", help="train the U-Net denoiser on a dataset directory",
-        description=("Train the U-Net on the spectrogram shards of DATASET (built by `speech-enhance dataset`) "
+        "train", help="train a denoiser (U-Net, BLSTM, mel autoencoder) on a dataset directory",
+        description=("Train a model family (--architecture; the U-Net by default) on the spectrogram shards of DATASET (built by `speech-enhance dataset`) "
                      "and export the model with the lowest validation loss to MODEL_DIR. Rerunning an "
                      "interrupted command resumes from its last finished epoch. docs/training.md has more."))
     groups = {key: p.add_argument_group(title) for key, title in _GROUPS.items()}
@@ -113,8 +117,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """(TrainConfig, Keras backend) from the defaults, then the preset, then every flag given explicitly."""
-    base = PRESETS[args.preset] if getattr(args, "preset", None) else TrainConfig()
     flags = {f.name: getattr(args, f.name) for f in _cli_fields() if getattr(args, f.name, None) is not None}
+    preset = getattr(args, "preset", None)
+    base = TrainConfig.from_preset(preset, architecture=flags.get("architecture", "unet")) if preset else TrainConfig()
     if flags.get("distribution") == _NONE:
         flags["distribution"] = None
     environment = os.environ.get("KERAS_BACKEND")

@@ -23,8 +23,14 @@ from trainer.targets import LOSS_WEIGHTINGS, TARGETS
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("mirrored", "tpu", "jax-data-parallel")
-# The model families and the TrainConfig fields that are each one's arguments.
-ARCHITECTURE_ARGS = {"unet": ("base_filters", "depth", "dropout", "negative_slope")}
+# The model families (trainer/families.py) and the TrainConfig fields that are each one's arguments.
+_BLSTM_ARGS = ("blstm_layers", "blstm_units", "embedding_dim", "embedding_weight", "kmeans_iterations")
+ARCHITECTURE_ARGS = {
+    "unet": ("base_filters", "depth", "dropout", "negative_slope"),
+    "blstm-sce": _BLSTM_ARGS,
+    "blstm-dc": _BLSTM_ARGS,
+    "mel-autoencoder": ("mel_bands",),
+}
 ARCHITECTURES = tuple(ARCHITECTURE_ARGS)
 
 
@@ -39,8 +45,9 @@ class TrainConfig:
     """Every option of a training run (see each field's help; `docs/training.md`)."""
 
     # data and outputs
-    target: str = _option("noise", "what the model predicts: the noise in dB ('noise') or a magnitude mask "
-                          "('mask'); see trainer/targets.py", group="data", choices=TARGETS, resume=True)
+    target: str = _option("noise", "U-Net: what the model predicts: the noise in dB ('noise') or a magnitude "
+                          "mask ('mask'); see trainer/targets.py. The other families always predict a mask",
+                          group="data", choices=TARGETS, resume=True)
     train_split: str = _option("train", "split to train on", group="data", cli=False)
     validation_split: str | None = _option(
         "valid", "split for validation, the best checkpoint and early stopping; None (or a missing split) "
@@ -79,7 +86,9 @@ class TrainConfig:
     deterministic: bool = _option(False, "reproducible input order (slower); for tests", group="optimisation",
                                   cli=False)
     # model
-    architecture: str = _option("unet", "model family (trainer/model.py)", group="model",
+    architecture: str = _option("unet", "model family (docs/training.md): unet; blstm-sce and blstm-dc (BLSTM "
+                                "embeddings with a mask-inference head, trained with the source-contrastive or "
+                                "the deep-clustering loss); mel-autoencoder", group="model",
                                 choices=ARCHITECTURES, resume=True)
     base_filters: int = _option(16, "U-Net: filters of the first level, doubled per level", group="model",
                                 resume=True)
@@ -88,6 +97,16 @@ class TrainConfig:
     dropout: float = _option(0.5, "U-Net: dropout rate after the two deepest levels", group="model", resume=True)
     negative_slope: float = _option(0.3, "U-Net: LeakyReLU slope for negative inputs", group="model",
                                     resume=True)
+    blstm_layers: int = _option(4, "BLSTM: bidirectional LSTM layers", group="model", resume=True)
+    blstm_units: int = _option(500, "BLSTM: units per direction of each layer", group="model", resume=True)
+    embedding_dim: int = _option(20, "BLSTM: dimensions of the embedding of each time-frequency bin",
+                                 group="model", resume=True)
+    embedding_weight: float = _option(1.0, "BLSTM: weight of the embedding loss (SCE or DC) against the "
+                                      "mask-inference loss", group="model", resume=True)
+    kmeans_iterations: int = _option(10, "BLSTM: k-means iterations of the clustering head at inference",
+                                     group="model")
+    mel_bands: int = _option(64, "mel autoencoder: mel bands (a multiple of 4); 64 suit 128 bins at 8 kHz",
+                             group="model", resume=True)
     # hardware
     precision: str = _option("float32", "float32, or mixed precision: mixed_bfloat16 (TPU, Ampere+ GPUs) or "
                              "mixed_float16 (older GPUs, loss-scaled); the exported model is float32",
@@ -135,13 +154,24 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False. Received: {name}={getattr(self, name)!r}")
         if self.architecture == "unet":
             check_unet_args(self.base_filters, self.depth, self.dropout, self.negative_slope)
+        for name in ("blstm_layers", "blstm_units", "embedding_dim", "kmeans_iterations", "mel_bands"):
+            _check_positive_int(name, getattr(self, name))
+        if self.mel_bands % 4:
+            raise ValueError("mel_bands must be a multiple of 4 (the autoencoder pools twice by 2). "
+                             f"Received: mel_bands={self.mel_bands}")
+        if not _is_number(self.embedding_weight) or self.embedding_weight < 0:
+            raise ValueError("embedding_weight must be a number >= 0. "
+                             f"Received: embedding_weight={self.embedding_weight!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
-        """The preset `name` (see `PRESETS`) with `overrides` on top."""
+        """The preset `name` (see `PRESETS`) for the architecture in `overrides` (default "unet"),
+        with `overrides` on top."""
         if name not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}. Received: preset={name!r}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        architecture = overrides.get("architecture", PRESETS[name].architecture)
+        family = ARCHITECTURE_PRESETS.get(architecture, {}).get(name, {})
+        return dataclasses.replace(PRESETS[name], **{**family, **overrides})
 
     def model_args(self) -> dict[str, Any]:
         """The architecture and its arguments, as stored in model.json ("model" entry)."""
@@ -202,7 +232,19 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def preset_overrides(name: str) -> dict[str, Any]:
-    """The options preset `name` sets differently from the defaults."""
-    default, preset = TrainConfig().to_dict(), PRESETS[name].to_dict()
-    return {k: v for k, v in preset.items() if v != default[k]}
+# What a preset changes further for a model family: the BLSTMs are 10x the U-Net's parameters and
+# their LSTMs run in float32 whatever the policy (cuDNN has no bfloat16 LSTM on JAX), so the CPU demo
+# uses a small one; the mel autoencoder is tiny and takes larger steps.
+ARCHITECTURE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "blstm-sce": {"cpu-demo": {"blstm_layers": 2, "blstm_units": 64, "batch_size": 8}},
+    "blstm-dc": {"cpu-demo": {"blstm_layers": 2, "blstm_units": 64, "batch_size": 8}},
+    "mel-autoencoder": {"cpu-demo": {"learning_rate": 1e-3}, "gpu": {"learning_rate": 1e-3},
+                        "tpu": {"learning_rate": 1e-3}},
+}
+
+
+def preset_overrides(name: str, architecture: str = "unet") -> dict[str, Any]:
+    """The options preset `name` sets differently from the defaults for `architecture`."""
+    default = TrainConfig().to_dict()
+    preset = TrainConfig.from_preset(name, architecture=architecture).to_dict()
+    return {k: v for k, v in preset.items() if v != default[k] and k != "architecture"}

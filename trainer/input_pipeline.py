@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -268,7 +268,8 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
                  shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, deterministic: bool = False,
                  cycle_length: int | None = None, info: dict[str, Any] | None = None,
-                 loss_weighting: str = "none") -> tf.data.Dataset:
+                 loss_weighting: str = "none", keys: Sequence[str] | None = None,
+                 model_io: Callable[[dict[str, tf.Tensor]], Any] | None = None) -> tf.data.Dataset:
     """Batches (model input, target) for training or evaluation, both float32 [B, frames, bins, 1].
 
     With `loss_weighting="magnitude"` each element is (input, target, weights [B, frames, bins]),
@@ -287,6 +288,9 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
         cycle_length: shards read concurrently (default: min(16, number of shards)).
         info: an already-read dataset_info dict, to skip reading it again.
         loss_weighting: "none" or "magnitude" (see above).
+        keys, model_io: for the other model families (`trainer.families`): the record features to
+            parse, and a TensorFlow function from the dict of parsed batch tensors to the model's
+            (inputs, targets); they replace `target` and `loss_weighting`.
     """
     check_target(target)
     check_loss_weighting(loss_weighting)
@@ -296,15 +300,22 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
                                 cycle_length=cycle_length)
     config = spectrogram_config(info)
 
+    if model_io is None:
+        keys = _TRAINING_KEYS
+
+        def model_io(batch):
+            noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
+            x = tf_model_input(noisy, config)[..., tf.newaxis]
+            y = tf_model_target(noisy, clean, target, config)[..., tf.newaxis]
+            x, y = tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
+            if loss_weighting == "magnitude":
+                return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
+            return x, y
+    elif keys is None:
+        raise ValueError("make_dataset(): model_io needs the record keys it reads. Received: keys=None")
+
     def to_model_io(serialized):
-        batch = parse_batch(serialized, config, keys=_TRAINING_KEYS)
-        noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
-        x = tf_model_input(noisy, config)[..., tf.newaxis]
-        y = tf_model_target(noisy, clean, target, config)[..., tf.newaxis]
-        x, y = tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
-        if loss_weighting == "magnitude":
-            return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
-        return x, y
+        return model_io(parse_batch(serialized, config, keys=keys))
 
     ds = ds.map(to_model_io, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return _with_options(ds.prefetch(AUTOTUNE), deterministic)

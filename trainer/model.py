@@ -85,13 +85,3 @@ def build_unet(config: SpectrogramConfig, base_filters: int = _DEFAULT.base_filt
     x = conv(x, 2, 3, "head")
     outputs = layers.Conv2D(1, 1, activation="tanh", kernel_initializer=init, dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-# One builder per `trainer.config.ARCHITECTURES` entry (a test checks they match).
-BUILDERS = {"unet": build_unet}
-
-
-def build_model(config: SpectrogramConfig, train_config: TrainConfig) -> keras.Model:
-    """The model `train_config.architecture` names, with its arguments, for spectrograms of `config.shape`."""
-    args = train_config.model_args()
-    return BUILDERS[args.pop("architecture")](config, **args)

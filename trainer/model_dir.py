@@ -3,6 +3,7 @@
     DIR/model.keras   the Keras 3 model (architecture + weights), backend-agnostic
     DIR/model.json    {"format_version", "schema_version", "spectrogram", "target",
                        "model": {...architecture arguments...},
+                       "heads": [...] when the model has several outputs (the first is the default),
                        "model_file": {"num_bytes", "sha256"} of model.keras (absent in older directories),
                        "training_data": {...summary of the dataset...},
                        "training": {...how it was trained...}}
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from typing import Any
+from typing import Any, Sequence
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -46,20 +47,28 @@ _LEGACY_TEMPORARIES = (".tmp-" + MODEL_FILE, ".tmp-" + INFO_FILE)  # written by 
 
 def save_model_dir(model, directory: str, *, config: SpectrogramConfig, target: str,
                    model_args: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
-                   training: dict[str, Any] | None = None) -> str:
+                   training: dict[str, Any] | None = None, heads: Sequence[str] = ()) -> str:
     """Writes `model.keras` and `model.json` into `directory` (created); returns the directory.
+
+    `heads` names the model's outputs when it has several (each maps the input to `target`'s range);
+    the first is the one the predictor runs unless told otherwise.
 
     The pair replaces an existing pair as a unit (see the module docstring): if the save fails
     or is killed, readers keep seeing the old pair. Other files in `directory` (e.g. the
     `training/` work directory) are left alone.
     """
     check_target(target)
+    outputs = len(getattr(model, "outputs", None) or [None])
+    if heads and len(heads) != outputs:
+        raise ValueError(f"save_model_dir(): heads must name each of the model's {outputs} outputs. "
+                         f"Received: heads={list(heads)}")
     info = {
         "format_version": FORMAT_VERSION,
         "schema_version": SCHEMA_VERSION,
         "spectrogram": config.to_dict(),
         "target": target,
         "model": dict(model_args or {}),
+        **({"heads": list(heads)} if heads else {}),
         "training_data": dict(training_data or {}),
         "training": dict(training or {}),
     }
@@ -219,12 +228,39 @@ def check_model_file(path: str, recorded: dict[str, Any] | None = None) -> None:
         raise ValueError(f"{path} is corrupt: its member {damaged!r} fails its checksum. {fix}")
 
 
-def load_model_dir(directory: str, compile: bool = False):
-    """Returns (keras model, info dict with a parsed `config`: SpectrogramConfig)."""
+def select_head(info: dict[str, Any], head: str | None, directory: str = "") -> int | None:
+    """Index of the output `head` names among model.json's "heads" (None: the first, the default);
+    None for a model with one output and no head asked for."""
+    heads = info.get("heads") or []
+    if head is None:
+        return 0 if heads else None
+    if head not in heads:
+        available = f"its heads are {heads}" if heads else "it has one output and no named heads"
+        raise ValueError(f"head={head!r} is not a head of the model in {directory or 'this directory'}: {available}.")
+    return heads.index(head)
+
+
+def load_model_dir(directory: str, compile: bool = False, head: str | None = None):
+    """Returns (keras model, info dict with a parsed `config`: SpectrogramConfig).
+
+    For a model with several heads (model.json "heads"), the model returned computes only `head`
+    (default: the first); `info["head"]` says which.
+    """
     import keras
 
     info = read_model_info(directory)
-    import trainer.model  # noqa: F401  (registers the toolkit's serializable layers, if any)
+    index = select_head(info, head, directory)
+    import trainer.families  # noqa: F401  (registers the toolkit's serializable layers)
+
+    model = _load_keras_file(directory, info, compile)
+    if index is not None:
+        info["head"] = info["heads"][index]
+        model = keras.Model(model.inputs, model.outputs[index], name=f"{model.name}_{info['head']}")
+    return model, info
+
+
+def _load_keras_file(directory: str, info: dict[str, Any], compile: bool):
+    import keras
 
     model_path, _ = _pair_paths(directory)
     if paths.is_remote(model_path):
@@ -235,8 +271,6 @@ def load_model_dir(directory: str, compile: bool = False):
             local_path = os.path.join(local, MODEL_FILE)
             paths.download(model_path, local_path)
             check_model_file(local_path, info.get("model_file"))
-            model = keras.saving.load_model(local_path, compile=compile)
-        return model, info
+            return keras.saving.load_model(local_path, compile=compile)
     check_model_file(model_path, info.get("model_file"))
-    model = keras.saving.load_model(model_path, compile=compile)
-    return model, info
+    return keras.saving.load_model(model_path, compile=compile)

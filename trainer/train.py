@@ -48,7 +48,7 @@ from tfrecord_schema import paths
 from tfrecord_schema.dataset_info import spectrogram_config
 from trainer import input_pipeline
 from trainer.config import RESUME_KEYS, TrainConfig
-from trainer.model import build_model
+from trainer.families import get_family
 from trainer.model_dir import save_model_dir
 from trainer.plots import plot_history, read_history_csv
 
@@ -245,8 +245,9 @@ def _check_same_dataset(work_dir: str, previous: dict[str, Any], run_args: dict[
         logger.info("resuming on %s, a copy of %s (same dataset_info.json fingerprint %s)", new_dir, old_dir, new)
 
 
-def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> tuple[int, float | None]:
-    """Returns (epoch to resume from, best validation loss so far) and records this run's arguments."""
+def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool,
+                      monitor: str = "val_loss") -> tuple[int, float | None]:
+    """Returns (epoch to resume from, best value of `monitor` so far) and records this run's arguments."""
     backup_dir = _join(work_dir, "backup")
     history_csv = _join(work_dir, "history.csv")
     paths.makedirs(work_dir)
@@ -275,9 +276,9 @@ def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool) -> 
             "or choose another work directory (--work-dir).")
     epoch = int(state.get("epoch", 0))
     rows = _keep_history_before(history_csv, epoch)
-    val = [float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+    val = [float(r[monitor]) for r in rows if r.get(monitor) not in (None, "")]
     best = min(val) if val else None
-    logger.info("resuming from the backup in %s after epoch %d (best val_loss so far: %s)", backup_dir, epoch, best)
+    logger.info("resuming from the backup in %s after epoch %d (best %s so far: %s)", backup_dir, epoch, monitor, best)
     return epoch, best
 
 
@@ -319,7 +320,7 @@ def _callbacks(config: TrainConfig, work_dir: str, monitor: str, best_so_far: fl
     callback_list: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(_join(work_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
                                         save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_so_far, verbose=0),
+                                        initial_value_threshold=best_so_far, mode="min", verbose=0),
         _HistoryCsv(history_csv, append=append),
         _LossCurve(history_csv, _join(work_dir, "loss.png"), title),
     ]
@@ -334,9 +335,9 @@ def _callbacks(config: TrainConfig, work_dir: str, monitor: str, best_so_far: fl
                                                          update_freq="epoch", profile_batch=0))
     if config.early_stopping_patience:
         callback_list.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
-                                                           verbose=1))
+                                                           mode="min", verbose=1))
     if config.lr_schedule == "plateau":
-        callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
+        callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2, mode="min",
                                                                min_lr=config.learning_rate * 0.01, verbose=1))
     # Last of ours, so an epoch is backed up only after its history row and checkpoint are written
     # (a resumed run then drops rows newer than the backup instead of missing any).
@@ -345,7 +346,8 @@ def _callbacks(config: TrainConfig, work_dir: str, monitor: str, best_so_far: fl
 
 
 def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: str, rates: list[float], *,
-             replicas: int, initial_epoch: int, exported: str, duration: float, work_dir: str) -> dict[str, Any]:
+             replicas: int, loss: str, parameters: int, initial_epoch: int, exported: str, duration: float,
+             work_dir: str) -> dict[str, Any]:
     """model.json's "training" block: the options as run, then what the run did."""
     monitored = list(history.get(monitor, []))
     finite = [i for i, v in enumerate(monitored) if math.isfinite(v)]
@@ -357,14 +359,15 @@ def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: 
         "initial_epoch": initial_epoch,
         "stopped_early": len(history.get("loss", [])) < options["epochs"],
         "replicas": replicas,
-        "loss": f"huber(delta={options['huber_delta']})",
+        "loss": loss,
+        "parameters": parameters,
         "optimizer": "adam",
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "monitor": monitor,
         "exported_weights": exported,
         "best_epoch": best_index + 1 if best_index is not None else None,  # 1-based
-        "best_val_loss": monitored[best_index] if best_index is not None and monitor == "val_loss" else None,
+        "best_val_loss": monitored[best_index] if best_index is not None and monitor.startswith("val_") else None,
         "final_loss": history["loss"][-1] if history.get("loss") else None,
         "final_val_loss": history["val_loss"][-1] if history.get("val_loss") else None,
         # The first epoch includes compilation; later epochs show the steady rate.
@@ -410,7 +413,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     _keep_tensorflow_off_accelerators()
     info = input_pipeline.read_dataset_info(dataset_dir)
     spectrogram = spectrogram_config(info)
-    build_model(spectrogram, config)  # checks the architecture against the spectrogram's shape early
+    family = get_family(config.architecture)
+    family.build_training_model(spectrogram, config, info)  # checks the architecture against the data early
     drop_remainder = config.distribution in ("tpu", "jax-data-parallel")
 
     train_split, validation_split, batch_size = config.train_split, config.validation_split, config.batch_size
@@ -437,11 +441,11 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
         validation_steps = min(validation_steps or full, full)
     # The options as run: what run.json records (resume checks) and model.json's "training" block holds.
     options = dict(config.to_dict(), steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
-    monitor = "val_loss" if validation_split is not None else "loss"
+    monitor = f"val_{family.monitor}" if validation_split is not None else family.monitor
 
     run_args = {**options, "dataset_dir": dataset_dir, "model_dir": model_dir, "work_dir": work_dir,
                 "dataset_fingerprint": input_pipeline.dataset_fingerprint(info)}
-    initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, config.resume)
+    initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, config.resume, monitor)
     history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
     best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
     paths.makedirs(_join(work_dir, "checkpoints"))
@@ -452,8 +456,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
                 input_pipeline.num_examples(info, validation_split) if validation_split else 0, steps_per_epoch,
                 config.epochs, batch_size, keras.backend.backend(), config.precision, config.distribution or "none")
 
-    data_args = dict(batch_size=batch_size, target=config.target, cycle_length=config.cycle_length, info=info,
-                     loss_weighting=config.loss_weighting)
+    data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info, keys=family.keys,
+                     model_io=family.model_io(spectrogram, config, info))
     train_ds = input_pipeline.make_dataset(
         dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
         repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
@@ -462,7 +466,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
         val_ds = input_pipeline.make_dataset(dataset_dir, validation_split, shuffle=False, deterministic=True,
                                              drop_remainder=drop_remainder, **data_args).take(validation_steps)
 
-    title = f"U-Net ({config.target} target) on {dataset_dir}"
+    title = f"{family.describe(config)} on {dataset_dir}"
     stats = _EpochStats(batch_size)
     callback_list = [stats, *_callbacks(config, work_dir, monitor, best_so_far, initial_epoch > 0, title),
                      *callbacks]
@@ -471,12 +475,12 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
 
     started = time.time()
     with _dtype_policy(config.precision), _distribution(config.distribution, config.tpu, batch_size) as replicas:
-        model = build_model(spectrogram, config)
+        model = family.build_training_model(spectrogram, config, info)
         schedule = _learning_rate(config.lr_schedule, config.learning_rate, config.epochs * steps_per_epoch,
                                   config.warmup_fraction)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=keras.losses.Huber(delta=config.huber_delta),
-                      metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
-                      steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile)
+        model.compile(optimizer=keras.optimizers.Adam(schedule, **family.optimizer_args),
+                      **family.compile_args(config), steps_per_execution=config.steps_per_execution,
+                      jit_compile=config.jit_compile)
         try:
             fit_history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                                     steps_per_epoch=steps_per_epoch, callbacks=callback_list, verbose=verbose,
@@ -489,20 +493,23 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
 
     # The exported model is float32 whatever the training precision: the predictor runs anywhere.
     with _dtype_policy("float32"):
-        export = build_model(spectrogram, config)
-    if paths.isfile(best_weights):
-        export.load_weights(best_weights)
-        exported = "best"
-    else:
-        export.set_weights(trained_weights)
-        exported = "last"
+        trained = family.build_training_model(spectrogram, config, info)
+        if paths.isfile(best_weights):
+            trained.load_weights(best_weights)
+            exported = "best"
+        else:
+            trained.set_weights(trained_weights)
+            exported = "last"
+        export = family.inference_model(trained, spectrogram, config)
 
     history = read_history_csv(history_csv) if paths.isfile(history_csv) else dict(fit_history.history)
     summary = _summary(options, history, monitor, stats.examples_per_second, replicas=replicas,
+                       loss=family.loss_description(config), parameters=int(export.count_params()),
                        initial_epoch=stats.first_epoch if stats.first_epoch is not None else initial_epoch,
                        exported=exported, duration=duration, work_dir=work_dir)
     plot_history(history, loss_png, title)
-    save_model_dir(export, model_dir, config=spectrogram, target=config.target, model_args=config.model_args(),
+    save_model_dir(export, model_dir, config=spectrogram, target=family.target(config), heads=family.heads,
+                   model_args=config.model_args(),
                    training_data=_training_data_summary(dataset_dir, info, train_split, validation_split),
                    training=summary)
     best_epoch = summary["best_epoch"]
