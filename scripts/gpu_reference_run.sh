@@ -8,6 +8,10 @@
 #   train-mask      the same on the `mask` target
 #   train-mask-weighted, train-noise-weighted
 #                   the same with the loss weighted by the noisy magnitude (--loss-weighting magnitude)
+#   family-ARCH     train the model family ARCH (blstm-sce, blstm-dc, mel-autoencoder) with the gpu
+#                   preset, EPOCHS epochs (FAMILY_EPOCHS overrides), and cut the model directory into
+#                   15 MiB pieces ~/fetch/ARCH.tar.NN (a device call returns at most 64 MiB)
+#   fetch-ARCH-I-J  copy pieces I..J of ARCH's model to $OUT
 #   bench           training throughput (tf.data vs in-memory) and GPU prediction speed
 #   bench-train, bench-predict   one of the two
 # Outputs (for the caller to keep) go to $OUT.
@@ -41,6 +45,25 @@ for stage in "$@"; do
         --epochs "$EPOCHS" --summary-json "$MODELS/$name/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -40
       cp "$HOME/work-$name"/*.csv "$HOME/work-$name"/*.png "$MODELS/$name/" 2>/dev/null || true
       tar -C "$MODELS" -cf "$OUT/model-$name.tar" "$name"
+      ;;
+    family-*)
+      arch=${stage#family-}
+      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$arch" \
+        --work-dir "$HOME/work-$arch" --preset gpu --architecture "$arch" --epochs "${FAMILY_EPOCHS:-$EPOCHS}" \
+        --summary-json "$MODELS/$arch/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -30
+      cp "$HOME/work-$arch"/*.csv "$HOME/work-$arch"/*.png "$MODELS/$arch/" 2>/dev/null || true
+      cp "$MODELS/$arch/summary.json" "$OUT/summary-$arch.json"
+      mkdir -p "$HOME/fetch"
+      tar -C "$MODELS" -cf - "$arch" | split -b 15M -d -a 2 - "$HOME/fetch/$arch.tar."
+      ls -l "$HOME/fetch"
+      ;;
+    fetch-*)
+      spec=${stage#fetch-}; arch=${spec%-*-*}; range=${spec#"$arch"-}
+      for i in $(seq -w "${range%-*}" "${range#*-}"); do
+        f="$HOME/fetch/$arch.tar.$(printf %02d "$((10#$i))")"
+        [ -f "$f" ] && cp "$f" "$OUT/"
+      done
+      ls -l "$OUT"
       ;;
     bench|bench-train)
       python3 benchmarks/train_throughput.py --dataset "$DS" --backend jax --batch-size 256 --precision bfloat16 \

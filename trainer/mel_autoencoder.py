@@ -9,8 +9,10 @@ The network, kept as published (74,497 parameters whatever the input size):
 trained noisy mel -> clean mel with binary cross-entropy, mels scaled to 0..1. The tutorial runs it
 on 128 mel bands x 16 frames; here it runs on whole windows of the dataset (128 frames x
 `mel_bands`): it is fully convolutional, so only the context the 3x3 kernels see matters. 64 mel
-bands by default: with n_fft 255 at 8 kHz the linear bins are 31 Hz apart, and 128 mel bands would
-be narrower than that at low frequencies (empty filters); 64 are 36 Hz apart at the bottom.
+bands by default: with n_fft 255 at 8 kHz the linear bins are 31 Hz apart; 128 mel bands are 18 Hz
+apart at the bottom, so the lowest bands each hold a single bin that their neighbours share (the
+mel axis would only repeat the linear one there), and more than 150 leave bands with no bin at all;
+64 bands hold at least two bins each.
 
 Features: the mel power spectrogram (the toolkit's magnitudes squared through a Slaney mel
 filterbank, `mel_filterbank`), in dB, scaled from [lo_db, hi_db] to [0, 1] and clipped, the range
@@ -53,7 +55,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, mel_bands: int) -> np.ndarray:
         m = np.asarray(m, np.float64)
         return np.where(m >= min_log_mel, min_log_hz * np.exp(log_step * (m - min_log_mel)), f_sp * m)
 
-    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    fft_freqs = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)  # the STFT's bin centres (odd n_fft too)
     mel_f = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2.0), mel_bands + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
