@@ -199,7 +199,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                       help="an snmf.npz written by an earlier evaluation (or SparseNMF.save): use its dictionaries "
                            "instead of learning")
     snmf.add_argument("--snmf-atoms", type=int, default=None, metavar="N",
-                      help="atoms per dictionary, speech and noise alike, when learning (default: 64)")
+                      help="atoms per dictionary, speech and noise alike, when learning (default: 128)")
     snmf.add_argument("--snmf-sparsity", type=float, default=None, metavar="X",
                       help="L1 weight on the activations, for learning and enhancing, on spectrograms normalised "
                            "to mean 1 (default: 1.0; 0: plain NMF)")

@@ -80,7 +80,7 @@ def baseline_systems(config: SpectrogramConfig) -> list[System]:
     ]
 
 
-def snmf_system(model: "SparseNMF", name: str = "snmf") -> System:
+def snmf_system(model: SparseNMF, name: str = "snmf") -> System:
     """The sparse-NMF baseline (`predictor.snmf.SparseNMF`, fitted or loaded) as a System named `name`.
 
     Each item's noisy signal is enhanced on its own with the model's dictionaries; the description

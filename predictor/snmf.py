@@ -8,9 +8,9 @@ the dictionary W with every column divided by its Euclidean norm *inside the cos
 
 D_beta is the beta-divergence (beta=1: Kullback-Leibler, the default; beta=2: squared Euclidean
 distance / 2; beta=0: Itakura-Saito). Normalising inside the cost is what keeps the L1 penalty
-honest: with a separate renormalisation step ("half-baked") the dictionary can grow to make H
-small and the penalty meaningless. The multiplicative updates are the paper's, with
-Lambda = W-bar H:
+honest: without it W grows and H shrinks until the penalty means nothing, and rescaling W after a
+plain update ("half-baked") does not minimise the stated cost. The multiplicative updates are the
+paper's, with Lambda = W-bar H:
 
     H <- H * [W-bar^T (V * Lambda^(beta-2))] / [W-bar^T Lambda^(beta-1) + sparsity]   (^gamma(beta))
     W <- W * [N + W-bar * (1 1^T (W-bar * P))] / [P + W-bar * (1 1^T (W-bar * N))]
@@ -23,7 +23,8 @@ As an enhancement system (`SparseNMF`): a speech dictionary is learnt from clean
 and a noise dictionary from noise magnitudes (each by its own SNMF); at enhancement time both are
 held fixed, concatenated, and only H is solved for under the same cost. The speech estimate is the
 noisy magnitude times a Wiener-like mask (W_s H_s)^p / ((W_s H_s)^p + (W_n H_n)^p), p = 2 by
-default, with the noisy phase.
+default (a power ratio; p = 1, a magnitude ratio, is an option), with the noisy phase. H is solved
+in float32 at enhancement time (three times faster; the dictionaries are learnt in float64).
 
 Spectrograms come from the toolkit's shared STFT (`tfrecord_schema.spectrogram`) with the model's
 `SpectrogramConfig`, like every other baseline. Every V is divided by its mean before solving, so
@@ -38,7 +39,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.special
@@ -50,13 +51,13 @@ from tfrecord_schema.spectrogram import istft, stft
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseNMF", "beta_divergence", "learn_dictionary", "normalise_columns", "snmf_cost",
-           "solve_activations", "magnitudes_from_folder", "magnitudes_from_dataset", "same_stft"]
+__all__ = ["SparseNMF", "beta_divergence", "learn_dictionary", "magnitudes_from_dataset", "magnitudes_from_folder",
+           "normalise_columns", "same_stft", "snmf_cost", "solve_activations"]
 
 FILE_FORMAT = "speech-enhance-snmf"
 FILE_VERSION = 1
 EPS = 1e-12  # floor of Lambda and of column norms, in units of the (mean-normalised) data
-DEFAULT_ATOMS = 64
+DEFAULT_ATOMS = 128
 DEFAULT_SPARSITY = 1.0
 DEFAULT_MAX_FRAMES = 20000
 # Frames quieter than this relative to the loudest frame of their file (speech pauses, digital
@@ -190,17 +191,19 @@ def learn_dictionary(v: np.ndarray, atoms: int, *, sparsity: float = DEFAULT_SPA
 
 
 def solve_activations(v: np.ndarray, w: np.ndarray, *, sparsity: float = DEFAULT_SPARSITY, beta: float = 1.0,
-                      iterations: int = 100) -> np.ndarray:
+                      iterations: int = 100, dtype: Any = np.float64) -> np.ndarray:
     """H [atoms, frames] >= 0 minimising D_beta(V | W-bar H) + sparsity * sum(H) for a fixed `w`.
 
-    `v` [bins, frames], `w` [bins, atoms] (normalised here). Starts from a constant H at the data's
-    scale (deterministic: no randomness at enhancement time) and runs `iterations` multiplicative
-    updates. Each frame's H depends only on that frame, so blocks of frames give the same result.
+    `v` [bins, frames], `w` [bins, atoms] (normalised here). Starts from an H constant over atoms
+    at each frame's level (deterministic: no randomness at enhancement time) and runs `iterations`
+    multiplicative updates. Each frame's H depends only on that frame, so blocks of frames give the same result.
+    Computed in `dtype` (`SparseNMF.enhance` uses float32, some 3x faster than float64).
     """
-    v = np.asarray(v, np.float64)
-    wbar = normalise_columns(np.asarray(w, np.float64))
-    # constant H with mean(W-bar H) = mean(V)
-    h = np.full((wbar.shape[1], v.shape[1]), max(float(v.mean()), EPS) * wbar.shape[0] / max(float(wbar.sum()), EPS))
+    v = np.asarray(v, dtype)
+    wbar = normalise_columns(np.asarray(w, dtype))
+    # Per frame, a constant H with mean(W-bar H) = mean(V): the init, like the updates, sees only its frame.
+    frame_means = np.maximum(v.mean(axis=0), EPS)
+    h = np.repeat((frame_means * (wbar.shape[0] / max(float(wbar.sum()), EPS)))[None, :], wbar.shape[1], axis=0)
     column_sums = wbar.sum(axis=0)
     for _ in range(iterations):
         lam = np.maximum(wbar @ h, EPS)
@@ -418,7 +421,7 @@ class SparseNMF:
                              f"min {np.nanmin(frames):.3g}")
         return frames
 
-    def fit(self, speech_magnitudes: np.ndarray, noise_magnitudes: np.ndarray) -> "SparseNMF":
+    def fit(self, speech_magnitudes: np.ndarray, noise_magnitudes: np.ndarray) -> SparseNMF:
         """Learns the speech and the noise dictionary from magnitude frames [n, bins] of this config's STFT.
 
         Each source's frames are divided by their mean, then factorised by `learn_dictionary`
@@ -453,13 +456,14 @@ class SparseNMF:
                              "load() first.")
         magnitude = np.asarray(magnitude, np.float32)
         scale = max(float(magnitude.mean(dtype=np.float64)), EPS) if magnitude.size else 1.0
-        w = np.concatenate([self.speech_dictionary, self.noise_dictionary], axis=1).astype(np.float64)
+        w = normalise_columns(np.concatenate([self.speech_dictionary, self.noise_dictionary], axis=1))
         speech_model = np.empty(magnitude.shape, np.float32)
         noise_model = np.empty(magnitude.shape, np.float32)
         k = self.atoms
         for start in range(0, magnitude.shape[0], self.block_frames):
-            v = magnitude[start: start + self.block_frames].T.astype(np.float64) / scale
-            h = solve_activations(v, w, sparsity=self.sparsity, beta=self.beta, iterations=self.enhance_iterations)
+            v = magnitude[start: start + self.block_frames].T * np.float32(1.0 / scale)
+            h = solve_activations(v, w, sparsity=self.sparsity, beta=self.beta, iterations=self.enhance_iterations,
+                                  dtype=np.float32)
             speech_model[start: start + v.shape[1]] = (scale * (w[:, :k] @ h[:k])).T
             noise_model[start: start + v.shape[1]] = (scale * (w[:, k:] @ h[k:])).T
         return speech_model, noise_model
@@ -497,7 +501,7 @@ class SparseNMF:
         return path
 
     @classmethod
-    def load(cls, path: str) -> "SparseNMF":
+    def load(cls, path: str) -> SparseNMF:
         """The model `save` wrote to `path` (local or gs://)."""
         if not isinstance(path, str) or not path or not paths.isfile(path):
             raise FileNotFoundError(f"path must be an .npz file written by SparseNMF.save(). Received: path={path!r}")
@@ -524,7 +528,7 @@ class SparseNMF:
     # -- training data --
     @classmethod
     def from_folders(cls, speech_dir: str, noise_dir: str, config: SpectrogramConfig, *,
-                     max_frames: int = DEFAULT_MAX_FRAMES, **kwargs: Any) -> "SparseNMF":
+                     max_frames: int = DEFAULT_MAX_FRAMES, **kwargs: Any) -> SparseNMF:
         """A model fitted on the audio below `speech_dir` and `noise_dir` (local or gs://).
 
         At most `max_frames` magnitude frames per source (`magnitudes_from_folder`, seeded with the
@@ -541,7 +545,7 @@ class SparseNMF:
 
     @classmethod
     def from_dataset(cls, dataset_dir: str, split: str = "train", *, max_frames: int = DEFAULT_MAX_FRAMES,
-                     config: SpectrogramConfig | None = None, **kwargs: Any) -> "SparseNMF":
+                     config: SpectrogramConfig | None = None, **kwargs: Any) -> SparseNMF:
         """A model fitted on the clean and noise magnitudes of a dataset's `split` (`magnitudes_from_dataset`).
 
         The dataset's own SpectrogramConfig is used; a `config` given must have the same STFT

@@ -112,7 +112,7 @@ def test_enhancement_separates_harmonic_speech_from_white_noise(model):
     # Frames are solved in blocks; the block size changes nothing.
     blocked = SparseNMF(CONFIG, atoms=16, sparsity=1.0, enhance_iterations=60, block_frames=7)
     blocked.speech_dictionary, blocked.noise_dictionary = model.speech_dictionary, model.noise_dictionary
-    np.testing.assert_allclose(blocked.enhance(noisy), out, atol=1e-6)
+    np.testing.assert_allclose(blocked.enhance(noisy), out, atol=1e-6)  # float32 rounding
     # The level does not change the mask (the spectrogram is normalised to mean 1 first).
     np.testing.assert_allclose(model.enhance(0.01 * noisy), 0.01 * out, atol=1e-7)
     assert not np.any(model.enhance(np.zeros(RATE, np.float32)))
