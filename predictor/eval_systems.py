@@ -52,7 +52,8 @@ def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, o
         label = f" ({head} head)" if head else ""
         systems.append(System(name if head == heads[0] else f"{name}-{head}", run,
                               f"{model_dir}{label}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add"))
-    enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap) if len(heads) > 1 else enhancer
+    if reference_recipe and len(heads) > 1:  # the reference recipe runs the default head
+        enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap)
     if reference_recipe:
         recipe = baselines.ReferenceRecipe(enhancer.predict, enhancer.config, enhancer.target,
                                            batch_size=enhancer.batch_size)

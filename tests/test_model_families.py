@@ -194,7 +194,8 @@ def test_kmeans_finds_the_clusters_and_names_the_speech_one_from_the_mask_head()
     flip = rng.random((frames, bins)) < 0.2
     mask[flip] = 1.0 - mask[flip]
     layer = blstm.KMeansMask(iterations=5)
-    got = keras.ops.convert_to_numpy(layer([embeddings[None].astype(np.float32), mask[None, ..., None].astype(np.float32)]))
+    got = keras.ops.convert_to_numpy(layer([embeddings[None].astype(np.float32),
+                                            mask[None, ..., None].astype(np.float32)]))
     np.testing.assert_array_equal(got[0, ..., 0], truth.astype(np.float32))
     # the same clusters under a mask head that says the opposite: the names swap, not the clusters
     swapped = keras.ops.convert_to_numpy(layer([embeddings[None].astype(np.float32),

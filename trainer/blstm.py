@@ -147,7 +147,8 @@ def _lstm(units: int, name: str) -> layers.Layer:
 
 def build_core(config: SpectrogramConfig, blstm_layers: int, blstm_units: int, embedding_dim: int,
                name: str = "blstm_core") -> keras.Model:
-    """The shared network: model input [B, frames, bins, 1] -> (embeddings [B, frames, bins, D], mask [B, frames, bins, 1])."""
+    """The shared network: model input [B, frames, bins, 1] -> (embeddings [B, frames, bins, D],
+    mask [B, frames, bins, 1])."""
     for arg, value in (("blstm_layers", blstm_layers), ("blstm_units", blstm_units), ("embedding_dim", embedding_dim)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{arg} must be a positive integer. Received: {arg}={value!r}")

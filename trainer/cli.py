@@ -90,9 +90,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Adds the `train` subcommand to the `speech-enhance` parser."""
     p = subparsers.add_parser(
         "train", help="train a denoiser (U-Net, BLSTM, mel autoencoder) on a dataset directory",
-        description=("Train a model family (--architecture; the U-Net by default) on the spectrogram shards of DATASET (built by `speech-enhance dataset`) "
-                     "and export the model with the lowest validation loss to MODEL_DIR. Rerunning an "
-                     "interrupted command resumes from its last finished epoch. docs/training.md has more."))
+        description=("Train a model family (--architecture; the U-Net by default) on the spectrogram shards of "
+                     "DATASET (built by `speech-enhance dataset`) and export the model with the lowest validation "
+                     "loss to MODEL_DIR. Rerunning an interrupted command resumes from its last finished epoch. "
+                     "docs/training.md has more."))
     groups = {key: p.add_argument_group(title) for key, title in _GROUPS.items()}
     io = groups["data"]
     io.add_argument("--dataset", required=True, help="dataset directory (local or gs://) with dataset_info.json")

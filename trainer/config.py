@@ -105,7 +105,8 @@ class TrainConfig:
                                       "mask-inference loss", group="model", resume=True)
     kmeans_iterations: int = _option(10, "BLSTM: k-means iterations of the clustering head at inference",
                                      group="model")
-    mel_bands: int = _option(64, "mel autoencoder: mel bands (a multiple of 4); 64 suit 128 bins at 8 kHz (at least 2 bins each)",
+    mel_bands: int = _option(64, "mel autoencoder: mel bands (a multiple of 4); 64 suit 128 bins at 8 kHz "
+                             "(at least 2 bins each)",
                              group="model", resume=True)
     # hardware
     precision: str = _option("float32", "float32, or mixed precision: mixed_bfloat16 (TPU, Ampere+ GPUs) or "
