@@ -11,6 +11,15 @@ Writes, under --out:
   classes.tsv      noise classes for `--noise-classes`, paths relative to the noise folder
   heldout_noise/   symbolic links to the held-out noise files, with their classes.tsv, for
                    `speech-enhance evaluate --noise-dir`
+  splits_two_corpora.json
+                   the same for a build from two voice folders, train-clean-100 and
+                   dns-enrollment-8k (`--voice-dir .../train-clean-100 --voice-dir
+                   .../dns-enrollment-8k`): voices named `FOLDER/relative path`, as the dataset job
+                   names them when given several folders; one DNS speaker in ten validates
+  valid_voices/, valid_noise/
+                   links to the validation speakers' files (both corpora) and the validation noise
+                   files (with classes.tsv): the validation *evaluation* set, on which variants are
+                   chosen before the test set is scored
 
     python scripts/shared_data_split.py --data ../shared/data --out runs/shared_split
 """
@@ -34,6 +43,8 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", default="runs/shared_split")
     parser.add_argument("--valid-speakers", type=int, default=12, help="train-clean-100 speakers held for validation")
+    parser.add_argument("--dns-valid-every", type=int, default=10,
+                        help="one dns-enrollment-8k speaker in this many validates (by a stable hash; default 10)")
     args = parser.parse_args()
     noise_root = os.path.join(args.data, "noise")
     os.makedirs(os.path.join(args.out, "heldout_noise"), exist_ok=True)
@@ -83,9 +94,42 @@ def main() -> None:
         lines.append(f"{os.path.basename(link)}\t{classes[rel]}")
     with open(os.path.join(held, "classes.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    # Two corpora: the same split for train-clean-100, and the DNS speakers split by a hash of their name.
+    dns_root = os.path.join(args.data, "speech", "dns-enrollment-8k")
+    dns_split = {}
+    for speaker in sorted(os.listdir(dns_root)) if os.path.isdir(dns_root) else []:
+        folder = os.path.join(dns_root, speaker)
+        split = "valid" if int(hashlib.sha1(speaker.encode()).hexdigest(), 16) % args.dns_valid_every == 0 else "train"
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".flac"):
+                dns_split[f"dns-enrollment-8k/{speaker}/{name}"] = split
+    two = {f"train-clean-100/{v}": s for v, s in voice_split.items()} | dns_split
+    with open(os.path.join(args.out, "splits_two_corpora.json"), "w") as f:
+        json.dump({"voices": two, "noises": {k: v for k, v in noise_split.items() if v != "test"}}, f, indent=1)
+    _link_folder(os.path.join(args.out, "valid_voices"),
+                 {rel: os.path.join(args.data, "speech", "librispeech", rel.split("/", 1)[0], rel.split("/", 1)[1])
+                  if rel.startswith("train-clean-100/") else os.path.join(args.data, "speech", rel)
+                  for rel, s in two.items() if s == "valid"})
+    valid_noise = {rel: os.path.join(noise_root, rel) for rel, s in noise_split.items() if s == "valid"}
+    _link_folder(os.path.join(args.out, "valid_noise"), valid_noise)
+    with open(os.path.join(args.out, "valid_noise", "classes.tsv"), "w") as f:
+        f.write("file\tclass\n" + "".join(f"{rel.replace('/', '__')}\t{classes[rel]}\n" for rel in sorted(valid_noise)))
+    print(f"two corpora: {sum(s == 'train' for s in dns_split.values())} train / "
+          f"{sum(s == 'valid' for s in dns_split.values())} valid dns-enrollment-8k files; validation evaluation "
+          f"folders: {sum(s == 'valid' for s in two.values())} voice files, {len(valid_noise)} noise files")
     counts = {s: sum(v == s for v in noise_split.values()) for s in ("train", "valid", "test")}
     print(f"voices: {sum(v == 'train' for v in voice_split.values())} train / {len(valid)} valid speakers' files; "
           f"noises: {counts}; written to {args.out}")
+
+
+def _link_folder(folder: str, files: dict[str, str]) -> None:
+    """Symbolic links `folder/REL` (slashes of REL kept as sub-folders) to each file, replacing old links."""
+    for rel, target in sorted(files.items()):
+        link = os.path.join(folder, rel.replace("/", "__"))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.abspath(target), link)
 
 
 if __name__ == "__main__":
