@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from predictor import audio_io
+from predictor.high_band import Crossover, HighBandGain, HighBandMixer, check_high_band
 from predictor.overlap_add import Analysis, Frames, Joined, Synthesis
 from predictor.workers import Readahead, Workers, done_in_order, run_after
 from tfrecord_schema import paths
@@ -98,6 +99,7 @@ class FileJob:
     seconds: float = 0.0  # the input's duration as its header gives it
     num_samples: int = 0  # samples per channel read, final once the file has been read to its end
     sink: FileSink | None = None
+    high_band: HighBandMixer | None = None  # the band above the model's, kept (`predictor.high_band`)
     last_write: concurrent.futures.Future | None = None
 
 
@@ -115,6 +117,9 @@ class FileSink:
         subtype = audio_io.output_subtype(audio_io.extension(job.target), job.subtype, audio_io.extension(job.source))
         self.writer = audio_io.AtomicAudioWriter(job.target, self.rate, job.channels, subtype)
         self.error: str | None = None
+        # The input's band above the model's Nyquist frequency, when it is kept (see `_read_frames`).
+        self.high_band = None if keep_model_rate else job.high_band
+        self.low_samples = 0  # samples of the model's band written or waiting for their high band
 
     @property
     def seconds_written(self) -> float:
@@ -128,7 +133,10 @@ class FileSink:
         if block.last:
             # Resampling there and back can be a sample off: give the output the input's duration.
             expected = int(round(self.job.num_samples * self.rate / self.job.sample_rate))
-            out = audio_io.fit_length(out, max(0, expected - self.writer.samples_written))
+            out = audio_io.fit_length(out, max(0, expected - self.low_samples))
+        self.low_samples += int(out.shape[0])
+        if self.high_band is not None:
+            out = self.high_band.push(block, out, length=expected if block.last else None)
         try:
             self.writer.write(out)
             if block.last:
@@ -142,23 +150,36 @@ class FileSink:
         self.writer.abort()
 
 
-def _read_frames(job: FileJob, enhancer: Enhancer, downmix: bool,
-                 block_seconds: float) -> Iterator[tuple[FileJob, Frames | audio_io.AudioError]]:
+def _read_frames(job: FileJob, enhancer: Enhancer, downmix: bool, block_seconds: float,
+                 high_band: HighBandGain | None = None) -> Iterator[tuple[FileJob, Frames | audio_io.AudioError]]:
     """One file's frames at the model's rate, read and resampled a block at a time.
 
-    A file that cannot be used ends its items with an AudioError naming it and the reason.
+    With `high_band` (the gain's design) and a file above the model's rate, the band the model
+    does not see is split off as it is read (`Crossover`) and handed to `job.high_band`, which the
+    file's sink adds back. A file that cannot be used ends its items with an AudioError naming it
+    and the reason.
     """
     try:
         with audio_io.AudioReader(job.source) as reader:
             job.sample_rate, job.subtype = reader.sample_rate, reader.subtype
             job.channels = 1 if downmix else reader.num_channels
             job.seconds = reader.num_samples / reader.sample_rate
+            if high_band is not None and reader.sample_rate > enhancer.sample_rate:
+                crossover = Crossover(reader.sample_rate, enhancer.sample_rate, job.channels)
+                job.high_band = HighBandMixer(enhancer, reader.sample_rate, job.channels, high_band)
+            else:
+                crossover, job.high_band = None, None
             resampler = audio_io.StreamResampler(reader.sample_rate, enhancer.sample_rate, job.channels)
             analysis = Analysis(enhancer, job.channels)
             for samples, last in reader.blocks(max(1, int(round(block_seconds * reader.sample_rate)))):
                 if downmix and samples.shape[1] > 1:
                     samples = samples.mean(axis=1, keepdims=True)
-                frames = analysis.feed(resampler.process(samples, last=last))
+                if crossover is not None:
+                    low, high = crossover.process(samples, last=last)
+                    job.high_band.add_high(high)  # before the frames it goes with reach the sink
+                else:
+                    low = resampler.process(samples, last=last)
+                frames = analysis.feed(low)
                 if frames is not None:
                     yield job, frames
             job.num_samples = reader.samples_read
@@ -184,6 +205,7 @@ def output_path(output_dir: str, rel: str, output_format: str | None) -> str:
 
 def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
                   output_format: str | None = None, keep_model_rate: bool = False, downmix: bool = False,
+                  high_band: str = "keep", high_band_gain: HighBandGain = HighBandGain(),
                   progress_interval: float = 5.0, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> PredictSummary:
     """Denoises every wav/flac/ogg file of `source` (folder, file or glob) into `output_dir`.
 
@@ -195,7 +217,14 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     `keep_model_rate`), length, channel count (mono with `downmix`), format (or `output_format`:
     "wav", "flac", "ogg") and, for the same format, sample encoding. Files are streamed: read,
     resampled, enhanced and written `block_seconds` (of input) at a time, so memory does not grow
-    with their length, and the output is the same as for the whole file at once. Each output is
+    with their length, and the output is the same as for the whole file at once.
+
+    A file above the model's rate keeps the band the model does not see with `high_band="keep"`
+    (the default): split off by a complementary crossover, multiplied by a gain that follows the
+    model's mask in the top of its band (`high_band_gain`, see `predictor.high_band`) and added
+    back, so a model that changes nothing gives back the input. `high_band="drop"` writes only the
+    model's band (band-limited to its Nyquist frequency, the behaviour before). Files at or below
+    the model's rate, and outputs at the model's rate (`keep_model_rate`), are not affected. Each output is
     written under a temporary name and renamed when complete; temporaries that a killed run left
     in a local `output_dir` are removed (a bucket cannot tell whether their writer still runs).
     Outputs that exist are skipped unless `overwrite`, so an interrupted run resumes. A file that
@@ -205,6 +234,8 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     """
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
+    check_high_band(high_band)
+    gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     base, rels = audio_io.find_audio_files(source, exclude=output_dir)
     jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
     _check_no_input_overwritten(base, output_dir, jobs)
@@ -242,14 +273,14 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         else:
             summary.written += 1
             summary.audio_seconds += job.num_samples / job.sample_rate
-        job.sink = None
+        job.sink = job.high_band = None
         summary.processing_seconds = time.perf_counter() - start
         progress.update(summary)
 
     with Workers(enhancer.workers) as pool:
         writing: collections.deque[concurrent.futures.Future] = collections.deque()  # every write task
         finished: collections.deque[tuple[FileJob, concurrent.futures.Future]] = collections.deque()
-        files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds) for job in todo)
+        files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds, gain) for job in todo)
         for track, block in enhancer.enhance_frames(files):
             job = track.key
             if isinstance(block, audio_io.AudioError):
@@ -257,6 +288,7 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                 if job.sink is not None:  # it failed part way through: drop what was written of it
                     writing.append(pool.submit(run_after, job.last_write, job.sink.abort))
                     job.sink = None
+                job.high_band = None
                 continue
             if job.sink is None:
                 job.sink = FileSink(job, enhancer, keep_model_rate)
