@@ -4,7 +4,8 @@
 weighted overlap-add, streamed a block at a time (`predictor.overlap_add` holds the algorithm and
 says how it works); `Enhancer.enhance` and `enhance_many` take signals already in memory.
 `enhance_files` (`predictor.folders`) denoises a folder of files into another; it is importable
-from here, as are `output_path`, `PredictSummary` and `FAILURES_FILE`.
+from here, as are `output_path`, `PredictSummary`, `FAILURES_FILE` and `HighBandGain` (how the band
+above the model's rate is kept, `predictor.high_band`).
 
 The model is a Keras 3 model; Keras places it on a GPU when there is one. The numpy and file work
 around it runs in a few threads (`workers`, `predictor.workers`), so it overlaps the model calls.
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from predictor.folders import DEFAULT_BLOCK_SECONDS, FAILURES_FILE, PredictSummary, enhance_files, output_path
+from predictor.high_band import HighBandGain
 from predictor.overlap_add import Analysis, Frames, Joined, Layout, Synthesis, Track, crossfade_weights, plan_layout
 from predictor.workers import Workers, done_in_order
 from tfrecord_schema.config import SpectrogramConfig
@@ -30,7 +32,7 @@ from trainer.targets import check_target
 logger = logging.getLogger(__name__)
 
 __all__ = ["ACCELERATOR_BATCH_SIZE", "CPU_BATCH_SIZE", "DEFAULT_BLOCK_SECONDS", "DEFAULT_OVERLAP", "DEFAULT_WORKERS",
-           "FAILURES_FILE", "MAX_DEFAULT_WORKERS", "PRETRAINED_DIR", "Enhancer", "PredictSummary",
+           "FAILURES_FILE", "HighBandGain", "MAX_DEFAULT_WORKERS", "PRETRAINED_DIR", "Enhancer", "PredictSummary",
            "crossfade_weights", "default_batch_size", "enhance_files", "has_accelerator", "output_path",
            "predict_function", "resolve_model_dir"]
 
