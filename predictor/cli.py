@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 # opens the message (prose such as "the systems of ..." stays as it is).
 _PREDICT_FLAGS = {"model_dir": "--model", "source": "--input", "output_dir": "--output", "output_format": "--format",
                   "batch_size": "--batch-size", "overlap": "--overlap", "workers": "--workers",
-                  "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate", "head": "--head"}
+                  "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate", "head": "--head",
+                  "high_band": "--high-band"}
 _EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_dir": "--clean-dir",
                    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "snrs": "--snrs",
                    "num_mixtures": "--num-mixtures", "duration": "--duration", "seed": "--seed",
@@ -24,7 +25,7 @@ _EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_di
                    "overlap": "--overlap", "num_examples": "--examples", "output_dir": "--output",
                    "snmf_speech_dir": "--snmf-speech-dir", "snmf_noise_dir": "--snmf-noise-dir",
                    "snmf_dataset": "--snmf-dataset", "snmf_file": "--snmf-model", "snmf_atoms": "--snmf-atoms",
-                   "snmf_sparsity": "--snmf-sparsity"}
+                   "snmf_sparsity": "--snmf-sparsity", "peers": "--peers"}
 
 
 def _with_flags(err: Exception, flags: dict[str, str]) -> Exception:
@@ -85,7 +86,13 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("wav", "flac", "ogg"), default=None,
                    help="output format; default: the input file's own format")
     p.add_argument("--keep-model-rate", action=argparse.BooleanOptionalAction, default=False,
-                   help="write at the model's sample rate instead of resampling back to the input's rate")
+                   help="write at the model's sample rate instead of resampling back to the input's rate "
+                        "(band-limited to the model's band, whatever --high-band says)")
+    p.add_argument("--high-band", choices=("keep", "drop"), default="keep",
+                   help="for inputs above the model's rate, the band the model does not see (above 4 kHz for an "
+                        "8 kHz model): 'keep' adds it back, attenuated as the model attenuates the top of its own "
+                        "band (frame by frame, never below -20 dB); 'drop' leaves it out, so the output is "
+                        "band-limited like the model's (default: keep)")
     p.add_argument("--downmix", action=argparse.BooleanOptionalAction, default=False,
                    help="average the channels and write mono, instead of denoising each channel")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
@@ -111,7 +118,8 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
                                            overlap=args.overlap, workers=workers)
         summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
                                 output_format=args.format, keep_model_rate=args.keep_model_rate,
-                                downmix=args.downmix, progress_interval=args.progress_interval)
+                                downmix=args.downmix, high_band=args.high_band,
+                                progress_interval=args.progress_interval)
     except (ValueError, FileNotFoundError) as err:
         raise _with_flags(err, _PREDICT_FLAGS) from err
     rtf = f"{summary.real_time_factor:.4f}" if summary.audio_seconds else "n/a"
@@ -203,6 +211,10 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     snmf.add_argument("--snmf-sparsity", type=float, default=None, metavar="X",
                       help="L1 weight on the activations, for learning and enhancing, on spectrograms normalised "
                            "to mean 1 (default: 1.0; 0: plain NMF)")
+    p.add_argument("--peers", nargs="+", default=[], metavar="NAME",
+                   help="also score learned denoisers a user could pick instead: deepfilternet3 (DeepFilterNet3), "
+                        "rnnoise (RNNoise), or all. Each runs at 48 kHz on the items resampled up, with a fresh state "
+                        "per item and its delay compensated. Needs: pip install 'speech-enhance[peers]'")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder (or gs:// prefix) for the report; each file is written whole under a temporary "
                         "name and renamed into place")
@@ -212,6 +224,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from predictor.enhance import PRETRAINED_DIR
     from predictor.evaluate import run_evaluation
+    from predictor.peers import PeerNotInstalledError
     from tfrecord_schema import paths
 
     models = dict(args.model or [])
@@ -231,9 +244,11 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
             batch_size=args.batch_size, overlap=args.overlap, num_examples=args.examples,
             save_audio=args.save_audio, snmf_speech_dir=args.snmf_speech_dir, snmf_noise_dir=args.snmf_noise_dir,
             snmf_dataset=args.snmf_dataset, snmf_file=args.snmf_model, snmf_atoms=args.snmf_atoms,
-            snmf_sparsity=args.snmf_sparsity)
+            snmf_sparsity=args.snmf_sparsity, peers=args.peers)
     except (ValueError, FileNotFoundError) as err:
         raise _with_flags(err, _EVALUATE_FLAGS) from err
+    except PeerNotInstalledError as err:  # a --peers package missing: the message names the extra to install
+        raise ValueError(str(err)) from err
     text = paths.read_text(results["paths"]["markdown"])
     start = text.find("## Overall")
     print(text[start: text.find("\n## ", start + 1)].strip())

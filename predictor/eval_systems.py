@@ -91,3 +91,19 @@ def snmf_system(model: SparseNMF, name: str = "snmf") -> System:
         raise ValueError("model must hold dictionaries (fit(), from_folders(), from_dataset() or load() it first). "
                          f"Received: model={model!r} without dictionaries")
     return System(name, _per_item(model.enhance), model.describe())
+
+
+def peer_systems(names: Sequence[str], sample_rate: int) -> list[System]:
+    """Learned peers (`predictor.peers`: "deepfilternet3", "rnnoise", or "all") as Systems at `sample_rate` Hz.
+
+    Each runs at 48 kHz on every item's noisy signal, resampled up and back, with a fresh state per
+    item and its delay compensated; the description names the package version and model. Needs the
+    optional extra: pip install 'speech-enhance[peers]'.
+    """
+    from predictor import peers
+
+    systems = []
+    for name in peers.peer_names(list(names)):
+        peer = peers.load_peer(name)
+        systems.append(System(name, _per_item(lambda x, peer=peer: peer.enhance(x, sample_rate)), peer.description))
+    return systems

@@ -5,7 +5,7 @@ importable from here too:
 
     eval_items    items from paired folders (`paired_items`) or seeded mixtures (`make_mixtures`),
                   and the screening of items that cannot be scored (`degenerate_reason`)
-    eval_systems  the systems compared (`System`, `model_systems`, `baseline_systems`)
+    eval_systems  the systems compared (`System`, `model_systems`, `baseline_systems`, `peer_systems`)
     eval_scoring  `evaluate` (every system on every item, scored with `predictor.metrics`) and
                   `aggregate` (means per system, SNR bin and noise class)
     eval_report   `write_report`: results.json, results.md and PNG plots
@@ -33,7 +33,7 @@ from predictor.eval_items import (DEFAULT_SNRS, MAX_INPUT_SNR_DB, MIN_CLEAN_DBFS
                                   screen_items)
 from predictor.eval_report import markdown_report, pick_examples, write_report
 from predictor.eval_scoring import METRICS, aggregate, evaluate
-from predictor.eval_systems import System, baseline_systems, model_systems, snmf_system
+from predictor.eval_systems import System, baseline_systems, model_systems, peer_systems, snmf_system
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_SNRS", "MAX_INPUT_SNR_DB", "METRICS", "MIN_CLEAN_DBFS", "PEAK_LIMIT", "Item", "System",
            "aggregate", "baseline_systems", "degenerate_reason", "describe_source", "evaluate", "input_snr",
            "load_mono", "make_mixtures", "markdown_report", "model_systems", "noise_classes", "paired_items",
-           "pick_examples", "run_evaluation", "screen_items", "write_report"]
+           "peer_systems", "pick_examples", "run_evaluation", "screen_items", "write_report"]
 
 
 def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, noisy_dir: str | None = None,
@@ -53,7 +53,7 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
                    batch_size: int | None = None, overlap: float = 0.5, num_examples: int = 3,
                    save_audio: bool = False, snmf_speech_dir: str | None = None, snmf_noise_dir: str | None = None,
                    snmf_dataset: str | None = None, snmf_file: str | None = None, snmf_atoms: int | None = None,
-                   snmf_sparsity: float | None = None) -> dict[str, Any]:
+                   snmf_sparsity: float | None = None, peers: Sequence[str] = ()) -> dict[str, Any]:
     """Builds the items and systems, scores them and writes the report; returns the results.
 
     Items come from `noisy_dir` + `clean_dir` or from `voice_dir` + `noise_dir` (see `paired_items`,
@@ -72,7 +72,16 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     `snmf_sparsity` override the defaults when learning. Nothing is chosen automatically, and a
     training folder may not be, contain or lie inside an evaluation folder. The dictionaries used
     are written to output_dir/snmf.npz, so the run can be repeated with `snmf_file`.
+
+    `peers` adds learned denoisers from `predictor.peers` ("deepfilternet3", "rnnoise", or "all";
+    none by default), scored after the models: each runs at 48 kHz on the items resampled up, its
+    output resampled back to the evaluation rate and aligned with the input. They need the optional
+    extra: pip install 'speech-enhance[peers]'.
     """
+    if peers:
+        from predictor.peers import peer_names
+
+        peers = peer_names(peers)  # an unknown name fails here, before any model or peer loads
     snmf_request = _check_snmf_arguments(snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
                                          snmf_sparsity, [noisy_dir, clean_dir, voice_dir, noise_dir])
     paired = noisy_dir is not None or clean_dir is not None
@@ -97,6 +106,8 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
         raise ValueError(f"sample_rate must be left out (None) or equal the models' rate, {config.sample_rate} Hz. "
                          f"Received: sample_rate={sample_rate}. Leave it out to evaluate at the models' rate.")
     base = baseline_systems(config)
+    if peers:  # the peers that `systems` leaves out are not loaded
+        all_systems += peer_systems([p for p in peers if not systems or p in systems], config.sample_rate)
     snmf_model = None
     if snmf_request and systems and "snmf" not in systems:
         logger.info("snmf arguments given but 'snmf' is not among systems=%s: not fitted", list(systems))
