@@ -20,6 +20,15 @@ build leaves an existing dataset as it was. OUTPUT must be new, empty, or a data
 _FLAG_NAMES = (("overwrite=True", "--overwrite"), ("assume_yes=True", "--yes"), ("voice_dir=", "--voice-dir "),
                ("noise_dir=", "--noise-dir "), ("num_examples=", "--num-examples "), ("output=", "--output "),
                ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "))
+# AugmentOptions' arguments and their flags (named bare too: "reverb_probability must be ...").
+_AUGMENT_FLAGS = (("reverb_probability", "--reverb-probability"), ("rt60_range", "--rt60"),
+                  ("early_reflections_ms", "--early-reflections-ms"), ("room_count", "--rooms"),
+                  ("babble_probability", "--babble-probability"), ("babble_talkers", "--babble-talkers"),
+                  ("babble_level_db", "--babble-level-db"), ("speed_probability", "--speed-probability"),
+                  ("speed_range", "--speed-range"), ("noise_tilt_db", "--noise-tilt-db"),
+                  ("noise_lowpass_probability", "--noise-lowpass-probability"),
+                  ("noise_lowpass_hz", "--noise-lowpass-hz"))
+_FLAG_NAMES += tuple((f"{name}=", f"{flag} ") for name, flag in _AUGMENT_FLAGS) + _AUGMENT_FLAGS
 
 
 def _as_flags(message: str) -> str:
@@ -119,6 +128,44 @@ def register(subparsers) -> None:
                         help="draw an active-speech SNR in dB instead of a level, e.g. -5:15")
     mix.add_argument("--loudness-dbfs", type=_range, default=(-35.0, -15.0), metavar="LOW:HIGH",
                      help="mixture RMS range in dBFS (default: -35:-15); never clips")
+    augment = p.add_argument_group(
+        "augmentation",
+        "All off by default. --augment turns on the recommended set (docs/dataset.md, Augmentation); each flag "
+        "below overrides its part of it. Every draw is deterministic from --seed and the example.")
+    augment.add_argument("--augment", action="store_true",
+                         help="the recommended set: reverb 0.3 (RT60 0.1:0.9), babble 0.15 (1:6 talkers), speed 0.3 "
+                              "(0.9:1.1), noise tilt +-6 dB/octave, noise low-pass 0.2 (1000:3500 Hz)")
+    augment.add_argument("--reverb-probability", type=float, metavar="P",
+                         help="share of examples whose voice and noise are convolved with a simulated room's "
+                              "impulse responses (pyroomacoustics image-source method); the clean target keeps the "
+                              "direct path and early reflections (default: 0, or 0.3 with --augment)")
+    augment.add_argument("--rt60", type=_range, metavar="LOW:HIGH", dest="rt60_range",
+                         help="RT60 range of the simulated rooms in seconds (default: 0.1:0.9)")
+    augment.add_argument("--early-reflections-ms", type=float, metavar="MS",
+                         help="reflections after the direct path kept in the clean target, in ms (default: 50)")
+    augment.add_argument("--rooms", type=int, metavar="N", dest="room_count",
+                         help="rooms simulated once per worker and drawn from per example (default: 100; about "
+                              "0.035 s each)")
+    augment.add_argument("--babble-probability", type=float, metavar="P",
+                         help="share of examples whose noise is babble: excerpts of other speakers of the same "
+                              "split, noise class 'babble' (default: 0, or 0.15 with --augment)")
+    augment.add_argument("--babble-talkers", type=_range, metavar="LOW:HIGH",
+                         help="number of babble talkers, whole numbers (default: 1:6)")
+    augment.add_argument("--babble-level-db", type=float, metavar="DB",
+                         help="each babble talker's level is drawn within +- DB of the others (default: 3)")
+    augment.add_argument("--speed-probability", type=float, metavar="P",
+                         help="share of examples whose voice is resampled by a speed factor, changing tempo and "
+                              "pitch (default: 0, or 0.3 with --augment)")
+    augment.add_argument("--speed-range", type=_range, metavar="LOW:HIGH",
+                         help="speed factor range, >1 faster and higher (default: 0.9:1.1)")
+    augment.add_argument("--noise-tilt-db", type=float, metavar="DB",
+                         help="tilt every noise's spectrum by a random slope within +-DB dB/octave around 1 kHz "
+                              "(default: 0 = off, or 6 with --augment)")
+    augment.add_argument("--noise-lowpass-probability", type=float, metavar="P",
+                         help="share of examples whose noise is low-passed at a random cut-off (default: 0, or 0.2 "
+                              "with --augment)")
+    augment.add_argument("--noise-lowpass-hz", type=_range, metavar="LOW:HIGH",
+                         help="low-pass cut-off range in Hz, below half the sample rate (default: 1000:3500)")
     run = p.add_argument_group("execution")
     run.add_argument("--workers", type=int, default=None,
                      help="local worker processes: FnApiRunner's, or those of the local Dask cluster that "
@@ -184,7 +231,7 @@ def _run_dataset(args, extra) -> int:
                             loudness_range_dbfs=args.loudness_dbfs)
     opts = DatasetOptions(
         voice_dir=voice_dir, noise_dir=noise_dir, output=args.output, num_examples=args.num_examples,
-        config=config, mix=mix, split_fractions=parse_fractions(args.split_fractions), splits_file=args.splits_file,
+        config=config, mix=mix, augment=augment_options(args), split_fractions=parse_fractions(args.split_fractions), splits_file=args.splits_file,
         noise_classes_file=args.noise_classes, max_shard_bytes=int(args.shard_size_mb * 2**20),
         chunk_size=args.chunk_size, compression="GZIP" if args.compression == "gzip" else "",
         write_audio=tuple(args.write_audio), overwrite=args.overwrite)
@@ -192,6 +239,18 @@ def _run_dataset(args, extra) -> int:
     arguments.update(voice_dir=voice_dir, noise_dir=noise_dir, beam_args=list(extra))
     run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes)
     return 0
+
+
+def augment_options(args):
+    """AugmentOptions from the parsed flags: the recommended set with --augment, else none, with
+    each flag given replacing its field."""
+    import dataclasses
+
+    from beam_pipelines import augmentation as aug
+
+    base = aug.RECOMMENDED if args.augment else aug.AugmentOptions()
+    given = {name: getattr(args, name) for name, _ in _AUGMENT_FLAGS if getattr(args, name, None) is not None}
+    return dataclasses.replace(base, **given)
 
 
 def run_inspect_command(args, extra) -> int:

@@ -97,7 +97,8 @@ def summarize(info: dict) -> dict[str, Any]:
             "snr_db": s.get("snr_db", {}),
         }
     return {"splits": rows, "rejects": info.get("rejects", {}), "seed": info.get("seed"),
-            "spectrogram": info["spectrogram"], "compression": info.get("compression", "")}
+            "spectrogram": info["spectrogram"], "compression": info.get("compression", ""),
+            "augmentation": (info.get("augmentation") or {}).get("counts", {})}
 
 
 def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_path: str | None = None,
@@ -118,6 +119,9 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
                      f"{snr.get('min', float('nan')):>6.1f}/{snr.get('mean', float('nan')):.1f}/{snr.get('max', float('nan')):.1f}")
     rej = summary["rejects"]
     lines.append(f"rejected inputs: {rej.get('count', 0)} {rej.get('by_reason', {})}")
+    augmented = summary["augmentation"]
+    if augmented:
+        lines.append("augmentation (examples): " + ", ".join(f"{k} {v}" for k, v in augmented.items()))
     hist = info.get("histograms", {})
     for key, title, group in (("snr_db", "realised SNR (dB), all splits", 2), ("noise_level", "noise level", 2)):
         if key in hist:

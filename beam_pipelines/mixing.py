@@ -72,11 +72,14 @@ class Blend:
     snr_db: float
 
 
-def blend(voice: np.ndarray, noise: np.ndarray, level: float, loudness_dbfs: float, voice_level: float) -> Blend:
+def blend(voice: np.ndarray, noise: np.ndarray, level: float, loudness_dbfs: float, voice_level: float,
+          target: np.ndarray | None = None) -> Blend:
     """Mixes `voice` with `noise` at noise-to-voice ratio `level`, then scales to `loudness_dbfs`.
 
     `voice_level` is the voice's active speech level (linear). The mixture never clips: if its peak
-    would exceed PEAK_LIMIT after loudness scaling, the gain is reduced to meet it.
+    would exceed PEAK_LIMIT after loudness scaling, the gain is reduced to meet it. `target`, when
+    given (the early-reflection part of a reverberant `voice`), is the clean output instead of
+    `voice`, scaled by the same gain; `snr_db` is then the target's energy over the noise's.
     """
     noise_rms = rms(noise)
     if noise_rms <= 0 or voice_level <= 0:
@@ -86,6 +89,8 @@ def blend(voice: np.ndarray, noise: np.ndarray, level: float, loudness_dbfs: flo
     g = np.float32(peak_limited_gain(mixture, 10.0 ** (loudness_dbfs / 20.0) / max(rms(mixture), 1e-12)))
     clean, noise_out = voice * g, scaled_noise * g
     mixture = clean + noise_out
+    if target is not None:
+        clean = target * g
     snr = 10.0 * np.log10(np.sum(np.square(clean, dtype=np.float64)) / np.sum(np.square(noise_out, dtype=np.float64)))
     return Blend(mixture=mixture, clean=clean, noise=noise_out, gain=float(g), snr_db=float(snr))
 

@@ -37,6 +37,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import audio as audio_lib
+from beam_pipelines import augmentation as aug
 from beam_pipelines import generation as gen
 from beam_pipelines import output_layout as layout
 from beam_pipelines import runners
@@ -74,6 +75,7 @@ class DatasetOptions:
     num_examples: int
     config: SpectrogramConfig = SpectrogramConfig()
     mix: gen.MixOptions = gen.MixOptions()
+    augment: aug.AugmentOptions = aug.AugmentOptions()
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     splits_file: str | None = None
     noise_classes_file: str | None = None
@@ -101,6 +103,7 @@ class DatasetOptions:
             raise ValueError(f"max_shard_bytes must be positive. Received: max_shard_bytes={self.max_shard_bytes}")
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
+        self.augment.check_sample_rate(self.config.sample_rate)
         for split in self.write_audio:
             if split not in SPLITS:
                 raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
@@ -323,7 +326,8 @@ class WriteChunk(beam.DoFn):
             yield (spec.split, spec.shard, spec.num_shards), {**json.loads(paths.read_bytes(done)), "reused": True}
             return
         keep_audio = spec.split in self.opts.write_audio
-        result = gen.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio)
+        result = gen.generate_chunk(spec, table, self.cache, self.opts.mix, self.opts.config, keep_audio=keep_audio,
+                                    augment=self.opts.augment)
         buf = io.BytesIO()
         with RecordWriter(buf, self.opts.compression) as writer:
             for record in result.records:
@@ -334,7 +338,8 @@ class WriteChunk(beam.DoFn):
         self.examples.inc(len(result.records))
         self.silent.inc(result.silent_windows_skipped)
         summary = {"chunk": spec.chunk, "num_chunks": spec.num_chunks, "part": part,
-                   "stats": gen.ChunkStats.of_chunk(result.snr_db, result.levels, result.silent_windows_skipped)}
+                   "stats": gen.ChunkStats.of_chunk(result.snr_db, result.levels, result.silent_windows_skipped,
+                                                    result.augmentation)}
         paths.write_atomic(done, json.dumps(summary).encode())
         yield (spec.split, spec.shard, spec.num_shards), {**summary, "reused": False}
 
@@ -458,6 +463,8 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
         splits=splits_info,
         histograms={"snr_db": {"edges": gen.SNR_EDGES, "counts": snr_hist},
                     "noise_level": {"edges": gen.LEVEL_EDGES, "counts": level_hist}},
+        augmentation=aug.summary(opts.augment, aug.merge_stats(
+            [s["stats"]["augment"] for s in sorted(shards, key=lambda s: (s["split"], s["shard"]))])),
         silent_voice_windows_skipped=int(sum(s["stats"]["silent_skipped"] for s in shards)),
         sources={
             "voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir, "noise_classes": plan.classes_source,

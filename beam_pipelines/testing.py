@@ -22,6 +22,7 @@ import numpy as np
 
 import tfrecord_schema.schema as schema_module
 from beam_pipelines import synthetic
+from beam_pipelines.augmentation import NO_AUGMENTATION
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -70,6 +71,7 @@ def make_example(config: SpectrogramConfig, split: str, index: int, seed: int = 
         "speaker_id": f"speaker-{index % _SPEAKERS}",
         "noise_file": f"synthetic/{kind}.wav", "noise_offset": int(rng.integers(0, 10 * sr)),
         "noise_class": kind, "noise_level": float(noise_level), "snr_db": float(snr_db), "gain": float(gain),
+        **NO_AUGMENTATION,
     }
 
 

@@ -10,7 +10,8 @@ def make_example(config, rng):
     ex = {k: rng.uniform(0, 3, config.shape).astype(np.float32) for k in SPECTROGRAM_KEYS}
     ex.update(example_id="train-00000007", split="train", voice_file="19/198/19-198-0001.flac", voice_offset=12345,
               speaker_id="19", noise_file="n12.wav", noise_offset=-3, noise_class="alarm_siren", noise_level=0.4375,
-              snr_db=7.25, gain=0.03125)
+              snr_db=7.25, gain=0.03125, rt60=0.625, early_reflections_ms=50.0, babble_talkers=3, speed_factor=1.0625,
+              noise_tilt_db_per_octave=-2.5, noise_lowpass_hz=2500.0)
     return ex
 
 
@@ -52,8 +53,19 @@ def test_decode_refuses_other_schema_version(monkeypatch):
     monkeypatch.setattr(schema_lib, "SCHEMA_VERSION", 99)
     blob = encode(ex, config)
     monkeypatch.undo()
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*reads version 1.*Rebuild the dataset"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*reads version 2.*Rebuild the dataset"):
         decode(blob)
+
+
+def test_schema_1_data_is_refused_but_schema_1_models_are_read():
+    # Schema 2 added augmentation metadata; records and datasets of schema 1 lack it and are refused,
+    # while a model trained on schema 1 reads the same spectrogram features and keeps loading.
+    assert SCHEMA_VERSION == 2 and schema_lib.MODEL_SCHEMA_VERSIONS == (1, 2)
+    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads version 2\. Rebuild"):
+        schema_lib.check_schema_version(1, "This record")
+    schema_lib.check_schema_version(1, "model.json", accepted=schema_lib.MODEL_SCHEMA_VERSIONS)
+    with pytest.raises(SchemaVersionError, match=r"schema version 3, but this toolkit reads versions 1, 2\."):
+        schema_lib.check_schema_version(3, "model.json", accepted=schema_lib.MODEL_SCHEMA_VERSIONS)
 
 
 def test_encode_checks_shape_and_keys():
@@ -98,5 +110,5 @@ def test_dataset_info_refuses_bad_files(tmp_path):
     with pytest.raises(ValueError, match="has no 'spectrogram' entry"):
         DatasetInfo.read(tmp_path)
     (tmp_path / "dataset_info.json").write_text('{"schema_version": 7, "spectrogram": {}, "splits": {}}')
-    with pytest.raises(SchemaVersionError, match=r"schema version 7, but this toolkit reads version 1\. Rebuild"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 7, but this toolkit reads version 2\. Rebuild"):
         DatasetInfo.read(tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS, SchemaVersionError, decode
+from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, SchemaVersionError, decode
 from trainer import input_pipeline
 from trainer.targets import model_input, model_target
 from beam_pipelines.testing import SMALL_CONFIG, read_raw_records, write_dataset
@@ -50,7 +50,7 @@ def test_raw_batches_yield_exactly_the_written_examples(dataset):
                 assert value == pytest.approx(want[key], rel=1e-6)
             else:
                 assert value == want[key]
-    np.testing.assert_array_equal(got["schema_version"], 1)
+    np.testing.assert_array_equal(got["schema_version"], SCHEMA_VERSION)
     np.testing.assert_array_equal(got["shape"], [list(SMALL_CONFIG.shape)] * len(ids))
 
 
@@ -119,17 +119,17 @@ def test_pipeline_is_pure_tensorflow_and_runs_under_the_tf_data_service(dataset)
 
 def test_dataset_info_with_another_schema_version_is_refused(tmp_path):
     directory = str(tmp_path / "ds")
-    write_dataset(directory, splits={"train": 2}, info_schema_version=2)
-    with pytest.raises(SchemaVersionError, match=r"schema version 2, but this toolkit reads version 1\. Rebuild"):
+    write_dataset(directory, splits={"train": 2}, info_schema_version=1)
+    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads version 2\. Rebuild"):
         input_pipeline.make_dataset(directory, "train", batch_size=2)
 
 
 def test_records_with_another_schema_version_are_refused(tmp_path):
     directory = str(tmp_path / "ds")
-    write_dataset(directory, splits={"train": 3}, record_schema_version=2)
+    write_dataset(directory, splits={"train": 3}, record_schema_version=1)
     ds = input_pipeline.make_dataset(directory, "train", batch_size=2, shuffle=False)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"another TFRecord schema version; this toolkit reads schema version 1"):
+                       match=r"another TFRecord schema version; this toolkit reads schema version 2"):
         list(ds)
 
 

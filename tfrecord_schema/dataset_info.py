@@ -16,7 +16,8 @@ Layout (keys the readers rely on), in the order they are written:
                                        "num_examples": n, "num_bytes": b}, ...],
                            "snr_db": {"min": ..., "mean": ..., "max": ...}},
                  "valid": {...}, "test": {...}},
-      "histograms": {...}, "silent_voice_windows_skipped": 0, "sources": {...}, "rejects": {...},
+      "histograms": {...}, "augmentation": {"options": {...}, "counts": {...}, "histograms": {...}},
+      "silent_voice_windows_skipped": 0, "sources": {...}, "rejects": {...},
       "build_seconds": 1.2, "chunks_reused": 0
     }
 Only `schema_version`, `spectrogram` and `splits` are required. Shard files are named relative to
@@ -63,6 +64,7 @@ class DatasetInfo:
     seed: int | None = None
     arguments: dict[str, Any] | None = None
     histograms: dict[str, Any] | None = None
+    augmentation: dict[str, Any] | None = None
     silent_voice_windows_skipped: int | None = None
     sources: dict[str, Any] | None = None
     rejects: dict[str, Any] | None = None
@@ -72,7 +74,7 @@ class DatasetInfo:
 
     # The order of the keys in the file (kept as it always was).
     _ORDER = ("name", "schema_version", "spectrogram", "compression", "seed", "arguments", "splits", "histograms",
-              "silent_voice_windows_skipped", "sources", "rejects", "build_seconds", "chunks_reused")
+              "augmentation", "silent_voice_windows_skipped", "sources", "rejects", "build_seconds", "chunks_reused")
 
     def __post_init__(self) -> None:
         if not isinstance(self.spectrogram, SpectrogramConfig):

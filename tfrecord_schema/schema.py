@@ -19,7 +19,11 @@ import numpy as np
 from tfrecord_schema import wire
 from tfrecord_schema.config import SpectrogramConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema versions whose records a trained model's inputs can come from: version 2 added augmentation
+# metadata only, the spectrogram features a model reads are those of version 1. Model directories
+# (trainer.model_dir) accept these; datasets and records must be of SCHEMA_VERSION.
+MODEL_SCHEMA_VERSIONS = (1, 2)
 
 SPECTROGRAM_KEYS = ("noisy_magnitude", "noisy_phase", "clean_magnitude", "clean_phase")
 
@@ -36,6 +40,13 @@ METADATA_FEATURES: dict[str, str] = {
     "noise_level": "float",  # noise RMS / voice active-speech level, before loudness scaling
     "snr_db": "float",  # 10 log10(sum clean^2 / sum noise^2) over the written window
     "gain": "float",  # factor applied to both voice and noise for loudness, never clipping
+    # Augmentation (schema 2; beam_pipelines.augmentation). The defaults mean "none".
+    "rt60": "float",  # s, measured on the room response of the voice; 0 = dry
+    "early_reflections_ms": "float",  # ms of reflections after the direct path kept in the clean target; 0 = dry
+    "babble_talkers": "int",  # other speakers summed as the noise (noise_class "babble"); 0 = recorded noise
+    "speed_factor": "float",  # voice played this much faster (tempo and pitch); 1 = none
+    "noise_tilt_db_per_octave": "float",  # spectral tilt of the noise around 1 kHz; 0 = none
+    "noise_lowpass_hz": "float",  # low-pass cut-off of the noise; 0 = none
 }
 FIXED_FEATURES: dict[str, str] = {"schema_version": "int", "shape": "int"}
 
@@ -44,12 +55,16 @@ class SchemaVersionError(ValueError):
     """Raised when records or a dataset were written with a schema this code does not read."""
 
 
-def check_schema_version(version: Any, where: str) -> None:
-    """Refuse data written under another schema, saying what to do."""
-    if version != SCHEMA_VERSION:
+def check_schema_version(version: Any, where: str, accepted: tuple[int, ...] | None = None) -> None:
+    """Refuse data written under another schema, saying what to do. `accepted`: the versions that
+    may be read, SCHEMA_VERSION alone by default (model directories pass MODEL_SCHEMA_VERSIONS)."""
+    accepted = (SCHEMA_VERSION,) if accepted is None else tuple(accepted)
+    if version not in accepted:
+        reads = f"version {SCHEMA_VERSION}" if accepted == (SCHEMA_VERSION,) else \
+            f"versions {', '.join(str(v) for v in accepted)}"
         raise SchemaVersionError(
             f"{where} was written with TFRecord schema version {version!r}, but this toolkit reads "
-            f"version {SCHEMA_VERSION}. Rebuild the dataset with `speech-enhance dataset`, or install "
+            f"{reads}. Rebuild the dataset with `speech-enhance dataset`, or install "
             "the toolkit version that wrote it.")
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.schema import SCHEMA_VERSION, check_schema_version
+from tfrecord_schema.schema import MODEL_SCHEMA_VERSIONS, SCHEMA_VERSION, check_schema_version
 from trainer.targets import check_target
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ def read_model_info(directory: str) -> dict[str, Any]:
     if info.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: model directory format {info.get('format_version')!r} is not "
                          f"{FORMAT_VERSION}; upgrade the toolkit.")
-    check_schema_version(info.get("schema_version"), path)
+    # Schema 2 added augmentation metadata only: the model's input features are those of schema 1.
+    check_schema_version(info.get("schema_version"), path, accepted=MODEL_SCHEMA_VERSIONS)
     info["config"] = SpectrogramConfig.from_dict(info["spectrogram"])
     check_target(info["target"])
     return info
