@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             from tfrecord_schema import paths
 
             snmf = SparseNMF.load(args.snmf)
-            signals = [load_mono(p, config.sample_rate) for p in paths.list_files(source)]
+            signals = [load_mono(paths.join(source, p), config.sample_rate) for p in paths.list_files(source)]
             audio = sum(len(s) for s in signals) / config.sample_rate
             seconds = timed(lambda: [snmf.enhance(s) for s in signals])
             rows.append({"system": "snmf (signals in memory)",

@@ -34,6 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=None, help="folder of model directories named as the systems")
     parser.add_argument("--speed", default=None, help="benchmarks/family_speed.py JSON")
     parser.add_argument("--systems", nargs="+", default=None, help="systems to show, in order (default: all)")
+    parser.add_argument("--model-dir", nargs="+", default=[], metavar="SYSTEM=DIR",
+                        help="model directories of systems not under --models")
+    parser.add_argument("--speed-name", nargs="+", default=[], metavar="SYSTEM=ROW",
+                        help="the --speed row of a system named otherwise there")
     parser.add_argument("--plot", required=True)
     parser.add_argument("--markdown", required=True)
     args = parser.parse_args(argv)
@@ -46,12 +50,15 @@ def main(argv=None) -> int:
         parser.error(f"--systems {missing} are not in {args.results}: {sorted(aggregates['overall'])}")
     speed = {}
     if args.speed:
-        speed = {row["system"]: row for row in json.load(open(args.speed, encoding="utf-8"))["rows"]}
+        rows = {row["system"]: row for row in json.load(open(args.speed, encoding="utf-8"))["rows"]}
+        renamed = dict(spec.split("=", 1) for spec in args.speed_name)
+        speed = {name: rows[renamed.get(name, name)] for name in names if renamed.get(name, name) in rows}
+    model_dirs = dict(spec.split("=", 1) for spec in args.model_dir)
 
     def trained(name: str) -> dict:
         base = name[: -len("-kmeans")] if name.endswith("-kmeans") else name
-        path = os.path.join(args.models or "", base, "model.json")
-        return json.load(open(path, encoding="utf-8"))["training"] if args.models and os.path.isfile(path) else {}
+        path = os.path.join(model_dirs.get(base) or os.path.join(args.models or "", base), "model.json")
+        return json.load(open(path, encoding="utf-8"))["training"] if os.path.isfile(path) else {}
 
     lines = [f"# Model families on the held-out test set\n",
              f"{results['num_items']} mixtures at {results['sample_rate']} Hz from `{args.results}`; means over items.\n",
@@ -91,10 +98,14 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     x = results["snr_bins"]
+    colours = iter(plt.get_cmap("tab10").colors)
     for name in names:
+        if name == "noisy":  # its improvement is 0 by definition: the black line
+            continue
         values = [aggregates["by_snr"][name][b].get("si_sdri") for b in bins]
-        ax.plot(x, [v if v is not None else float("nan") for v in values], marker="o",
-                linestyle="--" if name.endswith("-kmeans") else "-", label=name)
+        style = {"color": "black", "linestyle": ":"} if name == "oracle" else {
+            "color": next(colours), "linestyle": "--" if name.endswith("-kmeans") else "-"}
+        ax.plot(x, [v if v is not None else float("nan") for v in values], marker="o", label=name, **style)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("input SNR (dB)")
     ax.set_ylabel("SI-SDR improvement (dB)")

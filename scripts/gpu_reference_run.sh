@@ -18,7 +18,15 @@
 set -euo pipefail
 export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 DATA=$HOME/bundle/data
-DS=$HOME/ds
+DS=${DS:-$HOME/ds}
+# The voice folders and splits of the build; TWO_CORPORA=1 adds dns-enrollment-8k (staged as
+# ~/bundle/data/dns-enrollment-8k) with scripts/shared_split/splits_two_corpora.json.
+VOICES=(--voice-dir "$DATA/train-clean-100")
+SPLITS=scripts/shared_split/splits.json
+if [ "${TWO_CORPORA:-0}" = 1 ]; then
+  VOICES+=(--voice-dir "$DATA/dns-enrollment-8k")
+  SPLITS=scripts/shared_split/splits_two_corpora.json
+fi
 MODELS=$HOME/models
 OUT=${OUT:-/tmp/out}
 EPOCHS=${EPOCHS:-40}
@@ -29,22 +37,23 @@ for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
     build)
-      /usr/bin/time -v python3 -m speech_enhance dataset --voice-dir "$DATA/train-clean-100" --noise-dir "$DATA/noise" \
-        --noise-classes scripts/shared_split/classes.tsv --splits scripts/shared_split/splits.json \
+      /usr/bin/time -v python3 -m speech_enhance dataset "${VOICES[@]}" --noise-dir "$DATA/noise" \
+        --noise-classes scripts/shared_split/classes.tsv --splits "$SPLITS" \
         --split-fractions 0.9,0.1,0 --snr-db -8:18 --output "$DS" --num-examples "$N" \
-        --workers "$(nproc)" --overwrite 2>&1 | quiet | grep -v "wrote .*tfrecord" | tail -40
+        --workers "$(nproc)" --overwrite ${BUILD_ARGS:-} 2>&1 | quiet | grep -v "wrote .*tfrecord" | tail -40
       python3 -m speech_enhance inspect "$DS" --plot "$OUT/dataset_inspect.png" --json "$OUT/dataset_summary.json" | tail -30
       ;;
     train-*)
       name=${stage#train-}
       target=${name%%-*}
+      out_name=${MODEL_NAME:-$name}
       weighting=none
       case $name in *-weighted) weighting=magnitude ;; esac
-      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$name" \
-        --work-dir "$HOME/work-$name" --preset gpu --target "$target" --loss-weighting "$weighting" \
-        --epochs "$EPOCHS" --summary-json "$MODELS/$name/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -40
-      cp "$HOME/work-$name"/*.csv "$HOME/work-$name"/*.png "$MODELS/$name/" 2>/dev/null || true
-      tar -C "$MODELS" -cf "$OUT/model-$name.tar" "$name"
+      python3 -m speech_enhance train --backend jax --dataset "$DS" --model-dir "$MODELS/$out_name" \
+        --work-dir "$HOME/work-$out_name" --preset gpu --target "$target" --loss-weighting "$weighting" \
+        --epochs "$EPOCHS" --summary-json "$MODELS/$out_name/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -40
+      cp "$HOME/work-$out_name"/*.csv "$HOME/work-$out_name"/*.png "$MODELS/$out_name/" 2>/dev/null || true
+      tar -C "$MODELS" -cf "$OUT/model-$out_name.tar" "$out_name"
       ;;
     family-*)
       arch=${stage#family-}
