@@ -53,7 +53,8 @@ for stage in "$@"; do
         --work-dir "$HOME/work-$out_name" --preset gpu --target "$target" --loss-weighting "$weighting" \
         --epochs "$EPOCHS" --summary-json "$MODELS/$out_name/summary.json" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -40
       cp "$HOME/work-$out_name"/*.csv "$HOME/work-$out_name"/*.png "$MODELS/$out_name/" 2>/dev/null || true
-      tar -C "$MODELS" -cf "$OUT/model-$out_name.tar" "$out_name"
+      # a device call returns files of at most 16 MiB: larger models come back in pieces
+      tar -C "$MODELS" -cf - "$out_name" | split -b 15M -d -a 2 - "$OUT/model-$out_name.tar."
       ;;
     family-*)
       arch=${stage#family-}
