@@ -86,15 +86,17 @@ def traced_peak(fn) -> int:
 
 
 def test_memory_does_not_grow_with_the_file_length(tmp_path):
-    # Holding a whole file's spectrograms costs about 1.2 MB per second of audio; streamed, an
-    # 8-minute file needs no more memory than a 2-minute one (a few blocks in flight: about 22 MB).
+    # Holding a whole file's spectrograms costs about 1.2 MB per second of audio (430 MB more for the
+    # 8-minute file than for the 2-minute one); streamed, both need a few blocks in flight: 20-30 MB at
+    # 16 kHz with the high band kept, the peak depending on how far the reader runs ahead of the model
+    # (measured 29.2, 29.4 and 29.7 MB for 2, 8 and 16 minutes in one run, 19.9 MB for 2 in another).
     enhancer = Enhancer(lambda x: np.tanh(x), CONFIG, "mask", batch_size=8, workers=1)
     peaks = {}
     for seconds in (120, 480):
         long_file(str(tmp_path / f"in{seconds}" / "long.wav"), seconds, 16000, subtype="PCM_16")
         peaks[seconds] = traced_peak(lambda: enhance_files(enhancer, str(tmp_path / f"in{seconds}"),
                                                            str(tmp_path / f"out{seconds}")))
-    assert peaks[480] < 1.2 * peaks[120], peaks
+    assert peaks[480] < peaks[120] + 15e6, peaks
     assert peaks[480] < 50e6, peaks
 
 
