@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 _PREDICT_FLAGS = {"model_dir": "--model", "source": "--input", "output_dir": "--output", "output_format": "--format",
                   "batch_size": "--batch-size", "overlap": "--overlap", "workers": "--workers",
                   "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate", "head": "--head",
-                  "high_band": "--high-band"}
+                  "high_band": "--high-band", "runner": "--runner",
+                  "dask_address": "--dask-address"}
 _EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_dir": "--clean-dir",
                    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "snrs": "--snrs",
                    "num_mixtures": "--num-mixtures", "duration": "--duration", "seed": "--seed",
@@ -101,35 +102,81 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     # (tests/test_predict_streaming.py keeps the two equal).
     p.add_argument("--workers", type=int, default=None,
                    help="threads for reading, resampling, STFT and writing around the model "
-                        "(default: the number of CPU cores, at most 16; 0: none)")
+                        "(default: the number of CPU cores, at most 16; 0: none); with --runner fnapi or "
+                        "dask (local cluster): worker processes (default: the number of CPU cores)")
     p.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between progress log lines, which also say how far into a long file the "
                         "output is (default: 5)")
-    p.set_defaults(func=_predict)
+    cluster = p.add_argument_group(
+        "cluster (Apache Beam)",
+        "With --runner the same prediction runs as an Apache Beam pipeline (predictor/beam_predict.py): the same "
+        "outputs, skipping, failures.jsonl and atomic writes, with files' model windows batched together across "
+        "worker processes or machines. Without --runner, predict runs in this process. Apache Beam's own "
+        "options are passed to Beam, e.g. for Dataflow: --runner DataflowRunner --project P --region R "
+        "--temp_location gs://B/tmp --setup_file ./setup.py; any other unknown option is an error. See "
+        "docs/predict.md, Cluster.")
+    cluster.add_argument("--runner", metavar="NAME", default=None,
+                         help="'fnapi': Beam's FnApiRunner on this machine, --workers processes (default: one per "
+                              "core); 'dask': Beam's DaskRunner on the cluster at --dask-address, or on a local "
+                              "cluster of --workers processes (pip install 'speech-enhance[dask]'); or a Beam "
+                              "runner name such as DataflowRunner")
+    cluster.add_argument("--dask-address", metavar="tcp://HOST:PORT", default=None,
+                         help="with --runner dask: the scheduler of an existing dask.distributed cluster")
+    p.set_defaults(func=_predict, accepts_extra=True)
 
 
 def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     from predictor.enhance import DEFAULT_WORKERS, FAILURES_FILE, Enhancer, enhance_files
     from tfrecord_schema import paths
 
-    workers = DEFAULT_WORKERS if args.workers is None else args.workers
-    try:
-        enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
-                                           overlap=args.overlap, workers=workers)
-        summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
-                                output_format=args.format, keep_model_rate=args.keep_model_rate,
-                                downmix=args.downmix, high_band=args.high_band,
-                                progress_interval=args.progress_interval)
-    except (ValueError, FileNotFoundError) as err:
-        raise _with_flags(err, _PREDICT_FLAGS) from err
+    if args.runner is None:
+        if extra or args.dask_address:
+            flags = [a for a in extra if a.startswith("-")] or extra or ["--dask-address"]
+            raise ValueError(f"unrecognized arguments: {' '.join(flags)} (Apache Beam options and --dask-address "
+                             "need --runner)")
+        workers = DEFAULT_WORKERS if args.workers is None else args.workers
+        try:
+            enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
+                                               overlap=args.overlap, workers=workers)
+            summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
+                                    output_format=args.format, keep_model_rate=args.keep_model_rate,
+                                    downmix=args.downmix, high_band=args.high_band,
+                                    progress_interval=args.progress_interval)
+        except (ValueError, FileNotFoundError) as err:
+            raise _with_flags(err, _PREDICT_FLAGS) from err
+    else:
+        summary = _predict_on_beam(args, extra)
     rtf = f"{summary.real_time_factor:.4f}" if summary.audio_seconds else "n/a"
-    print(f"{summary.written} written, {summary.skipped} skipped (output exists), {len(summary.failures)} failed "
-          f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} s "
-          f"(real-time factor {rtf})")
+    if args.runner is not None:  # the launcher does not see the audio's duration (the workers do)
+        print(f"{summary.written} written, {summary.skipped} skipped (output exists), {len(summary.failures)} "
+              f"failed of {summary.total} files in {summary.processing_seconds:.1f} s on {args.runner}")
+    else:
+        print(f"{summary.written} written, {summary.skipped} skipped (output exists), {len(summary.failures)} failed "
+              f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} "
+              f"s (real-time factor {rtf})")
     if summary.failures:
         print(f"failures and their reasons: {paths.join(args.output, FAILURES_FILE)}")
         return 1
     return 0
+
+
+def _predict_on_beam(args: argparse.Namespace, extra: list[str]):
+    from beam_pipelines.cli import unknown_beam_args
+    from predictor.beam_predict import run_predict
+
+    unknown = unknown_beam_args(extra)
+    if unknown:
+        flags = [a for a in unknown if a.startswith("-")] or unknown
+        raise ValueError(f"unknown option(s) {' '.join(flags)}: neither `speech-enhance predict` nor Apache Beam "
+                         "defines them (see `speech-enhance predict --help`)")
+    try:
+        return run_predict(args.input, args.output, model_dir=args.model, head=args.head, runner=args.runner,
+                           beam_args=extra, workers=args.workers, dask_address=args.dask_address,
+                           batch_size=args.batch_size, overlap=args.overlap, overwrite=args.overwrite,
+                           output_format=args.format, keep_model_rate=args.keep_model_rate, downmix=args.downmix,
+                           high_band=args.high_band)
+    except (ValueError, FileNotFoundError) as err:
+        raise _with_flags(err, _PREDICT_FLAGS) from err
 
 
 def _model_spec(value: str) -> tuple[str, str]:

@@ -1,0 +1,428 @@
+"""`predict` as an Apache Beam pipeline: the same outputs as `enhance_files`, spread over a cluster.
+
+The pipeline (`build_predict_pipeline`), stage by stage:
+
+1. **ListInputs** (in the launcher, as `enhance_files` does): the inputs are found with
+   `audio_io.find_audio_files` (local folders, globs, gs:// prefixes, through `tfrecord_schema.paths`),
+   each gets its output path (`folders.output_path`), inputs that would be overwritten are refused,
+   duplicate outputs are failures, and files whose output exists are skipped unless `overwrite`
+   (a remote output prefix is listed once). The rest go into the pipeline, reshuffled over workers.
+2. **AnalyseFiles** (`AnalyseFile`): each file is read, resampled to the model's rate (the band
+   above it split off for `high_band="keep"`) and turned into STFT frames by the same generator as
+   `enhance_files` (`folders._read_frames`: `Analysis`, `Crossover`); its model windows go out one by
+   one, keyed by file, channel and window index, and what the file needs to be put back together
+   (`FileState`: the noisy STFT, its layout, the high band, the input's rate, encoding and length)
+   goes out once. A file that cannot be used becomes a failure with its reason.
+3. **Enhance**: Beam's `RunInference` with `WindowModelHandler` (a model directory loaded with
+   `trainer.model_dir.load_model_dir`, `head` supported). Windows of all files share fixed-size
+   batches (`BatchElements` with min = max = `batch_size`; the last batch of a bundle is padded), so
+   `predict_on_batch` sees one shape and never retraces.
+4. **Regroup**: the enhanced windows and the file's state are grouped on the file's key.
+5. **FinishFiles** (`FinishFile`): the windows are joined by the same weighted overlap-add
+   (`overlap_add.Track`, windows added in the order `enhance_files` adds them) and the result goes
+   through the same `folders.FileSink` as `predict`: synthesis (`Synthesis`), resampling back,
+   the high band added back (`high_band.HighBandMixer`), length fitted to the input's, written
+   atomically (`audio_io.AtomicAudioWriter`).
+6. **WriteFailures**: failures of every stage, with their reasons, are written to
+   OUTPUT/failures.jsonl (replacing an earlier run's list, as `enhance_files` does).
+
+Outputs equal `enhance_files`'s to float rounding (tests/test_predict_beam.py): every number goes
+through the same functions; only the model batches differ (other windows share them), and a file
+is synthesised in one block instead of several (`Synthesis`, `HighBandMixer` and the resamplers are
+block-size independent to float rounding).
+
+Memory: streaming stops at the file. A file's windows and its noisy STFT meet on the worker that
+finishes it. At 8 kHz (hop 63) a second of audio and channel is 127 frames x 129 bins: 66 kB of
+float32 features, so 131 kB of model windows (and as much of model outputs) at 50 % overlap, and
+131 kB of complex64 STFT. Estimated from the arrays held (not measured): the analysing worker holds
+about 0.35 MB and the finishing worker about 0.7 MB per second of audio and channel at once
+(grouped outputs, STFT, the overlap-add's arrays, synthesis), i.e. ~2.5 GB per hour; a 2-hour mono
+file (~914k frames) needs ~5 GB on one worker. Split longer files first, or use `predict` without
+a runner, which streams any length in constant memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from predictor import audio_io
+from predictor.folders import (DEFAULT_BLOCK_SECONDS, FAILURES_FILE, FileJob, FileSink, PredictSummary,
+                               _check_no_input_overwritten, _existing_outputs, _read_frames, _write_failures,
+                               output_path)
+from predictor.high_band import HighBandGain, HighBandMixer, check_high_band
+from predictor.overlap_add import Frames, Layout, Track
+from tfrecord_schema import paths
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AnalyseFile", "FileState", "FinishFile", "PadToBatches", "RUNNERS", "WindowModelHandler", "beam_args_for",
+           "build_predict_pipeline", "plan_jobs", "run_predict"]
+
+# `--runner` short names of `speech-enhance predict`; any other value is passed to Beam as it is
+# (e.g. DataflowRunner).
+RUNNERS = {"fnapi": "FnApiRunner", "dask": "DaskRunner"}
+
+
+@dataclasses.dataclass
+class FileState:
+    """What a file needs, besides its enhanced windows, to be put back together and written."""
+
+    job: FileJob  # paths, input rate, encoding, channels and length; no sink or mixer
+    spectrogram: np.ndarray  # complex64 [channels, total_frames, bins]: the noisy padded STFT
+    lead_frames: int
+    layout: Layout
+    high: np.ndarray | None  # float32 [samples, channels] at the input's rate: the band above the model's
+
+
+def _failure(job: FileJob, reason: str, message: str) -> dict[str, str]:
+    return {"input": job.source, "output": job.target, "reason": reason, "message": message}
+
+
+def _lost(key: str, what: str, job: FileJob | None = None) -> dict[str, str]:
+    """The failure of a file whose parts the runner did not deliver: nothing is written for it, so
+    the next run (which skips finished outputs) redoes it."""
+    message = (f"{job.source if job else key}: {what} at the regrouping; the runner lost elements, nothing was "
+               "written for it: run the same command again to redo it")
+    logger.error("skipped %s", message)
+    return {"input": job.source if job else key, "output": key, "reason": "lost_by_runner", "message": message}
+
+
+def _geometry(config_dict: dict[str, Any], target: str, overlap: float):
+    """An `Enhancer` without a model: the window geometry that `Analysis`, `Track` and `FileSink` read."""
+    from predictor.enhance import Enhancer
+    from tfrecord_schema.config import SpectrogramConfig
+
+    return Enhancer(None, SpectrogramConfig.from_dict(config_dict), target, batch_size=1, overlap=overlap, workers=0)
+
+
+class AnalyseFile(beam.DoFn):
+    """FileJob -> ("window", (key, (channel, index, features [frames, bins]))) for each model window,
+    ("file", (key, FileState)) once, or ("failure", dict) for a file that cannot be used."""
+
+    def __init__(self, config: dict[str, Any], target: str, overlap: float, downmix: bool,
+                 block_seconds: float, gain: HighBandGain | None) -> None:
+        self.config, self.target, self.overlap = config, target, overlap
+        self.downmix, self.block_seconds, self.gain = downmix, block_seconds, gain
+
+    def setup(self) -> None:
+        self.enhancer = _geometry(self.config, self.target, self.overlap)
+
+    def process(self, job: FileJob) -> Iterator[tuple[str, Any]]:
+        job = dataclasses.replace(job)  # the reader fills it in; Beam's input elements are not to be changed
+        spectrograms, features, layout, lead = [], [], None, 0
+        for _, item in _read_frames(job, self.enhancer, self.downmix, self.block_seconds, self.gain):
+            if isinstance(item, audio_io.AudioError):
+                logger.error("skipped %s", item)
+                yield "failure", _failure(job, item.reason, str(item))
+                return
+            spectrograms.append(item.spectrogram)
+            features.append(item.features)
+            lead, layout = item.lead_frames, item.layout or layout
+        spectrogram = np.concatenate(spectrograms, axis=1)
+        feats = np.concatenate(features, axis=1)
+        W, hop = self.enhancer.window_frames, self.enhancer.hop_frames
+        for index in range(layout.num_windows):  # the order `Track.add_frames` hands them out
+            for channel in range(feats.shape[0]):
+                window = np.ascontiguousarray(feats[channel, index * hop: index * hop + W])
+                yield "window", (job.target, (channel, index, window))
+        high = None
+        if job.high_band is not None:
+            # The high band that `Crossover` split off as the file was read; the mixer that
+            # collected it is rebuilt where the file is finished.
+            parts = list(job.high_band._highs)
+            high = (np.concatenate(parts) if parts else np.zeros((0, job.channels), np.float32))
+        job.high_band = job.sink = job.last_write = None
+        yield "file", (job.target, FileState(job, spectrogram, lead, layout, high))
+
+class FinishFile(beam.DoFn):
+    """(key, {"file": [FileState], "windows": [(channel, index, output)]}) -> ("written", seconds)
+    or ("failure", dict): overlap-add, synthesis, resampling back, high band, atomic write."""
+
+    def __init__(self, config: dict[str, Any], target: str, overlap: float, keep_model_rate: bool,
+                 gain: HighBandGain | None) -> None:
+        self.config, self.target, self.overlap = config, target, overlap
+        self.keep_model_rate, self.gain = keep_model_rate, gain
+
+    def setup(self) -> None:
+        self.enhancer = _geometry(self.config, self.target, self.overlap)
+
+    def process(self, item: tuple[str, dict[str, list]]) -> Iterator[tuple[str, Any]]:
+        key, grouped = item
+        states, windows = list(grouped["file"]), sorted(grouped["windows"], key=lambda w: (w[1], w[0]))
+        if len(states) != 1:
+            yield "failure", _lost(key, f"{len(states)} file states arrived with {len(windows)} windows")
+            return
+        state = states[0]
+        job = state.job
+        track = Track(key, self.enhancer)
+        ready = track.add_frames(Frames(0, state.spectrogram, np.zeros(state.spectrogram.shape, np.float32),
+                                        state.lead_frames, state.layout))
+        if [(c, i) for _, c, i in ready] != [(c, i) for c, i, _ in windows]:
+            yield "failure", _lost(key, f"{len(windows)} of its {len(ready)} model windows arrived", job)
+            return
+        for channel, index, output in windows:  # in the order `enhance_files` adds them
+            track.add(channel, index, output)
+        block = track.take_joined()
+        if state.high is not None:
+            job.high_band = HighBandMixer(self.enhancer, job.sample_rate, job.channels, self.gain)
+            job.high_band.add_high(state.high)
+        sink = FileSink(job, self.enhancer, self.keep_model_rate)
+        error = sink.push(block)
+        if error:
+            logger.error("skipped %s", error)
+            yield "failure", _failure(job, "unwritable", error)
+        else:
+            yield "written", job.num_samples / job.sample_rate
+
+
+
+class WindowModelHandler(ModelHandler):
+    """RunInference over model windows: (key, (channel, index, features [frames, bins])) in,
+    (key, (channel, index, output [frames, bins])) out.
+
+    Loads a model directory (`trainer.model_dir.load_model_dir`, `head` as for `predict`).
+    Every call gets exactly `batch_size` windows: a short batch is padded with zeros, so the
+    model sees one shape and `predict_on_batch` never retraces.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int, head: str | None = None) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        self.model_dir, self.batch_size, self.head = model_dir, batch_size, head
+
+    def load_model(self) -> Any:
+        from trainer.model_dir import load_model_dir
+
+        model, _ = load_model_dir(self.model_dir, head=self.head)
+        return model
+
+    def run_inference(self, batch: Sequence[tuple[str, tuple[int, int, np.ndarray]]], model: Any,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[tuple[str, tuple]]:
+        from predictor.enhance import predict_function
+
+        results = []
+        for start in range(0, len(batch), self.batch_size):
+            part = batch[start: start + self.batch_size]
+            x = np.zeros((self.batch_size, *part[0][1][2].shape, 1), np.float32)
+            for j, (_, (_, _, window)) in enumerate(part):
+                x[j, ..., 0] = window
+            y = predict_function(model)(x)
+            results += [(key, (channel, index, np.array(y[j])))
+                        for j, (key, (channel, index, _)) in enumerate(part)]
+        return results
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "speech_enhance_predict"
+
+
+
+
+
+# Files whose windows `PadToBatches` groups together (on DaskRunner): the padding costs at most
+# batch_size - 1 windows per group.
+_FILES_PER_GROUP = 16
+
+
+class PadToBatches(beam.PTransform):
+    """Windows regrouped so that every group holds a whole number of batches, padded with windows
+    keyed None (dropped after the model), and followed by one batch of such padding.
+
+    Beam's DaskRunner (2.77) drops what a DoFn emits in `finish_bundle`, which is where
+    `BatchElements` (inside `RunInference`) emits a bundle's last batch (a batch is emitted when the
+    element after it arrives): windows would go missing. With every group a whole number of
+    batches and a batch of padding last, every batch of real windows is emitted from `process`, and
+    the batch that a bundle's end holds back is padding.
+    """
+
+    def __init__(self, batch_size: int, groups: int) -> None:
+        super().__init__()
+        self.batch_size, self.groups = batch_size, groups
+
+    def expand(self, windows):
+        import zlib
+
+        groups, batch = self.groups, self.batch_size
+
+        def pad(item):
+            _, members = item
+            members = list(members)
+            if members:
+                channel, index, window = members[0][1]
+                members += [(None, (channel, index, np.zeros_like(window)))] * (-len(members) % batch + batch)
+            return members
+
+        return (windows
+                | "Group" >> beam.Map(lambda kv: (zlib.crc32(kv[0].encode("utf-8")) % groups, kv))
+                | "GroupByKey" >> beam.GroupByKey()
+                | "Pad" >> beam.FlatMap(pad))
+
+
+def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_format: str | None = None
+              ) -> tuple[list[FileJob], PredictSummary]:
+    """The files to denoise, as `enhance_files` finds them: (jobs to run, summary of total,
+    skipped and failures so far). Raises ValueError when an output would replace an input."""
+    base, rels = audio_io.find_audio_files(source, exclude=output_dir)
+    jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
+    _check_no_input_overwritten(base, output_dir, jobs)
+    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
+    output_exists = _existing_outputs(output_dir)
+    summary = PredictSummary(total=len(jobs))
+    seen: set[str] = set()
+    todo = []
+    for job in jobs:
+        if job.target in seen:
+            message = (f"{job.source}: another input already writes {job.target} (same name, other extension); "
+                       "use --format to keep them apart or rename one")
+            logger.error("skipped %s", message)
+            summary.failures.append(_failure(job, "duplicate output", message))
+            continue
+        seen.add(job.target)
+        if not overwrite and output_exists(job.target):
+            summary.skipped += 1
+            continue
+        todo.append(job)
+    if summary.skipped:
+        logger.info("skipping %d files whose output exists (pass --overwrite to redo them)", summary.skipped)
+    return todo, summary
+
+
+def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]]) -> int:
+    failures = earlier + sorted((value for kind, value in results if kind == "failure"), key=lambda f: f["input"])
+    _write_failures(output_dir, failures)
+    written = [value for kind, value in results if kind == "written"]
+    logger.info("%d files written (%.1f s of audio), %d failed", len(written), sum(written), len(failures))
+    return len(failures)
+
+
+def build_predict_pipeline(p, jobs: Sequence[FileJob], *, model_dir: str, config: dict[str, Any], target: str,
+                           head: str | None, batch_size: int, overlap: float, keep_model_rate: bool,
+                           downmix: bool, gain: HighBandGain | None, block_seconds: float, output_dir: str,
+                           earlier_failures: list[dict[str, str]], pad_bundles: bool = False):
+    """Adds the prediction stages to pipeline `p` (see the module's docstring); returns the last one.
+
+    `pad_bundles` (for Beam's DaskRunner) adds `PadToBatches` before the model and drops the padding after it.
+    """
+    analysed = (
+        p
+        | "ListInputs" >> beam.Create(list(jobs))
+        | "Spread" >> beam.Reshuffle()
+        | "AnalyseFiles" >> beam.ParDo(AnalyseFile(config, target, overlap, downmix, block_seconds, gain)))
+    windows = analysed | "Windows" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "window" else [])
+    states = analysed | "States" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "file" else [])
+    read_failures = analysed | "ReadFailures" >> beam.FlatMap(lambda kv: [kv] if kv[0] == "failure" else [])
+    if pad_bundles:
+        windows = windows | "PadToBatches" >> PadToBatches(batch_size, max(1, len(jobs) // _FILES_PER_GROUP))
+    enhanced = windows | "Enhance" >> RunInference(WindowModelHandler(model_dir, batch_size, head))
+    if pad_bundles:
+        enhanced = enhanced | "DropPadding" >> beam.Filter(lambda kv: kv[0] is not None)
+    finished = (
+        {"file": states, "windows": enhanced}
+        | "Regroup" >> beam.CoGroupByKey()
+        | "FinishFiles" >> beam.ParDo(FinishFile(config, target, overlap, keep_model_rate, gain)))
+    results = (read_failures, finished) | "Results" >> beam.Flatten()
+    # Applied last: DaskRunner computes the last transform of the graph (and what it depends on) only.
+    return (
+        p
+        | "Start" >> beam.Create([None])
+        | "WriteFailures" >> beam.Map(_finalize, results=beam.pvalue.AsList(results), output_dir=output_dir,
+                                      earlier=list(earlier_failures)))
+
+
+def beam_args_for(runner: str, beam_args: Sequence[str] = (), dask_address: str | None = None) -> list[str]:
+    """Beam options for `runner` ("fnapi", "dask", or a Beam runner name such as DataflowRunner)."""
+    name = RUNNERS.get(runner, runner)
+    # FnApiRunner: no --runner, so that `runners.default_beam_args` adds it with one process per worker.
+    args = ([] if name == "FnApiRunner" else [f"--runner={name}"]) + list(beam_args)
+    if dask_address:
+        if name != "DaskRunner":
+            raise ValueError(f"dask_address needs runner='dask'. Received: runner={runner!r}")
+        args.append(f"--dask_client_address={dask_address}")
+    return args
+
+
+def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, head: str | None = None,
+                runner: str = "fnapi", beam_args: Sequence[str] = (), workers: int | None = None,
+                dask_address: str | None = None, batch_size: int | None = None, overlap: float = 0.5,
+                overwrite: bool = False, output_format: str | None = None, keep_model_rate: bool = False,
+                downmix: bool = False, high_band: str = "keep", high_band_gain: HighBandGain = HighBandGain(),
+                block_seconds: float = DEFAULT_BLOCK_SECONDS) -> PredictSummary:
+    """Denoises `source` into `output_dir` as `enhance_files` does, on a Beam runner.
+
+    `runner`: "fnapi" (Beam's FnApiRunner, `workers` processes; default one per core), "dask" (Beam's
+    DaskRunner on the cluster at `dask_address`, or on a LocalCluster of `workers` processes), or
+    any Beam runner name, e.g. "DataflowRunner", with its options in `beam_args`. `batch_size`:
+    windows per model call (default: 8, `predictor.enhance.CPU_BATCH_SIZE`; use 64 or more on GPU
+    workers). The other arguments are `enhance_files`'s. Returns the summary; its failures are
+    also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines import runners
+    from beam_pipelines.pipeline import _quiet_worker_notes
+    from predictor.enhance import CPU_BATCH_SIZE, resolve_model_dir
+    from trainer.model_dir import read_model_info, select_head
+
+    if not block_seconds > 0:
+        raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1) (a fraction of a window). Received: overlap={overlap!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer (processes). Received: workers={workers!r}")
+    check_high_band(high_band)
+    batch_size = CPU_BATCH_SIZE if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    model_dir = resolve_model_dir(model_dir)
+    info = read_model_info(model_dir)
+    select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
+    gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
+    started = time.perf_counter()
+    jobs, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
+    workers = workers or os.cpu_count() or 1
+    args = beam_args_for(runner, beam_args, dask_address)
+    logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", len(jobs), source,
+                output_dir, runners.runner_of(args) or f"FnApiRunner ({workers} processes)", batch_size, 100 * overlap)
+    if jobs:
+        if runners.is_dask(args):
+            runners.require_dask()
+        if logging.getLogger("apache_beam").level == logging.NOTSET:
+            logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        _quiet_worker_notes()
+        with contextlib.ExitStack() as stack:
+            if runners.is_dask(args):
+                args = stack.enter_context(runners.dask_cluster(args, workers))
+            p = beam.Pipeline(options=PipelineOptions(runners.default_beam_args(args, workers)))
+            build_predict_pipeline(p, jobs, model_dir=model_dir, config=info["config"].to_dict(),
+                                   target=info["target"], head=head, batch_size=batch_size, overlap=overlap,
+                                   keep_model_rate=keep_model_rate, downmix=downmix, gain=gain,
+                                   block_seconds=block_seconds, output_dir=output_dir,
+                                   earlier_failures=summary.failures, pad_bundles=runners.is_dask(args))
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            finally:
+                client = getattr(result, "client", None)  # DaskRunner's own dask.distributed client
+                if client is not None:
+                    client.close()
+        path = paths.join(output_dir, FAILURES_FILE)
+        failures = ([json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+                    if paths.isfile(path) else [])
+        summary.written = len(jobs) - (len(failures) - len(summary.failures))
+        summary.failures = failures
+    else:
+        _write_failures(output_dir, summary.failures)
+    summary.processing_seconds = time.perf_counter() - started
+    return summary
