@@ -33,6 +33,13 @@ $(VENV)/.installed-%: setup.py | $(PY)
 	$(PY) -m pip install -q -e ".[$*]"
 	touch $@
 
+# The test suite also runs the PyTorch readers and `train --backend torch`. Exactly this pin: the CI
+# machines hold it as a CPU wheel on disk (another spec would download the CUDA build, GBs).
+TEST_TORCH ?= torch==2.13.0
+$(VENV)/.installed-test: setup.py | $(PY)
+	$(PY) -m pip install -q -e ".[test]" "$(TEST_TORCH)"
+	touch $@
+
 dataset: $(VENV)/.installed-dataset
 ifdef VOICE_DIR
 	$(CLI) dataset --voice-dir "$(VOICE_DIR)" --noise-dir "$(NOISE_DIR)" --output "$(OUTPUT)" \

@@ -6,6 +6,7 @@ soundfile, soxr and google-crc32c. The heavy parts come as extras:
     pip install -e .[train,tensorflow]        # trainer (use tensorflow-cpu on machines without GPU)
     pip install -e .[eval]                    # evaluation metrics and classical baselines
     pip install -e .[peers]                   # DeepFilterNet3 and RNNoise for `evaluate --peers`
+    pip install -e .[torch]                   # PyTorch readers of the shards (readers/) and `train --backend torch`
     pip install -e .[test]                    # everything the test suite needs (CPU TensorFlow)
 docs/dependencies.md says why each dependency is there.
 """
@@ -29,7 +30,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # predictor/pretrained holds the shipped model (data, no code): listed so its files install too.
-    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*"])
+    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*", "readers*"])
     + ["predictor.pretrained"],
     py_modules=["speech_enhance"],
     package_data={"predictor.pretrained": ["*.keras", "*.json", "*.md"]},
@@ -45,13 +46,17 @@ setup(
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
         "jax": ["jax>=0.4.30"],
+        # PyTorch readers (readers.torch_data) and Keras on the torch backend; grain for readers.grain_source.
+        "torch": ["torch>=2.4"],
+        "grain": ["grain>=0.2"],
         "eval": EVAL,
         "peers": PEERS,
         # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
         # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
+        # PyTorch is not listed here: `make test` installs it with an exact pin (see the Makefile).
         "test": sorted(set(DATASET + TRAIN + EVAL + PEERS + GCP + DASK + [
             "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
-            "cryptography>=42"])),
+            "cryptography>=42", "grain>=0.2"])),
     },
     entry_points={"console_scripts": ["speech-enhance=speech_enhance:main"]},
 )

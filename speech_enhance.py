@@ -16,6 +16,7 @@ import sys
 _COMMAND_MODULES = {
     "dataset": "beam_pipelines.cli",
     "inspect": "beam_pipelines.cli",
+    "index": "readers.cli",
     "train": "trainer.cli",
     "predict": "predictor.cli",
     "evaluate": "predictor.cli",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tfrecord_schema import decode, paths
+from tfrecord_schema import decode, paths, shard_index
 from tfrecord_schema.dataset_info import DatasetInfo, shard_files, shard_sizes
 from tfrecord_schema.records import read_records
 
@@ -34,9 +34,10 @@ def check_shard_sizes(dataset: str, info: dict) -> list[str]:
 
 
 def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
-    """Reads every record of every shard: both CRCs, the record schema, the per-shard and per-split counts.
+    """Reads every record of every shard: both CRCs, the record schema, the per-shard and per-split counts,
+    and each shard's record index (when dataset_info.json lists one) against the records as read.
 
-    Returns (one message per damaged shard, records read).
+    Returns (one message per damaged shard or index, records read).
     """
     problems = check_shard_sizes(dataset, info)
     damaged = {p.split(": ")[0] for p in problems}
@@ -45,11 +46,12 @@ def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
         for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
             if path in damaged:
                 continue
-            count = 0
+            count, lengths = 0, []
             try:
                 with paths.open_read(path) as f:
                     for record in read_records(f, info.get("compression", ""), name=path):
                         decode(record)
+                        lengths.append(len(record) + shard_index.FRAMING_BYTES)
                         count += 1
             except (ValueError, OSError, EOFError) as err:
                 problems.append(f"{path}: {err}" if path in str(err) else f"{path}: record {count}: {err}")
@@ -57,7 +59,28 @@ def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
             records += count
             if count != shard["num_examples"]:
                 problems.append(f"{path}: {count} records, dataset_info.json says {shard['num_examples']}")
+            if shard.get("index"):
+                problems.extend(_check_index(dataset, shard, lengths))
     return problems, records
+
+
+def _check_index(dataset: str, shard: dict, lengths: list[int]) -> list[str]:
+    """Problems of a shard's index against the framed lengths of the records read from the shard."""
+    index_path = paths.join(dataset, shard["index"])
+    try:
+        index = shard_index.read_index(dataset, shard)
+    except (ValueError, FileNotFoundError) as err:
+        return [f"{index_path}: {err}" if index_path not in str(err) else str(err)]
+    expected = shard_index.index_from_lengths(lengths)
+    if index.shape != expected.shape:
+        return [f"{index_path}: {len(index)} entries, the shard holds {len(expected)} records"]
+    wrong = [int(i) for i in (index != expected).any(axis=1).nonzero()[0]]
+    if wrong:
+        return [f"{index_path}: {len(wrong)} entries do not match the records read (first: record {wrong[0]}, index "
+                f"says offset {int(index[wrong[0], 0])} length {int(index[wrong[0], 1])}, the shard has offset "
+                f"{int(expected[wrong[0], 0])} length {int(expected[wrong[0], 1])}). Rewrite the index with "
+                f"`speech-enhance index --overwrite {dataset}`."]
+    return []
 
 
 def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict]:
@@ -130,7 +153,7 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
             lines.extend(_bars(hist[key]["edges"], counts, group=group))
     if verify:
         problems, records = verify_dataset(dataset, info)
-        checked = f"read all {records} records: CRCs, schema and counts"
+        checked = f"read all {records} records: CRCs, schema, counts and record indexes"
     else:
         problems = check_shard_sizes(dataset, info)
         checked = "shard sizes only; --verify reads every record"

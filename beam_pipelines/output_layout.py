@@ -27,7 +27,7 @@ _SPLIT = "|".join(SPLITS)
 # Relative paths of the files a dataset folder may hold (all written by the job or by `inspect`).
 _DATASET_FILE = re.compile(
     r"^(?:dataset_info\.json|splits\.json|rejects\.jsonl|inspect\.png|_problems\.json|" + re.escape(BUILD_MARKER) + "|"
-    rf"(?:{_SPLIT})\.tfrecord-\d{{5}}-of-\d{{5}}|"
+    rf"(?:{_SPLIT})\.tfrecord-\d{{5}}-of-\d{{5}}(?:\.index)?|"
     rf"audio/(?:{_SPLIT})/(?:noisy|clean)/[^/]+\.wav|"
     r"_work/.+)"
     rf"(?:{re.escape(paths.INCOMPLETE_MARK)}[0-9a-f]{{8}})?$")

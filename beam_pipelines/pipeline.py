@@ -4,7 +4,8 @@ Stages (each a labelled transform):
     DecodeVoices / DecodeNoises   read, downmix, resample, check; cache samples; one record per input,
                                   its `kind` "source" (usable) or "reject" (with a reason)
     WriteChunks                   generate the examples of each chunk into a part file
-    AssembleShards                concatenate a shard's parts in order, write it atomically
+    AssembleShards                concatenate a shard's parts in order, write it atomically, with its
+                                  record index (tfrecord_schema.shard_index) when uncompressed
     CheckSources                  name every split left without a usable voice or noise file
     Finalize                      dataset_info.json, splits.json, rejects.jsonl; remove scratch files
 
@@ -43,7 +44,7 @@ from beam_pipelines import output_layout as layout
 from beam_pipelines import runners
 from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
-from tfrecord_schema import SCHEMA_VERSION, paths
+from tfrecord_schema import SCHEMA_VERSION, paths, shard_index
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -367,8 +368,8 @@ class AssembleShard(beam.DoFn):
     """Concatenates a shard's part files in chunk order into the final shard (TFRecord framing and
     GZIP members both concatenate), written under a temporary name and renamed."""
 
-    def __init__(self, output: str) -> None:
-        self.output = output
+    def __init__(self, output: str, compression: str = "") -> None:
+        self.output, self.compression = output, compression
 
     def process(self, element):
         (split, shard, num_shards), parts = element
@@ -377,26 +378,39 @@ class AssembleShard(beam.DoFn):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
         name = shard_name(split, shard, num_shards)
         path = paths.join(self.output, name)
+        # Uncompressed shards get a record index (shard_index): written before the shard, so a shard
+        # that exists has its index, except one left by a build from before indexes existed.
+        indexed = not self.compression
+        index_path = paths.join(self.output, shard_index.index_name(name))
         if paths.isfile(path):
             # Written by an earlier attempt (a retried bundle, or an interrupted run of the same build
             # resumed): a shard appears only when whole.
             size = paths.size(path)
+            if indexed and not paths.isfile(index_path):
+                with paths.open_read(path) as f:
+                    paths.write_atomic(index_path, shard_index.to_bytes(shard_index.scan_index(f)))
             paths.delete_files([p["part"] for p in parts if paths.isfile(p["part"])])
         else:
             out, written = paths.open_write_atomic(path)
-            size = 0
+            size, lengths = 0, []
             with out:
                 for p in parts:
                     data = paths.read_bytes(p["part"])
+                    if indexed:
+                        lengths += shard_index.record_lengths(data)
                     out.write(data)
                     size += len(data)
+            if indexed:
+                paths.write_atomic(index_path, shard_index.to_bytes(shard_index.index_from_lengths(lengths)))
             paths.finish_atomic(written, path)
             paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
         stats = gen.ChunkStats.merge([p["stats"] for p in parts])
         LOG.info("wrote %s (%d examples, %.1f MiB)", name, stats["count"], size / 2**20)
+        index = {"index": shard_index.index_name(name), "index_bytes": stats["count"] * shard_index.ENTRY_BYTES} \
+            if indexed else {}
         yield {"split": split, "shard": shard, "file": name, "num_examples": stats["count"], "num_bytes": size,
-               "stats": stats, "chunks_reused": sum(1 for p in parts if p["reused"])}
+               **index, "stats": stats, "chunks_reused": sum(1 for p in parts if p["reused"])}
 
 
 def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int]) -> list[str]:
@@ -440,7 +454,8 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
         splits_info[split] = {
             "num_examples": sum(s["num_examples"] for s in mine),
             "num_bytes": sum(s["num_bytes"] for s in mine),
-            "shards": [{k: s[k] for k in ("file", "num_examples", "num_bytes")} for s in mine],
+            "shards": [{k: s[k] for k in ("file", "num_examples", "num_bytes", "index", "index_bytes") if k in s}
+                       for s in mine],
         }
         stats = gen.ChunkStats.merge([s["stats"] for s in mine])
         snr_hist[split] = stats["snr_hist"]
@@ -516,7 +531,7 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
         | "ExpandChunks" >> beam.FlatMap(expand_work)
         | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir, build_dir), sources=beam.pvalue.AsList(sources))
         | "GroupByShard" >> beam.GroupByKey()
-        | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir)))
+        | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir, opts.compression)))
     problems = (
         p
         | "StartCheck" >> beam.Create([None])

@@ -23,6 +23,7 @@ import numpy as np
 import tfrecord_schema.schema as schema_module
 from beam_pipelines import synthetic
 from beam_pipelines.augmentation import NO_AUGMENTATION
+from tfrecord_schema import shard_index
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -92,12 +93,14 @@ def _record_schema_version(version: int | None) -> Iterator[None]:
 def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = SMALL_CONFIG,
                   splits: Mapping[str, int] | None = None, num_shards: int = 2, compression: str = "",
                   seed: int = 0, info_schema_version: int = SCHEMA_VERSION,
-                  record_schema_version: int | None = None) -> dict[str, Any]:
+                  record_schema_version: int | None = None, index: bool = True) -> dict[str, Any]:
     """Writes a dataset directory (shards + dataset_info.json); returns the info dict.
 
     Examples are dealt round-robin over `num_shards` shards per split (fewer when a split is
     smaller). `info_schema_version` / `record_schema_version` write data that claims another
-    schema, for the refusal tests.
+    schema, for the refusal tests. Uncompressed shards get their record index
+    (`tfrecord_schema.shard_index`), listed in dataset_info.json, unless `index=False` (a dataset
+    as built before indexes existed).
     """
     splits = dict(splits or {"train": 16, "valid": 8})
     directory = os.fspath(directory)
@@ -110,8 +113,8 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
             files = [open(os.path.join(directory, name), "wb") for name in names]
             writers = [RecordWriter(f, compression) for f in files]
             try:
-                for index in range(count):
-                    writers[index % shards].write(encode(make_example(config, split, index, seed), config))
+                for number in range(count):
+                    writers[number % shards].write(encode(make_example(config, split, number, seed), config))
             finally:
                 for writer, f in zip(writers, files):
                     writer.close()
@@ -119,6 +122,14 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
             entries = [{"file": name, "num_examples": writer.records,
                         "num_bytes": os.path.getsize(os.path.join(directory, name))}
                        for name, writer in zip(names, writers)]
+            if index and not compression:
+                for entry in entries:
+                    # As the dataset job does: the record index beside each uncompressed shard.
+                    with open(os.path.join(directory, entry["file"]), "rb") as f:
+                        data = shard_index.to_bytes(shard_index.build_index(f.read()))
+                    entry["index"], entry["index_bytes"] = shard_index.index_name(entry["file"]), len(data)
+                    with open(os.path.join(directory, entry["index"]), "wb") as f:
+                        f.write(data)
             info_splits[split] = {"num_examples": count, "num_bytes": sum(e["num_bytes"] for e in entries),
                                   "shards": entries}
     info = DatasetInfo(

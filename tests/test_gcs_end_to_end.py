@@ -79,7 +79,7 @@ def test_overwrite_on_a_bucket_replaces_the_old_dataset(corpus, gcs):
         run_dataset(options(*corpus["remote"], out, num_examples=12), workers=1)
     info = run_dataset(options(*corpus["remote"], out, num_examples=12, overwrite=True), workers=1)
     new_files = set(paths.list_files(out))
-    shards = {s["file"] for split in info["splits"].values() for s in split["shards"]}
+    shards = {name for split in info["splits"].values() for s in split["shards"] for name in (s["file"], s["index"])}
     assert new_files == shards | {"dataset_info.json", "rejects.jsonl", "splits.json"}
     assert old_files - new_files  # the old dataset had more shards: they are gone
     written = json.loads(paths.read_text(paths.join(out, "dataset_info.json")))

@@ -13,7 +13,9 @@ Layout (keys the readers rely on), in the order they are written:
       "arguments": {...},
       "splits": {"train": {"num_examples": N, "num_bytes": B,
                            "shards": [{"file": "train.tfrecord-00000-of-00002",
-                                       "num_examples": n, "num_bytes": b}, ...],
+                                       "num_examples": n, "num_bytes": b,
+                                       "index": "train.tfrecord-00000-of-00002.index",
+                                       "index_bytes": 16 * n}, ...],
                            "snr_db": {"min": ..., "mean": ..., "max": ...}},
                  "valid": {...}, "test": {...}},
       "histograms": {...}, "augmentation": {"options": {...}, "counts": {...}, "histograms": {...}},
@@ -21,7 +23,9 @@ Layout (keys the readers rely on), in the order they are written:
       "build_seconds": 1.2, "chunks_reused": 0
     }
 Only `schema_version`, `spectrogram` and `splits` are required. Shard files are named relative to
-the dataset directory.
+the dataset directory. "index"/"index_bytes" name each uncompressed shard's record index and its size
+(`tfrecord_schema.shard_index` holds the format); datasets built before indexes existed lack them
+(`speech-enhance index DATASET` adds them).
 """
 
 from __future__ import annotations
@@ -175,6 +179,15 @@ def shard_files(info: DatasetInfo | Mapping[str, Any], dataset_dir: str, split: 
         raise ValueError(f"The dataset in {dataset_dir} has no split {split!r}. It has: {sorted(splits)}")
     base = dataset_dir.rstrip("/")
     return [f"{base}/{shard['file']}" for shard in splits[split]["shards"]]
+
+
+def index_files(info: DatasetInfo | Mapping[str, Any], dataset_dir: str, split: str) -> list[str | None]:
+    """Absolute paths of a split's shard indexes, in shard order; None for a shard listed without one."""
+    splits = info.splits if isinstance(info, DatasetInfo) else info["splits"]
+    if split not in splits:
+        raise ValueError(f"The dataset in {dataset_dir} has no split {split!r}. It has: {sorted(splits)}")
+    base = dataset_dir.rstrip("/")
+    return [f"{base}/{shard['index']}" if shard.get("index") else None for shard in splits[split]["shards"]]
 
 
 def shard_sizes(info: DatasetInfo | Mapping[str, Any], dataset_dir: str,

@@ -18,7 +18,7 @@ import sys
 
 from trainer.config import ARCHITECTURE_PRESETS, PRESETS, TrainConfig, preset_overrides
 
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 _GROUPS = {"data": "data and outputs", "optimisation": "optimisation", "model": "model", "hardware": "hardware"}
 _NONE = "none"  # how a flag spells None for an option with choices (--distribution none)
 # Library argument names that are not TrainConfig fields, and their flags.
@@ -108,8 +108,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="also write the training summary (losses, examples/s, paths) to this JSON file")
     groups["hardware"].add_argument(
         "--backend", choices=BACKENDS, default=None,
-        help=f"Keras backend; the input pipeline is tf.data either way (default {BACKENDS[0]}, or "
-             "$KERAS_BACKEND when set)")
+        help=f"Keras backend; the input pipeline is tf.data on tensorflow and jax, the PyTorch reader of the "
+             f"shard indexes on torch (U-Net only; needs torch installed and an indexed dataset) (default "
+             f"{BACKENDS[0]}, or $KERAS_BACKEND when set)")
     for field in _cli_fields():
         _add_option(groups[field.metadata["group"]], field)
     p.set_defaults(func=run)

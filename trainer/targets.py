@@ -51,6 +51,13 @@ def model_target(noisy_magnitude: np.ndarray, clean_magnitude: np.ndarray, targe
     return (2.0 * np.clip(ratio, 0.0, 1.0) - 1.0).astype(np.float32)
 
 
+def loss_weight(noisy_magnitude: np.ndarray) -> np.ndarray:
+    """Per-bin loss weights [..., frames, bins]: the noisy magnitude over its mean per example
+    (numpy twin of `tf_loss_weight`)."""
+    m = np.asarray(noisy_magnitude, np.float32)
+    return (m / (m.mean(axis=(-2, -1), keepdims=True) + _EPS)).astype(np.float32)
+
+
 def enhance_magnitude(noisy_magnitude: np.ndarray, prediction: np.ndarray, target: str,
                       config: SpectrogramConfig) -> np.ndarray:
     """Enhanced magnitude from the noisy magnitude and the model's output (same shape)."""

@@ -5,9 +5,10 @@
 
 The options, their defaults and their checks live in `trainer.config.TrainConfig`.
 
-Keras picks its backend when it is first imported: set KERAS_BACKEND ("tensorflow" or "jax")
-before importing this module (the `speech-enhance train --backend` flag does so). The input
-pipeline is tf.data on both backends.
+Keras picks its backend when it is first imported: set KERAS_BACKEND ("tensorflow", "jax" or
+"torch") before importing this module (the `speech-enhance train --backend` flag does so). The
+input pipeline is tf.data on the tensorflow and jax backends; on torch it is the PyTorch reader of
+the shards (`readers.torch_data`, through the shard indexes; the U-Net family only).
 
 Outputs:
     MODEL_DIR/model.keras, model.json      the best model (lowest validation loss), always float32
@@ -105,8 +106,9 @@ def _distribution(kind: str | None, tpu: str | None, batch_size: int) -> Iterato
 
 
 def _keep_tensorflow_off_accelerators() -> None:
-    """On JAX, TensorFlow only feeds batches: stop it from taking GPU memory that JAX needs."""
-    if keras.backend.backend() != "jax":
+    """On JAX, TensorFlow only feeds batches (on torch, not even that): stop it from taking GPU
+    memory that the backend needs."""
+    if keras.backend.backend() not in ("jax", "torch"):
         return
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -380,6 +382,43 @@ def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: 
     }
 
 
+def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, architecture: str,
+                validation_split: str | None, validation_steps: int | None):
+    """(training DataLoader, validation DataLoader or None) from the PyTorch readers, for Keras on the
+    torch backend: the same batches as the tf.data pipeline, from `readers.torch_data`. Training
+    streams the repeated, shuffled split (seeded by `config.seed`), decoding batches ahead on threads
+    of this process (no worker processes: handing float32 batches over from them costs about as
+    much as decoding them, benchmarks/readers.py); validation reads the first `validation_steps`
+    batches of its split in order."""
+    if architecture != "unet":
+        raise ValueError(f"train(): the torch backend reads data through readers.torch_data, which makes the "
+                         f"U-Net's inputs and targets only. Received: architecture={architecture!r}. Use "
+                         "--backend tensorflow or jax for the other families.")
+    import torch.utils.data
+
+    from readers.torch_data import RecordDataset, StreamDataset
+
+    common = dict(target=config.target, loss_weighting=config.loss_weighting, info=info)
+    train_loader = torch.utils.data.DataLoader(
+        StreamDataset(dataset_dir, config.train_split, batch_size=config.batch_size, shuffle=True,
+                      shuffle_buffer=config.shuffle_buffer, seed=config.seed, repeat=True, drop_remainder=True,
+                      threads=min(4, os.cpu_count() or 1), **common),
+        batch_size=None)
+    if validation_split is None:
+        return train_loader, None
+    records = RecordDataset(dataset_dir, validation_split, **common)
+    first = torch.utils.data.Subset(records, range(min(len(records), validation_steps * config.batch_size)))
+    return train_loader, torch.utils.data.DataLoader(first, batch_size=config.batch_size, shuffle=False,
+                                                     collate_fn=_stack)
+
+
+def _stack(examples: list[tuple]) -> tuple:
+    """Collates (x, y[, w]) examples into a tuple of batched tensors (default_collate makes a list)."""
+    import torch
+
+    return tuple(torch.stack(column) for column in zip(*examples))
+
+
 def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: TrainConfig | None = None, *,
           work_dir: str | os.PathLike | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
           verbose: int | str = "auto", **overrides: Any) -> dict[str, Any]:
@@ -456,15 +495,18 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
                 input_pipeline.num_examples(info, validation_split) if validation_split else 0, steps_per_epoch,
                 config.epochs, batch_size, keras.backend.backend(), config.precision, config.distribution or "none")
 
-    data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info, keys=family.keys,
-                     model_io=family.model_io(spectrogram, config, info))
-    train_ds = input_pipeline.make_dataset(
-        dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-        repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
-    val_ds = None
-    if validation_split is not None:
-        val_ds = input_pipeline.make_dataset(dataset_dir, validation_split, shuffle=False, deterministic=True,
-                                             drop_remainder=drop_remainder, **data_args).take(validation_steps)
+    if keras.backend.backend() == "torch":
+        train_ds, val_ds = _torch_data(dataset_dir, info, config, family.name, validation_split, validation_steps)
+    else:
+        data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info, keys=family.keys,
+                         model_io=family.model_io(spectrogram, config, info))
+        train_ds = input_pipeline.make_dataset(
+            dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+            repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
+        val_ds = None
+        if validation_split is not None:
+            val_ds = input_pipeline.make_dataset(dataset_dir, validation_split, shuffle=False, deterministic=True,
+                                                 drop_remainder=drop_remainder, **data_args).take(validation_steps)
 
     title = f"{family.describe(config)} on {dataset_dir}"
     stats = _EpochStats(batch_size)

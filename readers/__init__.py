@@ -1,0 +1,3 @@
+"""Readers of the dataset store without TensorFlow, through the shard indexes: `readers.store`
+(framework-free random access and numpy decoding), `readers.torch_data` (PyTorch datasets) and
+`readers.grain_source` (a grain data source for JAX). docs/readers.md shows them in use."""

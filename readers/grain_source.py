@@ -1,0 +1,67 @@
+"""A grain data source over a dataset's split, through the shard indexes (JAX input without TensorFlow).
+
+    import grain
+    from readers.grain_source import RecordSource
+
+    source = RecordSource("data/demo", "train")                      # item i: (x, y) numpy float32 [frames, bins, 1]
+    ds = grain.MapDataset.source(source).shuffle(seed=0).batch(32)   # exact global shuffle
+    for x, y in ds.to_iter_dataset():
+        ...
+
+`RecordSource` implements grain's `RandomAccessDataSource` protocol (`__len__`, a thread-safe,
+deterministic `__getitem__`, a `__repr__` for checkpoints) without importing grain, so it also works
+wherever grain is not installed. Item i is record i of the split (shard by shard, in record order), as
+`readers.torch_data.RecordDataset` returns it; the features are `trainer.targets`' numpy functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from readers.store import ALL_KEYS, TRAINING_KEYS, IndexedSplit, decode_batch, model_io
+from trainer.targets import check_loss_weighting, check_target
+
+OUTPUTS = ("model", "raw", "bytes")
+
+
+class RecordSource:
+    """grain `RandomAccessDataSource` over one split of an indexed, uncompressed dataset.
+
+    Args:
+        dataset_dir: dataset directory (local or gs://).
+        split: "train", "valid" or "test".
+        output: "model" for (x, y) float32 [frames, bins, 1] (or (x, y, weights) with
+            loss_weighting="magnitude"); "raw" for a dict of every feature (numpy arrays and
+            scalars, strings as str); "bytes" for the serialized record.
+        target, loss_weighting: as `trainer.input_pipeline.make_dataset` (U-Net family).
+        info: an already-read dataset_info dict.
+    """
+
+    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, output: str = "model",
+                 target: str = "noise", loss_weighting: str = "none", info: Mapping[str, Any] | None = None) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
+        self.records = IndexedSplit(dataset_dir, split, info=info)
+        self.output, self.target, self.loss_weighting = output, check_target(target), check_loss_weighting(loss_weighting)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Any:
+        record = self.records.read(int(index))
+        if self.output == "bytes":
+            return record
+        decoded = decode_batch([record], self.records.config, ALL_KEYS if self.output == "raw" else TRAINING_KEYS)
+        if self.output == "raw":
+            return {k: (v[0] if v.ndim > 1 else v[0].item() if v.dtype.kind != "U" else str(v[0]))
+                    for k, v in decoded.items()}
+        return tuple(np.ascontiguousarray(a[0]) for a in
+                     model_io(decoded, self.records.config, self.target, self.loss_weighting))
+
+    def __repr__(self) -> str:
+        return (f"RecordSource(dataset_dir={self.records.dataset_dir!r}, split={self.records.split!r}, "
+                f"output={self.output!r}, target={self.target!r}, loss_weighting={self.loss_weighting!r}, "
+                f"len={len(self)})")

@@ -1,0 +1,349 @@
+"""Random access to a dataset's records without TensorFlow: the shard indexes, record reads by
+offset, batch decoding in numpy and the model's inputs and targets.
+
+    split = IndexedSplit("data/demo", "train")        # reads dataset_info.json and the indexes
+    len(split); record = split.read(123)              # one serialized record (CRCs checked)
+    batch = decode_batch([split.read(i) for i in range(32)], split.config)   # {key: [B, ...] arrays}
+    x, y = model_io(batch, split.config, target="noise")                     # float32 [B, frames, bins, 1]
+
+Local shards are read with `os.pread` (one descriptor per shard and process, thread-safe); remote
+ones (gs://) through `tfrecord_schema.paths.open_read`, kept open and seeked to the offset (the
+path layer has no range-read call; its clients fetch from the seek position on). The framework readers (`readers.torch_data`, `readers.grain_source`)
+are thin layers over this module; the features and targets are `trainer.targets`' numpy functions,
+the formulas the tf.data pipeline computes in TensorFlow.
+
+Opening a split tunes glibc's allocator for the process (`tfrecord_schema.malloc.tune_malloc`, as
+the predictor does): the features' numpy temporaries are spectrogram-sized, which glibc would
+otherwise mmap and unmap each time (about 3x slower features).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from tfrecord_schema import paths, shard_index, wire
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import DatasetInfo, shard_files
+from tfrecord_schema.malloc import tune_malloc
+from tfrecord_schema.records import _masked_crc
+from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, check_schema_version
+from trainer.targets import check_loss_weighting, check_target, loss_weight, model_input, model_target
+
+# What training the U-Net reads; `raw=True` readers decode every feature.
+TRAINING_KEYS = ("noisy_magnitude", "clean_magnitude")
+ALL_KEYS = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
+_NUMPY_KIND = {"bytes": np.str_, "int": np.int64, "float": np.float32}
+
+
+class _Files:
+    """Open shards of one process: descriptors for local files, file objects for remote ones.
+    Re-opened after a fork (DataLoader workers) and left out of pickles (spawned workers, grain)."""
+
+    def __init__(self) -> None:
+        self._pid, self._open, self._lock = os.getpid(), {}, threading.Lock()
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        if self._pid != os.getpid():
+            self._pid, self._open, self._lock = os.getpid(), {}, threading.Lock()
+        handle = self._open.get(path)
+        if handle is None:
+            with self._lock:
+                handle = self._open.get(path)
+                if handle is None:
+                    handle = paths.open_read(path) if paths.is_remote(path) else os.open(path, os.O_RDONLY)
+                    self._open[path] = handle
+        if isinstance(handle, int):
+            data = os.pread(handle, length, offset)
+        else:
+            with self._lock:
+                handle.seek(offset)
+                data = handle.read(length)
+        if len(data) != length:
+            raise ValueError(f"{path}: read {len(data)} of {length} bytes at offset {offset}: the shard is shorter "
+                             "than its index says (truncated?). Check it with `speech-enhance inspect --verify`.")
+        return data
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            os.close(handle) if isinstance(handle, int) else handle.close()
+        self._open = {}
+
+
+class IndexedSplit:
+    """The records of one split of an indexed, uncompressed dataset, addressable by a global index
+    0..len-1 (shard by shard, in record order: the order `raw_batches(shuffle=False)` reads).
+
+    Args:
+        dataset_dir: the dataset directory (local or gs://) with dataset_info.json, shards and indexes.
+        split: "train", "valid" or "test".
+        info: an already-read dataset_info dict, to skip reading it again.
+        check_crc: check both CRCs of every record read (cheap: CRC-32C is hardware accelerated).
+
+    Raises ValueError for a GZIP dataset or one without indexes (`speech-enhance index DATASET`
+    adds them), and for an index that does not match dataset_info.json.
+    """
+
+    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, info: Mapping[str, Any] | None = None,
+                 check_crc: bool = True) -> None:
+        self.dataset_dir = os.fspath(dataset_dir)
+        self.split = split
+        self.info = dict(info) if info is not None else DatasetInfo.read(self.dataset_dir).to_dict()
+        if self.info.get("compression"):
+            raise ValueError(f"{self.dataset_dir} is {self.info['compression']}-compressed: records cannot be read at "
+                             "their offsets. Read it with the tf.data pipeline, or rebuild it uncompressed.")
+        self.config = SpectrogramConfig.from_dict(self.info["spectrogram"])
+        self.check_crc = check_crc
+        self.files = shard_files(self.info, self.dataset_dir, split)
+        entries = self.info["splits"][split]["shards"]
+        offsets, lengths, shards = [], [], []
+        for number, entry in enumerate(entries):
+            index = shard_index.read_index(self.dataset_dir, entry)
+            # Cheap checks without reading the shard: one entry per record, the records tiling it.
+            problems = shard_index.check_index(index, int(entry["num_bytes"]), int(entry["num_examples"]),
+                                               paths.join(self.dataset_dir, entry["index"]))
+            if problems:
+                raise ValueError(f"{problems[0]}: the index is damaged. Rewrite it with "
+                                 f"`speech-enhance index --overwrite {self.dataset_dir}`.")
+            offsets.append(index[:, 0].astype(np.int64))
+            lengths.append(index[:, 1].astype(np.int64))
+            shards.append(np.full(len(index), number, np.int32))
+        self.offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self.shards = np.concatenate(shards) if shards else np.zeros(0, np.int32)
+        self._files = _Files()
+        tune_malloc()
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._files = _Files()
+        tune_malloc()
+
+    def _check_position(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record index out of range: {i} (the {self.split!r} split holds {n} records)")
+        return i % n if n else i
+
+    def read(self, i: int) -> bytes:
+        """The serialized record (payload) at global position `i`."""
+        i = self._check_position(int(i))
+        data = self._files.read(self.files[self.shards[i]], int(self.offsets[i]), int(self.lengths[i]))
+        return self._payload(memoryview(data), i)
+
+    def read_run(self, first: int, stop: int) -> list[bytes]:
+        """The records first..stop-1, which must lie in one shard: read with a single request."""
+        if stop <= first:
+            return []
+        if self.shards[first] != self.shards[stop - 1]:
+            raise ValueError(f"read_run(): records {first}..{stop - 1} span more than one shard")
+        start = int(self.offsets[first])
+        end = int(self.offsets[stop - 1] + self.lengths[stop - 1])
+        view = memoryview(self._files.read(self.files[self.shards[first]], start, end - start))
+        out = []
+        for i in range(first, stop):
+            at = int(self.offsets[i]) - start
+            out.append(self._payload(view[at: at + int(self.lengths[i])], i))
+        return out
+
+    def runs(self, run_length: int) -> list[tuple[int, int]]:
+        """(first, stop) of consecutive records of one shard, at most `run_length` each, in order:
+        the units the streaming readers read, shuffle and share out."""
+        out = []
+        bounds = np.flatnonzero(np.diff(self.shards)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(self)]):
+            out.extend((a, min(a + run_length, hi)) for a in range(lo, hi, run_length))
+        return out
+
+    def _payload(self, framed: memoryview, i: int) -> bytes:
+        (length,) = struct.unpack_from("<Q", framed, 0)
+        if length + shard_index.FRAMING_BYTES != len(framed):
+            raise ValueError(self._bad(i, f"holds a {length}-byte record where the index says "
+                                          f"{len(framed) - shard_index.FRAMING_BYTES}"))
+        payload = bytes(framed[12: 12 + length])
+        if self.check_crc:
+            if struct.unpack_from("<I", framed, 8)[0] != _masked_crc(bytes(framed[:8])):
+                raise ValueError(self._bad(i, "has no record header there (length CRC mismatch)"))
+            if struct.unpack_from("<I", framed, 12 + length)[0] != _masked_crc(payload):
+                raise ValueError(self._bad(i, "holds a corrupt record there (data CRC mismatch)"))
+        return payload
+
+    def _bad(self, i: int, what: str) -> str:
+        path = self.files[self.shards[i]]
+        return (f"{path}: record {i} of the {self.split!r} split: the shard at offset {int(self.offsets[i])} {what}. "
+                f"The index or the shard is damaged: check with `speech-enhance inspect --verify {self.dataset_dir}`, "
+                f"rewrite indexes with `speech-enhance index --overwrite {self.dataset_dir}`.")
+
+    def close(self) -> None:
+        self._files.close()
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    byte = buf[pos]
+    if byte < 0x80:  # the common case: one byte
+        return byte, pos + 1
+    return wire.read_varint(buf, pos)
+
+
+def _length_delimited(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """(field number, start, end) of the length-delimited field at `pos`; every field of
+    Example, Features, their map entries and a bytes Feature is one."""
+    tag, pos = _varint(buf, pos)
+    if tag & 7 != 2:
+        raise ValueError(f"Not a tf.train.Example: wire type {tag & 7} where a length-delimited field belongs")
+    length, pos = _varint(buf, pos)
+    if pos + length > len(buf):
+        raise ValueError("Not a tf.train.Example: a field runs past the end of the record")
+    return tag >> 3, pos, pos + length
+
+
+def _features(serialized: bytes, wanted: Mapping[bytes, str]) -> dict[str, Any]:
+    """{key: value} of the wanted features of one serialized tf.train.Example. A spectrogram's value
+    is the (offset, length) of its bytes in `serialized` (read without a copy); other values are
+    lists. A walk over the message that skips the features it does not want (`wire.parse_message`
+    parses them all)."""
+    out: dict[str, Any] = {}
+    pos, end = 0, len(serialized)
+    while pos < end:
+        number, start, pos = _length_delimited(serialized, pos)
+        if number != 1:  # Example.features
+            continue
+        at = start
+        while at < pos:
+            number, entry, at = _length_delimited(serialized, at)
+            if number != 1:  # Features.feature (a map entry)
+                continue
+            key = value = None
+            inner = entry
+            while inner < at:
+                number, a, inner = _length_delimited(serialized, inner)
+                if number == 1:
+                    key = serialized[a:inner]
+                elif number == 2:
+                    value = (a, inner)
+            if key is None or value is None:
+                continue
+            name = wanted.get(key)
+            if name is None:
+                continue
+            if name in SPECTROGRAM_KEYS:
+                kind, a, b = _length_delimited(serialized, value[0])  # Feature.bytes_list
+                number, a, b = _length_delimited(serialized, a) if kind == 1 and a < b else (0, 0, 0)
+                if kind != 1 or number != 1:
+                    raise ValueError(f"Not a record of this schema: {name} is not a bytes feature")
+                out[name] = (a, b - a)
+            else:
+                out[name] = wire.parse_feature(memoryview(serialized)[value[0]:value[1]])
+    return out
+
+
+def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
+                 keys: Sequence[str] = ALL_KEYS) -> dict[str, np.ndarray]:
+    """Decodes serialized records into one dict of batched numpy arrays, as `parse_batch` does in
+    TensorFlow: spectrograms `config.dtype` [B, frames, bins], metadata [B] (strings as str,
+    ints int64, floats float32), `schema_version` [B]. Each record's schema version and shape are
+    checked (ValueError naming the record's position in the batch)."""
+    unknown = sorted(set(keys) - set(ALL_KEYS))
+    if unknown:
+        raise ValueError(f"decode_batch(): unknown feature keys {unknown}. Known: {list(ALL_KEYS)}")
+    wanted = {k.encode("utf-8"): k for k in (*keys, "schema_version", "shape")}
+    frames, bins = config.shape
+    dtype = np.dtype(config.dtype).newbyteorder("<")
+    n = len(records)
+    out: dict[str, Any] = {k: np.empty((n, frames, bins), dtype) for k in keys if k in SPECTROGRAM_KEYS}
+    meta: dict[str, list] = {k: [] for k in keys if k not in SPECTROGRAM_KEYS}
+    versions = np.empty(n, np.int64)
+    for b, record in enumerate(records):
+        values = _features(bytes(record), wanted)
+        version = (values.get("schema_version") or [None])[0]
+        if version != SCHEMA_VERSION:
+            check_schema_version(version, f"Record {b} of the batch")
+        if tuple(values.get("shape", ())) != (frames, bins):
+            raise ValueError(f"Record {b} of the batch holds spectrograms of shape {tuple(values.get('shape', ()))}, "
+                             f"not the dataset's ({frames}, {bins}): dataset_info.json does not match the shards.")
+        versions[b] = version
+        for key, array in out.items():
+            if key not in values:
+                raise ValueError(f"Record {b} of the batch has no {key} feature")
+            offset, length = values[key]
+            if length != frames * bins * dtype.itemsize:
+                raise ValueError(f"Record {b} of the batch: {key} holds {length} bytes, not {frames} x {bins} "
+                                 f"{config.dtype} values")
+            array[b] = np.frombuffer(record, dtype, frames * bins, offset).reshape(frames, bins)
+        for key, column in meta.items():
+            value = values[key][0]
+            column.append(value.decode("utf-8") if METADATA_FEATURES[key] == "bytes" else value)
+    for key, column in meta.items():
+        out[key] = np.asarray(column, _NUMPY_KIND[METADATA_FEATURES[key]])
+    out["schema_version"] = versions
+    return out
+
+
+def model_io(batch: Mapping[str, np.ndarray], config: SpectrogramConfig, target: str = "noise",
+             loss_weighting: str = "none") -> tuple[np.ndarray, ...]:
+    """(x, y) float32 [B, frames, bins, 1] of the U-Net family from decoded magnitudes, as
+    `trainer.input_pipeline.make_dataset` yields them; (x, y, weights [B, frames, bins]) with
+    `loss_weighting="magnitude"`. The formulas are `trainer.targets`' numpy functions."""
+    check_target(target)
+    check_loss_weighting(loss_weighting)
+    # float32 once here, not in each formula (float16 -> float32 is the costly numpy step).
+    noisy, clean = (np.asarray(batch[k], np.float32) for k in ("noisy_magnitude", "clean_magnitude"))
+    x = model_input(noisy, config)[..., np.newaxis]
+    y = model_target(noisy, clean, target, config)[..., np.newaxis]
+    if loss_weighting == "magnitude":
+        return x, y, loss_weight(noisy)
+    return x, y
+
+
+def check_positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+def stream_runs(split: IndexedSplit, consumer: int, consumers: int, *, epoch: int, seed: int, shuffle: bool,
+                run_length: int) -> list[tuple[int, int]]:
+    """The runs of records (see `IndexedSplit.runs`) that consumer `consumer` of `consumers` reads in
+    `epoch`: every run goes to exactly one consumer (round robin over the run order, shuffled by
+    (seed, epoch) when `shuffle`), so together they read each record once."""
+    runs = split.runs(run_length)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(runs))
+        runs = [runs[i] for i in order]
+    return runs[consumer::consumers]
+
+
+def stream_records(split: IndexedSplit, runs: Sequence[tuple[int, int]], *, shuffle: bool, shuffle_buffer: int,
+                   rng: np.random.Generator, read_runs: Iterable[list[bytes]] | None = None) -> Iterator[bytes]:
+    """Serialized records of `runs`, read one run per request; with `shuffle`, through a buffer of
+    `shuffle_buffer` records from which a random one leaves as each new one enters (as tf.data's).
+    `read_runs`: the runs' records already being read (e.g. ahead, on threads), in run order."""
+    if read_runs is None:
+        read_runs = (split.read_run(first, stop) for first, stop in runs)
+    if not shuffle:
+        for records in read_runs:
+            yield from records
+        return
+    buffer: list[bytes] = []
+    for records in read_runs:
+        for record in records:
+            if len(buffer) < shuffle_buffer:
+                buffer.append(record)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], record = record, buffer[j]
+            yield record
+    rng.shuffle(buffer)
+    yield from buffer

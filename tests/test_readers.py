@@ -1,0 +1,299 @@
+"""The shard indexes and the readers without TensorFlow (readers/): PyTorch map-style and streaming
+datasets and the grain source yield exactly the records, features and targets tf.data yields."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the PyTorch readers need torch: pip install torch==2.13.0 "
+                            "(`make test` installs it)")
+
+import speech_enhance  # noqa: E402
+from beam_pipelines.inspect_dataset import inspect_dataset  # noqa: E402
+from beam_pipelines.testing import read_raw_records, write_dataset  # noqa: E402
+from readers.grain_source import RecordSource  # noqa: E402
+from readers.torch_data import RecordDataset, StreamDataset  # noqa: E402
+from tfrecord_schema import shard_index  # noqa: E402
+from tfrecord_schema.dataset_info import DatasetInfo  # noqa: E402
+from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS, decode  # noqa: E402
+from trainer.input_pipeline import make_dataset, raw_batches  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_TRAIN = 23
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("readers") / "ds")
+    write_dataset(path, splits={"train": N_TRAIN, "valid": 8}, num_shards=3)
+    return path
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@pytest.fixture(scope="module")
+def tf_records(dataset):
+    """{example_id: {feature: value}} and {example_id: (x, y, w)} as the tf.data pipeline yields them."""
+    raw = {}
+    order = []
+    for batch in raw_batches(dataset, "train", batch_size=8).as_numpy_iterator():
+        for b in range(len(batch["example_id"])):
+            example_id = _text(batch["example_id"][b])
+            order.append(example_id)
+            raw[example_id] = {k: batch[k][b] for k in (*SPECTROGRAM_KEYS, *METADATA_FEATURES)}
+    model = {}
+    ds = make_dataset(dataset, "train", batch_size=8, shuffle=False, deterministic=True, loss_weighting="magnitude")
+    examples = [tuple(a[b] for a in batch) for batch in ds.as_numpy_iterator() for b in range(len(batch[0]))]
+    for example_id, example in zip(order, examples):
+        model[example_id] = example
+    assert len(raw) == N_TRAIN
+    return raw, model
+
+
+def _check_raw(example, expected):
+    for key in SPECTROGRAM_KEYS:
+        np.testing.assert_array_equal(np.asarray(example[key]), expected[key])
+    for key, kind in METADATA_FEATURES.items():
+        if kind == "bytes":
+            assert _text(example[key]) == _text(expected[key]), key
+        elif kind == "float":
+            assert np.float32(example[key]) == np.float32(expected[key]), key
+        else:
+            assert int(example[key]) == int(expected[key]), key
+
+
+def _unbatch(batch):
+    n = len(batch["example_id"])
+    return [{k: v[b] for k, v in batch.items()} for b in range(n)]
+
+
+def test_map_dataset_matches_tf_data(dataset, tf_records):
+    raw, model = tf_records
+    records = RecordDataset(dataset, "train", raw=True)
+    features = RecordDataset(dataset, "train", loss_weighting="magnitude")
+    assert len(records) == N_TRAIN
+    seen = []
+    for i in range(len(records)):
+        example = records[i]
+        example_id = example["example_id"]
+        seen.append(example_id)
+        _check_raw(example, raw[example_id])
+        x, y, w = features[i]
+        assert x.shape == (32, 32, 1) and x.dtype == torch.float32 and y.shape == (32, 32, 1)
+        tx, ty, tw = model[example_id]
+        np.testing.assert_allclose(x.numpy(), tx, atol=1e-5)
+        np.testing.assert_allclose(y.numpy(), ty, atol=1e-5)
+        np.testing.assert_allclose(w.numpy(), tw, rtol=1e-5, atol=1e-6)
+    assert sorted(seen) == sorted(raw)
+    assert not np.allclose(features[0][1].numpy(), features[1][1].numpy())  # targets differ per example
+    with pytest.raises(IndexError, match="out of range"):
+        records[N_TRAIN]
+
+
+def test_map_dataset_shuffles_globally_across_two_workers(dataset, tf_records):
+    raw, _ = tf_records
+    loader = torch.utils.data.DataLoader(RecordDataset(dataset, "train", raw=True), batch_size=5, shuffle=True,
+                                         num_workers=2, generator=torch.Generator().manual_seed(0))
+    ids = []
+    for batch in loader:
+        assert batch["noisy_magnitude"].shape[1:] == (32, 32)
+        for example in _unbatch(batch):
+            ids.append(example["example_id"])
+            _check_raw(example, raw[example["example_id"]])
+    assert sorted(ids) == sorted(raw) and len(ids) == N_TRAIN
+    unshuffled = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
+    assert ids != unshuffled
+
+
+def _stream_ids(dataset, raw, *, shuffle, epoch=0, batch_size=4):
+    """Ids read by 2 simulated ranks x 2 DataLoader workers, each checked against tf.data's record."""
+    per_rank = []
+    for rank in range(2):
+        stream = StreamDataset(dataset, "train", batch_size=batch_size, shuffle=shuffle, shuffle_buffer=6, seed=3,
+                               epoch=epoch, raw=True, rank=rank, world_size=2, run_length=3)
+        ids = []
+        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2):
+            for example in _unbatch(batch):
+                _check_raw(example, raw[example["example_id"]])
+                ids.append(example["example_id"])
+        per_rank.append(ids)
+    return per_rank
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_stream_dataset_shares_records_across_ranks_and_workers(dataset, tf_records, shuffle):
+    raw, _ = tf_records
+    per_rank = _stream_ids(dataset, raw, shuffle=shuffle)
+    everything = per_rank[0] + per_rank[1]
+    assert sorted(everything) == sorted(raw)  # none lost, none repeated
+    assert all(per_rank) and not set(per_rank[0]) & set(per_rank[1])
+    if shuffle:
+        assert _stream_ids(dataset, raw, shuffle=True) == per_rank  # same seed and epoch: same order
+        assert _stream_ids(dataset, raw, shuffle=True, epoch=1) != per_rank
+
+
+def test_stream_dataset_batches_are_the_tf_data_model_inputs(dataset, tf_records):
+    _, model = tf_records
+    ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
+    stream = StreamDataset(dataset, "train", batch_size=5, target="noise", loss_weighting="magnitude")
+    batches = list(stream)
+    assert [len(b[0]) for b in batches] == [5, 5, 5, 5, 3]
+    xs, ys, ws = (torch.cat([b[i] for b in batches]).numpy() for i in range(3))
+    for example_id, x, y, w in zip(ids, xs, ys, ws):  # unshuffled, one consumer: record order
+        tx, ty, tw = model[example_id]
+        np.testing.assert_allclose(x, tx, atol=1e-5)
+        np.testing.assert_allclose(y, ty, atol=1e-5)
+        np.testing.assert_allclose(w, tw, rtol=1e-5, atol=1e-6)
+    threaded = list(StreamDataset(dataset, "train", batch_size=5, loss_weighting="magnitude", threads=2))
+    assert all(torch.equal(a, b) for one, two in zip(batches, threaded) for a, b in zip(one, two))
+    assert len(threaded) == len(batches)
+    records = RecordDataset(dataset, "train", raw=True, threads=2)
+    picked = [17, 3, 9, 0, 22, 5, 11]
+    assert [e["example_id"] for e in records.__getitems__(picked)] == [ids[i] for i in picked]
+    repeated = iter(StreamDataset(dataset, "train", batch_size=4, shuffle=True, repeat=True, drop_remainder=True))
+    assert all(next(repeated)[0].shape == (4, 32, 32, 1) for _ in range(12))  # past the end of one pass
+
+
+def test_grain_source_matches_tf_data(dataset, tf_records):
+    raw, model = tf_records
+    source = RecordSource(dataset, "train", output="raw")
+    assert len(source) == N_TRAIN and "RecordSource(" in repr(source)
+    for i in range(len(source)):
+        _check_raw(source[i], raw[source[i]["example_id"]])
+    features = RecordSource(dataset, "train")
+    x, y = features[0]
+    tx, ty, _ = model[source[0]["example_id"]]
+    np.testing.assert_allclose(x, tx, atol=1e-5)
+    np.testing.assert_allclose(y, ty, atol=1e-5)
+    grain = pytest.importorskip("grain", reason="grain is not installed (pip install grain)")
+    assert isinstance(source, grain.sources.RandomAccessDataSource)
+    shuffled = [e["example_id"] for e in grain.MapDataset.source(source).shuffle(seed=0)]
+    assert sorted(shuffled) == sorted(raw) and shuffled != [source[i]["example_id"] for i in range(N_TRAIN)]
+
+
+def test_verify_checks_the_index_and_readers_detect_a_corrupt_one(tmp_path, capsys):
+    path = str(tmp_path / "ds")
+    info = write_dataset(path, splits={"train": 6}, num_shards=2)
+    shard = info["splits"]["train"]["shards"][1]
+    assert shard["index"] == shard["file"] + ".index" and shard["index_bytes"] == 16 * shard["num_examples"]
+    index = np.fromfile(os.path.join(path, shard["index"]), "<u8").reshape(-1, 2)
+    assert index[0, 0] == 0 and index[-1].sum() == shard["num_bytes"]
+    assert inspect_dataset(path, examples=0, verify=True)["problems"] == []
+
+    index[[0, 1]] = index[[1, 0]]  # two records swapped: same size, wrong offsets
+    index.tofile(os.path.join(path, shard["index"]))
+    problems = inspect_dataset(path, examples=0, verify=True)["problems"]
+    assert len(problems) == 1 and "do not match the records read" in problems[0] and shard["index"] in problems[0]
+    with pytest.raises(ValueError, match="offsets do not follow one another.*speech-enhance index --overwrite"):
+        RecordDataset(path, "train")
+    index[[0, 1]] = index[[1, 0]]
+    index[0, 1] += 4  # a boundary moved: the entries still tile the shard, but miss the records
+    index[1, 0] += 4
+    index[1, 1] -= 4
+    index.tofile(os.path.join(path, shard["index"]))
+    assert "do not match the records read" in inspect_dataset(path, examples=0, verify=True)["problems"][0]
+    records = RecordDataset(path, "train")
+    records[2]  # the first shard is intact
+    with pytest.raises(ValueError, match="index or the shard is damaged"):
+        records[3]  # the second shard's first record
+
+    with open(os.path.join(path, shard["index"]), "ab") as f:
+        f.write(b"\0" * 16)  # one entry too many
+    problems = inspect_dataset(path, examples=0, verify=True)["problems"]
+    assert len(problems) == 1 and "dataset_info.json says 48" in problems[0]
+    with pytest.raises(ValueError, match="speech-enhance index"):
+        RecordDataset(path, "train")
+    capsys.readouterr()
+
+
+def test_index_command_indexes_an_unindexed_dataset(tmp_path, capsys):
+    path = str(tmp_path / "old")
+    write_dataset(path, splits={"train": 7, "valid": 3}, num_shards=2, index=False)
+    before = DatasetInfo.read(path)
+    assert not any("index" in s for e in before.splits.values() for s in e["shards"])
+    with pytest.raises(ValueError, match="speech-enhance index"):
+        RecordDataset(path, "train")
+    assert speech_enhance.main(["index", path]) == 0
+    assert "indexed" in capsys.readouterr().out
+    after = DatasetInfo.read(path)
+    assert all(s["index"] == s["file"] + ".index" for e in after.splits.values() for s in e["shards"])
+    assert after.to_dict() | {"splits": None} == before.to_dict() | {"splits": None}  # nothing else changed
+    assert inspect_dataset(path, examples=0, verify=True)["problems"] == []
+    ids = sorted(RecordDataset(path, "train", raw=True)[i]["example_id"] for i in range(7))
+    assert ids == sorted(f"train-{i}" for i in range(7))
+    # A damaged index is rewritten; a GZIP dataset gets none.
+    with open(os.path.join(path, after.splits["train"]["shards"][0]["index"]), "wb") as f:
+        f.write(b"\1" * 16)
+    assert speech_enhance.main(["index", path]) == 0
+    assert inspect_dataset(path, examples=0, verify=True)["problems"] == []
+    gzip_path = str(tmp_path / "gz")
+    write_dataset(gzip_path, splits={"train": 3}, compression="GZIP")
+    assert not any("index" in s for s in DatasetInfo.read(gzip_path).splits["train"]["shards"])
+    assert speech_enhance.main(["index", gzip_path]) == 2
+    assert "GZIP-compressed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="GZIP-compressed"):
+        shard_index.index_dataset(gzip_path)
+
+
+def test_dataset_job_writes_the_indexes(tmp_path):
+    pytest.importorskip("apache_beam")
+    from beam_pipelines.pipeline import DatasetOptions, run_dataset
+    from dataset_fixtures import make_corpus
+
+    voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=4, utterances=1, noises_per_kind=1)
+    out = str(tmp_path / "ds")
+    info = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=out, num_examples=12,
+                                      max_shard_bytes=int(0.4 * 2**20), chunk_size=2), workers=1)
+    shards = [s for e in info["splits"].values() for s in e["shards"]]
+    assert len(shards) > 3 and all(os.path.isfile(os.path.join(out, s["index"])) for s in shards)
+    assert all(s["index_bytes"] == 16 * s["num_examples"] for s in shards)
+    assert not [f for f in os.listdir(out) if ".incomplete-" in f]
+    assert inspect_dataset(out, examples=0, verify=True)["problems"] == []
+    records = RecordDataset(out, "train", raw=True)
+    expected = [decode(r)["example_id"] for r in read_raw_records(out, info, "train")]
+    assert [records[i]["example_id"] for i in range(len(records))] == expected and len(set(expected)) > 3
+
+
+def test_train_on_the_torch_backend_from_the_pytorch_reader(dataset, tmp_path):
+    model_dir = str(tmp_path / "model")
+    command = [sys.executable, "-m", "speech_enhance", "train", "--dataset", dataset, "--model-dir", model_dir,
+               "--backend", "torch", "--base-filters", "4", "--depth", "2", "--batch-size", "4",
+               "--steps-per-epoch", "8", "--validation-steps", "2", "--epochs", "2", "--learning-rate", "0.003",
+               "--lr-schedule", "constant", "--summary-json", str(tmp_path / "summary.json")]
+    env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(open(tmp_path / "summary.json").read())
+    assert summary["backend"] == "torch" and summary["epochs_run"] == 2
+    with open(os.path.join(model_dir, "model.json")) as f:
+        assert json.load(f)["training"]["backend"] == "torch"
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(model_dir, "training", "history.csv"))))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert float(rows[-1]["val_loss"]) < 1.0
+
+
+def test_readers_on_a_bucket(gcs, tmp_path, capsys):
+    """gs:// shards through the path layer (open and seek), indexed there by `speech-enhance index`."""
+    from tfrecord_schema import paths
+
+    local = str(tmp_path / "old")
+    write_dataset(local, splits={"train": 5}, num_shards=2, index=False)
+    remote = gcs.url("readers/old")
+    for name in os.listdir(local):
+        paths.upload_atomic(os.path.join(local, name), paths.join(remote, name))
+    assert speech_enhance.main(["index", remote]) == 0
+    records = RecordDataset(remote, "train", raw=True)
+    assert sorted(records[i]["example_id"] for i in range(5)) == [f"train-{i}" for i in range(5)]
+    stream = list(StreamDataset(remote, "train", batch_size=2, raw=True))
+    assert sorted(i for b in stream for i in b["example_id"]) == [f"train-{i}" for i in range(5)]
