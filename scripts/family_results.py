@@ -60,8 +60,9 @@ def main(argv=None) -> int:
         path = os.path.join(model_dirs.get(base) or os.path.join(args.models or "", base), "model.json")
         return json.load(open(path, encoding="utf-8"))["training"] if os.path.isfile(path) else {}
 
-    lines = [f"# Model families on the held-out test set\n",
-             f"{results['num_items']} mixtures at {results['sample_rate']} Hz from `{args.results}`; means over items.\n",
+    lines = ["# Model families on the held-out test set\n",
+             f"{results['num_items']} mixtures at {results['sample_rate']} Hz from `{args.results}`; "
+             "means over items.\n",
              "## Overall\n",
              "| system | SI-SDR (dB) | SI-SDRi (dB) | PESQ | STOI | parameters | GPU training (s) | CPU RTF |",
              "|---|---|---|---|---|---|---|---|"]

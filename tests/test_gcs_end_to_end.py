@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile
 
 import speech_enhance
 from beam_pipelines.pipeline import DatasetOptions, run_dataset

@@ -227,7 +227,8 @@ def test_pipeline_mel_features_equal_the_exported_models(dataset):
     info = json.load(open(os.path.join(dataset, "dataset_info.json")))
     family = get_family("mel-autoencoder")
     batch = next(iter(make_dataset(dataset, "valid", batch_size=4, shuffle=False, deterministic=True,
-                                   keys=family.keys, model_io=lambda b: (b["noisy_magnitude"], b["clean_magnitude"]), info=info)))
+                                   keys=family.keys, info=info,
+                                   model_io=lambda b: (b["noisy_magnitude"], b["clean_magnitude"]))))
     noisy = batch[0].numpy().astype(np.float32)
     x, y = next(iter(make_dataset(dataset, "valid", batch_size=4, shuffle=False, deterministic=True,
                                   keys=family.keys, model_io=family.model_io(SMALL_CONFIG, config, info), info=info)))
