@@ -48,6 +48,16 @@ def _shard_size(text: str) -> float:
     return value
 
 
+def refuse_unknown_beam_args(extra: list[str], command: str) -> None:
+    """Raises ValueError naming the options in `extra` that neither `speech-enhance COMMAND` nor any
+    Beam options class defines (`unknown_beam_args`)."""
+    unknown = unknown_beam_args(extra)
+    if unknown:
+        flags = [a for a in unknown if a.startswith("-")] or unknown
+        raise ValueError(f"unknown option(s) {' '.join(flags)}: neither `speech-enhance {command}` nor Apache Beam "
+                         f"defines them (see `speech-enhance {command} --help`).")
+
+
 def unknown_beam_args(args: list[str]) -> list[str]:
     """The options in `args` that no Beam options class defines (Beam itself only warns about them).
 
@@ -193,11 +203,7 @@ def run_dataset_command(args, extra) -> int:
             runners.require_dask()
         except ImportError as err:
             raise ValueError(str(err)) from None
-    unknown = unknown_beam_args(extra)
-    if unknown:
-        flags = [a for a in unknown if a.startswith("-")] or unknown
-        raise ValueError(f"unknown option(s) {' '.join(flags)}: neither `speech-enhance dataset` nor Apache Beam "
-                         "defines them (see `speech-enhance dataset --help`).")
+    refuse_unknown_beam_args(extra, "dataset")
     try:
         return _run_dataset(args, extra)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:

@@ -21,7 +21,6 @@ the dataset grows.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -35,7 +34,6 @@ from typing import Any, Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import audio as audio_lib
 from beam_pipelines import augmentation as aug
@@ -585,18 +583,8 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     _quiet_worker_notes()
     try:
-        with contextlib.ExitStack() as stack:
-            if runners.is_dask(beam_args):
-                beam_args = stack.enter_context(runners.dask_cluster(beam_args, workers))
-            p = beam.Pipeline(options=PipelineOptions(runners.default_beam_args(beam_args, workers)))
-            build_pipeline(p, opts, plan, arguments or {}, started, build_dir)
-            result = p.run()
-            try:
-                result.wait_until_finish()
-            finally:
-                client = getattr(result, "client", None)  # DaskRunner's own dask.distributed client
-                if client is not None:
-                    client.close()
+        runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments or {}, started, build_dir),
+                             beam_args, workers)
         problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))

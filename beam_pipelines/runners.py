@@ -1,4 +1,5 @@
-"""Which Beam runner runs the dataset job: local defaults, runner names, and the Dask cluster.
+"""Which Beam runner runs the dataset job and `predict --runner`: local defaults, runner names, the
+Dask cluster, and running a pipeline to its end (`run_pipeline`).
 
 The job's graph (`pipeline.build_pipeline`) is the same on every runner; this module only turns the
 command line's Beam options into `PipelineOptions` and, for Beam's DaskRunner, provides the cluster:
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 LOG = logging.getLogger(__name__)
 
@@ -168,3 +169,25 @@ def dask_cluster(beam_args: Sequence[str], workers: int) -> Iterator[list[str]]:
             with contextlib.suppress(Exception):  # the cluster may be gone; nothing left to undo then
                 client.unforward_logging(_LOGGER_NAME)
                 client.unregister_worker_plugin("speech-enhance-progress-level")
+
+
+def run_pipeline(build: Callable[[Any], Any], beam_args: Sequence[str], workers: int) -> None:
+    """Runs to its end the pipeline that `build(p)` adds to a fresh `beam.Pipeline`, on the runner
+    `beam_args` names: FnApiRunner defaults for `workers` processes (`default_beam_args`), or, for
+    DaskRunner without a cluster address, a LocalCluster started and closed here (`dask_cluster`).
+    DaskRunner's own dask.distributed client is closed afterwards, whatever happened."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with contextlib.ExitStack() as stack:
+        if is_dask(beam_args):
+            beam_args = stack.enter_context(dask_cluster(beam_args, workers))
+        p = beam.Pipeline(options=PipelineOptions(default_beam_args(beam_args, workers)))
+        build(p)
+        result = p.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)
+            if client is not None:
+                client.close()

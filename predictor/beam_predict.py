@@ -43,7 +43,6 @@ a runner, which streams any length in constant memory.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -57,8 +56,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from predictor import audio_io
 from predictor.folders import (DEFAULT_BLOCK_SECONDS, FAILURES_FILE, FileJob, FileSink, PredictSummary,
-                               _check_no_input_overwritten, _existing_outputs, _read_frames, _write_failures,
-                               output_path)
+                               _read_frames, _write_failures, plan_jobs)
 from predictor.high_band import HighBandGain, HighBandMixer, check_high_band
 from predictor.overlap_add import Frames, Layout, Track
 from tfrecord_schema import paths
@@ -270,35 +268,6 @@ class PadToBatches(beam.PTransform):
                 | "Pad" >> beam.FlatMap(pad))
 
 
-def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_format: str | None = None
-              ) -> tuple[list[FileJob], PredictSummary]:
-    """The files to denoise, as `enhance_files` finds them: (jobs to run, summary of total,
-    skipped and failures so far). Raises ValueError when an output would replace an input."""
-    base, rels = audio_io.find_audio_files(source, exclude=output_dir)
-    jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
-    _check_no_input_overwritten(base, output_dir, jobs)
-    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
-    output_exists = _existing_outputs(output_dir)
-    summary = PredictSummary(total=len(jobs))
-    seen: set[str] = set()
-    todo = []
-    for job in jobs:
-        if job.target in seen:
-            message = (f"{job.source}: another input already writes {job.target} (same name, other extension); "
-                       "use --format to keep them apart or rename one")
-            logger.error("skipped %s", message)
-            summary.failures.append(_failure(job, "duplicate output", message))
-            continue
-        seen.add(job.target)
-        if not overwrite and output_exists(job.target):
-            summary.skipped += 1
-            continue
-        todo.append(job)
-    if summary.skipped:
-        logger.info("skipping %d files whose output exists (pass --overwrite to redo them)", summary.skipped)
-    return todo, summary
-
-
 def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]]) -> int:
     failures = earlier + sorted((value for kind, value in results if kind == "failure"), key=lambda f: f["input"])
     _write_failures(output_dir, failures)
@@ -368,8 +337,6 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     workers). The other arguments are `enhance_files`'s. Returns the summary; its failures are
     also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from beam_pipelines import runners
     from beam_pipelines.pipeline import _quiet_worker_notes
     from predictor.enhance import CPU_BATCH_SIZE, resolve_model_dir
@@ -401,22 +368,13 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
         if logging.getLogger("apache_beam").level == logging.NOTSET:
             logging.getLogger("apache_beam").setLevel(logging.WARNING)
         _quiet_worker_notes()
-        with contextlib.ExitStack() as stack:
-            if runners.is_dask(args):
-                args = stack.enter_context(runners.dask_cluster(args, workers))
-            p = beam.Pipeline(options=PipelineOptions(runners.default_beam_args(args, workers)))
-            build_predict_pipeline(p, jobs, model_dir=model_dir, config=info["config"].to_dict(),
-                                   target=info["target"], head=head, batch_size=batch_size, overlap=overlap,
-                                   keep_model_rate=keep_model_rate, downmix=downmix, gain=gain,
-                                   block_seconds=block_seconds, output_dir=output_dir,
-                                   earlier_failures=summary.failures, pad_bundles=runners.is_dask(args))
-            result = p.run()
-            try:
-                result.wait_until_finish()
-            finally:
-                client = getattr(result, "client", None)  # DaskRunner's own dask.distributed client
-                if client is not None:
-                    client.close()
+        runners.run_pipeline(
+            lambda p: build_predict_pipeline(
+                p, jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"], head=head,
+                batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate, downmix=downmix, gain=gain,
+                block_seconds=block_seconds, output_dir=output_dir, earlier_failures=summary.failures,
+                pad_bundles=runners.is_dask(args)),
+            args, workers)
         path = paths.join(output_dir, FAILURES_FILE)
         failures = ([json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
                     if paths.isfile(path) else [])

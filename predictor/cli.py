@@ -161,14 +161,10 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _predict_on_beam(args: argparse.Namespace, extra: list[str]):
-    from beam_pipelines.cli import unknown_beam_args
+    from beam_pipelines.cli import refuse_unknown_beam_args
     from predictor.beam_predict import run_predict
 
-    unknown = unknown_beam_args(extra)
-    if unknown:
-        flags = [a for a in unknown if a.startswith("-")] or unknown
-        raise ValueError(f"unknown option(s) {' '.join(flags)}: neither `speech-enhance predict` nor Apache Beam "
-                         "defines them (see `speech-enhance predict --help`)")
+    refuse_unknown_beam_args(extra, "predict")
     try:
         return run_predict(args.input, args.output, model_dir=args.model, head=args.head, runner=args.runner,
                            beam_args=extra, workers=args.workers, dask_address=args.dask_address,

@@ -236,32 +236,10 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
     check_high_band(high_band)
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
-    base, rels = audio_io.find_audio_files(source, exclude=output_dir)
-    jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
-    _check_no_input_overwritten(base, output_dir, jobs)
-    # Local only (remove_stale_temporaries does nothing for a bucket): an object cannot say whether
-    # the process writing it still runs, and remote outputs are staged on the local disk anyway.
-    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
-    output_exists = _existing_outputs(output_dir)
-    summary = PredictSummary(total=len(jobs))
-    progress = Progress(len(jobs), progress_interval)
+    todo, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
+    progress = Progress(summary.total, progress_interval)
     logger.info("denoising %d files from %s into %s (model rate %d Hz, batch %d, overlap %.0f%%)",
-                len(jobs), source, output_dir, enhancer.sample_rate, enhancer.batch_size, 100 * enhancer.overlap)
-    targets_seen: set[str] = set()
-    todo: list[FileJob] = []
-    for job in jobs:
-        if job.target in targets_seen:
-            _fail(summary, job, "duplicate output",
-                  f"{job.source}: another input already writes {job.target} (same name, other extension); "
-                  "use --format to keep them apart or rename one")
-            continue
-        targets_seen.add(job.target)
-        if not overwrite and output_exists(job.target):
-            summary.skipped += 1
-            continue
-        todo.append(job)
-    if summary.skipped:
-        logger.info("skipping %d files whose output exists (pass --overwrite to redo them)", summary.skipped)
+                summary.total, source, output_dir, enhancer.sample_rate, enhancer.batch_size, 100 * enhancer.overlap)
 
     start = time.perf_counter()
     depth = 2 * enhancer.workers + 2
@@ -311,6 +289,38 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     progress.update(summary, force=True)
     _write_failures(output_dir, summary.failures)
     return summary
+
+
+def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_format: str | None = None
+              ) -> tuple[list[FileJob], PredictSummary]:
+    """The files of `source` to denoise into `output_dir`: (jobs to run, summary of the total, the
+    outputs skipped because they exist and the inputs refused so far). Refuses (ValueError) when an
+    output would replace an input; removes temporaries a killed run left in a local `output_dir`.
+    Used by `enhance_files` and by the Beam pipeline (`predictor.beam_predict`)."""
+    base, rels = audio_io.find_audio_files(source, exclude=output_dir)
+    jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
+    _check_no_input_overwritten(base, output_dir, jobs)
+    # Local only (remove_stale_temporaries does nothing for a bucket): an object cannot say whether
+    # the process writing it still runs, and remote outputs are staged on the local disk anyway.
+    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
+    output_exists = _existing_outputs(output_dir)
+    summary = PredictSummary(total=len(jobs))
+    targets_seen: set[str] = set()
+    todo: list[FileJob] = []
+    for job in jobs:
+        if job.target in targets_seen:
+            _fail(summary, job, "duplicate output",
+                  f"{job.source}: another input already writes {job.target} (same name, other extension); "
+                  "use --format to keep them apart or rename one")
+            continue
+        targets_seen.add(job.target)
+        if not overwrite and output_exists(job.target):
+            summary.skipped += 1
+            continue
+        todo.append(job)
+    if summary.skipped:
+        logger.info("skipping %d files whose output exists (pass --overwrite to redo them)", summary.skipped)
+    return todo, summary
 
 
 def _fail(summary: PredictSummary, job: FileJob, reason: str, message: str) -> None:
