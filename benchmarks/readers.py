@@ -34,18 +34,12 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from input_pipeline import build_dataset  # noqa: E402  (the same generated dataset as the tf.data benchmark)
+
 DEFAULT_JSON = os.path.join(REPO, "benchmarks", "results", "readers_cpu.json")
-
-
-def build_dataset(directory: str, num_examples: int, num_shards: int, seed: int) -> None:
-    from beam_pipelines.testing import write_dataset
-    from tfrecord_schema.config import SpectrogramConfig
-
-    started = time.perf_counter()
-    write_dataset(directory, config=SpectrogramConfig(), splits={"train": num_examples}, num_shards=num_shards,
-                  seed=seed)
-    print(f"built {num_examples} examples in {num_shards} shards in {time.perf_counter() - started:.1f} s: {directory}")
 
 
 def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buffer: int, workers: int) -> dict:
@@ -179,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if dataset_dir is None:
         built = tempfile.mkdtemp(prefix="bench-readers-")
         dataset_dir = os.path.join(built, "dataset")
-        build_dataset(dataset_dir, args.num_examples, args.num_shards, seed=0)
+        build_dataset(dataset_dir, args.num_examples, args.num_shards, compression="", seed=0)
     try:
         report = run(dataset_dir, args.split, args.batch_size, args.repeats, args.shuffle_buffer, args.workers)
     finally:
