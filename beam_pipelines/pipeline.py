@@ -544,20 +544,6 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
                                  opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
 
 
-class _DropWorkerNotes(logging.Filter):
-    """Drops the warning every local Beam worker process logs at start-up about a missing
-    semi-persistent directory: it concerns user-registered schema types, which this job has none of."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No semi_persistent_directory found" not in record.getMessage()
-
-
-def _quiet_worker_notes() -> None:
-    logger = logging.getLogger("apache_beam.runners.portability.local_job_service")
-    if not any(isinstance(f, _DropWorkerNotes) for f in logger.filters):
-        logger.addFilter(_DropWorkerNotes())
-
-
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
                 arguments: dict | None = None, assume_yes: bool = False) -> dict:
     """Builds the dataset described by `opts`; returns its dataset_info (also written to disk).
@@ -578,10 +564,6 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     if runners.is_dask(beam_args):
         runners.require_dask()
     build_dir = layout.start_build(opts.output, plan.fingerprint(opts))
-    if logging.getLogger("apache_beam").level == logging.NOTSET:
-        # Quiet by default for library callers; a level set on purpose (`speech-enhance -v`) is kept.
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    _quiet_worker_notes()
     try:
         runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments or {}, started, build_dir),
                              beam_args, workers)

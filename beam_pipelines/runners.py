@@ -171,14 +171,34 @@ def dask_cluster(beam_args: Sequence[str], workers: int) -> Iterator[list[str]]:
                 client.unregister_worker_plugin("speech-enhance-progress-level")
 
 
+class _DropWorkerNotes(logging.Filter):
+    """Drops the warning every local Beam worker process logs at start-up about a missing
+    semi-persistent directory: it concerns user-registered schema types, which our jobs have none of."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No semi_persistent_directory found" not in record.getMessage()
+
+
+def quiet_beam_logs() -> None:
+    """Beam's own INFO chatter off (a level set on purpose, as `speech-enhance -v` does, is kept), and
+    the local workers' start-up note dropped."""
+    if logging.getLogger("apache_beam").level == logging.NOTSET:
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logger = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    if not any(isinstance(f, _DropWorkerNotes) for f in logger.filters):
+        logger.addFilter(_DropWorkerNotes())
+
+
 def run_pipeline(build: Callable[[Any], Any], beam_args: Sequence[str], workers: int) -> None:
     """Runs to its end the pipeline that `build(p)` adds to a fresh `beam.Pipeline`, on the runner
     `beam_args` names: FnApiRunner defaults for `workers` processes (`default_beam_args`), or, for
     DaskRunner without a cluster address, a LocalCluster started and closed here (`dask_cluster`).
-    DaskRunner's own dask.distributed client is closed afterwards, whatever happened."""
+    Beam's logs are quieted first (`quiet_beam_logs`); DaskRunner's own dask.distributed client is
+    closed afterwards, whatever happened."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    quiet_beam_logs()
     with contextlib.ExitStack() as stack:
         if is_dask(beam_args):
             beam_args = stack.enter_context(dask_cluster(beam_args, workers))

@@ -338,7 +338,6 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
     from beam_pipelines import runners
-    from beam_pipelines.pipeline import _quiet_worker_notes
     from predictor.enhance import CPU_BATCH_SIZE, resolve_model_dir
     from trainer.model_dir import read_model_info, select_head
 
@@ -365,9 +364,6 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     if jobs:
         if runners.is_dask(args):
             runners.require_dask()
-        if logging.getLogger("apache_beam").level == logging.NOTSET:
-            logging.getLogger("apache_beam").setLevel(logging.WARNING)
-        _quiet_worker_notes()
         runners.run_pipeline(
             lambda p: build_predict_pipeline(
                 p, jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"], head=head,
