@@ -29,7 +29,7 @@ from tfrecord_schema.config import SpectrogramConfig
 from trainer import blstm, mel_autoencoder
 from trainer.config import TrainConfig
 from trainer.model import build_unet
-from trainer.targets import tf_loss_weight, tf_model_input, tf_model_target
+from trainer.targets import tf_model_input
 
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")
 
@@ -98,18 +98,9 @@ class UNetFamily(Family):
                 "metrics": [keras.metrics.MeanAbsoluteError(name="mae")]}
 
     def model_io(self, spectrogram, config, info):
-        import tensorflow as tf
+        from trainer.input_pipeline import target_model_io
 
-        def to_model_io(batch):
-            noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
-            x = tf.ensure_shape(tf_model_input(noisy, spectrogram)[..., tf.newaxis], [None, *spectrogram.shape, 1])
-            y = tf.ensure_shape(tf_model_target(noisy, clean, config.target, spectrogram)[..., tf.newaxis],
-                                [None, *spectrogram.shape, 1])
-            if config.loss_weighting == "magnitude":
-                return x, y, tf.ensure_shape(tf_loss_weight(noisy, spectrogram), [None, *spectrogram.shape])
-            return x, y
-
-        return to_model_io
+        return target_model_io(spectrogram, config.target, config.loss_weighting)
 
     def describe(self, config):
         return f"U-Net ({config.target} target)"

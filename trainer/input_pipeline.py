@@ -30,8 +30,8 @@ from trainer.targets import check_loss_weighting, check_target, tf_loss_weight, 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Keys the training pipeline parses; the phases and the metadata are not needed to train.
-_TRAINING_KEYS = ("noisy_magnitude", "clean_magnitude", "schema_version", "shape")
+# Keys the U-Net's inputs and targets are made from (`target_model_io`); phases and metadata are not needed.
+TARGET_KEYS = ("noisy_magnitude", "clean_magnitude", "schema_version", "shape")
 # Read buffer per open shard on object stores (gs://...): fewer, larger requests. Local files keep
 # TensorFlow's default (256 KiB), which is as fast there.
 _REMOTE_READ_BUFFER_BYTES = 8 << 20
@@ -264,6 +264,23 @@ def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def target_model_io(config: SpectrogramConfig, target: str, loss_weighting: str = "none") -> Callable:
+    """The U-Net's (input, target[, per-bin weights]) from a batch of parsed magnitudes ([B, frames,
+    bins] each; `TARGET_KEYS`), all float32 [B, frames, bins, 1] (weights [B, frames, bins])."""
+    check_target(target)
+    check_loss_weighting(loss_weighting)
+
+    def model_io(batch):
+        noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
+        x = tf.ensure_shape(tf_model_input(noisy, config)[..., tf.newaxis], [None, *config.shape, 1])
+        y = tf.ensure_shape(tf_model_target(noisy, clean, target, config)[..., tf.newaxis], [None, *config.shape, 1])
+        if loss_weighting == "magnitude":
+            return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
+        return x, y
+
+    return model_io
+
+
 def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int, target: str = "noise",
                  shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, deterministic: bool = False,
@@ -301,16 +318,7 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
     config = spectrogram_config(info)
 
     if model_io is None:
-        keys = _TRAINING_KEYS
-
-        def model_io(batch):
-            noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
-            x = tf_model_input(noisy, config)[..., tf.newaxis]
-            y = tf_model_target(noisy, clean, target, config)[..., tf.newaxis]
-            x, y = tf.ensure_shape(x, [None, *config.shape, 1]), tf.ensure_shape(y, [None, *config.shape, 1])
-            if loss_weighting == "magnitude":
-                return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
-            return x, y
+        keys, model_io = TARGET_KEYS, target_model_io(config, target, loss_weighting)
     elif keys is None:
         raise ValueError("make_dataset(): model_io needs the record keys it reads. Received: keys=None")
 
