@@ -43,8 +43,10 @@ def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, o
 
     heads = read_model_info(model_dir).get("heads") or [None]
     systems = []
+    enhancers = []
     for head in heads:
         enhancer = Enhancer.from_model_dir(model_dir, head=head, batch_size=batch_size, overlap=overlap)
+        enhancers.append(enhancer)
 
         def run(items: Sequence[Item], enhancer=enhancer) -> list[np.ndarray]:
             return [y for _, y in enhancer.enhance_many((i, item.noisy) for i, item in enumerate(items))]
@@ -52,8 +54,7 @@ def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, o
         label = f" ({head} head)" if head else ""
         systems.append(System(name if head == heads[0] else f"{name}-{head}", run,
                               f"{model_dir}{label}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add"))
-    if reference_recipe and len(heads) > 1:  # the reference recipe runs the default head
-        enhancer = Enhancer.from_model_dir(model_dir, batch_size=batch_size, overlap=overlap)
+    enhancer = enhancers[0]  # the default head; the reference recipe runs it
     if reference_recipe:
         recipe = baselines.ReferenceRecipe(enhancer.predict, enhancer.config, enhancer.target,
                                            batch_size=enhancer.batch_size)
