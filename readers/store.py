@@ -293,15 +293,16 @@ def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
 
 def model_io(batch: Mapping[str, np.ndarray], config: SpectrogramConfig, target: str = "noise",
              loss_weighting: str = "none") -> tuple[np.ndarray, ...]:
-    """(x, y) float32 [B, frames, bins, 1] of the U-Net family from decoded magnitudes, as
-    `trainer.input_pipeline.make_dataset` yields them; (x, y, weights [B, frames, bins]) with
-    `loss_weighting="magnitude"`. The formulas are `trainer.targets`' numpy functions."""
+    """(x, y) float32 [B, frames, bins, 1] of the U-Net family from decoded spectrograms (the
+    magnitudes, and the phases for target "psa"), as `trainer.input_pipeline.make_dataset` yields
+    them; (x, y, weights [B, frames, bins]) with `loss_weighting="magnitude"`. The formulas are
+    `trainer.targets`' numpy functions."""
     check_target(target)
     check_loss_weighting(loss_weighting)
     # float32 once here, not in each formula (float16 -> float32 is the costly numpy step).
     noisy, clean = (np.asarray(batch[k], np.float32) for k in ("noisy_magnitude", "clean_magnitude"))
     x = model_input(noisy, config)[..., np.newaxis]
-    y = model_target(noisy, clean, target, config)[..., np.newaxis]
+    y = model_target(noisy, clean, target, config, batch.get("noisy_phase"), batch.get("clean_phase"))[..., np.newaxis]
     if loss_weighting == "magnitude":
         return x, y, loss_weight(noisy)
     return x, y

@@ -45,8 +45,10 @@ class TrainConfig:
     """Every option of a training run (see each field's help; `docs/training.md`)."""
 
     # data and outputs
-    target: str = _option("noise", "U-Net: what the model predicts: the noise in dB ('noise') or a magnitude "
-                          "mask ('mask'); see trainer/targets.py. The other families always predict a mask",
+    target: str = _option("noise", "U-Net: what the model predicts: the noise in dB ('noise'), a magnitude "
+                          "mask ('mask') or a phase-sensitive mask ('psa', the gain that best matches the clean "
+                          "complex spectrum with the noisy phase); see trainer/targets.py. The other families "
+                          "always predict a mask",
                           group="data", choices=TARGETS, resume=True)
     train_split: str = _option("train", "split to train on", group="data", cli=False)
     validation_split: str | None = _option(

@@ -3,7 +3,7 @@
     family = get_family("blstm-sce")
     model = family.build_training_model(spectrogram, config, info)
     model.compile(optimizer, **family.compile_args(config))
-    dataset = input_pipeline.make_dataset(..., keys=family.keys, model_io=family.model_io(spectrogram, config, info))
+    dataset = input_pipeline.make_dataset(..., keys=family.record_keys(config), model_io=family.model_io(spectrogram, config, info))
     exported = family.inference_model(model, spectrogram, config)   # what the predictor runs
 
 Every exported model maps the predictor's input, the scaled log magnitude [B, frames, bins, 1]
@@ -62,6 +62,10 @@ class Family:
     def target(self, config: TrainConfig) -> str:
         return "mask"
 
+    def record_keys(self, config: TrainConfig) -> tuple[str, ...]:
+        """The record features the training pipeline parses for this configuration."""
+        return self.keys
+
     def build_training_model(self, spectrogram: SpectrogramConfig, config: TrainConfig,
                              info: dict[str, Any] | None = None) -> keras.Model:
         raise NotImplementedError
@@ -89,6 +93,11 @@ class UNetFamily(Family):
 
     def target(self, config):
         return config.target
+
+    def record_keys(self, config):
+        from trainer.input_pipeline import target_keys
+
+        return target_keys(config.target)
 
     def build_training_model(self, spectrogram, config, info=None):
         return build_unet(spectrogram, config.base_filters, config.depth, config.dropout, config.negative_slope)

@@ -25,13 +25,16 @@ from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, shard_sizes, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
-from trainer.targets import check_loss_weighting, check_target, tf_loss_weight, tf_model_input, tf_model_target
+from trainer.targets import (check_loss_weighting, check_target, target_spectrograms, tf_loss_weight, tf_model_input,
+                             tf_model_target)
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Keys the U-Net's inputs and targets are made from (`target_model_io`); phases and metadata are not needed.
-TARGET_KEYS = ("noisy_magnitude", "clean_magnitude", "schema_version", "shape")
+def target_keys(target: str) -> tuple[str, ...]:
+    """The record features `target_model_io(..., target)` reads: the magnitudes (and the phases for the
+    phase-sensitive target), no metadata."""
+    return (*target_spectrograms(target), "schema_version", "shape")
 # Read buffer per open shard on object stores (gs://...): fewer, larger requests. Local files keep
 # TensorFlow's default (256 KiB), which is as fast there.
 _REMOTE_READ_BUFFER_BYTES = 8 << 20
@@ -265,15 +268,16 @@ def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
 
 
 def target_model_io(config: SpectrogramConfig, target: str, loss_weighting: str = "none") -> Callable:
-    """The U-Net's (input, target[, per-bin weights]) from a batch of parsed magnitudes ([B, frames,
-    bins] each; `TARGET_KEYS`), all float32 [B, frames, bins, 1] (weights [B, frames, bins])."""
+    """The U-Net's (input, target[, per-bin weights]) from a batch of parsed spectrograms ([B, frames,
+    bins] each; `target_keys(target)`), all float32 [B, frames, bins, 1] (weights [B, frames, bins])."""
     check_target(target)
     check_loss_weighting(loss_weighting)
 
     def model_io(batch):
         noisy, clean = batch["noisy_magnitude"], batch["clean_magnitude"]
         x = tf.ensure_shape(tf_model_input(noisy, config)[..., tf.newaxis], [None, *config.shape, 1])
-        y = tf.ensure_shape(tf_model_target(noisy, clean, target, config)[..., tf.newaxis], [None, *config.shape, 1])
+        t = tf_model_target(noisy, clean, target, config, batch.get("noisy_phase"), batch.get("clean_phase"))
+        y = tf.ensure_shape(t[..., tf.newaxis], [None, *config.shape, 1])
         if loss_weighting == "magnitude":
             return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
         return x, y
@@ -296,7 +300,7 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
         dataset_dir: directory (or gs:// URL) holding dataset_info.json and the shards.
         split: "train", "valid" or "test".
         batch_size: examples per batch (the global batch under a distribution strategy).
-        target: "noise" or "mask" (see `trainer.targets`).
+        target: "noise", "mask" or "psa" (see `trainer.targets`).
         shuffle: shuffle shard order and examples (through a buffer of `shuffle_buffer` examples).
         seed: seeds both shuffles; with `deterministic=True` the order is then reproducible.
         repeat: repeat forever (training with a fixed number of steps per epoch).
@@ -318,7 +322,7 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
     config = spectrogram_config(info)
 
     if model_io is None:
-        keys, model_io = TARGET_KEYS, target_model_io(config, target, loss_weighting)
+        keys, model_io = target_keys(target), target_model_io(config, target, loss_weighting)
     elif keys is None:
         raise ValueError("make_dataset(): model_io needs the record keys it reads. Received: keys=None")
 

@@ -7,6 +7,11 @@ signal survives: no per-window peak normalisation. Two implementations of the sa
 Targets (the model ends in tanh, so every target lies in [-1, 1]):
     noise: (noisy_db - clean_db) / target_scale_db, clipped; enhanced_db = noisy_db - scale * out.
     mask:  2 * clip(|clean| / |noisy|, 0, 1) - 1;           enhanced = |noisy| * (out + 1) / 2.
+    psa:   2 * clip(|clean| / |noisy| * cos(clean_phase - noisy_phase), 0, 1) - 1; enhanced as mask.
+           The phase-sensitive mask (Erdogan et al., ICASSP 2015): with the noisy phase kept, the
+           real gain that brings |noisy| e^{i noisy_phase} closest to the clean complex spectrum,
+           so it is what the SI-SDR of the output rewards; where noise and speech are out of phase
+           it asks for less than the magnitude ratio does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
 
-TARGETS = ("noise", "mask")
+TARGETS = ("noise", "mask", "psa")
+# Targets whose formula needs the phases of the noisy and the clean spectrograms.
+PHASE_TARGETS = ("psa",)
 # How training weighs the time-frequency bins in the loss. "magnitude": in proportion to the noisy
 # magnitude (normalised to a mean of 1 per example), so errors where the signal is loud count most,
 # as in a signal-approximation loss; "none": every bin alike (the reference's choice).
@@ -27,6 +34,18 @@ def check_target(target: str) -> str:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}. Received: target={target!r}")
     return target
+
+
+def target_spectrograms(target: str) -> tuple[str, ...]:
+    """The record spectrograms the inputs and targets of `target` are made from."""
+    check_target(target)
+    phases = ("noisy_phase", "clean_phase") if target in PHASE_TARGETS else ()
+    return ("noisy_magnitude", "clean_magnitude", *phases)
+
+
+def _check_phases(target: str, noisy_phase, clean_phase) -> None:
+    if target in PHASE_TARGETS and (noisy_phase is None or clean_phase is None):
+        raise ValueError(f"target {target!r} needs noisy_phase and clean_phase")
 
 
 # --- numpy ---------------------------------------------------------------------------------
@@ -42,12 +61,17 @@ def model_input(noisy_magnitude: np.ndarray, config: SpectrogramConfig) -> np.nd
 
 
 def model_target(noisy_magnitude: np.ndarray, clean_magnitude: np.ndarray, target: str,
-                 config: SpectrogramConfig) -> np.ndarray:
+                 config: SpectrogramConfig, noisy_phase: np.ndarray | None = None,
+                 clean_phase: np.ndarray | None = None) -> np.ndarray:
+    """The training target of `target`; "psa" also needs both phases (radians)."""
     check_target(target)
+    _check_phases(target, noisy_phase, clean_phase)
     if target == "noise":
         t = (magnitude_db(noisy_magnitude, config) - magnitude_db(clean_magnitude, config)) / config.target_scale_db
         return np.clip(t, -1.0, 1.0).astype(np.float32)
     ratio = np.asarray(clean_magnitude, np.float32) / (np.asarray(noisy_magnitude, np.float32) + _EPS)
+    if target == "psa":
+        ratio = ratio * np.cos(np.asarray(clean_phase, np.float32) - np.asarray(noisy_phase, np.float32))
     return (2.0 * np.clip(ratio, 0.0, 1.0) - 1.0).astype(np.float32)
 
 
@@ -79,16 +103,21 @@ def tf_model_input(noisy_magnitude, config: SpectrogramConfig):
     return (db - config.input_offset_db) / config.input_scale_db
 
 
-def tf_model_target(noisy_magnitude, clean_magnitude, target: str, config: SpectrogramConfig):
+def tf_model_target(noisy_magnitude, clean_magnitude, target: str, config: SpectrogramConfig,
+                    noisy_phase=None, clean_phase=None):
     import tensorflow as tf
 
     check_target(target)
+    _check_phases(target, noisy_phase, clean_phase)
     noisy = tf.cast(noisy_magnitude, tf.float32)
     clean = tf.cast(clean_magnitude, tf.float32)
     if target == "noise":
         t = (_tf_db(noisy, config) - _tf_db(clean, config)) / config.target_scale_db
         return tf.clip_by_value(t, -1.0, 1.0)
-    return 2.0 * tf.clip_by_value(clean / (noisy + _EPS), 0.0, 1.0) - 1.0
+    ratio = clean / (noisy + _EPS)
+    if target == "psa":
+        ratio = ratio * tf.cos(tf.cast(clean_phase, tf.float32) - tf.cast(noisy_phase, tf.float32))
+    return 2.0 * tf.clip_by_value(ratio, 0.0, 1.0) - 1.0
 
 
 def check_loss_weighting(weighting: str) -> str:

@@ -498,8 +498,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     if keras.backend.backend() == "torch":
         train_ds, val_ds = _torch_data(dataset_dir, info, config, family.name, validation_split, validation_steps)
     else:
-        data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info, keys=family.keys,
-                         model_io=family.model_io(spectrogram, config, info))
+        data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info,
+                         keys=family.record_keys(config), model_io=family.model_io(spectrogram, config, info))
         train_ds = input_pipeline.make_dataset(
             dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
             repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
