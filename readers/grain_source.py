@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from readers.store import ALL_KEYS, TRAINING_KEYS, IndexedSplit, decode_batch, model_io
-from trainer.targets import check_loss_weighting, check_target
+from readers.store import ALL_KEYS, IndexedSplit, decode_batch, model_io
+from trainer.targets import check_loss_weighting, check_target, target_spectrograms
 
 OUTPUTS = ("model", "raw", "bytes")
 
@@ -54,7 +54,8 @@ class RecordSource:
         record = self.records.read(int(index))
         if self.output == "bytes":
             return record
-        decoded = decode_batch([record], self.records.config, ALL_KEYS if self.output == "raw" else TRAINING_KEYS)
+        keys = ALL_KEYS if self.output == "raw" else target_spectrograms(self.target)
+        decoded = decode_batch([record], self.records.config, keys)
         if self.output == "raw":
             return {k: (v[0] if v.ndim > 1 else v[0].item() if v.dtype.kind != "U" else str(v[0]))
                     for k, v in decoded.items()}

@@ -35,7 +35,6 @@ from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRA
 from trainer.targets import check_loss_weighting, check_target, loss_weight, model_input, model_target
 
 # What training the U-Net reads; `raw=True` readers decode every feature.
-TRAINING_KEYS = ("noisy_magnitude", "clean_magnitude")
 ALL_KEYS = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
 _NUMPY_KIND = {"bytes": np.str_, "int": np.int64, "float": np.float32}
 
@@ -333,18 +332,33 @@ def stream_records(split: IndexedSplit, runs: Sequence[tuple[int, int]], *, shuf
     `read_runs`: the runs' records already being read (e.g. ahead, on threads), in run order."""
     if read_runs is None:
         read_runs = (split.read_run(first, stop) for first, stop in runs)
+    records = (record for run in read_runs for record in run)
     if not shuffle:
-        for records in read_runs:
-            yield from records
-        return
-    buffer: list[bytes] = []
-    for records in read_runs:
-        for record in records:
-            if len(buffer) < shuffle_buffer:
-                buffer.append(record)
-                continue
-            j = int(rng.integers(len(buffer)))
-            buffer[j], record = record, buffer[j]
-            yield record
+        return records
+    return buffer_shuffle(records, shuffle_buffer, rng)
+
+
+def stream_positions(runs: Sequence[tuple[int, int]], *, shuffle_buffer: int,
+                     rng: np.random.Generator) -> Iterator[int]:
+    """The positions of the records that `stream_records(shuffle=True)` yields, in the same order
+    (the same buffer, fed with positions instead of records): the buffer then holds numbers, not
+    `shuffle_buffer` records (270 MB for 2048 records of four 128 x 128 float16 spectrograms), and a
+    record is read when it leaves the buffer. For local shards, where a read by offset costs no
+    request."""
+    return buffer_shuffle((i for first, stop in runs for i in range(first, stop)), shuffle_buffer, rng)
+
+
+def buffer_shuffle(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """`items` through a shuffle buffer of `size`: a random one leaves as each new one enters (as
+    tf.data's `shuffle`), the rest leave shuffled at the end. The order depends on `rng` and the
+    number of items only, not on what they are."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(len(buffer)))
+        buffer[j], item = item, buffer[j]
+        yield item
     rng.shuffle(buffer)
     yield from buffer

@@ -23,6 +23,9 @@ import collections
 import concurrent.futures
 import logging
 import os
+import threading
+import time
+import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -31,15 +34,16 @@ import torch.utils.data
 
 from readers.store import (
     ALL_KEYS,
-    TRAINING_KEYS,
     IndexedSplit,
     check_positive,
     decode_batch,
     model_io,
+    stream_positions,
     stream_records,
     stream_runs,
 )
-from trainer.targets import check_loss_weighting, check_target
+from tfrecord_schema import paths
+from trainer.targets import check_loss_weighting, check_target, target_spectrograms
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +62,16 @@ class _Outputs:
     def __init__(self, config, target: str, loss_weighting: str, raw: bool) -> None:
         self.config, self.target, self.loss_weighting, self.raw = config, check_target(target), \
             check_loss_weighting(loss_weighting), raw
-        self.keys = ALL_KEYS if raw else TRAINING_KEYS
+        self.keys = ALL_KEYS if raw else target_spectrograms(self.target)
 
     def batch(self, records: Sequence[bytes]) -> Any:
         decoded = decode_batch(records, self.config, self.keys)
         if self.raw:
             return {k: _to_torch(v) for k, v in decoded.items()}
-        return tuple(torch.from_numpy(a) for a in model_io(decoded, self.config, self.target, self.loss_weighting))
+        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting)
+        if torch.utils.data.get_worker_info() is not None:
+            return _shared(arrays)
+        return tuple(torch.from_numpy(a) for a in arrays)
 
     def example(self, records: Sequence[bytes]) -> list[Any]:
         """Per-example outputs of a batch decoded at once."""
@@ -73,8 +80,191 @@ class _Outputs:
             return [{k: (v[b].item() if v[b].ndim == 0 and v.dtype.kind in "fiu" else
                          str(v[b]) if v.dtype.kind == "U" else torch.from_numpy(v[b]))
                      for k, v in decoded.items()} for b in range(len(records))]
-        arrays = model_io(decoded, self.config, self.target, self.loss_weighting)
+        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting)
         return [tuple(torch.from_numpy(a[b]) for a in arrays) for b in range(len(records))]
+
+
+_GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller copies run inline, not on torch's intra-op threads
+_POOL_BLOCKS = 8  # shared-memory blocks per worker: more than the batches a DataLoader keeps in flight
+
+
+def _float32(decoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The decoded spectrograms as float32, converted by torch: the same values as numpy's cast (every
+    float16 is a float32), about 10x faster; `model_io` then skips its own cast. Converted a few
+    examples at a time, below torch's parallel grain, so each call runs on the calling thread
+    (the readers convert on several threads at once)."""
+    for key, array in decoded.items():
+        if array.dtype != np.float16:
+            continue
+        out = torch.empty(array.shape, dtype=torch.float32)
+        source = torch.from_numpy(array)
+        step = max(1, _GRAIN // max(1, array[0].size))
+        for i in range(0, len(array), step):
+            out[i: i + step].copy_(source[i: i + step])
+        decoded[key] = out.numpy()
+    return decoded
+
+
+class _SlotPool:
+    """Shared-memory blocks a DataLoader worker process writes its batches into, reused once the
+    training process has let go of them.
+
+    New shared memory costs a page fault per 4 KB on first touch, which is about as costly as
+    decoding the batch (benchmarks/readers.py): torch hands every batch over in a new block. Here a
+    block returns to its worker when every tensor over it has been freed in the training process
+    (which then writes the block's number into a pipe the worker reads), so the pages are touched
+    once per worker. When no block is free (the consumer keeps batches), a batch goes out in new
+    shared memory as torch would send it; a batch of another size likewise."""
+
+    def __init__(self, blocks: int) -> None:
+        self.blocks, self.token = blocks, f"{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        self.storages: list[torch.UntypedStorage] = []
+        self.free: list[int] = []
+        self.seen: set[int] = set()  # blocks the training process has mapped (it acknowledged them)
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.lock = threading.Lock()  # StreamDataset(threads=N) in a worker writes batches on N threads
+
+    def take(self, nbytes: int) -> int | None:
+        """A free block of `nbytes` (a new one while fewer than `blocks` exist), or None."""
+        with self.lock:
+            try:
+                for block in os.read(self.read_fd, 4096):
+                    self.free.append(block)
+                    self.seen.add(block)
+            except BlockingIOError:
+                pass
+            for i, block in enumerate(self.free):
+                if self.storages[block].nbytes() == nbytes:
+                    return self.free.pop(i)
+            if len(self.storages) < self.blocks:
+                self.storages.append(torch.UntypedStorage._new_shared(nbytes))  # as default_collate does in workers
+                return len(self.storages) - 1
+            return None
+
+    def message(self, block: int) -> tuple[torch.UntypedStorage | None, Any]:
+        """What a batch in `block` carries besides its number: the block's shared memory and the
+        pipe's end, each until the training process has shown (by acknowledging) that it has them."""
+        import multiprocessing.reduction
+
+        with self.lock:
+            storage = None if block in self.seen else self.storages[block]
+            ack = None if self.seen else multiprocessing.reduction.DupFd(self.write_fd)
+        return storage, ack
+
+
+_POOL: dict[int, _SlotPool] = {}  # per worker process, by pid
+_POOL_LOCK = threading.Lock()
+
+
+def _shared(arrays: Sequence[np.ndarray]) -> Any:
+    """A DataLoader worker's batch, written into a block of its `_SlotPool` (float32 arrays), or as
+    tensors for torch to share."""
+    if any(a.dtype != np.float32 for a in arrays):
+        return tuple(torch.from_numpy(a) for a in arrays)
+    with _POOL_LOCK:
+        pool = _POOL.get(os.getpid())
+        if pool is None:
+            pool = _POOL[os.getpid()] = _SlotPool(_POOL_BLOCKS)
+    nbytes = 4 * sum(a.size for a in arrays)
+    block = pool.take(nbytes)
+    if block is None:
+        return tuple(torch.from_numpy(a) for a in arrays)
+    flat = torch.empty(0, dtype=torch.float32).set_(pool.storages[block])
+    tensors, at = [], 0
+    for a in arrays:
+        view = flat[at: at + a.size]
+        view.copy_(torch.from_numpy(a).reshape(-1))
+        tensors.append(view.view(a.shape))
+        at += a.size
+    return _PooledBatch(pool, block, tensors)
+
+
+class _PooledBatch:
+    """A batch in a pool block, on its way out of a worker: unpickled in the training process as a
+    tuple of tensors over the block (`_receive`). A collate_fn in the worker can unpack and index it
+    as that tuple; it is no tuple itself, which the DataLoader's `default_convert` would rebuild as
+    a list (and the block would not come back: after `_POOL_BLOCKS` such batches, torch's own
+    hand-over takes over)."""
+
+    def __init__(self, pool: _SlotPool, block: int, tensors: list[torch.Tensor]) -> None:
+        self.pool, self.block, self.tensors = pool, block, tuple(tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, index):
+        return self.tensors[index]
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __reduce__(self):
+        storage, ack = self.pool.message(self.block)
+        return _receive, (self.pool.token, self.block, storage, ack, [tuple(t.shape) for t in self.tensors])
+
+
+class _Acknowledge:
+    """The training process's end of a pool's pipe; closed when no batch of the pool is left."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def __call__(self, block: int) -> None:
+        try:
+            os.write(self.fd, bytes([block]))
+        except OSError:  # the worker has ended
+            pass
+
+
+# In the training process: {pool token: (pid, _Acknowledge, {block: numpy view of its shared memory})}.
+_RECEIVED: dict[str, tuple[int, _Acknowledge | None, dict[int, np.ndarray]]] = {}
+_RECEIVED_LOCK = threading.Lock()
+
+
+def _receive(token: str, block: int, storage: torch.UntypedStorage | None, ack: Any,
+             shapes: list[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+    with _RECEIVED_LOCK:
+        entry = _RECEIVED.get(token)
+        if entry is None:
+            for other, (pid, _, _) in list(_RECEIVED.items()):  # forget pools of ended workers
+                if not _alive(pid):
+                    del _RECEIVED[other]
+            entry = _RECEIVED[token] = (int(token.split("-")[0]), None, {})
+        if ack is not None:
+            fd = ack.detach()
+            if entry[1] is None:
+                entry = _RECEIVED[token] = (entry[0], _Acknowledge(fd), entry[2])
+            else:
+                os.close(fd)
+        pid, acknowledge, blocks = entry
+        if storage is not None and block not in blocks:
+            blocks[block] = torch.empty(0, dtype=torch.float32).set_(storage).numpy()
+    if acknowledge is None or block not in blocks:
+        raise RuntimeError(f"readers.torch_data: a batch of DataLoader worker {pid} arrived before its shared "
+                           "memory did; report this as a bug")
+    # A view of the block that lives exactly as long as some tensor over it: when it is freed, the block
+    # goes back to the worker.
+    view = blocks[block][:]
+    weakref.finalize(view, acknowledge, block)
+    flat = torch.frombuffer(view, dtype=torch.float32)
+    out, at = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(flat[at: at + n].view(shape))
+        at += n
+    return tuple(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _check_threads(threads: Any) -> int:
@@ -110,7 +300,10 @@ class RecordDataset(torch.utils.data.Dataset):
         threads: read and decode each sampled batch (`__getitems__`) on this many threads.
         info: an already-read dataset_info dict.
 
-    `__getitems__` decodes a sampler's whole batch at once (DataLoader calls it when present).
+    `__getitems__` decodes a sampler's whole batch at once (DataLoader calls it when present) and
+    returns its examples. A list of indices as the item (`DataLoader(ds, sampler=BatchSampler(...),
+    batch_size=None)`) returns the batch itself, as `StreamDataset` makes it: no per-example split,
+    no collation (in a DataLoader worker, straight into the shared memory it leaves by).
     """
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, target: str = "noise",
@@ -124,8 +317,21 @@ class RecordDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | Sequence[int]) -> Any:
+        if isinstance(index, (list, tuple, range, np.ndarray, torch.Tensor)) and np.ndim(index) == 1:
+            return self._read_batch([int(i) for i in index])
         return self.outputs.example([self.records.read(int(index))])[0]
+
+    def _read_batch(self, indices: Sequence[int]) -> Any:
+        if self.threads < 2 or len(indices) < 2 * self.threads:
+            return self.outputs.batch([self.records.read(i) for i in indices])
+        step = -(-len(indices) // self.threads)
+        parts = [indices[i: i + step] for i in range(0, len(indices), step)]
+        records = [r for part in self._pool.get().map(self._read, parts) for r in part]
+        return self.outputs.batch(records)
+
+    def _read(self, indices: Sequence[int]) -> list[bytes]:
+        return [self.records.read(i) for i in indices]
 
     def _read_decode(self, indices: Sequence[int]) -> list[Any]:
         return self.outputs.example([self.records.read(int(i)) for i in indices])
@@ -162,7 +368,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
         dataset_dir, split, target, loss_weighting, raw, info: as `RecordDataset`.
         batch_size: examples per yielded batch (decoded at once); None yields single examples.
         shuffle: shuffle the run order by (seed, epoch) and the records through a buffer.
-        shuffle_buffer: records held in the shuffle buffer (per consumer).
+        shuffle_buffer: records held in the shuffle buffer (per consumer); for local shards the
+            buffer holds their positions and a record is read as it leaves (the same order).
         seed: with `epoch`, fixes the order: the same seed, epoch, workers and ranks give the
             same examples in the same order.
         epoch: the first epoch's number (see `set_epoch`); a repeated stream counts on.
@@ -172,9 +379,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
             torch.distributed when it is initialised, else 0 of 1).
         run_length: records per read request.
         threads: decode batches on this many threads of the iterating process, up to 2 x threads
-            batches ahead (0: decode in the iterating thread). With `DataLoader(num_workers=0)` this
-            avoids worker processes, whose shared-memory hand-over of each float32 batch costs
-            about as much as decoding it on a machine with few cores (benchmarks/readers.py).
+            batches ahead (0: decode in the iterating thread); with `DataLoader(num_workers=0)`,
+            no worker processes at all.
+
+    In DataLoader worker processes, (x, y[, w]) batches are written into shared-memory blocks that
+    are reused once the training process has freed every tensor over them (`_SlotPool`): new shared
+    memory for every batch, as torch would send it, costs about as much as decoding the batch.
     """
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int | None = None,
@@ -194,6 +404,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.threads = _check_threads(threads)
         self._pool = _ThreadPool(max(1, self.threads))
+        self._local = not paths.is_remote(self.records.dataset_dir)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration reads (as `DistributedSampler.set_epoch`); call it before
@@ -213,30 +424,44 @@ class StreamDataset(torch.utils.data.IterableDataset):
             runs = stream_runs(self.records, consumer, consumers, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
                                run_length=self.run_length)
             rng = np.random.default_rng([self.seed, epoch, consumer])
-            read_runs = None
-            if self.threads and self.batch_size is not None:  # runs read ahead on the threads too
-                read_runs = _in_order(self._read_run, runs, self._pool.get(), 2 * self.threads)
-            records = stream_records(self.records, runs, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
-                                     rng=rng, read_runs=read_runs)
-            if self.batch_size is None:
-                for record in records:
-                    yield self.outputs.example([record])[0]
-            elif self.threads:
-                yield from _in_order(self.outputs.batch, self._batches(records), self._pool.get(), 2 * self.threads)
+            if self.shuffle and self._local:
+                # The buffer holds positions; each record is read as it leaves (same order as records).
+                yield from self._decoded(stream_positions(runs, shuffle_buffer=self.shuffle_buffer, rng=rng),
+                                         positions=True)
             else:
-                for batch in self._batches(records):
-                    yield self.outputs.batch(batch)
+                read_runs = None
+                if self.threads and self.batch_size is not None:  # runs read ahead on the threads too
+                    read_runs = _in_order(self._read_run, runs, self._pool.get(), 2 * self.threads)
+                records = stream_records(self.records, runs, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
+                                         rng=rng, read_runs=read_runs)
+                yield from self._decoded(records, positions=False)
             if not self.repeat:
                 return
             epoch += 1
 
+    def _decoded(self, items: Iterator[Any], positions: bool) -> Iterator[Any]:
+        """The outputs of `items`, records or (`positions`) the positions of records to read: batches,
+        decoded ahead on the threads when there are some, or single examples."""
+        decode = self._read_batch if positions else self.outputs.batch
+        if self.batch_size is None:
+            for item in items:
+                yield self.outputs.example([self.records.read(item) if positions else item])[0]
+        elif self.threads:
+            yield from _in_order(decode, self._batches(items), self._pool.get(), 2 * self.threads)
+        else:
+            for batch in self._batches(items):
+                yield decode(batch)
+
+    def _read_batch(self, positions: Sequence[int]) -> Any:
+        return self.outputs.batch([self.records.read(i) for i in positions])
+
     def _read_run(self, run: tuple[int, int]) -> list[bytes]:
         return self.records.read_run(*run)
 
-    def _batches(self, records: Iterator[bytes]) -> Iterator[list[bytes]]:
-        pending: list[bytes] = []
-        for record in records:
-            pending.append(record)
+    def _batches(self, items: Iterator[Any]) -> Iterator[list[Any]]:
+        pending: list[Any] = []
+        for item in items:
+            pending.append(item)
             if len(pending) == self.batch_size:
                 yield pending
                 pending = []

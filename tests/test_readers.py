@@ -140,6 +140,28 @@ def test_stream_dataset_shares_records_across_ranks_and_workers(dataset, tf_reco
         assert _stream_ids(dataset, raw, shuffle=True, epoch=1) != per_rank
 
 
+def test_stream_dataset_shuffles_positions_in_the_order_of_the_records(dataset, tf_records):
+    """Local shards: the shuffle buffer holds record positions and reads each record as it leaves;
+    the order is that of the buffer of records (`stream_records`, used for gs:// shards)."""
+    from readers.store import IndexedSplit, stream_records, stream_runs
+
+    raw, _ = tf_records
+    split = IndexedSplit(dataset, "train")
+    for consumer in range(2):
+        runs = stream_runs(split, consumer, 2, epoch=1, seed=5, shuffle=True, run_length=3)
+        rng = np.random.default_rng([5, 1, consumer])
+        records = stream_records(split, runs, shuffle=True, shuffle_buffer=6, rng=rng)
+        expected = [decode(r)["example_id"] for r in records]
+        for batch_size, threads in ((None, 0), (4, 0), (4, 2)):
+            stream = StreamDataset(dataset, "train", batch_size=batch_size, shuffle=True, shuffle_buffer=6, seed=5,
+                                   epoch=1, raw=True, rank=consumer, world_size=2, run_length=3, threads=threads)
+            examples = list(stream) if batch_size is None else [e for b in stream for e in _unbatch(b)]
+            assert [e["example_id"] for e in examples] == expected
+            for example in examples:
+                _check_raw(example, raw[example["example_id"]])
+    assert len(expected) < N_TRAIN and expected != sorted(expected)
+
+
 def test_stream_dataset_batches_are_the_tf_data_model_inputs(dataset, tf_records):
     _, model = tf_records
     ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
@@ -160,6 +182,22 @@ def test_stream_dataset_batches_are_the_tf_data_model_inputs(dataset, tf_records
     assert [e["example_id"] for e in records.__getitems__(picked)] == [ids[i] for i in picked]
     repeated = iter(StreamDataset(dataset, "train", batch_size=4, shuffle=True, repeat=True, drop_remainder=True))
     assert all(next(repeated)[0].shape == (4, 32, 32, 1) for _ in range(12))  # past the end of one pass
+
+
+def test_readers_make_the_phase_sensitive_target_as_tf_data_does(dataset):
+    """Target "psa" needs the phases: the readers decode them for it and give tf.data's targets."""
+    order = [_text(i) for b in raw_batches(dataset, "train", batch_size=5).as_numpy_iterator() for i in b["example_id"]]
+    tf_batches = make_dataset(dataset, "train", batch_size=5, target="psa", shuffle=False, deterministic=True)
+    by_id = dict(zip(order, np.concatenate([y for _, y in tf_batches.as_numpy_iterator()])))
+    ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
+    want = np.stack([by_id[i] for i in ids])  # in record order, the readers' unshuffled order
+    stream = np.concatenate([y.numpy() for _, y in StreamDataset(dataset, "train", batch_size=5, target="psa")])
+    np.testing.assert_allclose(stream, want, atol=1e-5)
+    magnitude_only = np.concatenate([y.numpy() for _, y in StreamDataset(dataset, "train", batch_size=5,
+                                                                            target="mask")])
+    assert np.abs(magnitude_only - want).max() > 0.1  # the phases change the target
+    source = RecordSource(dataset, "train", target="psa")
+    np.testing.assert_allclose(np.stack([source[i][1] for i in range(N_TRAIN)]), want, atol=1e-5)
 
 
 def test_grain_source_matches_tf_data(dataset, tf_records):
@@ -297,3 +335,77 @@ def test_readers_on_a_bucket(gcs, tmp_path, capsys):
     assert sorted(records[i]["example_id"] for i in range(5)) == [f"train-{i}" for i in range(5)]
     stream = list(StreamDataset(remote, "train", batch_size=2, raw=True))
     assert sorted(i for b in stream for i in b["example_id"]) == [f"train-{i}" for i in range(5)]
+
+
+def test_torch_backend_training_loader_with_worker_processes(dataset, tf_records):
+    """`speech-enhance train --backend torch`'s training loader as a CUDA machine gets it (DataLoader
+    worker processes, pinned memory asked for, shuffle buffer shared out): tf.data's examples, each
+    record at most once per epoch, epoch after epoch."""
+    from trainer.config import TrainConfig
+    from trainer.input_pipeline import read_dataset_info
+    from trainer.train import _torch_data, _torch_loader_settings
+
+    gpu_box = _torch_loader_settings(True, 16)
+    assert gpu_box["threads"] == 0 and gpu_box["loader"]["num_workers"] == 14 and gpu_box["loader"]["pin_memory"]
+    assert gpu_box["loader"]["persistent_workers"] and _torch_loader_settings(True, 2)["loader"]["num_workers"] == 1
+    assert _torch_loader_settings(False, 16) == {"threads": 4, "loader": {"num_workers": 0, "pin_memory": False}}
+
+    _, model = tf_records
+    expected = list(model.values())
+    config = TrainConfig(batch_size=4, shuffle_buffer=8, loss_weighting="magnitude")
+    loader, validation = _torch_data(dataset, read_dataset_info(dataset), config, "unet", "valid", 1,
+                                     accelerator=True)
+    assert loader.num_workers >= 1 and loader.dataset.threads == 0
+    assert loader.dataset.shuffle_buffer == 8 // loader.num_workers
+    x, y, w = next(iter(validation))
+    assert x.shape == (4, 32, 32, 1) and w.shape == (4, 32, 32)
+    per_epoch = (N_TRAIN // loader.num_workers // 4) * loader.num_workers  # each worker drops its remainder
+    epochs = [[], []]
+    batches = iter(loader)
+    for epoch in epochs:
+        for _ in range(per_epoch):
+            x, y, w = next(batches)
+            assert x.shape == (4, 32, 32, 1) and x.dtype == torch.float32
+            for b in range(4):
+                match = [i for i, (tx, ty, tw) in enumerate(expected)
+                         if np.allclose(x[b].numpy(), tx, atol=1e-5) and np.allclose(y[b].numpy(), ty, atol=1e-5)
+                         and np.allclose(w[b].numpy(), tw, rtol=1e-5, atol=1e-6)]
+                assert len(match) == 1
+                epoch.append(match[0])
+    assert all(len(set(e)) == len(e) == 4 * per_epoch for e in epochs)
+    assert epochs[0] != epochs[1]  # reshuffled
+
+
+def test_worker_batches_travel_in_reused_shared_memory_and_stay_intact(dataset):
+    """DataLoader workers write batches into shared-memory blocks that return to them once the
+    training process frees every tensor over one: batches kept stay intact while the stream goes on,
+    kept beyond the pool's blocks they arrive as torch sends them, and every value is the one the
+    in-process reader makes."""
+    from readers import torch_data
+
+    def stream(**kw):
+        return StreamDataset(dataset, "train", batch_size=3, shuffle=True, shuffle_buffer=5, seed=1, repeat=True,
+                             loss_weighting="magnitude", **kw)
+
+    def expected(steps):
+        per_consumer = [iter(stream(rank=r, world_size=2)) for r in range(2)]
+        return [next(per_consumer[i % 2]) for i in range(steps)]  # the DataLoader alternates its workers
+
+    steps = 40  # 20 batches per worker: each of its blocks reused
+    want = expected(steps)
+    loader = iter(torch.utils.data.DataLoader(stream(), batch_size=None, num_workers=2, prefetch_factor=2))
+    kept = next(loader)
+    assert all(torch.equal(a, b) for a, b in zip(kept, want[0]))
+    for step in range(1, steps):
+        batch = next(loader)
+        assert len(batch) == 3 and all(torch.equal(a, b) for a, b in zip(batch, want[step])), step
+        del batch
+    assert all(torch.equal(a, b) for a, b in zip(kept, want[0]))  # its block was not reused
+    received = [blocks for _, _, blocks in torch_data._RECEIVED.values()]
+    assert received and all(1 <= len(blocks) <= torch_data._POOL_BLOCKS for blocks in received)
+    del loader
+
+    # Every batch kept: past the pool's blocks, batches come in new shared memory.
+    loader = torch.utils.data.DataLoader(stream(), batch_size=None, num_workers=2)
+    kept = [batch for batch, _ in zip(loader, range(steps))]
+    assert all(torch.equal(a, b) for one, two in zip(kept, want) for a, b in zip(one, two))
