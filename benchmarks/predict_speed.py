@@ -1,21 +1,29 @@
-"""Predictor speed: real-time factor over a folder of mixed-length files, against the bare model.
+"""Predictor speed: real-time factor over a folder of files, against the bare model, threads and processes.
 
 In one run, on the same files and the same model:
-  * `enhance_files` (read, resample, STFT, windows, model, overlap-add, inverse STFT, resample,
-    atomic write) at each batch size;
   * the bare model: `model.predict_on_batch` on as many windows as the predictor ran, in batches of
     the same size, from one preallocated array: the tight reference for the model's share;
-  * the predictor with a model that costs nothing (returns zeros): everything but the model, the
-    floor that a faster accelerator cannot go below.
+  * the file side alone (read, resample, STFT, windows, overlap-add, inverse STFT, resample,
+    atomic write) with a model that costs nothing (returns zeros): in threads of one process
+    (`file_processes=0`) and in N worker processes (`--file-processes`, default: the number of
+    cores), the floor that a faster accelerator cannot go below;
+  * `enhance_files` end to end at each batch size, with the file side in threads and in N processes.
 Real-time factor (RTF) = processing seconds / audio seconds; "x real time" is its inverse. Each
-measurement is repeated (--repeats) and the fastest run counts.
+measurement is repeated (--repeats) and the fastest run counts. The worker processes are started
+once per process count (`FileProcesses`) and used by every run of that count, as `speech-enhance
+predict --file-processes N` starts them while it loads the model; their start-up (spawn, imports)
+is reported on its own ("start-up s"), not in the runs' seconds.
 
 Without --input, files are generated (seeded): lengths log-uniform in [--min-seconds, --max-seconds]
-until --total-seconds of audio, mostly 16 kHz mono wav, every 4th 8 kHz flac, every 6th stereo.
+until --total-seconds of audio; `--audio 8k-mono` (the default) writes 8 kHz mono wav, `--audio
+mixed` mostly 16 kHz mono wav, every 4th 8 kHz flac, every 6th stereo (this script's folder before
+the process runs were added, with --min-seconds 0.3).
 Without --model, the full-size U-Net (`trainer.model.build_unet`) with random weights is used.
 
-    python benchmarks/predict_speed.py --json benchmarks/results/predict_speed_cpu.json
-    python benchmarks/predict_speed.py --model models/demo --batch-sizes 64 256 --json gpu.json
+    python benchmarks/predict_speed.py --model predictor/pretrained --total-seconds 60 \
+        --json benchmarks/results/predict_speed_cpu.json
+    python3 benchmarks/predict_speed.py --model predictor/pretrained --batch-sizes 256 1024 --total-seconds 1800 \
+        --json gpu.json   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -36,7 +44,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def generate_files(directory: str, total_seconds: float, min_seconds: float, max_seconds: float, seed: int) -> list:
+AUDIO_KINDS = ("8k-mono", "mixed")
+
+
+def generate_files(directory: str, total_seconds: float, min_seconds: float, max_seconds: float, seed: int,
+                   kind: str = "mixed") -> list:
+    """Writes speech-like files into `directory`; returns their seconds, rates and channels.
+
+    kind "mixed": mostly 16 kHz mono wav, every 4th 8 kHz flac, every 6th stereo; "8k-mono": 8 kHz
+    mono wav (the model's rate: no resampling).
+    """
     import soundfile
 
     rng = np.random.default_rng(seed)
@@ -45,10 +62,13 @@ def generate_files(directory: str, total_seconds: float, min_seconds: float, max
         seconds = float(np.exp(rng.uniform(np.log(min_seconds), np.log(max_seconds))))
         seconds = min(seconds, max(min_seconds, total_seconds - total))
         rate, ext, channels = 16000, "wav", 1
-        if index % 4 == 3:
-            rate, ext = 8000, "flac"
-        if index % 6 == 5:
-            channels = 2
+        if kind == "8k-mono":
+            rate = 8000
+        else:
+            if index % 4 == 3:
+                rate, ext = 8000, "flac"
+            if index % 6 == 5:
+                channels = 2
         n = int(seconds * rate)
         t = np.arange(n) / rate
         f0 = rng.uniform(100, 220)
@@ -84,27 +104,40 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model directory; default: full-size U-Net, random weights")
     parser.add_argument("--input", default=None, help="folder of audio files; default: generated files")
+    parser.add_argument("--audio", choices=AUDIO_KINDS, default="8k-mono",
+                        help="generated files: 8 kHz mono wav, or mixed rates and channels (default: 8k-mono)")
     parser.add_argument("--total-seconds", type=float, default=180.0, help="audio to generate (default: 180)")
-    parser.add_argument("--min-seconds", type=float, default=0.3)
-    parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--min-seconds", type=float, default=5.0, help="shortest generated file (default: 5)")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="longest generated file (default: 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--overlaps", type=float, nargs="+", default=[0.5],
                         help="window overlaps to time (default: 0.5, the predictor's default)")
+    parser.add_argument("--file-processes", type=int, nargs="+", default=[os.cpu_count() or 1], metavar="N",
+                        help="worker process counts to time the file side with (default: the number of cores, "
+                             f"{os.cpu_count()} here)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads of the threaded runs (default: the predictor's, cores up to 16)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each measurement; the fastest counts (others' load only slows runs down)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    if any(n < 1 for n in args.file_processes):
+        parser.error(f"--file-processes must be at least 1 (the threaded runs are always timed). "
+                     f"Received: {args.file_processes}")
 
     import keras
 
-    from predictor.enhance import Enhancer, enhance_files
+    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
 
     # Random weights scale the magnitudes wildly, so outputs clip; the warnings would drown the table.
     logging.getLogger("predictor.audio_io").setLevel(logging.ERROR)
+    from predictor.file_processes import FileProcesses
     from tfrecord_schema.config import SpectrogramConfig
 
+    workers = DEFAULT_WORKERS if args.workers is None else args.workers
     work = tempfile.mkdtemp(prefix="predict-speed-")
+    pools: dict[int, FileProcesses] = {}
     try:
         if args.model:
             from trainer.model_dir import load_model_dir
@@ -120,10 +153,12 @@ def main(argv=None) -> int:
         lengths = None
         if source is None:
             source = os.path.join(work, "input")
-            lengths = generate_files(source, args.total_seconds, args.min_seconds, args.max_seconds, args.seed)
+            lengths = generate_files(source, args.total_seconds, args.min_seconds, args.max_seconds, args.seed,
+                                     kind=args.audio)
         flops = conv_flops(model)
         print(f"model: {model.count_params():,} parameters, {flops / 1e9:.2f} GFLOP per window of "
-              f"{config.window_seconds:.3f} s; backend {keras.backend.backend()}; devices: {_devices()}")
+              f"{config.window_seconds:.3f} s; backend {keras.backend.backend()}; devices: {_devices()}; "
+              f"{os.cpu_count()} CPU cores; threads {workers}, file processes {args.file_processes}")
 
         # Warm up: trace the predict function for a full and a partial batch of every size.
         for b in args.batch_sizes:
@@ -140,48 +175,69 @@ def main(argv=None) -> int:
                 best = min(best, time.perf_counter() - t0)
             return best
 
+        startup: dict[int, float] = {}
+        for processes in args.file_processes:
+            pools[processes] = FileProcesses(processes)
+            startup[processes] = pools[processes].wait_ready()
+            print(f"{processes} file processes started in {startup[processes]:.2f} s")
+
+        def files_run(enhancer, out: str, processes: int):
+            return lambda: enhance_files(enhancer, source, out, overwrite=True, progress_interval=1e9,
+                                         file_processes=pools[processes] if processes else 0)
+
         runs = []
         for overlap in args.overlaps:
             floor = Enhancer(lambda x: np.zeros(x.shape[:-1], np.float32), config, target, batch_size=64,
-                             overlap=overlap)
+                             overlap=overlap, workers=workers)
             out = os.path.join(work, "out-floor")
             summary = enhance_files(floor, source, out, overwrite=True, progress_interval=1e9)
             windows, audio_s = floor.windows_run, summary.audio_seconds
             print(f"{summary.written} files, {audio_s:.1f} s of audio, {windows} windows "
                   f"at {100 * overlap:.0f}% overlap")
-            seconds = timed(lambda: enhance_files(floor, source, out, overwrite=True, progress_interval=1e9))
-            runs.append({"what": "pipeline, no model", "overlap": overlap, "batch_size": 64,
-                         "windows": windows, "seconds": seconds, "rtf": seconds / audio_s})
+            for processes in [0, *args.file_processes]:
+                seconds = timed(files_run(floor, out, processes))
+                runs.append({"what": "pipeline, no model", "file_processes": processes, "overlap": overlap,
+                             "batch_size": 64, "windows": windows, "seconds": seconds,
+                             "startup_seconds": startup.get(processes), "rtf": seconds / audio_s})
             x = np.random.default_rng(0).standard_normal((windows, *config.shape, 1)).astype(np.float32)
             for b in args.batch_sizes:
-                enhancer = Enhancer(model, config, target, batch_size=b, overlap=overlap)
-                out = os.path.join(work, f"out-{b}")
-
                 def bare() -> None:
                     for start in range(0, windows, b):
                         model.predict_on_batch(x[start: start + b])
 
-                for what, fn in (("predictor (files)",
-                                  lambda: enhance_files(enhancer, source, out, overwrite=True, progress_interval=1e9)),
-                                 ("bare model.predict_on_batch", bare)):
-                    seconds = timed(fn)
-                    runs.append({"what": what, "overlap": overlap, "batch_size": b, "windows": windows,
-                                 "seconds": seconds, "rtf": seconds / audio_s})
+                seconds = timed(bare)
+                runs.append({"what": "bare model.predict_on_batch", "file_processes": None, "overlap": overlap,
+                             "batch_size": b, "windows": windows, "seconds": seconds, "startup_seconds": None,
+                             "rtf": seconds / audio_s})
+                for processes in [0, *args.file_processes]:
+                    enhancer = Enhancer(model, config, target, batch_size=b, overlap=overlap,
+                                        workers=0 if processes else workers)
+                    before = enhancer.windows_run
+                    seconds = timed(files_run(enhancer, os.path.join(work, f"out-{b}-{processes}"), processes))
+                    ran = (enhancer.windows_run - before) // args.repeats
+                    runs.append({"what": "predictor (files)", "file_processes": processes, "overlap": overlap,
+                                 "batch_size": b, "windows": ran, "seconds": seconds,
+                                 "startup_seconds": startup.get(processes), "rtf": seconds / audio_s})
 
-        header = (f"{'what':<30} {'overlap':>7} {'batch':>5} {'windows':>7} {'seconds':>8} {'RTF':>8} "
-                  f"{'x real time':>11} {'ms/window':>9}")
+        header = (f"{'what':<28} {'file side':>13} {'overlap':>7} {'batch':>5} {'windows':>7} {'seconds':>8} "
+                  f"{'RTF':>8} {'x real time':>11} {'ms/window':>9} {'start-up s':>10}")
         print(header)
         print("-" * len(header))
         for r in runs:
             r["x_real_time"] = 1.0 / r["rtf"]
             r["ms_per_window"] = 1000.0 * r["seconds"] / r["windows"]
-            print(f"{r['what']:<30} {r['overlap']:>7.2f} {r['batch_size']:>5} {r['windows']:>7} "
-                  f"{r['seconds']:>8.2f} {r['rtf']:>8.4f} "
-                  f"{r['x_real_time']:>11.1f} {r['ms_per_window']:>9.2f}")
+            side = {None: "", 0: f"{workers} threads"}.get(r["file_processes"], f"{r['file_processes']} processes")
+            started = f"{r['startup_seconds']:.2f}" if r["startup_seconds"] is not None else ""
+            print(f"{r['what']:<28} {side:>13} {r['overlap']:>7.2f} {r['batch_size']:>5} {r['windows']:>7} "
+                  f"{r['seconds']:>8.2f} {r['rtf']:>8.4f} {r['x_real_time']:>11.1f} {r['ms_per_window']:>9.2f} "
+                  f"{started:>10}")
         result = {
             "model": args.model or "trainer.model.build_unet (random weights)", "parameters": model.count_params(),
             "gflop_per_window": flops / 1e9, "spectrogram": config.to_dict(), "target": target,
             "overlaps": args.overlaps, "repeats": args.repeats, "input": args.input or "generated",
+            "audio": None if args.input else {"kind": args.audio, "min_seconds": args.min_seconds,
+                                              "max_seconds": args.max_seconds, "seed": args.seed},
+            "threads": workers, "file_processes": args.file_processes, "file_processes_startup_seconds": startup,
             "files": summary.written,
             "audio_seconds": audio_s, "generated_files": lengths, "runs": runs,
             "load_average_before_after": [load_before, os.getloadavg()],
@@ -195,6 +251,8 @@ def main(argv=None) -> int:
                 json.dump(result, f, indent=2)
             print(f"wrote {args.json}")
     finally:
+        for pool in pools.values():
+            pool.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 _PREDICT_FLAGS = {"model_dir": "--model", "source": "--input", "output_dir": "--output", "output_format": "--format",
                   "batch_size": "--batch-size", "overlap": "--overlap", "workers": "--workers",
                   "progress_interval": "--progress-interval", "keep_model_rate": "--keep-model-rate", "head": "--head",
-                  "high_band": "--high-band", "runner": "--runner",
+                  "high_band": "--high-band", "runner": "--runner", "file_processes": "--file-processes",
                   "dask_address": "--dask-address"}
 _EVALUATE_FLAGS = {"model_dir": "--model", "noisy_dir": "--noisy-dir", "clean_dir": "--clean-dir",
                    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "snrs": "--snrs",
@@ -104,6 +104,11 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="threads for reading, resampling, STFT and writing around the model "
                         "(default: the number of CPU cores, at most 16; 0: none); with --runner fnapi or "
                         "dask (local cluster): worker processes (default: the number of CPU cores)")
+    p.add_argument("--file-processes", type=int, default=0, metavar="N",
+                   help="worker processes for reading, resampling, STFT, overlap-add, inverse STFT and writing, "
+                        "while this process only batches the windows of all files and runs the model: for a GPU "
+                        "that threads cannot keep fed (try the number of CPU cores). --workers threads are then "
+                        "not used. Same outputs (default: 0, threads in this process; see docs/predict.md)")
     p.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between progress log lines, which also say how far into a long file the "
                         "output is (default: 5)")
@@ -135,13 +140,25 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
             raise ValueError(f"unrecognized arguments: {' '.join(flags)} (Apache Beam options and --dask-address "
                              "need --runner)")
         workers = DEFAULT_WORKERS if args.workers is None else args.workers
+        file_processes = args.file_processes
         try:
-            enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
-                                               overlap=args.overlap, workers=workers)
-            summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
-                                    output_format=args.format, keep_model_rate=args.keep_model_rate,
-                                    downmix=args.downmix, high_band=args.high_band,
-                                    progress_interval=args.progress_interval)
+            if file_processes:
+                from predictor.file_processes import FileProcesses, check_file_processes
+
+                check_file_processes(file_processes)
+                workers = 0  # the file processes do the work the threads would
+                # Started first: their start-up overlaps loading the model.
+                file_processes = FileProcesses(file_processes)
+            try:
+                enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
+                                                   overlap=args.overlap, workers=workers)
+                summary = enhance_files(enhancer, args.input, args.output, overwrite=args.overwrite,
+                                        output_format=args.format, keep_model_rate=args.keep_model_rate,
+                                        downmix=args.downmix, high_band=args.high_band,
+                                        progress_interval=args.progress_interval, file_processes=file_processes)
+            finally:
+                if file_processes:
+                    file_processes.close()
         except (ValueError, FileNotFoundError) as err:
             raise _with_flags(err, _PREDICT_FLAGS) from err
     else:
@@ -165,6 +182,9 @@ def _predict_on_beam(args: argparse.Namespace, extra: list[str]):
     from predictor.beam_predict import run_predict
 
     refuse_unknown_beam_args(extra, "predict")
+    if args.file_processes:
+        raise ValueError(f"--file-processes works without --runner (Beam's workers are processes already; use "
+                         f"--workers). Received: --file-processes {args.file_processes}, --runner {args.runner}")
     try:
         return run_predict(args.input, args.output, model_dir=args.model, head=args.head, runner=args.runner,
                            beam_args=extra, workers=args.workers, dask_address=args.dask_address,

@@ -8,7 +8,8 @@ from here, as are `output_path`, `PredictSummary`, `FAILURES_FILE` and `HighBand
 above the model's rate is kept, `predictor.high_band`).
 
 The model is a Keras 3 model; Keras places it on a GPU when there is one. The numpy and file work
-around it runs in a few threads (`workers`, `predictor.workers`), so it overlaps the model calls.
+around it runs in a few threads (`workers`, `predictor.workers`), so it overlaps the model calls, or
+in worker processes (`enhance_files(file_processes=N)`, `predictor.file_processes`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class Enhancer:
 
     Args:
         model: a Keras model mapping [B, frames, bins, 1] features to [B, frames, bins, 1] in [-1, 1],
-            or any callable doing the same on numpy arrays.
+            or any callable doing the same on numpy arrays; None for the window geometry alone (what
+            the file processes of `enhance_files(file_processes=N)` use: they never run the model).
         config: the model's `SpectrogramConfig`.
         target: "noise" or "mask" (what the model predicts; see `trainer.targets`).
         batch_size: windows per model call; windows of several signals share a batch. None:
@@ -263,7 +265,11 @@ class Enhancer:
 
 def predict_function(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """numpy [B, frames, bins, 1] -> numpy [B, frames, bins]."""
-    if hasattr(model, "predict_on_batch"):
+    if model is None:
+        def predict(x: np.ndarray) -> np.ndarray:
+            raise ValueError("this Enhancer was made without a model (model=None: the window geometry only) and "
+                             "cannot run one. Pass model= a Keras model or a numpy callable.")
+    elif hasattr(model, "predict_on_batch"):
         def predict(x: np.ndarray) -> np.ndarray:
             return np.asarray(model.predict_on_batch(x), np.float32)[..., 0]
     else:

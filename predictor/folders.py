@@ -2,8 +2,9 @@
 
 `enhance_files` streams each file through an `Enhancer` (`predictor.enhance`): read and resampled
 a block at a time (`read_frames`), enhanced, then synthesised, resampled back and written
-atomically (`FileSink`). Outputs that exist are skipped, so an interrupted run resumes; files that
-fail are listed with their reason in OUTPUT/failures.jsonl.
+atomically (`FileSink`), in threads or, with `file_processes`, in worker processes
+(`predictor.file_processes`). Outputs that exist are skipped, so an interrupted run resumes; files
+that fail are listed with their reason in OUTPUT/failures.jsonl.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from predictor import audio_io
+from predictor.file_processes import FileProcesses, WorkerSettings, check_file_processes, credit_per_worker
 from predictor.high_band import Crossover, HighBandGain, HighBandMixer, check_high_band
 from predictor.overlap_add import Analysis, Frames, Joined, Synthesis
 from predictor.workers import Readahead, Workers, done_in_order, run_after
@@ -68,7 +70,9 @@ class Progress:
         self.total, self.interval = total, interval
         self.start = self.last = time.perf_counter()
 
-    def update(self, summary: PredictSummary, force: bool = False, current: FileJob | None = None) -> None:
+    def update(self, summary: PredictSummary, force: bool = False, current: FileJob | None = None,
+               written: float | None = None) -> None:
+        """`written`: seconds of `current` written so far (default: what its sink says)."""
         now = time.perf_counter()
         if not force and now - self.last < self.interval:
             return
@@ -76,8 +80,9 @@ class Progress:
         done = summary.written + summary.skipped + len(summary.failures)
         elapsed = now - self.start
         audio_seconds, within = summary.audio_seconds, ""
-        if current is not None and current.sink is not None:
+        if written is None and current is not None and current.sink is not None:
             written = current.sink.seconds_written
+        if current is not None and written is not None:
             audio_seconds += written
             within = f"; {current.rel}: {written:.1f} of {current.seconds:.1f} s written"
         rtf = f"{elapsed / audio_seconds:.4f}" if audio_seconds else "n/a"
@@ -206,7 +211,8 @@ def output_path(output_dir: str, rel: str, output_format: str | None) -> str:
 def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
                   output_format: str | None = None, keep_model_rate: bool = False, downmix: bool = False,
                   high_band: str = "keep", high_band_gain: HighBandGain = HighBandGain(),
-                  progress_interval: float = 5.0, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> PredictSummary:
+                  progress_interval: float = 5.0, block_seconds: float = DEFAULT_BLOCK_SECONDS,
+                  file_processes: int | FileProcesses = 0) -> PredictSummary:
     """Denoises every wav/flac/ogg file of `source` (folder, file or glob) into `output_dir`.
 
     `source` and `output_dir` may be local or remote (gs://...; a remote `source` is a folder
@@ -231,17 +237,33 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     cannot be read, is too short to resample to the model's rate, or cannot be written is logged,
     recorded in `output_dir/failures.jsonl` with its reason, and skipped. Refuses (ValueError)
     when an output would replace an input.
+
+    `file_processes=0` (the default) does the file work (reading, resampling, STFT, overlap-add,
+    inverse STFT, writing) in `enhancer.workers` threads of this process. `file_processes=N` does
+    it in N worker processes (`predictor.file_processes`), which no interpreter lock holds back,
+    while this process batches the windows of all files and runs the model: for an accelerator
+    fast enough that threads cannot keep it fed. The outputs are the same to float rounding. A
+    started `FileProcesses` is used and left running (its start-up then overlaps loading the model).
     """
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
+    check_file_processes(file_processes)
     check_high_band(high_band)
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     todo, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
     progress = Progress(summary.total, progress_interval)
-    logger.info("denoising %d files from %s into %s (model rate %d Hz, batch %d, overlap %.0f%%)",
-                summary.total, source, output_dir, enhancer.sample_rate, enhancer.batch_size, 100 * enhancer.overlap)
+    logger.info("denoising %d files from %s into %s (model rate %d Hz, batch %d, overlap %.0f%%%s)",
+                summary.total, source, output_dir, enhancer.sample_rate, enhancer.batch_size, 100 * enhancer.overlap,
+                f", {_count(file_processes)} file processes" if file_processes else "")
 
     start = time.perf_counter()
+    if file_processes:
+        _enhance_in_processes(enhancer, todo, summary, progress, start, file_processes, downmix=downmix,
+                              block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        summary.processing_seconds = time.perf_counter() - start
+        progress.update(summary, force=True)
+        _write_failures(output_dir, summary.failures)
+        return summary
     depth = 2 * enhancer.workers + 2
     reader = Readahead(enhancer.workers, depth=2)
 
@@ -289,6 +311,43 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     progress.update(summary, force=True)
     _write_failures(output_dir, summary.failures)
     return summary
+
+
+def _count(file_processes: int | FileProcesses) -> int:
+    return file_processes.processes if isinstance(file_processes, FileProcesses) else file_processes
+
+
+def _enhance_in_processes(enhancer: Enhancer, todo: list[FileJob], summary: PredictSummary, progress: Progress,
+                          start: float, processes: int | FileProcesses, *, downmix: bool, block_seconds: float,
+                          keep_model_rate: bool, gain: HighBandGain | None) -> None:
+    """`enhance_files`'s work with the file side in worker processes (`predictor.file_processes`)."""
+    if not todo:
+        return
+    if not isinstance(processes, FileProcesses):
+        with FileProcesses(min(processes, len(todo))) as pool:
+            _enhance_in_processes(enhancer, todo, summary, progress, start, pool, downmix=downmix,
+                                  block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        return
+    settings = WorkerSettings(enhancer.config, enhancer.target, enhancer.overlap, downmix, block_seconds,
+                              keep_model_rate, gain, credit_per_worker(enhancer.batch_size, processes.processes))
+
+    def on_failed(job: FileJob, reason: str, message: str) -> None:
+        _fail(summary, job, reason, message)
+
+    def on_done(job: FileJob, error: str | None) -> None:
+        if error:
+            _fail(summary, job, "unwritable", error)
+        else:
+            summary.written += 1
+            summary.audio_seconds += job.num_samples / job.sample_rate
+        summary.processing_seconds = time.perf_counter() - start
+        progress.update(summary)
+
+    def on_progress(job: FileJob, written: float) -> None:
+        summary.processing_seconds = time.perf_counter() - start
+        progress.update(summary, current=job, written=written)
+
+    processes.run(enhancer, todo, settings, on_failed=on_failed, on_done=on_done, on_progress=on_progress)
 
 
 def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_format: str | None = None

@@ -1,0 +1,583 @@
+"""The file side of `enhance_files` in worker processes, for machines where the model outruns threads.
+
+With `file_processes=N` (`speech-enhance predict --file-processes N`), N worker processes each take
+whole files: read and resample a block at a time, split off the high band, the STFT and the model's
+input windows (`predictor.folders._read_frames`, `Track`); and, once the model's outputs for those
+windows come back, their weighted overlap-add, the inverse STFT, resampling back, the high band
+and the atomic write (`Track`, `FileSink`). These are the functions the threaded path runs, so the
+outputs are the same to float rounding; only which windows share a model batch differs. The main
+process only lists the files, batches the windows of all files and runs the model.
+
+Why: numpy, soxr and libsndfile release the GIL, but the Python around them does not, so the
+threads of one process cap the file side (measured on 16 cores: about 1,470x real time without a
+model); processes do not share a GIL.
+
+What travels: each window's model input (float32 [frames, bins], 66 kB at 8 kHz) to the main
+process and the model's output for it back, pickled through `multiprocessing` queues; a file's
+STFT, high band and samples stay in its worker. Each worker has at most `credit` windows (and a block's) waiting
+for the model, so memory stays bounded whatever the model's speed; when every worker waits for
+the model, the main process runs the batch it has, padded to `batch_size` (a batch shape the model
+has seen, so an accelerator never retraces).
+
+`FileProcesses` starts the workers; `enhance_files` starts and stops its own, or uses one started
+earlier (`speech-enhance predict` starts them before it loads the model, so that their start-up
+is hidden) and leaves it running for the next folder.
+
+Workers are started with the 'spawn' method (never forked from a process where TensorFlow or JAX
+may already run) and import numpy, scipy, soundfile and soxr only, never Keras, TensorFlow or
+JAX (each reports what it loaded when it starts). They ignore SIGINT: on KeyboardInterrupt or any
+error the main process tells them to stop, and they remove the temporaries of the files they were
+writing and exit; they also exit if the main process dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from predictor.enhance import Enhancer
+    from predictor.folders import FileJob, FileSink
+    from predictor.high_band import HighBandGain
+    from predictor.overlap_add import Track
+    from tfrecord_schema.config import SpectrogramConfig
+
+logger = logging.getLogger(__name__)
+
+# The start method: a fresh interpreter per worker, safe after the model's framework has started.
+START_METHOD = "spawn"
+# Model windows a worker may have waiting for the model: at least this many, and enough that all
+# workers together hold `BATCHES_IN_FLIGHT` batches (one running, the next ones filling).
+MIN_CREDIT = 64
+BATCHES_IN_FLIGHT = 3
+# Files handed to a worker that it has not finished reading: the one it reads and the next.
+FILES_AHEAD = 2
+# Seconds between a blocked process's checks that the other side is still there.
+POLL_SECONDS = 0.5
+# Seconds the workers get to remove their temporaries and exit before they are terminated.
+STOP_SECONDS = 10.0
+# Modules that must never be imported by a worker.
+FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
+
+
+def check_file_processes(file_processes: Any) -> None:
+    """Refuses (ValueError) what `enhance_files(file_processes=...)` cannot take."""
+    if isinstance(file_processes, FileProcesses):
+        if file_processes.closed:
+            raise ValueError("file_processes was stopped (after an error or by close()); start new FileProcesses. "
+                             f"Received: file_processes={file_processes!r}")
+        return
+    if isinstance(file_processes, bool) or not isinstance(file_processes, int) or file_processes < 0:
+        raise ValueError("file_processes must be an integer >= 0: the worker processes that read, transform and "
+                         "write the files around the model (0: threads in this process instead), or "
+                         f"FileProcesses. Received: file_processes={file_processes!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs to read and write files as `enhance_files` would (picklable)."""
+
+    config: SpectrogramConfig
+    target: str
+    overlap: float
+    downmix: bool
+    block_seconds: float
+    keep_model_rate: bool
+    high_band_gain: HighBandGain | None
+    credit: int
+
+
+def credit_per_worker(batch_size: int, processes: int) -> int:
+    """Windows a worker may have waiting for the model."""
+    return max(MIN_CREDIT, -(-BATCHES_IN_FLIGHT * batch_size // processes))
+
+
+class FileProcesses:
+    """N worker processes for the file side of `enhance_files`, started once and used for one or more folders.
+
+    `enhance_files(..., file_processes=N)` starts and stops its own; start one yourself to overlap
+    the workers' start-up (a fresh interpreter each, about half a second) with loading the model, or
+    to use the same workers for several folders:
+
+        with FileProcesses(8) as processes:
+            enhancer = Enhancer.from_model_dir(model_dir)
+            enhance_files(enhancer, "in/", "out/", file_processes=processes)
+
+    A script that starts them must do so under `if __name__ == "__main__":` (each worker imports the
+    main module again, as 'spawn' does). After an error or a KeyboardInterrupt in a run the workers
+    are stopped (they remove their temporaries) and the object cannot be used again.
+    """
+
+    def __init__(self, processes: int) -> None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(f"processes must be a positive integer. Received: processes={processes!r}")
+        self.started = time.time()  # wall clock: the workers say when they were ready by it
+        self.startup_seconds: float | None = None  # until every worker was ready
+        self._ready_at = 0.0
+        ctx = multiprocessing.get_context(START_METHOD)
+        # Tasks go out through queues (a put never blocks: a feeder thread writes them). Each worker
+        # answers through a pipe of its own, which only it writes: a worker that dies, even half-way
+        # through a message, closes it, and the reader here sees the end instead of waiting forever.
+        self._tasks = [ctx.Queue() for _ in range(processes)]
+        pipes = [ctx.Pipe(duplex=False) for _ in range(processes)]
+        self._results = [reader for reader, _ in pipes]
+        self._open = {reader: w for w, reader in enumerate(self._results)}
+        self._inbox: collections.deque[tuple] = collections.deque()
+        self._stop = ctx.Event()
+        self._workers = [ctx.Process(target=_worker_main, args=(w, self._tasks[w], writer, self._stop),
+                                     name=f"predictor-files-{w}", daemon=True) for w, (_, writer) in enumerate(pipes)]
+        self._sent = [0] * processes  # messages sent to each worker
+        self._waiting = [-1] * processes  # messages a worker had received when it last said it waits
+        self._ready = [False] * processes
+        self.closed = False
+        try:
+            for worker in self._workers:
+                worker.start()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for _, writer in pipes:
+                writer.close()  # the workers hold the write ends
+
+    @property
+    def processes(self) -> int:
+        return len(self._workers)
+
+    def __enter__(self) -> "FileProcesses":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def wait_ready(self) -> float:
+        """Waits until every worker has started; returns the seconds since they were started."""
+        try:
+            while not all(self._ready):
+                self._receive()
+        except BaseException:
+            self.close()
+            raise
+        return self.startup_seconds
+
+    def run(self, enhancer: Enhancer, jobs: Sequence[FileJob], settings: WorkerSettings, *,
+            on_failed: Callable[[FileJob, str, str], None], on_done: Callable[[FileJob, str | None], None],
+            on_progress: Callable[[FileJob, float], None]) -> None:
+        """Denoises `jobs`: the workers do the file side, this process batches windows and runs the model.
+
+        Calls `on_failed(job, reason, message)` for a file that cannot be used, `on_done(job, error)`
+        when a file's output is committed (error None) or could not be written (error says why), and
+        `on_progress(job, seconds_written)` now and then while a file is being written. Returns once
+        every job is done or failed; raises what went wrong in the model, in a worker, or a
+        KeyboardInterrupt, after stopping the workers.
+        """
+        if self.closed:
+            raise ValueError("these file processes were stopped (after an error or by close()); start new ones")
+        if not jobs:
+            return
+        try:
+            for w in range(self.processes):
+                self._send(w, ("run", settings))
+            _Batcher(self, enhancer, jobs, on_failed, on_done, on_progress).run()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stops the workers (they remove their temporaries) and waits for them; terminates stragglers."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop.set()  # seen between tasks
+        for q in self._tasks:
+            q.put(("stop",))  # wakes a worker that waits for a task
+        deadline = time.monotonic() + STOP_SECONDS
+        running = [worker for worker in self._workers if worker.pid is not None]
+        while time.monotonic() < deadline and any(worker.is_alive() for worker in running):
+            # Read what they still send, so that none waits on a full pipe instead of stopping.
+            ready = multiprocessing.connection.wait([*self._open, *(worker.sentinel for worker in running)], 0.1)
+            for reader in ready:
+                if reader in self._open:
+                    try:
+                        reader.recv()
+                    except (EOFError, OSError):
+                        del self._open[reader]
+        for worker in self._workers:
+            if worker.is_alive():
+                logger.warning("file process %s did not stop in %.0f s: terminating it", worker.name, STOP_SECONDS)
+                worker.terminate()
+                worker.join(2.0)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
+        for worker in running:
+            worker.join()
+        for q in self._tasks:
+            q.cancel_join_thread()  # what a worker will never read must not hold up this process's exit
+            q.close()
+        for reader in self._results:
+            reader.close()
+
+    def _send(self, w: int, message: tuple) -> None:
+        self._tasks[w].put(message)
+        self._sent[w] += 1
+
+    def _all_waiting(self) -> bool:
+        """Whether every worker has handled every task sent to it and waits for another."""
+        return all(waiting == sent for waiting, sent in zip(self._waiting, self._sent))
+
+    def _receive(self) -> tuple | None:
+        """The next message for a run; None after POLL_SECONDS without one. Handles start-up and errors."""
+        if not self._inbox:
+            for reader in multiprocessing.connection.wait(list(self._open), POLL_SECONDS):
+                try:
+                    self._inbox.append(reader.recv())
+                except (EOFError, OSError):  # it died
+                    self._check_alive(wait=2.0)
+                    raise RuntimeError(f"file process {self._open[reader]} closed its pipe unexpectedly")
+            if not self._inbox:
+                self._check_alive()
+                return None
+        message = self._inbox.popleft()
+        kind, w = message[0], message[1]
+        if kind == "waiting":
+            self._waiting[w] = message[2]
+        elif kind == "ready":
+            self._ready[w] = True
+            self._ready_at = max(self._ready_at, message[4])
+            logger.debug("file process %d (pid %d) ready; machine-learning modules loaded: %s", w, message[2],
+                         ", ".join(message[3]) or "none")
+            if message[3]:
+                logger.warning("file process %d imported %s, which it should not need", w, ", ".join(message[3]))
+            if all(self._ready):
+                self.startup_seconds = self._ready_at - self.started
+                logger.info("%d file processes ready after %.2f s", self.processes, self.startup_seconds,
+                            extra={"startup_seconds": self.startup_seconds})
+        elif kind == "error":
+            raise RuntimeError(f"file process {w} failed:\n{message[2]}")
+        else:
+            return message
+        return None
+
+    def _check_alive(self, wait: float = 0.0) -> None:
+        """Raises RuntimeError if a worker has ended; waits up to `wait` seconds for one to end."""
+        if wait:
+            multiprocessing.connection.wait([worker.sentinel for worker in self._workers], wait)
+        for w, worker in enumerate(self._workers):
+            if not worker.is_alive():
+                code = worker.exitcode
+                why = (f"killed by signal {-code} (out of memory?)" if code is not None and code < 0 else
+                       f"exit code {code}; its error is above. A script that starts file processes must do so "
+                       "under `if __name__ == '__main__':` (they import the main module again)")
+                raise RuntimeError(f"file process {w} (pid {worker.pid}) ended unexpectedly: {why}")
+
+
+class _Batcher:
+    """The main process's side of one run: hands out files, batches the windows that come back, runs the model."""
+
+    def __init__(self, pool: FileProcesses, enhancer: Enhancer, jobs: Sequence[FileJob], on_failed: Callable,
+                 on_done: Callable, on_progress: Callable) -> None:
+        self.pool, self.enhancer, self.jobs = pool, enhancer, jobs
+        self.on_failed, self.on_done, self.on_progress = on_failed, on_done, on_progress
+        self.next_job = 0
+        self.reading = [0] * pool.processes  # files handed to each worker and not yet read to their end
+        self.unfinished = len(jobs)
+        self.pending: collections.deque[list] = collections.deque()  # [worker, file, windows, taken]
+        self.pending_windows = 0
+        b = enhancer.batch_size
+        self.batch = np.zeros((b, enhancer.window_frames, enhancer.config.num_bins, 1), np.float32)
+
+    def run(self) -> None:
+        for w in range(self.pool.processes):
+            self._hand_out(w)
+        while self.unfinished:
+            message = self.pool._receive()
+            if message is not None:
+                self._handle(message)
+            while self.pending_windows >= self.enhancer.batch_size:
+                self._run_batch()
+            if self.unfinished and self.pool._all_waiting():
+                if not self.pending_windows:
+                    raise RuntimeError("internal error: every file process waits for the model, but no model window "
+                                       f"is pending and {self.unfinished} file(s) are not finished")
+                self._run_batch()  # every worker waits for these: run them, padded to a whole batch
+
+    def _send(self, w: int, message: tuple) -> None:
+        self.pool._send(w, message)
+
+    def _hand_out(self, w: int) -> None:
+        while self.reading[w] < FILES_AHEAD and self.next_job < len(self.jobs):
+            self._send(w, ("file", self.next_job, self.jobs[self.next_job]))
+            self.reading[w] += 1
+            self.next_job += 1
+
+    def _handle(self, message: tuple) -> None:
+        kind, w = message[0], message[1]
+        if kind == "windows":
+            _, _, index, windows, read_to_end = message
+            if windows is not None:
+                self.pending.append([w, index, windows, 0])
+                self.pending_windows += len(windows)
+            if read_to_end:
+                self.reading[w] -= 1
+                self._hand_out(w)
+        elif kind == "progress":
+            job = self.jobs[message[2]]
+            job.seconds = message[4]
+            self.on_progress(job, message[3])
+        elif kind == "done":
+            _, _, index, error, num_samples, sample_rate = message
+            job = self.jobs[index]
+            job.num_samples, job.sample_rate = num_samples, sample_rate
+            self.unfinished -= 1
+            self.on_done(job, error)
+        elif kind == "failed":
+            _, _, index, reason, text, read_to_end = message
+            self.unfinished -= 1
+            self.on_failed(self.jobs[index], reason, text)
+            if read_to_end:
+                self.reading[w] -= 1
+                self._hand_out(w)
+        else:
+            raise RuntimeError(f"internal error: unknown message {kind!r} from file process {w}")
+
+    def _run_batch(self) -> None:
+        """Runs up to a batch of the pending windows (in the order they came), padded to a whole batch."""
+        enhancer, batch = self.enhancer, self.batch
+        size = batch.shape[0]
+        n, segments = 0, []
+        while n < size and self.pending:
+            entry = self.pending[0]
+            w, index, windows, taken = entry
+            m = min(size - n, len(windows) - taken)
+            batch[n: n + m, :, :, 0] = windows[taken: taken + m]
+            segments.append((w, index, n, n + m))
+            n += m
+            entry[3] += m
+            if entry[3] == len(windows):
+                self.pending.popleft()
+        batch[n:] = 0.0
+        self.pending_windows -= n
+        y = enhancer.predict(batch)
+        enhancer.windows_run += n
+        for w, index, a, b in segments:
+            self._send(w, ("predictions", index, y[a:b]))
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A file in a worker: read, waiting for the model's outputs, or being written."""
+
+    job: FileJob
+    track: Track
+    reader: Any  # the `_read_frames` generator, None once read to its end
+    windows: collections.deque = dataclasses.field(default_factory=collections.deque)  # (channel, index) sent
+    sink: FileSink | None = None
+    failed: bool = False
+
+
+def _worker_main(w: int, tasks: Any, results: Any, stop: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    sender = _Sender(results)
+    try:
+        _Worker(w, tasks, sender, stop).run()
+    except Exception:  # reported to the main process, which raises it
+        sender.send(("error", w, traceback.format_exc()))
+    finally:
+        sender.close()
+
+
+class _Sender:
+    """Sends a worker's messages from a thread of its own, so that the worker computes on while the
+    main process is busy with the model and not reading (as a multiprocessing queue's feeder does,
+    but through the worker's own pipe)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="predictor-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, message: tuple) -> None:
+        self._queue.put(message)
+
+    def close(self) -> None:
+        """Sends what is queued (while the main process reads: it does until the workers have stopped)."""
+        self._queue.put(None)
+        self._thread.join(STOP_SECONDS)
+        self._connection.close()
+
+    def _run(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self._connection.send(message)
+            except OSError:  # the main process is gone
+                return
+
+
+class _Worker:
+    """One worker process: reads files into model windows, writes them from the model's outputs."""
+
+    def __init__(self, w: int, tasks: Any, results: Any, stop: Any) -> None:
+        self.w, self.tasks, self.results, self.stop = w, tasks, results, stop
+        self.settings: WorkerSettings | None = None  # the run's, with each "run" task
+        self.enhancer: Enhancer | None = None
+        self.files: dict[int, _InFlight] = {}
+        self.to_read: collections.deque[int] = collections.deque()
+        self.outstanding = 0  # windows sent whose model outputs have not come back
+        self.received = 0  # messages taken from `tasks`
+        self.last_progress = 0.0
+
+    def run(self) -> None:
+        # What every file needs, imported before saying ready, so that start-up is over when it does.
+        import predictor.enhance  # noqa: F401
+        import predictor.folders  # noqa: F401
+
+        frameworks = sorted(m for m in FRAMEWORKS if m in sys.modules)
+        self.results.send(("ready", self.w, os.getpid(), frameworks, time.time()))
+        try:
+            while not self.stop.is_set():
+                message = self._get(block=False)
+                if message is None:
+                    if self.to_read and self.outstanding < self.settings.credit:
+                        self._read_block()
+                        continue
+                    self.results.send(("waiting", self.w, self.received))
+                    message = self._get(block=True)
+                    if message is None:
+                        return
+                if message[0] == "stop":
+                    return
+                self._handle(message)
+        finally:
+            for state in self.files.values():  # stopped early: remove the temporaries, close the inputs
+                if state.sink is not None:
+                    state.sink.abort()
+                if state.reader is not None:
+                    state.reader.close()
+
+    def _get(self, block: bool) -> tuple | None:
+        """The next task; None when there is none (block=False), or when told to stop or orphaned."""
+        while True:
+            try:
+                message = self.tasks.get(block=block, timeout=POLL_SECONDS if block else None)
+                self.received += 1
+                return message
+            except queue.Empty:
+                if not block:
+                    return None
+            if self.stop.is_set() or not _parent_alive():
+                return None
+
+    def _handle(self, message: tuple) -> None:
+        from predictor.folders import _read_frames
+        from predictor.overlap_add import Track
+
+        kind = message[0]
+        if kind == "run":
+            from predictor.enhance import Enhancer
+
+            # What a run left: the windows of files that failed after the last file was done, which
+            # were never run (a run's last predictions come before the next "run" task).
+            for state in self.files.values():
+                if state.sink is not None:
+                    state.sink.abort()
+            self.files.clear()
+            self.to_read.clear()
+            self.outstanding = 0
+            self.settings = s = message[1]
+            # The run's window geometry, target and config; no model here.
+            self.enhancer = Enhancer(None, s.config, s.target, batch_size=1, overlap=s.overlap, workers=0)
+        elif kind == "file":
+            _, index, job = message
+            s = self.settings
+            reader = _read_frames(job, self.enhancer, s.downmix, s.block_seconds, s.high_band_gain)
+            self.files[index] = _InFlight(job, Track(index, self.enhancer), reader)
+            self.to_read.append(index)
+        elif kind == "predictions":
+            _, index, outputs = message
+            self.outstanding -= len(outputs)
+            state = self.files[index]
+            for prediction in outputs:
+                channel, window = state.windows.popleft()
+                state.track.add(channel, window, prediction)
+            if state.failed:
+                if not state.windows and state.reader is None:
+                    del self.files[index]
+                return
+            self._write(index, state)
+        else:
+            raise RuntimeError(f"internal error: unknown task {kind!r}")
+
+    def _read_block(self) -> None:
+        from predictor.audio_io import AudioError
+
+        index = self.to_read[0]
+        state = self.files[index]
+        job, item = next(state.reader)
+        if isinstance(item, AudioError):
+            self._finish_reading(state)
+            state.failed = True
+            if state.sink is not None:  # it failed part way through: drop what was written of it
+                state.sink.abort()
+                state.sink = None
+            self.results.send(("failed", self.w, index, item.reason, str(item), True))
+            if not state.windows:
+                del self.files[index]
+            return
+        ready = state.track.add_frames(item)
+        windows = None
+        if ready:
+            windows = np.stack([state.track.window(channel, window) for _, channel, window in ready])
+            state.windows.extend((channel, window) for _, channel, window in ready)
+            self.outstanding += len(ready)
+        last = item.layout is not None
+        if last:
+            self._finish_reading(state)
+        if windows is not None or last:
+            self.results.send(("windows", self.w, index, windows, last))
+        if not ready:  # frames that complete no window may still end a file whose windows have all run
+            self._write(index, state)
+
+    def _finish_reading(self, state: _InFlight) -> None:
+        self.to_read.popleft()
+        state.reader.close()  # closes the input file
+        state.reader = None
+
+    def _write(self, index: int, state: _InFlight) -> None:
+        """Writes what the windows run so far complete; the last block commits the file."""
+        from predictor.folders import FileSink
+
+        block = state.track.take_joined()
+        if block is None:
+            return
+        if state.sink is None:
+            state.sink = FileSink(state.job, self.enhancer, self.settings.keep_model_rate)
+        error = state.sink.push(block)
+        job = state.job
+        if block.last:
+            del self.files[index]
+            self.results.send(("done", self.w, index, error, job.num_samples, job.sample_rate))
+            return
+        now = time.monotonic()
+        if now - self.last_progress > 1.0:
+            self.last_progress = now
+            self.results.send(("progress", self.w, index, state.sink.seconds_written, job.seconds))
+
+
+def _parent_alive() -> bool:
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
