@@ -20,6 +20,9 @@ Writes, under --out:
                    links to the validation speakers' files (both corpora) and the validation noise
                    files (with classes.tsv): the validation *evaluation* set, on which variants are
                    chosen before the test set is scored
+  valid_voices_librispeech/
+                   the train-clean-100 validation speakers alone: read LibriSpeech like the test
+                   speakers of test-other, for choosing between variants trained on different corpora
 
     python scripts/shared_data_split.py --data ../shared/data --out runs/shared_split
 """
@@ -106,10 +109,12 @@ def main() -> None:
     two = {f"train-clean-100/{v}": s for v, s in voice_split.items()} | dns_split
     with open(os.path.join(args.out, "splits_two_corpora.json"), "w") as f:
         json.dump({"voices": two, "noises": {k: v for k, v in noise_split.items() if v != "test"}}, f, indent=1)
-    _link_folder(os.path.join(args.out, "valid_voices"),
-                 {rel: os.path.join(args.data, "speech", "librispeech", rel.split("/", 1)[0], rel.split("/", 1)[1])
-                  if rel.startswith("train-clean-100/") else os.path.join(args.data, "speech", rel)
-                  for rel, s in two.items() if s == "valid"})
+    valid_voices = {rel: os.path.join(args.data, "speech", "librispeech", rel)
+                    if rel.startswith("train-clean-100/") else os.path.join(args.data, "speech", rel)
+                    for rel, s in two.items() if s == "valid"}
+    _link_folder(os.path.join(args.out, "valid_voices"), valid_voices)
+    _link_folder(os.path.join(args.out, "valid_voices_librispeech"),
+                 {rel: path for rel, path in valid_voices.items() if rel.startswith("train-clean-100/")})
     valid_noise = {rel: os.path.join(noise_root, rel) for rel, s in noise_split.items() if s == "valid"}
     _link_folder(os.path.join(args.out, "valid_noise"), valid_noise)
     with open(os.path.join(args.out, "valid_noise", "classes.tsv"), "w") as f:
