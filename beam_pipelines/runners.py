@@ -189,6 +189,28 @@ def quiet_beam_logs() -> None:
         logger.addFilter(_DropWorkerNotes())
 
 
+def no_timed_flushes_on_fnapi() -> None:
+    """Turns off the timed flushing of the streams through which Beam's FnApiRunner sends each
+    bundle's input to its worker processes, which loses input under load (Beam 2.77).
+
+    The runner's data servicer is built with `worker_handlers.DATA_BUFFER_TIME_LIMIT_MS` (1000), so
+    each input stream (`data_plane.TimeBasedBufferingClosableOutputStream`) has a thread that
+    flushes it every second: it takes the buffer (`get()`), hands it to the send queue (a protobuf
+    copy of up to hundreds of MB, and a wait when 100 MB are queued) and then empties it
+    (`_clear()`). The runner thread keeps writing the input's remaining chunks meanwhile (one per
+    data message a worker sent, ~10 MB; `write` takes no lock), and a chunk written between the two
+    calls is emptied with the buffer: its elements never reach the worker, with no error. Which
+    elements go missing depends on timing, hence losses only under load. With 0 the streams are
+    size-buffered (`SizeBasedBufferingClosableOutputStream`), which the runner flushes only on
+    close, from the writing thread: no thread, no race. The workers' own streams (output to the
+    runner) already default to 0. Read when a pipeline starts its gRPC server, so set before
+    `Pipeline.run`; it concerns this process (the launcher, where FnApiRunner runs) only.
+    """
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+
+
 def run_pipeline(build: Callable[[Any], Any], beam_args: Sequence[str], workers: int) -> None:
     """Runs to its end the pipeline that `build(p)` adds to a fresh `beam.Pipeline`, on the runner
     `beam_args` names: FnApiRunner defaults for `workers` processes (`default_beam_args`), or, for
@@ -199,6 +221,7 @@ def run_pipeline(build: Callable[[Any], Any], beam_args: Sequence[str], workers:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     quiet_beam_logs()
+    no_timed_flushes_on_fnapi()
     with contextlib.ExitStack() as stack:
         if is_dask(beam_args):
             beam_args = stack.enter_context(dask_cluster(beam_args, workers))
