@@ -2,11 +2,16 @@
 
 The pipeline (`build_predict_pipeline`), stage by stage:
 
-1. **ListInputs** (in the launcher, as `enhance_files` does): the inputs are found with
-   `audio_io.find_audio_files` (local folders, globs, gs:// prefixes, through `tfrecord_schema.paths`),
-   each gets its output path (`folders.output_path`), inputs that would be overwritten are refused,
-   duplicate outputs are failures, and files whose output exists are skipped unless `overwrite`
-   (a remote output prefix is listed once). The rest go into the pipeline, reshuffled over workers.
+1. **ListInputs** (in the launcher, as `enhance_files` does: `folders.plan_jobs`): the inputs are
+   found with `audio_io.find_audio_files` (local folders, globs, gs:// prefixes, through
+   `tfrecord_schema.paths`), each gets its output path (`folders.output_path`), inputs that would be
+   overwritten are refused, duplicate outputs are failures, and files whose output exists are
+   skipped unless `overwrite` (a remote output prefix is listed once). The rest are written, one
+   JSON line per file, to a few shards of a job manifest (`JobManifest`) in a hidden folder of the
+   output, OUTPUT/.predict-jobs-PID-XXXXXXXX/, removed when the pipeline has run.
+   **ReadJobs** (`ReadJobs`): the pipeline reads the manifest's shards, spread over the workers,
+   line by line through the path layer, and reshuffles the files over the workers. The job graph
+   holds the shards' paths only, never the list of files (Dataflow refuses graphs over ~10 MB).
 2. **AnalyseFiles** (`AnalyseFile`): each file is read, resampled to the model's rate (the band
    above it split off for `high_band="keep"`) and turned into STFT frames by the same generator as
    `enhance_files` (`folders._read_frames`: `Analysis`, `Crossover`); its model windows go out one by
@@ -47,6 +52,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -63,8 +70,8 @@ from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnalyseFile", "FileState", "FinishFile", "PadToBatches", "RUNNERS", "WindowModelHandler", "beam_args_for",
-           "build_predict_pipeline", "plan_jobs", "run_predict"]
+__all__ = ["AnalyseFile", "FileState", "FinishFile", "JobManifest", "PadToBatches", "RUNNERS", "ReadJobs",
+           "WindowModelHandler", "beam_args_for", "build_predict_pipeline", "plan_jobs", "run_predict"]
 
 # `--runner` short names of `speech-enhance predict`; any other value is passed to Beam as it is
 # (e.g. DataflowRunner).
@@ -276,24 +283,147 @@ def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: 
     return len(failures)
 
 
-def build_predict_pipeline(p, jobs: Sequence[FileJob], *, model_dir: str, config: dict[str, Any], target: str,
-                           head: str | None, batch_size: int, overlap: float, keep_model_rate: bool,
-                           downmix: bool, gain: HighBandGain | None, block_seconds: float, output_dir: str,
-                           earlier_failures: list[dict[str, str]], pad_bundles: bool = False):
+# The job manifest: OUTPUT/.predict-jobs-PID-XXXXXXXX/jobs-SSSSS-of-NNNNN.jsonl. At least
+# _MIN_SHARDS shards (fewer only for fewer files), at most _JOBS_PER_SHARD files (~2 MB) in each:
+# Beam's DaskRunner spreads the shards, not the lines, over its partitions (its Reshuffle changes
+# nothing), so there must be some to spread.
+MANIFEST_PREFIX = ".predict-jobs-"
+_MIN_SHARDS = 16
+_JOBS_PER_SHARD = 10_000
+_MANIFEST_NAME = re.compile(r"^\.predict-jobs-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+class JobManifest:
+    """The files a run denoises, handed to the pipeline in a few JSON-lines shards instead of its graph.
+
+    It lives in a hidden folder of `output_dir` (local or gs://, through `tfrecord_schema.paths`)
+    named for this process and a random suffix, `.predict-jobs-PID-XXXXXXXX`: it is never taken as
+    an input (`find_audio_files` takes wav/flac/ogg only, and leaves out an output folder inside the
+    input), never as an output (outputs are named after inputs, and a run refuses a folder that
+    exists or that an output would fall in), and `remove` deletes it. A local one that a killed run
+    left behind is removed by the next run (`remove_stale`). Each line is one `FileJob`'s
+    {"rel", "source", "target"}; `write` and `job_from_line` are the format's two ends.
+    """
+
+    def __init__(self, output_dir: str, name: str | None = None) -> None:
+        import uuid
+
+        self.output_dir = output_dir
+        self.name = name or f"{MANIFEST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.folder = paths.join(output_dir, self.name)
+        self.shards: list[tuple[str, int]] = []  # (path, number of lines)
+        self.created = False  # `remove` deletes only a folder this object made
+
+    @staticmethod
+    def num_shards(num_jobs: int) -> int:
+        return max(min(num_jobs, _MIN_SHARDS), -(-num_jobs // _JOBS_PER_SHARD))
+
+    def write(self, jobs: Sequence[FileJob]) -> list[tuple[str, int]]:
+        """Writes `jobs` in `num_shards(len(jobs))` shards, in their order, streamed line by line;
+        returns the shards as (path, number of lines), what `ReadJobs` reads. Refuses (ValueError)
+        a folder that exists, or a job whose output would fall inside it, before writing anything."""
+        if paths.exists_folder(self.folder) or paths.isfile(self.folder):
+            raise ValueError(f"{self.folder} exists already: another run's job manifest? Run again (another "
+                             "name is drawn).")
+        inside = paths.join(self.folder, "")
+        for job in jobs:
+            if job.target.startswith(inside):
+                raise ValueError(f"{job.source}: its output {job.target} would fall in the job manifest's folder "
+                                 f"{self.folder}. Rename the input folder {self.name}.")
+        n, count = len(jobs), self.num_shards(len(jobs))
+        self.shards = []
+        self.created = True
+        paths.makedirs(self.folder)
+        for k in range(count):
+            path = paths.join(self.folder, f"jobs-{k:05d}-of-{count:05d}.jsonl")
+            start, end = k * n // count, (k + 1) * n // count
+            with paths.open_write(path) as f:
+                for i in range(start, end):
+                    job = jobs[i]
+                    f.write(json.dumps({"rel": job.rel, "source": job.source, "target": job.target},
+                                       ensure_ascii=False).encode("utf-8") + b"\n")
+            self.shards.append((path, end - start))
+        return self.shards
+
+    @staticmethod
+    def job_from_line(line: str) -> FileJob:
+        item = json.loads(line)
+        return FileJob(item["rel"], item["source"], item["target"])
+
+    def remove(self) -> None:
+        """Deletes the manifest's folder, if `write` made it."""
+        if self.created:
+            paths.delete_tree(self.folder)
+            self.created = False
+
+    @staticmethod
+    def remove_stale(output_dir: str) -> list[str]:
+        """Deletes the manifests that killed runs left directly in a local `output_dir` (their process
+        no longer runs); returns their paths. A bucket's are left alone: their run may live elsewhere
+        (e.g. a Dataflow job whose launcher was stopped)."""
+        if paths.is_remote(output_dir) or not os.path.isdir(output_dir):
+            return []
+        removed = []
+        for name in sorted(os.listdir(output_dir)):
+            match = _MANIFEST_NAME.match(name)
+            path = os.path.join(output_dir, name)
+            if match and not os.path.islink(path) and not audio_io._process_running(int(match.group("pid"))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if removed:
+            logger.info("removed %d job manifest(s) left in %s by an interrupted run", len(removed), output_dir)
+        return removed
+
+
+def _read_shard(shard: tuple[str, int]) -> Iterator[FileJob]:
+    """The jobs of a manifest shard (path, number of lines), streamed line by line through the path
+    layer. The path is taken literally (Beam's text sources take it for a pattern, and `[`, `*` or
+    `?` in an output folder's name would make it match nothing, which they read as no lines at all);
+    a shard that does not hold its number of lines raises OSError, so no file is silently left out."""
+    path, expected = shard
+    count = 0
+    with paths.open_read(path) as f:
+        for line in f:
+            count += 1
+            yield JobManifest.job_from_line(line)
+    if count != expected:
+        raise OSError(f"{path}: {count} lines read, {expected} written: the job manifest was changed or cut short")
+
+
+class ReadJobs(beam.PTransform):
+    """The manifest's shards -> FileJob per file, reshuffled over the workers."""
+
+    def __init__(self, shards: Sequence[tuple[str, int]]) -> None:
+        super().__init__()
+        self.shards = [(path, int(lines)) for path, lines in shards]
+
+    def expand(self, p):
+        return (p
+                | "Shards" >> beam.Create(self.shards)
+                | "SpreadShards" >> beam.Reshuffle()
+                | "ReadShards" >> beam.FlatMap(_read_shard)
+                | "Spread" >> beam.Reshuffle())
+
+
+def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, *, model_dir: str,
+                           config: dict[str, Any], target: str, head: str | None, batch_size: int,
+                           overlap: float, keep_model_rate: bool, downmix: bool, gain: HighBandGain | None,
+                           block_seconds: float, output_dir: str, earlier_failures: list[dict[str, str]],
+                           pad_bundles: bool = False):
     """Adds the prediction stages to pipeline `p` (see the module's docstring); returns the last one.
 
+    `shards`: the job manifest's shards, (path, lines) (`JobManifest.write`), `num_jobs` files in all.
     `pad_bundles` (for Beam's DaskRunner) adds `PadToBatches` before the model and drops the padding after it.
     """
     analysed = (
         p
-        | "ListInputs" >> beam.Create(list(jobs))
-        | "Spread" >> beam.Reshuffle()
+        | "ReadJobs" >> ReadJobs(shards)
         | "AnalyseFiles" >> beam.ParDo(AnalyseFile(config, target, overlap, downmix, block_seconds, gain)))
     windows = analysed | "Windows" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "window" else [])
     states = analysed | "States" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "file" else [])
     read_failures = analysed | "ReadFailures" >> beam.FlatMap(lambda kv: [kv] if kv[0] == "failure" else [])
     if pad_bundles:
-        windows = windows | "PadToBatches" >> PadToBatches(batch_size, max(1, len(jobs) // _FILES_PER_GROUP))
+        windows = windows | "PadToBatches" >> PadToBatches(batch_size, max(1, num_jobs // _FILES_PER_GROUP))
     enhanced = windows | "Enhance" >> RunInference(WindowModelHandler(model_dir, batch_size, head))
     if pad_bundles:
         enhanced = enhanced | "DropPadding" >> beam.Filter(lambda kv: kv[0] is not None)
@@ -356,25 +486,34 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     started = time.perf_counter()
-    jobs, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
     workers = workers or os.cpu_count() or 1
     args = beam_args_for(runner, beam_args, dask_address)
-    logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", len(jobs), source,
+    jobs, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
+    num_jobs = len(jobs)
+    logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", num_jobs, source,
                 output_dir, runners.runner_of(args) or f"FnApiRunner ({workers} processes)", batch_size, 100 * overlap)
+    JobManifest.remove_stale(output_dir)
     if jobs:
         if runners.is_dask(args):
             runners.require_dask()
-        runners.run_pipeline(
-            lambda p: build_predict_pipeline(
-                p, jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"], head=head,
-                batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate, downmix=downmix, gain=gain,
-                block_seconds=block_seconds, output_dir=output_dir, earlier_failures=summary.failures,
-                pad_bundles=runners.is_dask(args)),
-            args, workers)
+        manifest = JobManifest(output_dir)
+        try:
+            shards = manifest.write(jobs)
+            del jobs  # the launcher holds no list of files while the pipeline runs
+            runners.run_pipeline(
+                lambda p: build_predict_pipeline(
+                    p, shards, num_jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"],
+                    head=head, batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate,
+                    downmix=downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
+                    earlier_failures=summary.failures, pad_bundles=runners.is_dask(args)),
+                args, workers)
+        finally:
+            # The pipeline has ended, run or failed; only a killed launcher leaves the manifest behind.
+            manifest.remove()
         path = paths.join(output_dir, FAILURES_FILE)
         failures = ([json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
                     if paths.isfile(path) else [])
-        summary.written = len(jobs) - (len(failures) - len(summary.failures))
+        summary.written = num_jobs - (len(failures) - len(summary.failures))
         summary.failures = failures
     else:
         _write_failures(output_dir, summary.failures)

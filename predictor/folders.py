@@ -399,9 +399,24 @@ def _existing_outputs(output_dir: str) -> Callable[[str], bool]:
     return existing.__contains__
 
 
-def _location(path: str) -> str:
-    """`path` normalised for comparing with another: resolved locally, without trailing "/" remotely."""
-    return path.rstrip("/") if paths.is_remote(path) else os.path.realpath(path)
+def _location(path: str, resolved_folders: dict[str, str] | None = None) -> str:
+    """`path` normalised for comparing with another: resolved locally, without trailing "/" remotely.
+
+    `resolved_folders` caches resolved folders: a file's resolved path is its resolved folder joined with
+    its name, unless the name itself is a link (what `os.path.realpath` gives, with one `lstat`
+    per file instead of one per component of its path).
+    """
+    if paths.is_remote(path):
+        return path.rstrip("/")
+    if resolved_folders is None:
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if not name or name in (".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    resolved = resolved_folders.get(folder)
+    if resolved is None:
+        resolved = resolved_folders[folder] = os.path.realpath(folder)
+    return os.path.join(resolved, name)
 
 
 def _check_no_input_overwritten(base: str, output_dir: str, jobs: Sequence[FileJob]) -> None:
@@ -409,8 +424,9 @@ def _check_no_input_overwritten(base: str, output_dir: str, jobs: Sequence[FileJ
         raise ValueError(
             "output_dir must not be the input folder: outputs would replace or mix with the inputs. "
             f"Received: source folder={base!r}, output_dir={output_dir!r}. Choose another output_dir.")
-    sources = {_location(job.source) for job in jobs}
-    clashes = [job.source for job in jobs if _location(job.target) in sources]
+    resolved: dict[str, str] = {}
+    sources = {_location(job.source, resolved) for job in jobs}
+    clashes = [job.source for job in jobs if _location(job.target, resolved) in sources]
     if clashes:
         raise ValueError(f"output_dir would overwrite {len(clashes)} input file(s), e.g. {clashes[0]!r}. "
                          f"Received: output_dir={output_dir!r}. Choose an output_dir that holds no inputs.")

@@ -1,9 +1,17 @@
 """`speech-enhance predict --runner ...`: the Beam pipeline gives the outputs of `predict` (to float
 rounding), with the same skipping, failures.jsonl and no-overwrite guarantees, on FnApiRunner with
-two worker processes and on Beam's DaskRunner (a local dask.distributed cluster)."""
+two worker processes and on Beam's DaskRunner (a local dask.distributed cluster). The files reach
+the pipeline through a job manifest in the output folder, gone once the run ends, even when the
+output folder lies inside the input folder; a run killed part way leaves one that the next run
+removes, and that run finishes the job."""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -12,8 +20,10 @@ import soundfile
 
 import speech_enhance
 from beam_pipelines.testing import SMALL_CONFIG
-from predictor.beam_predict import WindowModelHandler, run_predict
+from predictor import beam_predict
+from predictor.beam_predict import MANIFEST_PREFIX, JobManifest, WindowModelHandler, run_predict
 from predictor.enhance import Enhancer, enhance_files
+from tfrecord_schema import paths
 from trainer.model import build_unet
 from trainer.model_dir import save_model_dir
 
@@ -78,14 +88,38 @@ def predict(*args):
     return speech_enhance.main(["predict", *map(str, args)])
 
 
-def test_fnapi_with_two_workers_equals_predict_and_resumes(model_dir, inputs, reference, tmp_path, capsys):
+@pytest.fixture
+def manifests(monkeypatch):
+    """(folder, text of each shard) of the job manifests written while the test runs, in order."""
+    written = []
+    write = JobManifest.write
+
+    def spy(self, jobs):
+        shards = write(self, jobs)
+        written.append((self.folder, [paths.read_text(path) for path, _ in shards]))
+        return shards
+
+    monkeypatch.setattr(JobManifest, "write", spy)
+    return written
+
+
+def manifest_jobs(contents):
+    return sorted(json.loads(line)["rel"] for text in contents for line in text.splitlines())
+
+
+def test_fnapi_with_two_workers_equals_predict_and_resumes(model_dir, inputs, reference, tmp_path, capsys,
+                                                           manifests):
     out = tmp_path / "out"
     rc = predict("--model", model_dir, "--input", inputs, "--output", out, "--batch-size", BATCH,
                  "--runner", "fnapi", "--workers", 2)
     assert rc == 1  # failures were listed
     assert "4 written, 0 skipped (output exists), 2 failed of 6 files" in capsys.readouterr().out
     assert_same_outputs(str(out), reference)
-    assert not [n for n in os.listdir(out) if ".tmp" in n or n.startswith(".")]
+    assert not [n for n in os.listdir(out) if ".tmp" in n or n.startswith(".")]  # the manifest is gone
+    [(folder, contents)] = manifests
+    assert os.path.dirname(folder) == str(out) and os.path.basename(folder).startswith(MANIFEST_PREFIX)
+    assert len(contents) == 6  # one shard per file, up to 16
+    assert manifest_jobs(contents) == sorted(GOOD + ["d.wav", "f.wav"])
 
     # A rerun skips what exists and never overwrites it without --overwrite.
     marker = np.full(100, 0.25, np.float32)
@@ -99,6 +133,79 @@ def test_fnapi_with_two_workers_equals_predict_and_resumes(model_dir, inputs, re
     summary = run_predict(inputs, str(out), model_dir=model_dir, batch_size=BATCH, workers=1, overwrite=True)
     assert (summary.skipped, summary.written) == (0, 4)
     assert_same_outputs(str(out), reference)
+    # The rerun's manifest held the one file to redo; every manifest is gone.
+    assert manifest_jobs(manifests[1][1]) == ["c.wav", "d.wav", "f.wav"]
+    assert len(manifests) == 3 and not any(os.path.exists(folder) for folder, _ in manifests)
+
+
+def test_output_inside_the_input_folder_and_manifest_names_never_collide(model_dir, inputs, reference, tmp_path,
+                                                                        manifests):
+    # Input folder = the output's parent: the output (and the manifest in it) is never read as input.
+    source = tmp_path / "in"
+    shutil.copytree(inputs, source)
+    out = source / "denoised"
+    summary = run_predict(str(source), str(out), model_dir=model_dir, batch_size=BATCH, workers=1)
+    assert (summary.total, summary.written, len(summary.failures)) == (6, 4, 2)
+    assert_same_outputs(str(out), reference)
+    again = run_predict(str(source), str(out), model_dir=model_dir, batch_size=BATCH, workers=1)
+    assert (again.total, again.skipped, again.written) == (6, 4, 0)  # outputs never became inputs
+    assert manifest_jobs(manifests[1][1]) == ["d.wav", "f.wav"]
+    assert sorted(os.listdir(source)) == sorted(os.listdir(inputs) + ["denoised"])
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+    # An input folder named like a manifest is an input like any other, its output beside the manifest.
+    source = tmp_path / "in2"
+    shutil.copytree(inputs, source)
+    odd = source / f"{MANIFEST_PREFIX}1-0123abcd"
+    odd.mkdir()
+    shutil.copy(source / "a.wav", odd / "a.wav")
+    out2 = tmp_path / "out2"
+    summary = run_predict(str(source), str(out2), model_dir=model_dir, batch_size=BATCH, workers=1)
+    assert (summary.total, summary.written) == (7, 5)
+    np.testing.assert_allclose(soundfile.read(str(out2 / odd.name / "a.wav"), dtype="float32")[0],
+                               soundfile.read(os.path.join(reference, "a.wav"), dtype="float32")[0], atol=1e-6)
+    assert sorted(n for n in os.listdir(out2) if n.startswith(".")) == [odd.name]
+    # ... and a manifest that the outputs would fall in is refused before anything is written.
+    jobs, _ = beam_predict.plan_jobs(str(source), str(tmp_path / "out3"))
+    with pytest.raises(ValueError, match=r"would fall in the job manifest's folder .*Rename the input folder"):
+        JobManifest(str(tmp_path / "out3"), name=odd.name).write(jobs)
+    assert not os.path.exists(tmp_path / "out3")
+
+
+def test_a_killed_run_leaves_a_manifest_that_the_rerun_removes_and_finishes(model_dir, inputs, reference,
+                                                                          tmp_path):
+    out = tmp_path / "out"
+    code = "import sys, speech_enhance; sys.exit(speech_enhance.main(sys.argv[1:]))"
+    run = subprocess.Popen(
+        [sys.executable, "-c", code, "predict", "--model", model_dir, "--input", inputs, "--output", str(out),
+         "--batch-size", str(BATCH), "--runner", "fnapi", "--workers", "2"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # Killed (with its worker processes) as soon as its manifest exists: the pipeline is starting.
+        deadline = time.monotonic() + 600  # a guard against a hang, not a measurement
+        while run.poll() is None and time.monotonic() < deadline and not (
+                out.is_dir() and [n for n in os.listdir(out) if n.startswith(MANIFEST_PREFIX)]):
+            try:
+                run.wait(0.01)
+            except subprocess.TimeoutExpired:
+                pass
+        assert run.poll() is None, run.stderr.read().decode()[-2000:]
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    [left] = [n for n in os.listdir(out) if n.startswith(MANIFEST_PREFIX)]
+    assert left.startswith(f"{MANIFEST_PREFIX}{run.pid}-")
+    # A manifest of a run still going (this process) is kept; a file of that name is not a manifest.
+    alive = out / f"{MANIFEST_PREFIX}{os.getpid()}-00000000"
+    alive.mkdir()
+    (out / f"{MANIFEST_PREFIX}1-ffffffff.txt").write_text("mine")
+
+    summary = run_predict(inputs, str(out), model_dir=model_dir, batch_size=BATCH, workers=2)
+    assert (summary.total, summary.written + summary.skipped, len(summary.failures)) == (6, 4, 2)
+    assert_same_outputs(str(out), reference)
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [f"{MANIFEST_PREFIX}1-ffffffff.txt",
+                                                                       alive.name]
 
 
 def test_dask_local_cluster_equals_predict(model_dir, inputs, reference, tmp_path):
@@ -110,6 +217,7 @@ def test_dask_local_cluster_equals_predict(model_dir, inputs, reference, tmp_pat
                  "--runner", "dask", "--workers", 2)
     assert rc == 1
     assert_same_outputs(str(tmp_path / "out"), reference)
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]  # the manifest is gone
     # multiprocessing's resource tracker lives as long as this process, once something has spawned.
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())]
