@@ -150,7 +150,7 @@ class AnalyseFile(beam.DoFn):
         yield "file", (job.target, FileState(job, spectrogram, lead, layout, high))
 
 class FinishFile(beam.DoFn):
-    """(key, {"file": [FileState], "windows": [(channel, index, output)]}) -> ("written", seconds)
+    """(key, {"file": [FileState], "windows": [(channel, index, output)]}) -> ("written", (key, seconds))
     or ("failure", dict): overlap-add, synthesis, resampling back, high band, atomic write."""
 
     def __init__(self, config: dict[str, Any], target: str, overlap: float, keep_model_rate: bool,
@@ -187,7 +187,17 @@ class FinishFile(beam.DoFn):
             logger.error("skipped %s", error)
             yield "failure", _failure(job, "unwritable", error)
         else:
-            yield "written", job.num_samples / job.sample_rate
+            yield "written", (key, job.num_samples / job.sample_rate)
+
+
+def account_for_files(item: tuple[str, dict[str, list]]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(output key, {"job": [input path], "result": [result kinds]}) -> a `lost_by_runner` failure for a
+    file that was planned but has no result at all (neither written nor failed): the case the
+    regrouping cannot see, where a file's state and every one of its windows went missing."""
+    key, grouped = item
+    sources, results = list(grouped["job"]), list(grouped["result"])
+    if sources and not results:
+        yield "failure", {**_lost(key, "neither its file state nor any of its windows arrived"), "input": sources[0]}
 
 
 
@@ -278,7 +288,7 @@ class PadToBatches(beam.PTransform):
 def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]]) -> int:
     failures = earlier + sorted((value for kind, value in results if kind == "failure"), key=lambda f: f["input"])
     _write_failures(output_dir, failures)
-    written = [value for kind, value in results if kind == "written"]
+    written = [value[1] for kind, value in results if kind == "written"]
     logger.info("%d files written (%.1f s of audio), %d failed", len(written), sum(written), len(failures))
     return len(failures)
 
@@ -415,10 +425,8 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
     `shards`: the job manifest's shards, (path, lines) (`JobManifest.write`), `num_jobs` files in all.
     `pad_bundles` (for Beam's DaskRunner) adds `PadToBatches` before the model and drops the padding after it.
     """
-    analysed = (
-        p
-        | "ReadJobs" >> ReadJobs(shards)
-        | "AnalyseFiles" >> beam.ParDo(AnalyseFile(config, target, overlap, downmix, block_seconds, gain)))
+    jobs = p | "ReadJobs" >> ReadJobs(shards)
+    analysed = jobs | "AnalyseFiles" >> beam.ParDo(AnalyseFile(config, target, overlap, downmix, block_seconds, gain))
     windows = analysed | "Windows" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "window" else [])
     states = analysed | "States" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "file" else [])
     read_failures = analysed | "ReadFailures" >> beam.FlatMap(lambda kv: [kv] if kv[0] == "failure" else [])
@@ -431,7 +439,14 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
         {"file": states, "windows": enhanced}
         | "Regroup" >> beam.CoGroupByKey()
         | "FinishFiles" >> beam.ParDo(FinishFile(config, target, overlap, keep_model_rate, gain)))
-    results = (read_failures, finished) | "Results" >> beam.Flatten()
+    # Every planned file must end written or failed: one with no result at all is reported as lost.
+    outcomes = ((read_failures, finished)
+                | "Outcomes" >> beam.Flatten()
+                | "OutcomeKeys" >> beam.Map(lambda kv: (kv[1][0] if kv[0] == "written" else kv[1]["output"], kv[0])))
+    lost = ({"job": jobs | "JobKeys" >> beam.Map(lambda job: (job.target, job.source)), "result": outcomes}
+            | "Account" >> beam.CoGroupByKey()
+            | "Lost" >> beam.FlatMap(account_for_files))
+    results = (read_failures, finished, lost) | "Results" >> beam.Flatten()
     # Applied last: DaskRunner computes the last transform of the graph (and what it depends on) only.
     return (
         p

@@ -255,7 +255,7 @@ def test_model_handler_pads_every_batch_to_one_shape():
 
 def test_a_file_missing_windows_is_listed_not_written(model_dir, inputs, tmp_path):
     # A runner that loses elements (docs/predict.md, Cluster) must not lead to a wrong output.
-    from predictor.beam_predict import AnalyseFile, FinishFile
+    from predictor.beam_predict import AnalyseFile, FinishFile, account_for_files
     from predictor.folders import FileJob
     from predictor.high_band import HighBandGain
 
@@ -276,6 +276,12 @@ def test_a_file_missing_windows_is_listed_not_written(model_dir, inputs, tmp_pat
     [(kind, failure)] = finish.process((key, {"file": [], "windows": outputs}))
     assert kind == "failure" and failure["reason"] == "lost_by_runner"
     assert not os.listdir(tmp_path)
-    [(kind, seconds)] = finish.process((key, {"file": [state], "windows": outputs[::-1]}))
-    assert kind == "written" and seconds == pytest.approx(10_000 / 8000)
+    [(kind, (written_key, seconds))] = finish.process((key, {"file": [state], "windows": outputs[::-1]}))
+    assert kind == "written" and written_key == key and seconds == pytest.approx(10_000 / 8000)
     assert soundfile.info(str(tmp_path / "a.wav")).frames == 10_000
+    # A file with no result at all (its state and every window lost) is reported, not counted as written.
+    [(kind, failure)] = account_for_files((key, {"job": [state.job.source], "result": []}))
+    assert kind == "failure" and failure["reason"] == "lost_by_runner" and failure["input"] == state.job.source
+    assert "neither its file state nor any of its windows arrived" in failure["message"]
+    assert list(account_for_files((key, {"job": [state.job.source], "result": ["written"]}))) == []
+    assert list(account_for_files((key, {"job": [state.job.source], "result": ["failure"]}))) == []
