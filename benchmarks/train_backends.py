@@ -37,6 +37,9 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from train_throughput import step_timer  # noqa: E402  (the same step clock as the tf.data benchmark)
 from trainer.config import PRECISIONS, PRESETS, TrainConfig  # noqa: E402  (Keras-free)
 
 BACKENDS = ("jax", "torch")
@@ -130,7 +133,6 @@ def run_child(args) -> dict:
                 "reason": f"jax is not importable in {sys.executable} (pip install 'jax[cuda12]' for the GPU run)"}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
 
     from trainer import input_pipeline, train
 
@@ -142,32 +144,15 @@ def run_child(args) -> dict:
     if backend == "torch" and args.loader_batches:
         result["loader_alone"] = _loader_alone(args.dataset, info, config, args.loader_batches)
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.marks = {}
-
-        def on_train_batch_end(self, batch, logs=None):
-            done = batch + 1  # steps finished (with steps_per_execution, `batch` is the last of the call)
-            mark = "start" if "start" not in self.marks and done >= args.warmup_steps else (
-                "end" if done >= args.steps else None)
-            if mark:
-                # Reading the loss waits for the device, so the clock covers finished work only.
-                np.asarray(keras.ops.convert_to_numpy(logs["loss"]))
-                self.marks[mark] = (done, time.perf_counter())
-
     def timed_train(config: TrainConfig) -> dict:
         work = tempfile.mkdtemp(prefix=f"train-backends-{backend}-")
         try:
-            timer = Timer()
+            timer = step_timer(args.warmup_steps, args.steps)
             summary = train.train(args.dataset, os.path.join(work, "model"), config, callbacks=[timer], verbose=0)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        (s0, t0), (s1, t1) = timer.marks["start"], timer.marks["end"]
-        seconds = t1 - t0
-        return {"timed_steps": s1 - s0, "seconds": seconds,
-                "examples_per_s": (s1 - s0) * config.batch_size / seconds, "ms_per_step": 1000 * seconds / (s1 - s0),
-                "parameters": summary["parameters"], "final_loss": summary["final_loss"]}
+        return {**timer.rate(config.batch_size), "parameters": summary["parameters"],
+                "final_loss": summary["final_loss"]}
 
     try:
         result["training"] = timed_train(config)

@@ -74,6 +74,36 @@ def parse_args(argv):
     return args
 
 
+def step_timer(warmup_steps: int, steps: int):
+    """A Keras callback that clocks the training steps from `warmup_steps` (compilation and pipeline
+    start-up left out) to `steps`; `.rate(batch_size)` gives the timed steps, seconds, examples/s and
+    ms/step. Keras is imported here, once the backend is chosen."""
+    import keras
+    import numpy as np
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.marks = {}
+
+        def on_train_batch_end(self, batch, logs=None):
+            done = batch + 1  # steps finished (with steps_per_execution, `batch` is the last of the call)
+            mark = "start" if "start" not in self.marks and done >= warmup_steps else (
+                "end" if done >= steps else None)
+            if mark:
+                # Reading the loss waits for the device, so the clock covers finished work only.
+                np.asarray(keras.ops.convert_to_numpy(logs["loss"]))
+                self.marks[mark] = (done, time.perf_counter())
+
+        def rate(self, batch_size: int) -> dict:
+            (s0, t0), (s1, t1) = self.marks["start"], self.marks["end"]
+            seconds = t1 - t0
+            return {"timed_steps": s1 - s0, "seconds": seconds, "examples_per_s": (s1 - s0) * batch_size / seconds,
+                    "ms_per_step": 1000 * seconds / (s1 - s0)}
+
+    return StepTimer()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.backend:
@@ -116,20 +146,6 @@ def main(argv: list[str] | None = None) -> int:
                                            shuffle=True, shuffle_buffer=args.shuffle_buffer, seed=0, repeat=True,
                                            drop_remainder=True, info=info)
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.marks = {}
-
-        def on_train_batch_end(self, batch, logs=None):
-            done = batch + 1  # steps finished (with steps_per_execution, `batch` is the last of the call)
-            mark = "start" if "start" not in self.marks and done >= args.warmup_steps else (
-                "end" if done >= args.steps else None)
-            if mark:
-                # Reading the loss waits for the device, so the clock covers finished work only.
-                np.asarray(keras.ops.convert_to_numpy(logs["loss"]))
-                self.marks[mark] = (done, time.perf_counter())
-
     def timed_fit(dataset):
         keras.utils.set_random_seed(0)
         previous = keras.config.dtype_policy()
@@ -139,14 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             model.compile(optimizer=keras.optimizers.Adam(_DEFAULT.learning_rate),
                           loss=keras.losses.Huber(delta=_DEFAULT.huber_delta),
                           steps_per_execution=args.steps_per_execution, jit_compile=jit_compile)
-            timer = Timer()
+            timer = step_timer(args.warmup_steps, args.steps)
             model.fit(dataset, epochs=1, steps_per_epoch=args.steps, callbacks=[timer], verbose=0, shuffle=False)
         finally:
             keras.config.set_dtype_policy(previous)
-        (s0, t0), (s1, t1) = timer.marks["start"], timer.marks["end"]
-        seconds = t1 - t0
-        return {"timed_steps": s1 - s0, "seconds": seconds, "examples_per_s": (s1 - s0) * args.batch_size / seconds,
-                "ms_per_step": 1000 * seconds / (s1 - s0), "params": model.count_params()}
+        return {**timer.rate(args.batch_size), "params": model.count_params()}
 
     results = {}
     try:
