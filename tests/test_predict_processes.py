@@ -166,23 +166,28 @@ def test_bad_values_are_refused(model_dir, tmp_path, capsys):
     assert "invalid int value: 'two'" in capsys.readouterr().err
 
 
+def _at_first_output(out, action) -> threading.Thread:
+    """A started thread that calls `action` once the first finished output appears in `out` (within 60 s)."""
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.is_dir() and any(not f.startswith(".") for f in os.listdir(out)):
+                action()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_keyboard_interrupt_stops_the_workers_and_leaves_no_temporaries(tmp_path):
     # The shipped model, so that there is work left when the first output appears.
     src, out = str(tmp_path / "in"), tmp_path / "out"
     files = [(f"f{i:02d}.wav", 4.0, 8000, 1) for i in range(16)]
     write_folder(src, files)
     enhancer = Enhancer.from_model_dir(PRETRAINED_DIR, batch_size=8)
-
-    def interrupt_at_first_output() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if out.is_dir() and any(not f.startswith(".") for f in os.listdir(out)):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.005)
-
-    interrupter = threading.Thread(target=interrupt_at_first_output, daemon=True)
-    interrupter.start()
+    interrupter = _at_first_output(out, lambda: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
         enhance_files(enhancer, src, str(out), file_processes=2)
     interrupter.join()
@@ -201,17 +206,7 @@ def test_a_worker_killed_mid_run_stops_the_run_and_a_rerun_finishes(tmp_path):
     files = [(f"f{i:02d}.wav", 4.0, 8000, 1) for i in range(16)]
     write_folder(src, files)
     enhancer = Enhancer.from_model_dir(PRETRAINED_DIR, batch_size=8)
-
-    def kill_a_worker_at_first_output() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if out.is_dir() and any(not f.startswith(".") for f in os.listdir(out)):
-                os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
-                return
-            time.sleep(0.005)
-
-    killer = threading.Thread(target=kill_a_worker_at_first_output, daemon=True)
-    killer.start()
+    killer = _at_first_output(out, lambda: os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL))
     with pytest.raises(RuntimeError, match=r"file process \d \(pid \d+\) ended unexpectedly: killed by signal 9"):
         enhance_files(enhancer, src, str(out), file_processes=2)
     killer.join()
