@@ -268,14 +268,8 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     reader = Readahead(enhancer.workers, depth=2)
 
     def record(job: FileJob, error: str | None) -> None:
-        if error:
-            _fail(summary, job, "unwritable", error)
-        else:
-            summary.written += 1
-            summary.audio_seconds += job.num_samples / job.sample_rate
         job.sink = job.high_band = None
-        summary.processing_seconds = time.perf_counter() - start
-        progress.update(summary)
+        _record_outcome(summary, progress, start, job, error)
 
     with Workers(enhancer.workers) as pool:
         writing: collections.deque[concurrent.futures.Future] = collections.deque()  # every write task
@@ -335,13 +329,7 @@ def _enhance_in_processes(enhancer: Enhancer, todo: list[FileJob], summary: Pred
         _fail(summary, job, reason, message)
 
     def on_done(job: FileJob, error: str | None) -> None:
-        if error:
-            _fail(summary, job, "unwritable", error)
-        else:
-            summary.written += 1
-            summary.audio_seconds += job.num_samples / job.sample_rate
-        summary.processing_seconds = time.perf_counter() - start
-        progress.update(summary)
+        _record_outcome(summary, progress, start, job, error)
 
     def on_progress(job: FileJob, written: float) -> None:
         summary.processing_seconds = time.perf_counter() - start
@@ -380,6 +368,17 @@ def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_f
     if summary.skipped:
         logger.info("skipping %d files whose output exists (pass --overwrite to redo them)", summary.skipped)
     return todo, summary
+
+
+def _record_outcome(summary: PredictSummary, progress: Progress, start: float, job: FileJob, error: str | None) -> None:
+    """Counts a finished file (written, or failed to write with `error`) and updates the progress."""
+    if error:
+        _fail(summary, job, "unwritable", error)
+    else:
+        summary.written += 1
+        summary.audio_seconds += job.num_samples / job.sample_rate
+    summary.processing_seconds = time.perf_counter() - start
+    progress.update(summary)
 
 
 def _fail(summary: PredictSummary, job: FileJob, reason: str, message: str) -> None:
