@@ -2,7 +2,7 @@
 
     family = get_family("blstm-sce")
     model = family.build_training_model(spectrogram, config, info)
-    model.compile(optimizer, **family.compile_args(config))
+    model.compile(optimizer, **family.compile_args(config, spectrogram))
     dataset = input_pipeline.make_dataset(..., keys=family.record_keys(config), model_io=family.model_io(spectrogram, config, info))
     exported = family.inference_model(model, spectrogram, config)   # what the predictor runs
 
@@ -11,7 +11,8 @@ Every exported model maps the predictor's input, the scaled log magnitude [B, fr
 predictor runs every family the same way. A family with several outputs names them `heads`
 (model.json "heads", the first the default); the predictor picks one (`--head`).
 
-    unet              the reference U-Net (trainer/model.py): noise or mask target, Huber loss
+    unet              the reference U-Net (trainer/model.py): noise, mask or psa target; Huber loss on the
+                      target, or an SNR or SI-SDR loss on the waveform (trainer/waveform_loss.py)
     blstm-sce         4 x 500 BLSTM, bin embeddings, source-contrastive loss + mask inference
                       (trainer/blstm.py); heads "mask" and "kmeans"
     blstm-dc          the same network with the deep-clustering loss (DC+MI)
@@ -30,6 +31,7 @@ from trainer import blstm, mel_autoencoder
 from trainer.config import TrainConfig
 from trainer.model import build_unet
 from trainer.targets import tf_model_input
+from trainer.waveform_loss import CAP_DB, WAVEFORM_LOSSES, waveform_loss, waveform_metric
 
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")
 
@@ -70,7 +72,7 @@ class Family:
                              info: dict[str, Any] | None = None) -> keras.Model:
         raise NotImplementedError
 
-    def compile_args(self, config: TrainConfig) -> dict[str, Any]:
+    def compile_args(self, config: TrainConfig, spectrogram: SpectrogramConfig) -> dict[str, Any]:
         raise NotImplementedError
 
     def model_io(self, spectrogram: SpectrogramConfig, config: TrainConfig, info: dict[str, Any]) -> Callable:
@@ -95,26 +97,36 @@ class UNetFamily(Family):
         return config.target
 
     def record_keys(self, config):
-        from trainer.input_pipeline import target_keys
+        from trainer.input_pipeline import WAVEFORM_KEYS, target_keys
 
-        return target_keys(config.target)
+        return WAVEFORM_KEYS if config.loss in WAVEFORM_LOSSES else target_keys(config.target)
 
     def build_training_model(self, spectrogram, config, info=None):
         return build_unet(spectrogram, config.base_filters, config.depth, config.dropout, config.negative_slope)
 
-    def compile_args(self, config):
+    def compile_args(self, config, spectrogram):
+        if config.loss in WAVEFORM_LOSSES:
+            # The other waveform measure is logged beside the loss (val_si_sdr with --loss snr).
+            other = "si-sdr" if config.loss == "snr" else "snr"
+            return {"loss": waveform_loss(config.loss, spectrogram),
+                    "metrics": [waveform_metric(other, spectrogram)]}
         return {"loss": keras.losses.Huber(delta=config.huber_delta),
                 "metrics": [keras.metrics.MeanAbsoluteError(name="mae")]}
 
     def model_io(self, spectrogram, config, info):
-        from trainer.input_pipeline import target_model_io
+        from trainer.input_pipeline import target_model_io, waveform_model_io
 
+        if config.loss in WAVEFORM_LOSSES:
+            return waveform_model_io(spectrogram)
         return target_model_io(spectrogram, config.target, config.loss_weighting)
 
     def describe(self, config):
         return f"U-Net ({config.target} target)"
 
     def loss_description(self, config):
+        if config.loss in WAVEFORM_LOSSES:
+            return (f"negative {config.loss} of the waveform (gain x noisy spectrum, inverse STFT in the graph), "
+                    f"per example, capped at {CAP_DB:g} dB")
         weighting = ", weighted by the noisy magnitude" if config.loss_weighting == "magnitude" else ""
         return f"huber(delta={config.huber_delta}){weighting}"
 
@@ -136,7 +148,7 @@ class BlstmFamily(Family):
                                           blstm_units=config.blstm_units, embedding_dim=config.embedding_dim,
                                           num_sources=num_sources)
 
-    def compile_args(self, config):
+    def compile_args(self, config, spectrogram):
         embedding_loss = blstm.sce_loss if self.loss == "sce" else blstm.deep_clustering_loss
         return {"loss": {"mask": blstm.mask_inference_loss, "embedding": embedding_loss},
                 "loss_weights": {"mask": 1.0, "embedding": float(config.embedding_weight)}}
@@ -188,7 +200,7 @@ class MelAutoencoderFamily(Family):
         mel_autoencoder.mel_filterbank(spectrogram.sample_rate, spectrogram.n_fft, config.mel_bands)  # checks the count
         return mel_autoencoder.build_autoencoder(spectrogram.num_frames, config.mel_bands)
 
-    def compile_args(self, config):
+    def compile_args(self, config, spectrogram):
         return {"loss": keras.losses.BinaryCrossentropy(),
                 "metrics": [keras.metrics.MeanAbsoluteError(name="mae")]}
 

@@ -27,6 +27,7 @@ from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, sh
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
 from trainer.targets import (check_loss_weighting, check_target, target_spectrograms, tf_loss_weight, tf_model_input,
                              tf_model_target)
+from trainer.waveform_loss import tf_packed_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,24 @@ def target_model_io(config: SpectrogramConfig, target: str, loss_weighting: str 
         if loss_weighting == "magnitude":
             return x, y, tf.ensure_shape(tf_loss_weight(noisy, config), [None, *config.shape])
         return x, y
+
+    return model_io
+
+
+# The record features `waveform_model_io` reads.
+WAVEFORM_KEYS = ("noisy_magnitude", "clean_magnitude", "noisy_phase", "clean_phase", "schema_version", "shape")
+
+
+def waveform_model_io(config: SpectrogramConfig) -> Callable:
+    """The U-Net's (input, packed spectra) for the waveform losses (trainer/waveform_loss.py): the
+    input as `target_model_io`'s, and [B, frames, bins, 4] holding the noisy and the clean complex
+    spectrum as real and imaginary parts."""
+
+    def model_io(batch):
+        x = tf.ensure_shape(tf_model_input(batch["noisy_magnitude"], config)[..., tf.newaxis], [None, *config.shape, 1])
+        y = tf_packed_spectra(batch["noisy_magnitude"], batch["noisy_phase"], batch["clean_magnitude"],
+                              batch["clean_phase"])
+        return x, tf.ensure_shape(y, [None, *config.shape, 4])
 
     return model_io
 

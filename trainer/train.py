@@ -361,7 +361,7 @@ def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: 
         "initial_epoch": initial_epoch,
         "stopped_early": len(history.get("loss", [])) < options["epochs"],
         "replicas": replicas,
-        "loss": loss,
+        "loss_description": loss,
         "parameters": parameters,
         "optimizer": "adam",
         "backend": keras.backend.backend(),
@@ -390,6 +390,9 @@ def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, arc
     on a CUDA machine through DataLoader worker processes into pinned memory, on CPU on threads of
     this process. Validation reads the first `validation_steps` batches of its split in order.
     `accelerator`: whether batches go to a CUDA device (default: `torch.cuda.is_available()`)."""
+    if config.loss != "huber":
+        raise ValueError(f"train(): the PyTorch readers make the targets of the Huber loss only. Received: "
+                         f"loss={config.loss!r}. Use --backend jax or tensorflow for the waveform losses.")
     if architecture != "unet":
         raise ValueError(f"train(): the torch backend reads data through readers.torch_data, which makes the "
                          f"U-Net's inputs and targets only. Received: architecture={architecture!r}. Use "
@@ -549,7 +552,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
         schedule = _learning_rate(config.lr_schedule, config.learning_rate, config.epochs * steps_per_epoch,
                                   config.warmup_fraction)
         model.compile(optimizer=keras.optimizers.Adam(schedule, **family.optimizer_args),
-                      **family.compile_args(config), steps_per_execution=config.steps_per_execution,
+                      **family.compile_args(config, spectrogram), steps_per_execution=config.steps_per_execution,
                       jit_compile=config.jit_compile)
         try:
             fit_history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
