@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from readers.store import ALL_KEYS, IndexedSplit, decode_batch, model_io
-from trainer.targets import check_loss_weighting, check_target, target_spectrograms
+from readers.store import ALL_KEYS, IndexedSplit, check_reader_loss, decode_batch, model_io, model_keys
+from trainer.targets import check_loss_weighting, check_target
 
 OUTPUTS = ("model", "raw", "bytes")
 
@@ -37,15 +37,19 @@ class RecordSource:
             loss_weighting="magnitude"); "raw" for a dict of every feature (numpy arrays and
             scalars, strings as str); "bytes" for the serialized record.
         target, loss_weighting: as `trainer.input_pipeline.make_dataset` (U-Net family).
+        loss: "huber", or a waveform loss ("snr", "si-sdr"): y is then the packed spectra [frames,
+            bins, 4] (`readers.torch_data.RecordDataset`'s `loss`).
         info: an already-read dataset_info dict.
     """
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, output: str = "model",
-                 target: str = "noise", loss_weighting: str = "none", info: Mapping[str, Any] | None = None) -> None:
+                 target: str = "noise", loss_weighting: str = "none", loss: str = "huber",
+                 info: Mapping[str, Any] | None = None) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
         self.records = IndexedSplit(dataset_dir, split, info=info)
         self.output, self.target, self.loss_weighting = output, check_target(target), check_loss_weighting(loss_weighting)
+        self.loss = check_reader_loss(loss)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -54,15 +58,15 @@ class RecordSource:
         record = self.records.read(int(index))
         if self.output == "bytes":
             return record
-        keys = ALL_KEYS if self.output == "raw" else target_spectrograms(self.target)
+        keys = ALL_KEYS if self.output == "raw" else model_keys(self.target, self.loss)
         decoded = decode_batch([record], self.records.config, keys)
         if self.output == "raw":
             return {k: (v[0] if v.ndim > 1 else v[0].item() if v.dtype.kind != "U" else str(v[0]))
                     for k, v in decoded.items()}
         return tuple(np.ascontiguousarray(a[0]) for a in
-                     model_io(decoded, self.records.config, self.target, self.loss_weighting))
+                     model_io(decoded, self.records.config, self.target, self.loss_weighting, self.loss))
 
     def __repr__(self) -> str:
         return (f"RecordSource(dataset_dir={self.records.dataset_dir!r}, split={self.records.split!r}, "
-                f"output={self.output!r}, target={self.target!r}, loss_weighting={self.loss_weighting!r}, "
+                f"output={self.output!r}, target={self.target!r}, loss_weighting={self.loss_weighting!r}, loss={self.loss!r}, "
                 f"len={len(self)})")

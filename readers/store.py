@@ -32,7 +32,9 @@ from tfrecord_schema.dataset_info import DatasetInfo, shard_files
 from tfrecord_schema.malloc import tune_malloc
 from tfrecord_schema.records import _masked_crc
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, check_schema_version
-from trainer.targets import check_loss_weighting, check_target, loss_weight, model_input, model_target
+from trainer.targets import (check_loss_weighting, check_target, loss_weight, model_input, model_target,
+                             target_spectrograms)
+from trainer.waveform_loss import WAVEFORM_LOSSES, packed_spectra
 
 # What training the U-Net reads; `raw=True` readers decode every feature.
 ALL_KEYS = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
@@ -291,20 +293,35 @@ def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
 
 
 def model_io(batch: Mapping[str, np.ndarray], config: SpectrogramConfig, target: str = "noise",
-             loss_weighting: str = "none") -> tuple[np.ndarray, ...]:
+             loss_weighting: str = "none", loss: str = "huber") -> tuple[np.ndarray, ...]:
     """(x, y) float32 [B, frames, bins, 1] of the U-Net family from decoded spectrograms (the
     magnitudes, and the phases for target "psa"), as `trainer.input_pipeline.make_dataset` yields
     them; (x, y, weights [B, frames, bins]) with `loss_weighting="magnitude"`. The formulas are
-    `trainer.targets`' numpy functions."""
+    `trainer.targets`' numpy functions. With a waveform loss (`loss="snr"` or `"si-sdr"`), y is the
+    packed noisy and clean spectra [B, frames, bins, 4] of `trainer.waveform_loss`, as tf.data's
+    `waveform_model_io` makes them."""
     check_target(target)
     check_loss_weighting(loss_weighting)
     # float32 once here, not in each formula (float16 -> float32 is the costly numpy step).
     noisy, clean = (np.asarray(batch[k], np.float32) for k in ("noisy_magnitude", "clean_magnitude"))
     x = model_input(noisy, config)[..., np.newaxis]
+    if check_reader_loss(loss) != "huber":
+        return x, packed_spectra(noisy, batch["noisy_phase"], clean, batch["clean_phase"])
     y = model_target(noisy, clean, target, config, batch.get("noisy_phase"), batch.get("clean_phase"))[..., np.newaxis]
     if loss_weighting == "magnitude":
         return x, y, loss_weight(noisy)
     return x, y
+
+
+def check_reader_loss(loss: str) -> str:
+    if loss not in ("huber", *WAVEFORM_LOSSES):
+        raise ValueError(f"loss must be one of {('huber', *WAVEFORM_LOSSES)}. Received: loss={loss!r}")
+    return loss
+
+
+def model_keys(target: str, loss: str = "huber") -> tuple[str, ...]:
+    """The spectrograms `model_io` needs for `target` and `loss` (the waveform losses need both phases)."""
+    return target_spectrograms("psa" if check_reader_loss(loss) != "huber" else target)
 
 
 def check_positive(name: str, value: Any) -> int:

@@ -36,14 +36,16 @@ from readers.store import (
     ALL_KEYS,
     IndexedSplit,
     check_positive,
+    check_reader_loss,
     decode_batch,
     model_io,
+    model_keys,
     stream_positions,
     stream_records,
     stream_runs,
 )
 from tfrecord_schema import paths
-from trainer.targets import check_loss_weighting, check_target, target_spectrograms
+from trainer.targets import check_loss_weighting, check_target
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +61,17 @@ def _to_torch(value: Any) -> Any:
 class _Outputs:
     """What a reader returns from decoded records: model (x, y[, w]) or every raw feature."""
 
-    def __init__(self, config, target: str, loss_weighting: str, raw: bool) -> None:
+    def __init__(self, config, target: str, loss_weighting: str, raw: bool, loss: str = "huber") -> None:
         self.config, self.target, self.loss_weighting, self.raw = config, check_target(target), \
             check_loss_weighting(loss_weighting), raw
-        self.keys = ALL_KEYS if raw else target_spectrograms(self.target)
+        self.loss = check_reader_loss(loss)
+        self.keys = ALL_KEYS if raw else model_keys(self.target, self.loss)
 
     def batch(self, records: Sequence[bytes]) -> Any:
         decoded = decode_batch(records, self.config, self.keys)
         if self.raw:
             return {k: _to_torch(v) for k, v in decoded.items()}
-        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting)
+        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting, self.loss)
         if torch.utils.data.get_worker_info() is not None:
             return _shared(arrays)
         return tuple(torch.from_numpy(a) for a in arrays)
@@ -80,7 +83,7 @@ class _Outputs:
             return [{k: (v[b].item() if v[b].ndim == 0 and v.dtype.kind in "fiu" else
                          str(v[b]) if v.dtype.kind == "U" else torch.from_numpy(v[b]))
                      for k, v in decoded.items()} for b in range(len(records))]
-        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting)
+        arrays = model_io(_float32(decoded), self.config, self.target, self.loss_weighting, self.loss)
         return [tuple(torch.from_numpy(a[b]) for a in arrays) for b in range(len(records))]
 
 
@@ -296,6 +299,8 @@ class RecordDataset(torch.utils.data.Dataset):
         dataset_dir: dataset directory (local or gs://), uncompressed and indexed.
         split: "train", "valid" or "test".
         target, loss_weighting: as `trainer.input_pipeline.make_dataset` (U-Net family).
+        loss: "huber" (default), or "snr" / "si-sdr": y is then the packed noisy and clean spectra
+            [frames, bins, 4] the waveform losses score (`trainer.waveform_loss`).
         raw: return a dict of every feature instead of (x, y).
         threads: read and decode each sampled batch (`__getitems__`) on this many threads.
         info: an already-read dataset_info dict.
@@ -307,10 +312,10 @@ class RecordDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, target: str = "noise",
-                 loss_weighting: str = "none", raw: bool = False, threads: int = 0,
+                 loss_weighting: str = "none", loss: str = "huber", raw: bool = False, threads: int = 0,
                  info: Mapping[str, Any] | None = None) -> None:
         self.records = IndexedSplit(dataset_dir, split, info=info)
-        self.outputs = _Outputs(self.records.config, target, loss_weighting, raw)
+        self.outputs = _Outputs(self.records.config, target, loss_weighting, raw, loss)
         self.threads = _check_threads(threads)
         self._pool = _ThreadPool(max(1, self.threads))
 
@@ -365,7 +370,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
     batch counts of ranks may then differ by one.
 
     Args:
-        dataset_dir, split, target, loss_weighting, raw, info: as `RecordDataset`.
+        dataset_dir, split, target, loss_weighting, loss, raw, info: as `RecordDataset`.
         batch_size: examples per yielded batch (decoded at once); None yields single examples.
         shuffle: shuffle the run order by (seed, epoch) and the records through a buffer.
         shuffle_buffer: records held in the shuffle buffer (per consumer); for local shards the
@@ -390,12 +395,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int | None = None,
                  shuffle: bool = False, shuffle_buffer: int = 2048, seed: int = 0, epoch: int = 0,
                  repeat: bool = False, drop_remainder: bool = False, target: str = "noise",
-                 loss_weighting: str = "none", raw: bool = False, rank: int | None = None,
+                 loss_weighting: str = "none", loss: str = "huber", raw: bool = False, rank: int | None = None,
                  world_size: int | None = None, run_length: int = 32, threads: int = 0,
                  info: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.records = IndexedSplit(dataset_dir, split, info=info)
-        self.outputs = _Outputs(self.records.config, target, loss_weighting, raw)
+        self.outputs = _Outputs(self.records.config, target, loss_weighting, raw, loss)
         self.batch_size = None if batch_size is None else check_positive("batch_size", batch_size)
         self.shuffle_buffer = check_positive("shuffle_buffer", shuffle_buffer)
         self.run_length = check_positive("run_length", run_length)

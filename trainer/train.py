@@ -390,9 +390,6 @@ def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, arc
     on a CUDA machine through DataLoader worker processes into pinned memory, on CPU on threads of
     this process. Validation reads the first `validation_steps` batches of its split in order.
     `accelerator`: whether batches go to a CUDA device (default: `torch.cuda.is_available()`)."""
-    if config.loss != "huber":
-        raise ValueError(f"train(): the PyTorch readers make the targets of the Huber loss only. Received: "
-                         f"loss={config.loss!r}. Use --backend jax or tensorflow for the waveform losses.")
     if architecture != "unet":
         raise ValueError(f"train(): the torch backend reads data through readers.torch_data, which makes the "
                          f"U-Net's inputs and targets only. Received: architecture={architecture!r}. Use "
@@ -405,7 +402,7 @@ def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, arc
         accelerator = torch.cuda.is_available()
     settings = _torch_loader_settings(accelerator, _usable_cpus())
     workers = settings["loader"]["num_workers"]
-    common = dict(target=config.target, loss_weighting=config.loss_weighting, info=info)
+    common = dict(target=config.target, loss_weighting=config.loss_weighting, loss=config.loss, info=info)
     train_loader = torch.utils.data.DataLoader(
         StreamDataset(dataset_dir, config.train_split, batch_size=config.batch_size, shuffle=True,
                       # One buffer's worth in all, as tf.data holds, shared by the workers.

@@ -77,7 +77,9 @@ class InverseStft:
 
         config, blocks = self.config, self.blocks
         n_fft, hop, frames = config.n_fft, config.hop_length, config.num_frames
-        x = ops.matmul(real, self.cos) + ops.matmul(imag, self.sin)  # [B, frames, n_fft]
+        # Constants as backend tensors (a torch tensor times a numpy array is refused under autograd).
+        cos, sin, inverse_envelope = (ops.convert_to_tensor(a) for a in (self.cos, self.sin, self.inverse_envelope))
+        x = ops.matmul(real, cos) + ops.matmul(imag, sin)  # [B, frames, n_fft]
         x = ops.pad(x, [(0, 0), (0, 0), (0, blocks * hop - n_fft)])
         x = ops.reshape(x, (-1, frames, blocks, hop))
         out = 0.0
@@ -85,7 +87,7 @@ class InverseStft:
             out = out + ops.pad(x[:, :, j, :], [(0, 0), (j, blocks - 1 - j), (0, 0)])
         out = ops.reshape(out, (-1, (frames + blocks - 1) * hop))
         pad = n_fft // 2
-        return out[:, pad: pad + config.window_samples] * self.inverse_envelope
+        return out[:, pad: pad + config.window_samples] * inverse_envelope
 
 
 def check_waveform_loss(kind: str) -> str:
@@ -157,6 +159,15 @@ def waveform_metric(kind: str, config: SpectrogramConfig):
 
     metric.__name__ = kind.replace("-", "_")
     return metric
+
+
+def packed_spectra(noisy_magnitude, noisy_phase, clean_magnitude, clean_phase) -> np.ndarray:
+    """numpy twin of `tf_packed_spectra` (the PyTorch and grain readers): [..., frames, bins, 4] float32."""
+    parts = []
+    for magnitude, phase in ((noisy_magnitude, noisy_phase), (clean_magnitude, clean_phase)):
+        magnitude, phase = np.asarray(magnitude, np.float32), np.asarray(phase, np.float32)
+        parts += [magnitude * np.cos(phase), magnitude * np.sin(phase)]
+    return np.stack(parts, axis=-1)
 
 
 def tf_packed_spectra(noisy_magnitude, noisy_phase, clean_magnitude, clean_phase):
