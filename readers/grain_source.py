@@ -68,5 +68,5 @@ class RecordSource:
 
     def __repr__(self) -> str:
         return (f"RecordSource(dataset_dir={self.records.dataset_dir!r}, split={self.records.split!r}, "
-                f"output={self.output!r}, target={self.target!r}, loss_weighting={self.loss_weighting!r}, loss={self.loss!r}, "
-                f"len={len(self)})")
+                f"output={self.output!r}, target={self.target!r}, loss_weighting={self.loss_weighting!r}, "
+                f"loss={self.loss!r}, len={len(self)})")

@@ -22,7 +22,7 @@ from trainer.targets import LOSS_WEIGHTINGS, TARGETS
 
 # The U-Net's losses: "huber" on the target of every bin, or one on the waveform
 # (trainer/waveform_loss.py, whose WAVEFORM_LOSSES these are; a test checks they match).
-LOSSES = ("huber", "snr", "si-sdr")
+LOSSES = ("huber", "snr", "si-sdr", "si-sdr+huber")
 _MASK_TARGETS = ("mask", "psa")
 
 LR_SCHEDULES = ("cosine", "plateau", "constant")
@@ -85,7 +85,8 @@ class TrainConfig:
     loss: str = _option("huber", "U-Net: 'huber' on the target of every bin, or a loss on the waveform made in the "
                         "graph from the predicted gain times the noisy spectrum by an inverse STFT: 'snr' "
                         "(keeps the level) or 'si-sdr' (scale-invariant), each per example in dB, capped at 30 "
-                        "dB; the waveform losses need the mask or psa target (trainer/waveform_loss.py)",
+                        "dB; 'si-sdr+huber' adds the magnitude-weighted Huber loss on the mask; the waveform "
+                        "losses need the mask or psa target (trainer/waveform_loss.py)",
                         group="optimisation", choices=LOSSES, resume=True)
     huber_delta: float = _option(1.0, "delta of the Huber loss", group="optimisation")
     loss_weighting: str = _option("none", "weigh the loss per time-frequency bin: 'none' (all alike, the "
@@ -158,11 +159,12 @@ class TrainConfig:
                 raise ValueError(f"loss={self.loss!r} is the U-Net's; the other families have their own loss. "
                                  f"Received: architecture={self.architecture!r}. Leave loss='huber'.")
             if self.target not in _MASK_TARGETS:
-                raise ValueError(f"loss={self.loss!r} trains the output as a gain on the noisy spectrum, so target must "
-                                 f"be one of {_MASK_TARGETS}. Received: target={self.target!r}")
+                raise ValueError(f"loss={self.loss!r} trains the output as a gain on the noisy spectrum, so target "
+                                 f"must be one of {_MASK_TARGETS}. Received: target={self.target!r}")
             if self.loss_weighting != "none":
-                raise ValueError(f"loss={self.loss!r} weighs each example by its own signal energy already; "
-                                 f"loss_weighting must be 'none'. Received: loss_weighting={self.loss_weighting!r}")
+                raise ValueError(f"loss={self.loss!r} sets its own weighting (per example, and per bin for the "
+                                 "Huber part); loss_weighting must be 'none'. "
+                                 f"Received: loss_weighting={self.loss_weighting!r}")
         patience = self.early_stopping_patience
         if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
             raise ValueError("early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "

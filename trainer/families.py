@@ -31,7 +31,7 @@ from trainer import blstm, mel_autoencoder
 from trainer.config import TrainConfig
 from trainer.model import build_unet
 from trainer.targets import tf_model_input
-from trainer.waveform_loss import CAP_DB, WAVEFORM_LOSSES, waveform_loss, waveform_metric
+from trainer.waveform_loss import CAP_DB, MIX_WEIGHT, WAVEFORM_LOSSES, waveform_loss, waveform_metric
 
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")
 
@@ -106,8 +106,8 @@ class UNetFamily(Family):
 
     def compile_args(self, config, spectrogram):
         if config.loss in WAVEFORM_LOSSES:
-            # The other waveform measure is logged beside the loss (val_si_sdr with --loss snr).
-            other = "si-sdr" if config.loss == "snr" else "snr"
+            # A waveform measure the loss is not is logged beside it (val_si_sdr with --loss snr).
+            other = {"snr": "si-sdr", "si-sdr": "snr", "si-sdr+huber": "si-sdr"}[config.loss]
             return {"loss": waveform_loss(config.loss, spectrogram),
                     "metrics": [waveform_metric(other, spectrogram)]}
         return {"loss": keras.losses.Huber(delta=config.huber_delta),
@@ -124,6 +124,10 @@ class UNetFamily(Family):
         return f"U-Net ({config.target} target)"
 
     def loss_description(self, config):
+        if config.loss == "si-sdr+huber":
+            return (f"{MIX_WEIGHT:g} x negative si-sdr of the waveform (gain x noisy spectrum, inverse STFT in the "
+                    f"graph, per example, capped at {CAP_DB:g} dB) + huber(delta=1) on the mask target, weighted by "
+                    "the noisy magnitude")
         if config.loss in WAVEFORM_LOSSES:
             return (f"negative {config.loss} of the waveform (gain x noisy spectrum, inverse STFT in the graph), "
                     f"per example, capped at {CAP_DB:g} dB")
