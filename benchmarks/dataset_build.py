@@ -25,6 +25,8 @@ import time
 
 import psutil
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -150,10 +152,7 @@ def main() -> None:
         print(f"2 workers end-to-end / (2 x tight loop) = {e2e['examples_per_s'] / (2 * tight['examples_per_s']):.0%}")
         big = next(j for j in jobs if j["workers"] == 2 and j["examples"] == large)
         print(f"peak RSS at {large} vs {small} (2 workers): {big['rss_growth_vs_small']:+.1%}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"tight_loop": tight, "beam": jobs, "cpu_count": os.cpu_count()}, f, indent=1)
-    print(f"wrote {args.json}")
+    write_report(args.json, {"tight_loop": tight, "beam": jobs, "cpu_count": os.cpu_count()}, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -98,9 +100,7 @@ def main() -> None:
               f"{r['chunks']:,} | {r['shards']:,} | {name}: {mib:.1f} MiB |")
     for r in rows:
         print(f"{r['examples']:,}: " + ", ".join(f"{k} {v:.2f} MiB" for k, v in r["sizes_mib"].items()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as f:
-        json.dump({"corpus_files": VOICES + NOISES, "rows": rows}, f, indent=1)
+    write_report(args.json, {"corpus_files": VOICES + NOISES, "rows": rows}, indent=1, announce=False)
 
 
 if __name__ == "__main__":

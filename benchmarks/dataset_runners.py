@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNERS = {"FnApiRunner": [], "DaskRunner": ["--runner", "DaskRunner"]}
 
@@ -87,11 +89,8 @@ def main() -> None:
         print(f"{r['runner']:<14} {r['workers']:>7} {r['examples']:>8} {r['wall_seconds']:>7.1f} "
               f"{r['examples_per_s']:>6.0f} {r['job_seconds']:>6.1f}")
     print(f"\nshards byte-identical across runners (per size): {identical}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"inputs": "demo corpus" if args.demo else inputs, "runs": runs, "shards_identical": identical,
-                   "cpu_count": os.cpu_count()}, f, indent=1)
-    print(f"wrote {args.json}")
+    write_report(args.json, {"inputs": "demo corpus" if args.demo else inputs, "runs": runs,
+                             "shards_identical": identical, "cpu_count": os.cpu_count()}, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ sparse-NMF baseline on the same signals. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -23,6 +22,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench_report import write_report
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -116,10 +117,7 @@ def main(argv=None) -> int:
                                "cpus": os.cpu_count(), "python": platform.python_version(),
                                "keras": keras.__version__, "backend": keras.backend.backend()}}
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
-            print(f"wrote {args.json}")
+            write_report(args.json, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -95,9 +97,7 @@ def main() -> None:
           f"{rows[1]['seconds'] / (rows[0]['seconds'] + io_s):.2f}")
     result = {"rows": rows, "gcs_over_local": round(ratio, 3), "shards_identical": identical,
               "leftover_objects": leftovers, "input_mib": round(uploaded / 2**20, 1), "upload_seconds": round(upload_s, 1)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+    write_report(args.json, result, indent=1, announce=False)
 
 
 if __name__ == "__main__":

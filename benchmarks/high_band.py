@@ -22,7 +22,6 @@ Prints a table (mean over all mixtures, and PESQ per SNR) and writes it as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -31,6 +30,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench_report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -183,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     report = run(args)
     print_table(report)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.json}")
+    write_report(args.json, report, indent=1)
     return 0
 
 

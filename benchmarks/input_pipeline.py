@@ -19,7 +19,7 @@ the JSON). Prints a table and writes JSON; never fails on speed.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import platform
 import shutil
@@ -27,6 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Iterator
+
+from bench_report import write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -34,14 +37,33 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
-def build_dataset(directory: str, num_examples: int, num_shards: int, compression: str, seed: int) -> None:
+def build_dataset(directory: str, num_examples: int, num_shards: int, compression: str, seed: int,
+                  split: str = "train") -> None:
     from tfrecord_schema.config import SpectrogramConfig
     from beam_pipelines.testing import write_dataset
 
     started = time.perf_counter()
-    write_dataset(directory, config=SpectrogramConfig(), splits={"train": num_examples}, num_shards=num_shards,
+    write_dataset(directory, config=SpectrogramConfig(), splits={split: num_examples}, num_shards=num_shards,
                   compression=compression, seed=seed)
     print(f"built {num_examples} examples in {num_shards} shards in {time.perf_counter() - started:.1f} s: {directory}")
+
+
+@contextlib.contextmanager
+def given_or_built(dataset_dir: str | None, prefix: str, num_examples: int, *, split: str = "train",
+                   num_shards: int = 8, compression: str = "", seed: int = 0, keep: bool = False) -> Iterator[str]:
+    """`dataset_dir` when a benchmark was given one; else a dataset of `num_examples` generated windows
+    (`build_dataset`) in a new temporary folder named `prefix`..., removed on leaving unless `keep`."""
+    if dataset_dir is not None:
+        yield dataset_dir
+        return
+    built = tempfile.mkdtemp(prefix=prefix)
+    try:
+        directory = os.path.join(built, "dataset")
+        build_dataset(directory, num_examples, num_shards, compression, seed, split=split)
+        yield directory
+    finally:
+        if not keep:
+            shutil.rmtree(built, ignore_errors=True)
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -169,23 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the built dataset (default: delete it)")
     args = parser.parse_args(argv)
 
-    built = None
-    dataset_dir = args.dataset
-    if dataset_dir is None:
-        built = tempfile.mkdtemp(prefix="bench-input-")
-        dataset_dir = os.path.join(built, "dataset")
-        build_dataset(dataset_dir, args.num_examples, args.num_shards, args.compression, seed=0)
-    try:
+    with given_or_built(args.dataset, "bench-input-", args.num_examples, num_shards=args.num_shards,
+                        compression=args.compression, keep=args.keep) as dataset_dir:
         report = run(dataset_dir, args.split, args.batch_size, args.repeats, args.shuffle_buffer,
                      args.cycle_length, args.target)
-    finally:
-        if built and not args.keep:
-            shutil.rmtree(built, ignore_errors=True)
     print_table(report)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

@@ -15,7 +15,6 @@ seconds / wall seconds. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -25,6 +24,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench_report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -107,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          "backend": keras.backend.backend()},
         }
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
-            print(f"wrote {args.json}")
+            write_report(args.json, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

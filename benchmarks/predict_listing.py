@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -175,10 +177,8 @@ def main(argv=None) -> int:
 
     def save() -> None:  # after every row: a long run that is stopped keeps what it measured
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"rows": rows, "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}, f,
-                          indent=2)
+            write_report(args.json, {"rows": rows, "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
+                         announce=False)
 
     for count in args.sizes:
         work = tempfile.mkdtemp(prefix="predict-listing-")

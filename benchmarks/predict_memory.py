@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from bench_report import write_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name: (seconds, sample rate in Hz, channels)
 CASES = {
@@ -159,10 +161,7 @@ def main(argv=None) -> int:
         result["platform"] = {"machine": platform.machine(), "processor": platform.processor(),
                               "cpus": os.cpu_count(), "python": platform.python_version(),
                               "memory_gb": _memory_gb()}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, result)
     return 0 if all(r["exit_status"] == 0 for r in rows) else 1
 
 

@@ -29,7 +29,6 @@ Without --model, the full-size U-Net (`trainer.model.build_unet`) with random we
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -39,6 +38,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench_report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -246,10 +247,7 @@ def main(argv=None) -> int:
                          "backend": keras.backend.backend(), "devices": _devices()},
         }
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
-            print(f"wrote {args.json}")
+            write_report(args.json, result)
     finally:
         for pool in pools.values():
             pool.close()

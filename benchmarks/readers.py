@@ -24,14 +24,13 @@ table and writes JSON; never fails on speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
+
+from bench_report import write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -39,7 +38,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from input_pipeline import build_dataset  # noqa: E402  (the same generated dataset as the tf.data benchmark)
+from input_pipeline import given_or_built  # noqa: E402  (the same generated dataset as the tf.data benchmark)
 
 DEFAULT_JSON = os.path.join(REPO, "benchmarks", "results", "readers_cpu.json")
 
@@ -177,22 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the built dataset (default: delete it)")
     args = parser.parse_args(argv)
 
-    built = None
-    dataset_dir = args.dataset
-    if dataset_dir is None:
-        built = tempfile.mkdtemp(prefix="bench-readers-")
-        dataset_dir = os.path.join(built, "dataset")
-        build_dataset(dataset_dir, args.num_examples, args.num_shards, compression="", seed=0)
-    try:
+    with given_or_built(args.dataset, "bench-readers-", args.num_examples, num_shards=args.num_shards,
+                        keep=args.keep) as dataset_dir:
         report = run(dataset_dir, args.split, args.batch_size, args.repeats, args.shuffle_buffer, args.workers)
-    finally:
-        if built and not args.keep:
-            shutil.rmtree(built, ignore_errors=True)
     print_table(report)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

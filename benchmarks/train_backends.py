@@ -34,11 +34,14 @@ import tempfile
 import time
 import traceback
 
+from bench_report import write_report
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+from input_pipeline import given_or_built  # noqa: E402  (the same generated dataset as the tf.data benchmark)
 from train_throughput import step_timer  # noqa: E402  (the same step clock as the tf.data benchmark)
 from trainer.config import PRECISIONS, PRESETS, TrainConfig  # noqa: E402  (Keras-free)
 
@@ -236,22 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f, indent=2)
         return 0
 
-    built = None
-    dataset_dir = args.dataset
-    if dataset_dir is None:
-        from beam_pipelines.testing import write_dataset
-        from tfrecord_schema.config import SpectrogramConfig
-
-        built = tempfile.mkdtemp(prefix="bench-backends-")
-        dataset_dir = os.path.join(built, "dataset")
-        started = time.perf_counter()
-        write_dataset(dataset_dir, config=SpectrogramConfig(), splits={"train": args.num_examples}, num_shards=8)
-        print(f"built {args.num_examples} examples in {time.perf_counter() - started:.1f} s: {dataset_dir}")
-    try:
+    with given_or_built(args.dataset, "bench-backends-", args.num_examples) as dataset_dir:
         results = {backend: _run_backend(backend, args, dataset_dir) for backend in args.backends}
-    finally:
-        if built:
-            shutil.rmtree(built, ignore_errors=True)
 
     config = train_config(args)
     report = {
@@ -265,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         report["torch_over_jax"] = ok["torch"]["training"]["examples_per_s"] / ok["jax"]["training"]["examples_per_s"]
     print_table(report)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

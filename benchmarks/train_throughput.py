@@ -18,13 +18,13 @@ Prints a table and writes JSON; never fails on speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
+
+from bench_report import write_report
+from input_pipeline import given_or_built
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.dataset_info import spectrogram_config
     from trainer import input_pipeline
     from trainer.model import build_unet
@@ -125,53 +124,39 @@ def main(argv: list[str] | None = None) -> int:
     if keras.backend.backend() == "jax":
         tf.config.set_visible_devices([], "GPU")
 
-    built = None
-    dataset_dir = args.dataset
-    if dataset_dir is None:
-        from beam_pipelines.testing import write_dataset
+    with given_or_built(args.dataset, "bench-train-", args.num_examples, split=args.split) as dataset_dir:
+        precision = _PRECISIONS[args.precision]
+        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        info = input_pipeline.read_dataset_info(dataset_dir)
+        config = spectrogram_config(info)
 
-        built = tempfile.mkdtemp(prefix="bench-train-")
-        dataset_dir = os.path.join(built, "dataset")
-        started = time.perf_counter()
-        write_dataset(dataset_dir, config=SpectrogramConfig(), splits={args.split: args.num_examples}, num_shards=8)
-        print(f"built {args.num_examples} examples in {time.perf_counter() - started:.1f} s: {dataset_dir}")
+        def pipeline():
+            return input_pipeline.make_dataset(dataset_dir, args.split, batch_size=args.batch_size, target=args.target,
+                                               shuffle=True, shuffle_buffer=args.shuffle_buffer, seed=0, repeat=True,
+                                               drop_remainder=True, info=info)
 
-    precision = _PRECISIONS[args.precision]
-    jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-    info = input_pipeline.read_dataset_info(dataset_dir)
-    config = spectrogram_config(info)
+        def timed_fit(dataset):
+            keras.utils.set_random_seed(0)
+            previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(precision)
+            try:
+                model = build_unet(config, base_filters=args.base_filters, depth=args.depth)
+                model.compile(optimizer=keras.optimizers.Adam(_DEFAULT.learning_rate),
+                              loss=keras.losses.Huber(delta=_DEFAULT.huber_delta),
+                              steps_per_execution=args.steps_per_execution, jit_compile=jit_compile)
+                timer = step_timer(args.warmup_steps, args.steps)
+                model.fit(dataset, epochs=1, steps_per_epoch=args.steps, callbacks=[timer], verbose=0, shuffle=False)
+            finally:
+                keras.config.set_dtype_policy(previous)
+            return {**timer.rate(args.batch_size), "params": model.count_params()}
 
-    def pipeline():
-        return input_pipeline.make_dataset(dataset_dir, args.split, batch_size=args.batch_size, target=args.target,
-                                           shuffle=True, shuffle_buffer=args.shuffle_buffer, seed=0, repeat=True,
-                                           drop_remainder=True, info=info)
-
-    def timed_fit(dataset):
-        keras.utils.set_random_seed(0)
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(precision)
-        try:
-            model = build_unet(config, base_filters=args.base_filters, depth=args.depth)
-            model.compile(optimizer=keras.optimizers.Adam(_DEFAULT.learning_rate),
-                          loss=keras.losses.Huber(delta=_DEFAULT.huber_delta),
-                          steps_per_execution=args.steps_per_execution, jit_compile=jit_compile)
-            timer = step_timer(args.warmup_steps, args.steps)
-            model.fit(dataset, epochs=1, steps_per_epoch=args.steps, callbacks=[timer], verbose=0, shuffle=False)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        return {**timer.rate(args.batch_size), "params": model.count_params()}
-
-    results = {}
-    try:
+        results = {}
         if "pipeline" in args.modes:
             results["pipeline"] = timed_fit(pipeline())
         if "memory" in args.modes:
             xs, ys = zip(*pipeline().take(args.memory_batches).as_numpy_iterator())
             memory = tf.data.Dataset.from_tensor_slices((np.stack(xs), np.stack(ys))).repeat().prefetch(2)
             results["memory"] = timed_fit(memory)
-    finally:
-        if built:
-            shutil.rmtree(built, ignore_errors=True)
 
     devices = [str(d) for d in keras.distribution.list_devices()] if hasattr(keras, "distribution") else []
     report = {
@@ -197,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if "pipeline_over_memory" in report:
         print(f"pipeline / in-memory: {report['pipeline_over_memory']:.2f}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 
