@@ -286,8 +286,8 @@ def target_model_io(config: SpectrogramConfig, target: str, loss_weighting: str 
     return model_io
 
 
-# The record features `waveform_model_io` reads.
-WAVEFORM_KEYS = ("noisy_magnitude", "clean_magnitude", "noisy_phase", "clean_phase", "schema_version", "shape")
+# The record features `waveform_model_io` reads: the psa target's, both magnitudes and both phases.
+WAVEFORM_KEYS = target_keys("psa")
 
 
 def waveform_model_io(config: SpectrogramConfig) -> Callable:

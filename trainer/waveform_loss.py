@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.spectrogram import hann_window
+from tfrecord_schema.spectrogram import _window_envelope, hann_window
 
 WAVEFORM_LOSSES = ("snr", "si-sdr", "si-sdr+huber")
 MIX_WEIGHT = 0.01
@@ -71,12 +71,8 @@ class InverseStft:
         n_fft, hop, frames = config.n_fft, config.hop_length, config.num_frames
         self.blocks = -(-n_fft // hop)  # hop-sized blocks each frame spans
         self.cos, self.sin = _inverse_dft_basis(n_fft)
-        envelope = np.zeros((frames + self.blocks - 1) * hop)
-        w2 = hann_window(n_fft).astype(np.float64) ** 2
-        for f in range(frames):
-            envelope[f * hop: f * hop + n_fft] += w2
         pad = n_fft // 2
-        envelope = envelope[pad: pad + config.window_samples]
+        envelope = _window_envelope(n_fft, hop, frames)[pad: pad + config.window_samples]  # the writer's istft's
         self.inverse_envelope = np.where(envelope > 1e-8, 1.0 / np.maximum(envelope, 1e-8), 0.0).astype(np.float32)
 
     def __call__(self, real, imag):
