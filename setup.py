@@ -29,11 +29,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # predictor/pretrained holds the shipped model (data, no code): listed so its files install too.
+    # predictor/pretrained and pretrained_16k hold the shipped models (data, no code): listed so their
+    # files install too.
     packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*", "readers*"])
-    + ["predictor.pretrained"],
+    + ["predictor.pretrained", "predictor.pretrained_16k"],
     py_modules=["speech_enhance"],
-    package_data={"predictor.pretrained": ["*.keras", "*.json", "*.md"]},
+    package_data={name: ["*.keras", "*.json", "*.md"] for name in ("predictor.pretrained", "predictor.pretrained_16k")},
     include_package_data=True,
     # pyroomacoustics: the dataset job's reverberation (room simulation on the workers, imported only when asked).
     install_requires=["numpy>=1.26", "scipy>=1.10", "soundfile>=0.12", "soxr>=0.3", "google-crc32c>=1.5",

@@ -31,16 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predict_speed import generate_files  # noqa: E402
 
 
-def _model_spec(value: str) -> tuple[str, str]:
+def model_spec(value: str) -> tuple[str, str]:
     name, sep, directory = value.partition("=")
     if not sep or not name or not directory:
-        raise argparse.ArgumentTypeError(f"--model takes NAME=DIR. Received: {value!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR. Received: {value!r}")
     return name, directory
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", type=_model_spec, required=True, metavar="NAME=DIR",
+    parser.add_argument("--model", action="append", type=model_spec, required=True, metavar="NAME=DIR",
                         help="a model directory to time, every head of it; repeat")
     parser.add_argument("--snmf", default=None, metavar="FILE", help="also time a saved sparse-NMF model (.npz)")
     parser.add_argument("--input", default=None, help="folder of audio files; default: generated files")

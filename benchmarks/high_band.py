@@ -9,6 +9,8 @@ together so nothing clips. They are written as 16 kHz float wav files and denois
     drop       high_band="drop": the model's band only, band-limited to 4 kHz (the behaviour before)
     keep       high_band="keep" with the default `HighBandGain` (what `predict` does now)
     keep-*     with --designs all: other gain designs (weighting, band, floor), for choosing one
+    NAME       with --compare NAME=DIR: another model (e.g. one trained at 16 kHz) on the same files,
+               with predict's defaults
 
 Each output is scored against the clean 16 kHz speech with wide-band PESQ (P.862.2) and SI-SDR
 (`predictor.metrics`). Choose designs on one seed and report on another:
@@ -32,6 +34,7 @@ import time
 import numpy as np
 
 from bench_report import write_report
+from family_speed import model_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -125,6 +128,10 @@ def run(args: argparse.Namespace) -> dict:
     items = make_mixtures(speech, noise, args.num_mixtures, args.duration, args.snrs, args.seed)
     enhancer = Enhancer.from_model_dir(args.model)
     designs = {k: v for k, v in DESIGNS.items() if args.designs == "all" or k in ("drop", "keep")}
+    clashes = sorted({name for name, _ in args.compare} & (set(designs) | {"noisy"}))
+    if clashes:
+        raise ValueError(f"--compare names must differ from the systems {sorted(designs) + ['noisy']}. "
+                         f"Received: {clashes}")
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "noisy")
@@ -146,8 +153,18 @@ def run(args: argparse.Namespace) -> dict:
             results[name]["design"] = None if gain is None else {
                 "band_hz": list(gain.band_hz), "weighting": gain.weighting, "smooth_seconds": gain.smooth_seconds,
                 "floor_db": gain.floor_db}
+        for name, directory in args.compare:
+            other = Enhancer.from_model_dir(directory)
+            out = os.path.join(tmp, "compare-" + name)
+            start = time.perf_counter()
+            enhance_files(other, source, out)
+            seconds = time.perf_counter() - start
+            outputs = {item["name"]: audio_io.read_audio(os.path.join(out, item["name"] + ".wav")).samples[:, 0]
+                       for item in items}
+            results[name] = score(items, outputs)
+            results[name].update(seconds=seconds, design=None, model=directory, model_rate=other.sample_rate)
     return {"config": {"speech_dir": args.speech_dir, "noise_dir": args.noise_dir, "model": args.model or "shipped",
-                       "num_mixtures": args.num_mixtures, "duration_s": args.duration, "snrs_db": args.snrs,
+                       "compare": dict(args.compare), "num_mixtures": args.num_mixtures, "duration_s": args.duration, "snrs_db": args.snrs,
                        "seed": args.seed, "sample_rate": RATE, "model_rate": enhancer.sample_rate,
                        "python": platform.python_version()},
             "systems": results}
@@ -177,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per mixture")
     p.add_argument("--snrs", type=float, nargs="+", default=[-5.0, 0.0, 5.0, 10.0, 15.0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", action="append", type=model_spec, default=[], metavar="NAME=DIR",
+                   help="also run the model in DIR (any rate, e.g. a 16 kHz one) on the same files as system NAME")
     p.add_argument("--designs", choices=("default", "all"), default="default",
                    help="'default': drop and keep; 'all': also the other gain designs (for choosing one)")
     p.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "high_band.json"))

@@ -72,7 +72,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
                     "bucket, and each output is written to a local temporary file and uploaded when complete.")
     p.add_argument("--model", metavar="DIR", default=None,
                    help="model directory (local or gs://) written by `speech-enhance train` (model.keras + "
-                        "model.json); default: the model shipped in the package, if any")
+                        "model.json), or a model shipped in the package: shipped:8k (the default) or "
+                        "shipped:16k (for input at 16 kHz and above: it denoises up to 8 kHz)")
     p.add_argument("--head", metavar="NAME", default=None,
                    help="the output to run, for a model with several (model.json \"heads\"; a BLSTM has "
                         "\"mask\", the mask-inference head, and \"kmeans\", the clustering of its embeddings); "

@@ -33,11 +33,16 @@ from trainer.targets import check_target
 logger = logging.getLogger(__name__)
 
 __all__ = ["ACCELERATOR_BATCH_SIZE", "CPU_BATCH_SIZE", "DEFAULT_BLOCK_SECONDS", "DEFAULT_OVERLAP", "DEFAULT_WORKERS",
-           "FAILURES_FILE", "HighBandGain", "MAX_DEFAULT_WORKERS", "PRETRAINED_DIR", "Enhancer", "PredictSummary",
+           "FAILURES_FILE", "HighBandGain", "MAX_DEFAULT_WORKERS", "PRETRAINED_DIR", "PRETRAINED_16K_DIR",
+           "SHIPPED_MODELS", "Enhancer", "PredictSummary",
            "crossfade_weights", "default_batch_size", "enhance_files", "has_accelerator", "output_path",
            "predict_function", "resolve_model_dir"]
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+PRETRAINED_16K_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_16k")
+# Names that `--model` / `model_dir` take for the models shipped in the package. The 8 kHz model
+# is the default; the 16 kHz one is for input at 16 kHz and above (docs/predict.md compares them).
+SHIPPED_MODELS = {"shipped:8k": PRETRAINED_DIR, "shipped:16k": PRETRAINED_16K_DIR}
 # Windows per model call when none is given. On a CPU small batches are faster (the full U-Net on
 # two AMD EPYC cores: 16.6 ms per window at 8, 19.9 at 32, 21.2 at 64; a batch of 8 keeps its
 # activations in cache); an accelerator wants large ones.
@@ -52,18 +57,21 @@ DEFAULT_WORKERS = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
 def resolve_model_dir(model_dir: str | None) -> str:
-    """`model_dir`, or the model shipped in the package when it is None.
+    """`model_dir`; the directory of a shipped model for one of the names of `SHIPPED_MODELS`
+    ("shipped:8k", "shipped:16k"); the shipped 8 kHz model when it is None.
 
-    Raises FileNotFoundError saying how to pass a model when none is given and none is shipped.
+    Raises FileNotFoundError saying how to pass a model when the shipped model asked for is missing.
     """
-    if model_dir:
+    if model_dir and model_dir not in SHIPPED_MODELS:
         return model_dir
-    if not os.path.isfile(os.path.join(PRETRAINED_DIR, "model.json")):
+    directory = SHIPPED_MODELS.get(model_dir, PRETRAINED_DIR)
+    if not os.path.isfile(os.path.join(directory, "model.json")):
+        asked = f"model_dir={model_dir!r} names a shipped model" if model_dir else "No model_dir was given"
         raise FileNotFoundError(
-            f"No model_dir was given and this installation ships no pretrained model ({PRETRAINED_DIR} "
-            "holds no model.json yet). Pass model_dir=DIR, a directory written by "
-            "`speech-enhance train --model-dir DIR` (it holds model.keras and model.json).")
-    return PRETRAINED_DIR
+            f"{asked}, but this installation does not ship it ({directory} holds no model.json). Pass "
+            "model_dir=DIR, a directory written by `speech-enhance train --model-dir DIR` (it holds "
+            "model.keras and model.json).")
+    return directory
 
 
 def has_accelerator() -> bool:

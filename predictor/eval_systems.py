@@ -38,9 +38,10 @@ def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, o
     A model with several heads (model.json "heads") gives one system per head: NAME for the
     default head, NAME-HEAD for each other one (e.g. a BLSTM's "NAME-kmeans").
     """
-    from predictor.enhance import Enhancer
+    from predictor.enhance import Enhancer, resolve_model_dir
     from trainer.model_dir import read_model_info
 
+    model_dir = resolve_model_dir(model_dir)  # a shipped model's name ("shipped:16k") to its directory
     heads = read_model_info(model_dir).get("heads") or [None]
     systems = []
     enhancers = []

@@ -214,9 +214,17 @@ def test_default_batch_size_follows_the_device(monkeypatch):
     assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == enhance.ACCELERATOR_BATCH_SIZE == 64
 
 
+def test_shipped_model_names_resolve_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    assert enhance.resolve_model_dir("shipped:8k") == enhance.resolve_model_dir(None) == enhance.PRETRAINED_DIR
+    assert enhance.resolve_model_dir(str(tmp_path)) == str(tmp_path)  # a directory is taken as given
+    monkeypatch.setitem(enhance.SHIPPED_MODELS, "shipped:16k", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="model_dir='shipped:16k' names a shipped model.*absent"):
+        enhance.resolve_model_dir("shipped:16k")
+
+
 def test_missing_shipped_model_says_how_to_pass_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(enhance, "PRETRAINED_DIR", str(tmp_path / "pretrained"))
-    with pytest.raises(FileNotFoundError, match="No model_dir was given.*ships no pretrained model.*Pass model_dir=DIR"):
+    with pytest.raises(FileNotFoundError, match="No model_dir was given.*does not ship it.*Pass model_dir=DIR"):
         enhance.resolve_model_dir(None)
     code = speech_enhance.main(["predict", "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     assert code == 2
