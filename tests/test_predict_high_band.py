@@ -13,6 +13,7 @@ import speech_enhance
 from predictor import audio_io
 from predictor.enhance import Enhancer, HighBandGain, enhance_files
 from predictor.high_band import Crossover
+from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir
 
 FLOOR = HighBandGain().floor
@@ -45,8 +46,8 @@ def run(tmp_path, enhancer, x, rate, name="out", **kwargs) -> np.ndarray:
     return y
 
 
-def high_band(x: np.ndarray, rate: int) -> np.ndarray:
-    return x - audio_io.fit_length(audio_io.resample(audio_io.resample(x, rate, 8000), 8000, rate), len(x))
+def high_band(x: np.ndarray, rate: int, model_rate: int = 8000) -> np.ndarray:
+    return x - audio_io.fit_length(audio_io.resample(audio_io.resample(x, rate, model_rate), model_rate, rate), len(x))
 
 
 def band_level(x: np.ndarray, rate: int, lo: float, hi: float) -> float:
@@ -93,6 +94,19 @@ def test_a_model_that_removes_everything_leaves_the_high_band_at_the_floor(tmp_p
     y = run(tmp_path, Enhancer(constant(-1.0), CONFIG, "mask", batch_size=8), x, rate)  # mask 0
     np.testing.assert_allclose(y, FLOOR * high_band(x, rate), atol=1e-6)
     assert band_level(y, rate, 0, 3500) < 1e-3 * band_level(x, rate, 0, 3500)
+
+
+def test_a_16k_model_keeps_the_band_above_8k(tmp_path):
+    # The band's edge follows the model's rate: a 16 kHz model (as `--model shipped:16k`) sees 0-8 kHz.
+    rate = 44100
+    x = wideband(rate * 4, rate)
+    config = SpectrogramConfig.for_sample_rate(16000)
+    unchanged = run(tmp_path, Enhancer(constant(1.0), config, "mask", batch_size=8), x, rate)
+    np.testing.assert_allclose(unchanged, x, atol=2e-5)
+    y = run(tmp_path, Enhancer(constant(-1.0), config, "mask", batch_size=8), x, rate, name="zero")
+    np.testing.assert_allclose(y, FLOOR * high_band(x, rate, 16000), atol=1e-6)
+    assert band_level(y, rate, 0, 7500) < 1e-3 * band_level(x, rate, 0, 7500)
+    assert band_level(y, rate, 9000, 20000) > 0.5 * FLOOR * band_level(x, rate, 9000, 20000)
 
 
 def test_the_high_band_follows_the_models_mask_frame_by_frame(tmp_path):
