@@ -228,3 +228,30 @@ def test_evaluation_runs_end_to_end_on_a_model_trained_here(corpus, tmp_path, ca
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert len(os.listdir(out / "audio")) == 2
     assert "## Overall" in capsys.readouterr().out
+
+
+def test_results_breakdown_agrees_with_the_evaluations_own_aggregates(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import results_breakdown
+
+    out = tmp_path / "report"
+    assert speech_enhance.main([
+        "evaluate", "--systems", "noisy", "spectral-subtraction", "oracle", "--voice-dir", str(corpus / "voices"),
+        "--noise-dir", str(corpus / "noises"), "--snrs", "0", "10", "--num-mixtures", "4", "--duration", "2",
+        "--no-pesq", "--no-stoi", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    by_snr = results["aggregates"]["by_snr"]
+    left_out = results["items"][0]["noise_class"]
+    assert results_breakdown.main([str(out / "results.json"), "--class", left_out, "--snrs", "0", "10",
+                                   "--json", str(tmp_path / "b.json")]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    for name in ("spectral-subtraction", "oracle"):
+        row = report["systems"][name]
+        np.testing.assert_allclose(row["si_sdri_by_bin"], [by_snr[name][b]["si_sdri"] for b in ("0", "10")], rtol=1e-9)
+        kept = [it["scores"][name]["si_sdri"] for it in results["items"] if it["noise_class"] != left_out]
+        assert min(kept) <= row["mean_without_class"] <= max(kept)
+        counted = sum(v["items"] for v in row["class_by_file"].values())
+        assert counted == sum(report["class_items_per_bin"]) == sum(
+            it["noise_class"] == left_out for it in results["items"])
+    assert results_breakdown.main([str(out / "results.json"), "--class", "no-such-class"]) == 2
+    assert "no item of noise class 'no-such-class'" in capsys.readouterr().err
