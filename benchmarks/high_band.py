@@ -138,34 +138,28 @@ def run(args: argparse.Namespace) -> dict:
         for item in items:
             audio_io.write_audio_atomic(os.path.join(source, item["name"] + ".wav"), item["noisy"], RATE, "FLOAT")
         results["noisy"] = score(items, {item["name"]: item["noisy"] for item in items})
-        for name, gain in designs.items():
-            out = os.path.join(tmp, name)
+
+        def enhanced_and_scored(denoiser: Enhancer, out: str, **kwargs) -> dict:
             start = time.perf_counter()
-            if gain is None:
-                enhance_files(enhancer, source, out, high_band="drop")
-            else:
-                enhance_files(enhancer, source, out, high_band="keep", high_band_gain=gain)
+            enhance_files(denoiser, source, out, **kwargs)
             seconds = time.perf_counter() - start
             outputs = {item["name"]: audio_io.read_audio(os.path.join(out, item["name"] + ".wav")).samples[:, 0]
                        for item in items}
-            results[name] = score(items, outputs)
-            results[name]["seconds"] = seconds
+            return {**score(items, outputs), "seconds": seconds}
+
+        for name, gain in designs.items():
+            kwargs = {"high_band": "drop"} if gain is None else {"high_band": "keep", "high_band_gain": gain}
+            results[name] = enhanced_and_scored(enhancer, os.path.join(tmp, name), **kwargs)
             results[name]["design"] = None if gain is None else {
                 "band_hz": list(gain.band_hz), "weighting": gain.weighting, "smooth_seconds": gain.smooth_seconds,
                 "floor_db": gain.floor_db}
         for name, directory in args.compare:
             other = Enhancer.from_model_dir(directory)
-            out = os.path.join(tmp, "compare-" + name)
-            start = time.perf_counter()
-            enhance_files(other, source, out)
-            seconds = time.perf_counter() - start
-            outputs = {item["name"]: audio_io.read_audio(os.path.join(out, item["name"] + ".wav")).samples[:, 0]
-                       for item in items}
-            results[name] = score(items, outputs)
-            results[name].update(seconds=seconds, design=None, model=directory, model_rate=other.sample_rate)
+            results[name] = enhanced_and_scored(other, os.path.join(tmp, "compare-" + name))
+            results[name].update(design=None, model=directory, model_rate=other.sample_rate)
     return {"config": {"speech_dir": args.speech_dir, "noise_dir": args.noise_dir, "model": args.model or "shipped",
-                       "compare": dict(args.compare), "num_mixtures": args.num_mixtures, "duration_s": args.duration, "snrs_db": args.snrs,
-                       "seed": args.seed, "sample_rate": RATE, "model_rate": enhancer.sample_rate,
+                       "compare": dict(args.compare), "num_mixtures": args.num_mixtures, "duration_s": args.duration,
+                       "snrs_db": args.snrs, "seed": args.seed, "sample_rate": RATE, "model_rate": enhancer.sample_rate,
                        "python": platform.python_version()},
             "systems": results}
 
