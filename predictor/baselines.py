@@ -24,7 +24,7 @@ import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import from_magnitude_phase, istft, magnitude_phase, stft
-from trainer.targets import check_target, enhance_magnitude
+from trainer.targets import COMPLEX_TARGETS, check_target, enhance_magnitude
 
 NOISE_ESTIMATES = ("minimum_statistics", "quietest")
 
@@ -156,7 +156,8 @@ class ReferenceRecipe:
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], config: SpectrogramConfig, target: str,
                  *, tail: str = "drop", batch_size: int = 32) -> None:
-        check_target(target)
+        if check_target(target) in COMPLEX_TARGETS:
+            raise ValueError(f"the reference recipe runs magnitude models; target {target!r} needs the phase")
         if tail not in TAILS:
             raise ValueError(f"tail must be one of {TAILS}. Received: tail={tail!r}")
         self.predict, self.config, self.target, self.tail, self.batch_size = predict, config, target, tail, batch_size
@@ -184,7 +185,7 @@ class ReferenceRecipe:
         prediction = np.zeros_like(features)
         for start in range(0, features.shape[0], self.batch_size):
             chunk = features[start: start + self.batch_size, ..., None]
-            prediction[start: start + self.batch_size] = self.predict(chunk)
+            prediction[start: start + self.batch_size] = self.predict(chunk)[..., 0]
         normalised = (10.0 ** (db / 20.0)).astype(np.float32)
         enhanced = enhance_magnitude(normalised, prediction, self.target, config)
         audio = from_magnitude_phase(enhanced, phase, config, config.window_samples) * REFERENCE_OUTPUT_GAIN

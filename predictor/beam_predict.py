@@ -170,8 +170,8 @@ class FinishFile(beam.DoFn):
         state = states[0]
         job = state.job
         track = Track(key, self.enhancer)
-        ready = track.add_frames(Frames(0, state.spectrogram, np.zeros(state.spectrogram.shape, np.float32),
-                                        state.lead_frames, state.layout))
+        features = np.zeros((*state.spectrogram.shape, self.enhancer.input_channels), np.float32)  # not used
+        ready = track.add_frames(Frames(0, state.spectrogram, features, state.lead_frames, state.layout))
         if [(c, i) for _, c, i in ready] != [(c, i) for c, i, _ in windows]:
             yield "failure", _lost(key, f"{len(windows)} of its {len(ready)} model windows arrived", job)
             return
@@ -202,8 +202,8 @@ def account_for_files(item: tuple[str, dict[str, list]]) -> Iterator[tuple[str, 
 
 
 class WindowModelHandler(ModelHandler):
-    """RunInference over model windows: (key, (channel, index, features [frames, bins])) in,
-    (key, (channel, index, output [frames, bins])) out.
+    """RunInference over model windows: (key, (channel, index, features [frames, bins, C])) in,
+    (key, (channel, index, output [frames, bins, K])) out (`Enhancer`'s channels).
 
     Loads a model directory (`trainer.model_dir.load_model_dir`, `head` as for `predict`).
     Every call gets exactly `batch_size` windows: a short batch is padded with zeros, so the
@@ -228,9 +228,9 @@ class WindowModelHandler(ModelHandler):
         results = []
         for start in range(0, len(batch), self.batch_size):
             part = batch[start: start + self.batch_size]
-            x = np.zeros((self.batch_size, *part[0][1][2].shape, 1), np.float32)
+            x = np.zeros((self.batch_size, *part[0][1][2].shape), np.float32)
             for j, (_, (_, _, window)) in enumerate(part):
-                x[j, ..., 0] = window
+                x[j] = window
             y = predict_function(model)(x)
             results += [(key, (channel, index, np.array(y[j])))
                         for j, (key, (channel, index, _)) in enumerate(part)]

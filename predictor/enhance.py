@@ -28,7 +28,7 @@ from predictor.overlap_add import Analysis, Frames, Joined, Layout, Synthesis, T
 from predictor.workers import Workers, done_in_order
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.malloc import tune_malloc
-from trainer.targets import check_target
+from trainer.targets import check_target, input_channels, output_channels
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,12 @@ class Enhancer:
     """Runs a spectrogram model over signals of any length at the model's sample rate.
 
     Args:
-        model: a Keras model mapping [B, frames, bins, 1] features to [B, frames, bins, 1] in [-1, 1],
-            or any callable doing the same on numpy arrays; None for the window geometry alone (what
+        model: a Keras model mapping [B, frames, bins, C] features (`trainer.targets.model_features`)
+            to [B, frames, bins, K] in [-1, 1] (C and K: `input_channels(target)`, `output_channels(target)`,
+            1 but for a complex mask), or any callable doing the same on numpy arrays; None for the window geometry alone (what
             the file processes of `enhance_files(file_processes=N)` use: they never run the model).
         config: the model's `SpectrogramConfig`.
-        target: "noise" or "mask" (what the model predicts; see `trainer.targets`).
+        target: "noise", "mask", "psa" or "cmask" (what the model predicts; see `trainer.targets`).
         batch_size: windows per model call; windows of several signals share a batch. None:
             `default_batch_size()` (8 on a CPU, 64 on a GPU or TPU).
         overlap: fraction of a window shared with the next one, in [0, 1). 0.5 by default.
@@ -130,6 +131,7 @@ class Enhancer:
         self.model = model
         self.config = config
         self.target = target
+        self.input_channels, self.output_channels = input_channels(target), output_channels(target)
         self.batch_size = batch_size
         self.overlap = float(overlap)
         self.workers = workers
@@ -137,7 +139,7 @@ class Enhancer:
         self.hop_frames = max(1, int(round(self.window_frames * (1.0 - overlap))))
         self.pad_frames = self.window_frames - self.hop_frames
         self.weights = crossfade_weights(self.window_frames, self.hop_frames)
-        self.predict = predict_function(model)  # numpy [B, frames, bins, 1] -> [B, frames, bins]
+        self.predict = predict_function(model)  # numpy [B, frames, bins, C] -> [B, frames, bins, K]
         self.windows_run = 0  # counts model windows, for benchmarks and tests
         self.head: str | None = None  # the output of a several-headed model directory this runs
 
@@ -254,7 +256,7 @@ class Enhancer:
         yield from self._take_joined(in_flight)
 
     def _run(self, batch: Sequence[tuple[Track, int, int]]) -> None:
-        x = np.stack([track.window(channel, index) for track, channel, index in batch])[..., None]
+        x = np.stack([track.window(channel, index) for track, channel, index in batch])
         y = self.predict(x)
         self.windows_run += len(batch)
         for (track, channel, index), prediction in zip(batch, y):
@@ -272,15 +274,17 @@ class Enhancer:
 
 
 def predict_function(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """numpy [B, frames, bins, 1] -> numpy [B, frames, bins]."""
+    """numpy [B, frames, bins, C] -> numpy [B, frames, bins, K] float32 (the model's channels); a
+    callable that returns [B, frames, bins] is taken as giving one channel."""
     if model is None:
         def predict(x: np.ndarray) -> np.ndarray:
             raise ValueError("this Enhancer was made without a model (model=None: the window geometry only) and "
                              "cannot run one. Pass model= a Keras model or a numpy callable.")
     elif hasattr(model, "predict_on_batch"):
         def predict(x: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict_on_batch(x), np.float32)[..., 0]
+            return np.asarray(model.predict_on_batch(x), np.float32)
     else:
         def predict(x: np.ndarray) -> np.ndarray:
-            return np.asarray(model(x), np.float32)[..., 0]
+            y = np.asarray(model(x), np.float32)
+            return y[..., None] if y.ndim == x.ndim - 1 else y
     return predict

@@ -13,6 +13,7 @@ import numpy as np
 from predictor import baselines
 from predictor.eval_items import Item
 from tfrecord_schema.config import SpectrogramConfig
+from trainer.targets import COMPLEX_TARGETS
 
 if TYPE_CHECKING:
     from predictor.snmf import SparseNMF
@@ -56,7 +57,7 @@ def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, o
         systems.append(System(name if head == heads[0] else f"{name}-{head}", run,
                               f"{model_dir}{label}: {enhancer.target} target, {100 * overlap:.0f}% overlap-add"))
     enhancer = enhancers[0]  # the default head; the reference recipe runs it
-    if reference_recipe:
+    if reference_recipe and enhancer.target not in COMPLEX_TARGETS:  # the recipe has no phase input
         recipe = baselines.ReferenceRecipe(enhancer.predict, enhancer.config, enhancer.target,
                                            batch_size=enhancer.batch_size)
         systems.append(System(f"{name}-reference-recipe", lambda items: recipe.enhance_many([i.noisy for i in items]),

@@ -298,7 +298,7 @@ class _Batcher:
         self.pending: collections.deque[list] = collections.deque()  # [worker, file, windows, taken]
         self.pending_windows = 0
         b = enhancer.batch_size
-        self.batch = np.zeros((b, enhancer.window_frames, enhancer.config.num_bins, 1), np.float32)
+        self.batch = np.zeros((b, enhancer.window_frames, enhancer.config.num_bins, enhancer.input_channels), np.float32)
 
     def run(self) -> None:
         for w in range(self.pool.processes):
@@ -363,7 +363,7 @@ class _Batcher:
             entry = self.pending[0]
             w, index, windows, taken = entry
             m = min(size - n, len(windows) - taken)
-            batch[n: n + m, :, :, 0] = windows[taken: taken + m]
+            batch[n: n + m] = windows[taken: taken + m]
             segments.append((w, index, n, n + m))
             n += m
             entry[3] += m

@@ -188,7 +188,7 @@ class HighBandMixer:
     def _add_frames(self, block: Joined) -> None:
         cfg = self._enhancer.config
         noisy = np.abs(block.spectrogram[:, :, self._bins])
-        enhanced = enhance_magnitude(noisy, block.joined[:, :, self._bins], self._enhancer.target, cfg)
+        enhanced = enhance_magnitude(noisy, block.joined[:, :, self._bins, 0], self._enhancer.target, cfg)
         weighting = self._gain.weighting
         if weighting == "magnitude":
             num, den = enhanced.sum(axis=2), noisy.sum(axis=2)

@@ -8,16 +8,17 @@ How a signal of any length goes through a model that sees fixed windows of
    number of windows. A signal that fits in one window is centred in a single window. The STFT of
    this padded signal is taken with the shared `stft` (the dataset writer's function).
 2. Windows of `num_frames` frames start every `hop = round(num_frames * (1 - overlap))` frames;
-   their features (`trainer.targets.model_input`) go to the model in batches of `batch_size`,
-   windows of different signals and channels sharing a batch.
+   their features (`trainer.targets.model_features`: the scaled log magnitude, and for a complex
+   mask the noisy phase too) go to the model in batches of `batch_size`, windows of different
+   signals and channels sharing a batch.
 3. The model's outputs are joined by weighted overlap-add: each window's output is multiplied by a
    crossfade weight (raised-cosine ramps of `num_frames - hop` frames, flat in between; a Hann
    window at 50 % overlap) and the sum is divided by the summed weights, so there are no seams and
    no gain change where windows meet.
-4. The joined output and the noisy magnitude give the enhanced magnitude
-   (`trainer.targets.enhance_magnitude`); with the noisy phase, the inverse STFT (the shared
-   `istft`) gives the waveform, cut back to the input's samples. No gain is applied anywhere:
-   the level is preserved.
+4. The joined output and the noisy spectrum give the enhanced spectrum
+   (`trainer.targets.enhance_spectrum`: the enhanced magnitude with the noisy phase, or for a
+   complex mask the phase turned by the output); the inverse STFT (the shared `istft`) gives the
+   waveform, cut back to the input's samples. No gain is applied anywhere: the level is preserved.
 
 Every step is local in time, so a signal is streamed through them a block at a time and memory
 does not grow with its length: `Analysis` computes a frame as soon as every sample under it has
@@ -41,7 +42,7 @@ import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft
-from trainer.targets import enhance_magnitude, model_input
+from trainer.targets import enhance_spectrum, model_features
 
 if TYPE_CHECKING:
     from predictor.enhance import Enhancer
@@ -98,7 +99,7 @@ class Frames:
 
     start: int
     spectrogram: np.ndarray  # complex64 [channels, n, bins]
-    features: np.ndarray  # float32 [channels, n, bins]: the model's input
+    features: np.ndarray  # float32 [channels, n, bins, input channels]: the model's input
     lead_frames: int
     layout: Layout | None = None
 
@@ -109,7 +110,7 @@ class Joined:
 
     start: int
     spectrogram: np.ndarray  # complex64 [channels, n, bins]
-    joined: np.ndarray  # float32 [channels, n, bins]: the weighted mean of the windows' outputs
+    joined: np.ndarray  # float32 [channels, n, bins, output channels]: the weighted mean of the windows' outputs
     lead_frames: int
     layout: Layout | None  # known once the signal has ended
     last: bool
@@ -177,8 +178,9 @@ class Analysis:
         cfg, start = self._config, self._next_frame
         bins = cfg.num_bins
         if end <= start:
-            empty = np.zeros((self.channels, 0, bins), np.float32)
-            return Frames(start, empty.astype(np.complex64), empty, self.lead_frames)
+            empty = np.zeros((self.channels, 0, bins), np.complex64)
+            features = np.zeros((self.channels, 0, bins, self._enhancer.input_channels), np.float32)
+            return Frames(start, empty, features, self.lead_frames)
         hop = cfg.hop_length
         first = (start - self._context) * hop  # padded sample at the stretch's start
         stop = (end - 1) * hop - cfg.n_fft // 2 + cfg.n_fft  # one past the last frame's last sample
@@ -189,7 +191,7 @@ class Analysis:
         if hi > lo:
             stretch[:, lo - first: hi - first] = self._samples[:, lo - have_from: hi - have_from]
         spectrogram = stft(stretch, cfg)[:, self._context: self._context + end - start]
-        features = model_input(np.abs(spectrogram), cfg)
+        features = model_features(np.abs(spectrogram), np.angle(spectrogram), self._enhancer.target, cfg)
         self._next_frame = end
         keep = (end - self._context) * hop  # the next stretch's start
         if keep > self._samples_start:
@@ -221,14 +223,15 @@ class Track:
         if self.done is None:
             channels, _, bins = frames.spectrogram.shape
             self.spectrogram = np.zeros((channels, 0, bins), np.complex64)
-            self.features = np.zeros((channels, 0, bins), np.float32)
-            self.output = np.zeros((channels, 0, bins), np.float32)
+            self.features = np.zeros((channels, 0, *frames.features.shape[2:]), np.float32)
+            self.output = np.zeros((channels, 0, bins, self._enhancer.output_channels), np.float32)
             self.weight_sum = np.zeros((channels, 0), np.float32)
             self.done = np.zeros(channels, np.int64)
         n = frames.spectrogram.shape[1]
         self.spectrogram = np.concatenate([self.spectrogram, frames.spectrogram], axis=1)
         self.features = np.concatenate([self.features, frames.features], axis=1)
-        self.output = np.concatenate([self.output, np.zeros_like(frames.features)], axis=1)
+        self.output = np.concatenate([self.output, np.zeros((len(self.done), n, *self.output.shape[2:]), np.float32)],
+                                     axis=1)
         self.weight_sum = np.concatenate([self.weight_sum, np.zeros((len(self.done), n), np.float32)], axis=1)
         self.frames_end += n
         self.lead_frames = frames.lead_frames
@@ -248,7 +251,7 @@ class Track:
     def add(self, channel: int, index: int, prediction: np.ndarray) -> None:
         weights = self._enhancer.weights
         start = index * self._enhancer.hop_frames - self.start
-        self.output[channel, start: start + len(weights)] += weights[:, None] * prediction
+        self.output[channel, start: start + len(weights)] += weights[:, None, None] * prediction
         self.weight_sum[channel, start: start + len(weights)] += weights
         self.done[channel] += 1
 
@@ -264,7 +267,7 @@ class Track:
             return None
         a, b = self.joined_end - self.start, end - self.start
         block = Joined(self.joined_end, self.spectrogram[:, a:b],
-                        self.output[:, a:b] / self.weight_sum[:, a:b, None], self.lead_frames, self.layout, last)
+                        self.output[:, a:b] / self.weight_sum[:, a:b, None, None], self.lead_frames, self.layout, last)
         self.joined_end = end
         drop = b  # windows still to run start at `end` or later
         self.spectrogram, self.features = self.spectrogram[:, drop:], self.features[:, drop:]
@@ -290,11 +293,7 @@ class Synthesis:
     def push(self, block: Joined) -> np.ndarray:
         """Returns the samples `block` completes, float32 [n, channels]; all that remain with the last."""
         cfg = self._enhancer.config
-        magnitude = np.abs(block.spectrogram)
-        enhanced = enhance_magnitude(magnitude, block.joined, self._enhancer.target, cfg)
-        # Scaling the complex STFT by enhanced / noisy magnitude keeps the noisy phase exactly.
-        gain = np.divide(enhanced, magnitude, out=np.zeros_like(enhanced), where=magnitude > 0)
-        frames = block.spectrogram * gain
+        frames = enhance_spectrum(block.spectrogram, block.joined, self._enhancer.target, cfg)
         if self._frames is None:
             self._frames, self._start, self._position = frames, block.start, block.lead_frames * cfg.hop_length
         else:

@@ -32,7 +32,7 @@ from tfrecord_schema.dataset_info import DatasetInfo, shard_files
 from tfrecord_schema.malloc import tune_malloc
 from tfrecord_schema.records import _masked_crc
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, check_schema_version
-from trainer.targets import (check_loss_weighting, check_target, loss_weight, model_input, model_target,
+from trainer.targets import (check_loss_weighting, check_target, loss_weight, model_features, model_target,
                              target_spectrograms)
 from trainer.waveform_loss import WAVEFORM_LOSSES, packed_spectra
 
@@ -295,8 +295,8 @@ def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
 def model_io(batch: Mapping[str, np.ndarray], config: SpectrogramConfig, target: str = "noise",
              loss_weighting: str = "none", loss: str = "huber") -> tuple[np.ndarray, ...]:
     """(x, y) float32 [B, frames, bins, 1] of the U-Net family from decoded spectrograms (the
-    magnitudes, and the phases for target "psa"), as `trainer.input_pipeline.make_dataset` yields
-    them; (x, y, weights [B, frames, bins]) with `loss_weighting="magnitude"`. The formulas are
+    magnitudes, and the phases for targets "psa" and "cmask"), as `trainer.input_pipeline.make_dataset`
+    yields them (x has three channels for "cmask": `trainer.targets.model_features`); (x, y, weights [B, frames, bins]) with `loss_weighting="magnitude"`. The formulas are
     `trainer.targets`' numpy functions. With a waveform loss (`loss="snr"` or `"si-sdr"`), y is the
     packed noisy and clean spectra [B, frames, bins, 4] of `trainer.waveform_loss`, as tf.data's
     `waveform_model_io` makes them."""
@@ -304,7 +304,7 @@ def model_io(batch: Mapping[str, np.ndarray], config: SpectrogramConfig, target:
     check_loss_weighting(loss_weighting)
     # float32 once here, not in each formula (float16 -> float32 is the costly numpy step).
     noisy, clean = (np.asarray(batch[k], np.float32) for k in ("noisy_magnitude", "clean_magnitude"))
-    x = model_input(noisy, config)[..., np.newaxis]
+    x = model_features(noisy, batch.get("noisy_phase"), target, config)
     if check_reader_loss(loss) != "huber":
         return x, packed_spectra(noisy, batch["noisy_phase"], clean, batch["clean_phase"])
     y = model_target(noisy, clean, target, config, batch.get("noisy_phase"), batch.get("clean_phase"))[..., np.newaxis]

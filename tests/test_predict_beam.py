@@ -244,7 +244,7 @@ def test_model_handler_pads_every_batch_to_one_shape():
 
     handler = WindowModelHandler("unused", batch_size=4)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 4}
-    windows = [(f"k{j}", (j % 2, j, np.full((3, 5), j, np.float32))) for j in range(6)]
+    windows = [(f"k{j}", (j % 2, j, np.full((3, 5, 1), j, np.float32))) for j in range(6)]
     model = Recorder()
     out = handler.run_inference(windows, model)
     assert model.shapes == [(4, 3, 5, 1), (4, 3, 5, 1)]

@@ -325,6 +325,23 @@ def test_readers_make_the_waveform_losses_spectra_as_tf_data_does(dataset):
         StreamDataset(dataset, "train", loss="l2")
 
 
+def test_readers_make_the_complex_masks_input_as_tf_data_does(dataset):
+    """For target "cmask" the model input holds the noisy phase too (three channels)."""
+    from tfrecord_schema.dataset_info import spectrogram_config
+    from trainer.input_pipeline import WAVEFORM_KEYS, read_dataset_info, waveform_model_io
+
+    order = [_text(i) for b in raw_batches(dataset, "train", batch_size=5).as_numpy_iterator() for i in b["example_id"]]
+    info = read_dataset_info(dataset)
+    tf_batches = make_dataset(dataset, "train", batch_size=5, shuffle=False, deterministic=True, info=info,
+                              keys=WAVEFORM_KEYS, model_io=waveform_model_io(spectrogram_config(info), "cmask"))
+    by_id = dict(zip(order, np.concatenate([x for x, _ in tf_batches.as_numpy_iterator()])))
+    ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
+    want = np.stack([by_id[i] for i in ids])
+    assert want.shape[-1] == 3
+    records = RecordDataset(dataset, "train", target="cmask", loss="si-sdr")
+    np.testing.assert_allclose(np.stack([records[i][0].numpy() for i in range(N_TRAIN)]), want, atol=1e-5)
+
+
 def test_train_on_the_torch_backend_with_the_si_sdr_loss(dataset, tmp_path):
     model_dir = str(tmp_path / "model")
     command = [sys.executable, "-m", "speech_enhance", "train", "--dataset", dataset, "--model-dir", model_dir,

@@ -155,7 +155,7 @@ def test_without_a_validation_split_the_training_loss_is_monitored(tmp_path):
     ({"epochs": 0}, ValueError, r"epochs must be a positive integer. Received: epochs=0"),
     ({"batch_size": 2.5}, ValueError, r"batch_size must be a positive integer. Received: batch_size=2.5"),
     ({"learning_rate": 3}, ValueError, r"learning_rate must be a number in \(0, 1\). Received: learning_rate=3"),
-    ({"target": "clean"}, ValueError, r"target must be one of \('noise', 'mask', 'psa'\). Received: target='clean'"),
+    ({"target": "clean"}, ValueError, r"target must be one of \('noise', 'mask', 'psa', 'cmask'\). Received: target='clean'"),
     ({"precision": "fp16"}, ValueError, r"precision must be one of .*Received: precision='fp16'"),
     ({"lr_schedule": "step"}, ValueError, r"lr_schedule must be one of"),
     ({"distribution": "horovod"}, ValueError, r"distribution must be None or one of"),

@@ -101,7 +101,7 @@ def test_the_mixed_loss_adds_the_shipped_recipes_weighted_huber_loss():
 
 def test_the_config_offers_exactly_the_waveform_losses_and_refuses_what_they_cannot_train():
     assert LOSSES == ("huber", *WAVEFORM_LOSSES)
-    with pytest.raises(ValueError, match=r"target must be one of \('mask', 'psa'\). Received: target='noise'"):
+    with pytest.raises(ValueError, match=r"target must be one of \('mask', 'psa', 'cmask'\). Received: target='noise'"):
         TrainConfig(loss="snr", target="noise")
     with pytest.raises(ValueError, match="loss_weighting must be 'none'. Received: loss_weighting='magnitude'"):
         TrainConfig(loss="si-sdr", target="mask", loss_weighting="magnitude")

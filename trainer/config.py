@@ -23,7 +23,7 @@ from trainer.targets import LOSS_WEIGHTINGS, TARGETS
 # The U-Net's losses: "huber" on the target of every bin, or one on the waveform
 # (trainer/waveform_loss.py, whose WAVEFORM_LOSSES these are; a test checks they match).
 LOSSES = ("huber", "snr", "si-sdr", "si-sdr+huber")
-_MASK_TARGETS = ("mask", "psa")
+_MASK_TARGETS = ("mask", "psa", "cmask")
 
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -51,8 +51,9 @@ class TrainConfig:
 
     # data and outputs
     target: str = _option("noise", "U-Net: what the model predicts: the noise in dB ('noise'), a magnitude "
-                          "mask ('mask') or a phase-sensitive mask ('psa', the gain that best matches the clean "
-                          "complex spectrum with the noisy phase); see trainer/targets.py. The other families "
+                          "mask ('mask'), a phase-sensitive mask ('psa', the gain that best matches the clean "
+                          "complex spectrum with the noisy phase) or a complex mask ('cmask': a gain and a turn "
+                          "of the noisy phase; needs a waveform --loss); see trainer/targets.py. The other families "
                           "always predict a mask",
                           group="data", choices=TARGETS, resume=True)
     train_split: str = _option("train", "split to train on", group="data", cli=False)
@@ -165,6 +166,9 @@ class TrainConfig:
                 raise ValueError(f"loss={self.loss!r} sets its own weighting (per example, and per bin for the "
                                  "Huber part); loss_weighting must be 'none'. "
                                  f"Received: loss_weighting={self.loss_weighting!r}")
+        elif self.target == "cmask":
+            raise ValueError("target='cmask' (a complex mask) has no per-bin target for the Huber loss: train it "
+                             "with loss='si-sdr', 'snr' or 'si-sdr+huber'.")
         patience = self.early_stopping_patience
         if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
             raise ValueError("early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "

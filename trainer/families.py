@@ -102,7 +102,8 @@ class UNetFamily(Family):
         return WAVEFORM_KEYS if config.loss in WAVEFORM_LOSSES else target_keys(config.target)
 
     def build_training_model(self, spectrogram, config, info=None):
-        return build_unet(spectrogram, config.base_filters, config.depth, config.dropout, config.negative_slope)
+        return build_unet(spectrogram, config.base_filters, config.depth, config.dropout, config.negative_slope,
+                          target=config.target)
 
     def compile_args(self, config, spectrogram):
         if config.loss in WAVEFORM_LOSSES:
@@ -117,7 +118,7 @@ class UNetFamily(Family):
         from trainer.input_pipeline import target_model_io, waveform_model_io
 
         if config.loss in WAVEFORM_LOSSES:
-            return waveform_model_io(spectrogram)
+            return waveform_model_io(spectrogram, config.target)
         return target_model_io(spectrogram, config.target, config.loss_weighting)
 
     def describe(self, config):

@@ -25,8 +25,8 @@ from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, shard_sizes, spectrogram_config
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
-from trainer.targets import (check_loss_weighting, check_target, target_spectrograms, tf_loss_weight, tf_model_input,
-                             tf_model_target)
+from trainer.targets import (check_loss_weighting, check_target, input_channels, target_spectrograms, tf_loss_weight,
+                             tf_model_features, tf_model_input, tf_model_target)
 from trainer.waveform_loss import tf_packed_spectra
 
 logger = logging.getLogger(__name__)
@@ -290,13 +290,16 @@ def target_model_io(config: SpectrogramConfig, target: str, loss_weighting: str 
 WAVEFORM_KEYS = target_keys("psa")
 
 
-def waveform_model_io(config: SpectrogramConfig) -> Callable:
+def waveform_model_io(config: SpectrogramConfig, target: str = "mask") -> Callable:
     """The U-Net's (input, packed spectra) for the waveform losses (trainer/waveform_loss.py): the
-    input as `target_model_io`'s, and [B, frames, bins, 4] holding the noisy and the clean complex
+    input of `target` (`trainer.targets.tf_model_features`: as `target_model_io`'s, and for "cmask"
+    also the noisy phase), and [B, frames, bins, 4] holding the noisy and the clean complex
     spectrum as real and imaginary parts."""
+    channels = input_channels(target)
 
     def model_io(batch):
-        x = tf.ensure_shape(tf_model_input(batch["noisy_magnitude"], config)[..., tf.newaxis], [None, *config.shape, 1])
+        x = tf_model_features(batch["noisy_magnitude"], batch["noisy_phase"], target, config)
+        x = tf.ensure_shape(x, [None, *config.shape, channels])
         y = tf_packed_spectra(batch["noisy_magnitude"], batch["noisy_phase"], batch["clean_magnitude"],
                               batch["clean_phase"])
         return x, tf.ensure_shape(y, [None, *config.shape, 4])

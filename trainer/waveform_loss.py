@@ -125,12 +125,21 @@ def si_sdr_db(reference, estimate):
 
 
 def _waveforms(istft: InverseStft, y_true, y_pred):
-    """(clean, enhanced) waveforms [B, samples] from the packed spectra and the model's output."""
+    """(clean, enhanced) waveforms [B, samples] from the packed spectra and the model's output: a
+    gain (one channel), or a gain and a turn of the noisy phase ("cmask", three channels:
+    `trainer.targets.enhance_spectrum`)."""
     from keras import ops
 
     y_true = ops.cast(y_true, "float32")
-    gain = (ops.cast(y_pred, "float32")[..., 0] + 1.0) * 0.5
-    enhanced = istft(gain * y_true[..., 0], gain * y_true[..., 1])
+    y_pred = ops.cast(y_pred, "float32")
+    gain = (y_pred[..., 0] + 1.0) * 0.5
+    real, imag = gain * y_true[..., 0], gain * y_true[..., 1]
+    if y_pred.shape[-1] == 3:
+        c, s = 1.0 + y_pred[..., 1], y_pred[..., 2]
+        size = ops.sqrt(ops.square(c) + ops.square(s))
+        c, s = c / size, s / size
+        real, imag = real * c - imag * s, real * s + imag * c
+    enhanced = istft(real, imag)
     clean = istft(y_true[..., 2], y_true[..., 3])
     return clean, enhanced
 
@@ -154,7 +163,8 @@ def waveform_loss(kind: str, config: SpectrogramConfig):
     """The Keras loss `fn(y_true, y_pred) -> [B]` for `kind` (`WAVEFORM_LOSSES`).
 
     y_true: [B, frames, bins, 4], the noisy and the clean spectrum as real and imaginary parts
-    (`tf_packed_spectra`); y_pred: the U-Net's output [B, frames, bins, 1] in [-1, 1].
+    (`tf_packed_spectra`); y_pred: the U-Net's output [B, frames, bins, 1] in [-1, 1] (three
+    channels for the complex mask, "cmask"; the Huber part of "si-sdr+huber" sees channel 0).
     """
     measure = snr_db if check_waveform_loss(kind) == "snr" else si_sdr_db
     istft = InverseStft(config)
