@@ -7,8 +7,9 @@
     exported = family.inference_model(model, spectrogram, config)   # what the predictor runs
 
 Every exported model maps the predictor's input, the scaled log magnitude [B, frames, bins, 1]
-(`trainer.targets.model_input`), to outputs in [-1, 1] of one `target` ("noise" or "mask"), so the
-predictor runs every family the same way. A family with several outputs names them `heads`
+(`trainer.targets.model_input`), to outputs in [-1, 1] of one `target` ("noise" or "mask"; the
+U-Net's complex mask, "cmask", takes and gives three channels: `trainer.targets.model_features`),
+so the predictor runs every family the same way. A family with several outputs names them `heads`
 (model.json "heads", the first the default); the predictor picks one (`--head`).
 
     unet              the reference U-Net (trainer/model.py): noise, mask or psa target; Huber loss on the

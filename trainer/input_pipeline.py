@@ -7,7 +7,8 @@ Records are batched *before* they are parsed, so `tf.io.parse_example` and `tf.i
 once per batch instead of once per example. Every stage is a TensorFlow op (no `py_function`), so
 the same dataset runs in-process, under the tf.data service, and on TPU hosts.
 
-Model inputs and targets have shape [batch, frames, bins, 1] (float32); see `trainer.targets`.
+Model inputs and targets have shape [batch, frames, bins, 1] (float32; three input channels for
+the complex mask, `trainer.targets.model_features`); see `trainer.targets`.
 """
 
 from __future__ import annotations
