@@ -191,7 +191,8 @@ class Analysis:
         if hi > lo:
             stretch[:, lo - first: hi - first] = self._samples[:, lo - have_from: hi - have_from]
         spectrogram = stft(stretch, cfg)[:, self._context: self._context + end - start]
-        features = model_features(np.abs(spectrogram), np.angle(spectrogram), self._enhancer.target, cfg)
+        phase = np.angle(spectrogram) if self._enhancer.input_channels > 1 else None  # only a complex mask reads it
+        features = model_features(np.abs(spectrogram), phase, self._enhancer.target, cfg)
         self._next_frame = end
         keep = (end - self._context) * hop  # the next stretch's start
         if keep > self._samples_start:

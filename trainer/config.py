@@ -18,12 +18,12 @@ import dataclasses
 from typing import Any, Mapping
 
 from tfrecord_schema.config import from_known_keys
-from trainer.targets import LOSS_WEIGHTINGS, TARGETS
+from trainer.targets import COMPLEX_TARGETS, LOSS_WEIGHTINGS, TARGETS
 
 # The U-Net's losses: "huber" on the target of every bin, or one on the waveform
 # (trainer/waveform_loss.py, whose WAVEFORM_LOSSES these are; a test checks they match).
 LOSSES = ("huber", "snr", "si-sdr", "si-sdr+huber")
-_MASK_TARGETS = ("mask", "psa", "cmask")
+_MASK_TARGETS = ("mask", "psa", *COMPLEX_TARGETS)
 
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -166,9 +166,9 @@ class TrainConfig:
                 raise ValueError(f"loss={self.loss!r} sets its own weighting (per example, and per bin for the "
                                  "Huber part); loss_weighting must be 'none'. "
                                  f"Received: loss_weighting={self.loss_weighting!r}")
-        elif self.target == "cmask":
-            raise ValueError("target='cmask' (a complex mask) has no per-bin target for the Huber loss: train it "
-                             "with loss='si-sdr', 'snr' or 'si-sdr+huber'.")
+        elif self.target in COMPLEX_TARGETS:
+            raise ValueError(f"target={self.target!r} (a complex mask) has no per-bin target for the Huber loss: "
+                             "train it with loss='si-sdr', 'snr' or 'si-sdr+huber'.")
         patience = self.early_stopping_patience
         if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
             raise ValueError("early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "

@@ -144,13 +144,13 @@ def enhance_spectrum(noisy: np.ndarray, prediction: np.ndarray, target: str, con
     model's output [..., frames, bins, output_channels(target)]: the noisy phase kept, or for
     "cmask" rotated by the output."""
     noisy = np.asarray(noisy, np.complex64)
+    pred = np.asarray(prediction, np.float32)
     magnitude = np.abs(noisy)
-    enhanced = enhance_magnitude(magnitude, np.asarray(prediction)[..., 0], target, config)
+    enhanced = enhance_magnitude(magnitude, pred[..., 0], target, config)
     # Scaling the complex STFT by enhanced / noisy magnitude keeps the noisy phase exactly.
     gain = np.divide(enhanced, magnitude, out=np.zeros_like(enhanced), where=magnitude > 0)
     out = noisy * gain
     if target in COMPLEX_TARGETS:
-        pred = np.asarray(prediction, np.float32)
         out = out * rotation(pred[..., 1], pred[..., 2])
     return out.astype(np.complex64, copy=False)
 
