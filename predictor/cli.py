@@ -41,7 +41,13 @@ def _with_flags(err: Exception, flags: dict[str, str]) -> Exception:
             return match.group(0)
         return flags[name] + (" " if equals else "")
 
-    return type(err)(re.sub(rf"(?<![\w-])({names})(?![\w-])(=?)", flag, str(err)))
+    text = re.sub(rf"(?<![\w-])({names})(?![\w-])(=?)", flag, str(err))
+    # Built without calling the class's __init__, whose signature may differ (AudioError takes a
+    # reason and a message): the same type, its attributes (e.g. `reason`) and the renamed text.
+    renamed = type(err).__new__(type(err), text)
+    renamed.args = (text,)
+    renamed.__dict__.update(getattr(err, "__dict__", {}))
+    return renamed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from beam_pipelines.mixing import SILENCE_DBFS, energy, mix_at_snr
 from beam_pipelines.splits import noise_classes
+from beam_pipelines.audio import AudioError
 from predictor import audio_io
 from tfrecord_schema import paths
 
@@ -53,6 +54,9 @@ class Item:
     snr_bin: float
     noise_class: str
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Why the item's files could not be read (then `clean` and `noisy` are empty): it is skipped and
+    # listed with this reason, like the other unscorable items, instead of stopping the evaluation.
+    unreadable: str | None = None
 
 
 
@@ -137,7 +141,9 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
 
     Both are downmixed to mono and resampled to `sample_rate`; lengths are cut to the shorter one.
     Each item is binned at the nearest of `snr_bins` to its measured input SNR; its noise class
-    comes from `noise_classes(noisy_dir, ...)`. Noisy files without a clean twin are skipped.
+    comes from `noise_classes(noisy_dir, ...)`. Noisy files without a clean twin are skipped. A pair
+    whose noisy or clean file cannot be read (`AudioError`: not audio, empty, NaN samples) becomes an
+    item with `unreadable` set, which `screen_items` skips and lists with that reason.
     """
     _, noisy_files = audio_io.find_audio_files(noisy_dir)
     _, clean_files = audio_io.find_audio_files(clean_dir)
@@ -149,10 +155,17 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
         if clean_rel is None:
             missing.append(rel)
             continue
-        noisy = load_mono(paths.join(noisy_dir, rel), sample_rate)
-        clean = load_mono(paths.join(clean_dir, clean_rel), sample_rate)
-        n = min(noisy.shape[0], clean.shape[0])
         source = {"noisy_file": rel, "clean_file": clean_rel}
+        try:
+            noisy = load_mono(paths.join(noisy_dir, rel), sample_rate)
+            clean = load_mono(paths.join(clean_dir, clean_rel), sample_rate)
+        except AudioError as err:  # undecodable, empty or NaN audio: this item only, not the whole run
+            empty = np.zeros(0, np.float32)
+            items.append(Item(item_id=os.path.splitext(rel)[0], clean=empty, noisy=empty, snr_db=math.nan,
+                              snr_bin=math.nan, noise_class=classes[rel], source=source,
+                              unreadable=f"cannot be read: {err}"))
+            continue
+        n = min(noisy.shape[0], clean.shape[0])
         if noisy.shape[0] != clean.shape[0]:
             logger.warning("%s: noisy and clean lengths differ (%d, %d samples); both cut to %d",
                            rel, noisy.shape[0], clean.shape[0], n)
@@ -175,12 +188,14 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
 def degenerate_reason(item: Item, sample_rate: int, min_samples: int = 0) -> str | None:
     """Why `item` cannot be scored meaningfully, or None when it can.
 
-    Refused: non-finite samples; fewer than `min_samples` samples (one model window: the reference
+    Refused: files that could not be read (`Item.unreadable`); non-finite samples; fewer than `min_samples` samples (one model window: the reference
     recipe returns silence for such an item, which PESQ cannot score, and STOI needs about 0.4 s of
     speech); a clean reference quieter than MIN_CLEAN_DBFS (SI-SDR, PESQ and STOI compare against
     it); a silent noisy input; and an input SNR above MAX_INPUT_SNR_DB (noisy equal to clean: its
     SI-SDR is some +200 dB, so every system's SI-SDR improvement on it is hugely negative).
     """
+    if item.unreadable:
+        return item.unreadable
     n = item.noisy.shape[0]
     if item.clean.shape != item.noisy.shape:
         return f"clean and noisy differ in shape ({item.clean.shape} and {item.noisy.shape})"

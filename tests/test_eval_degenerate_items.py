@@ -183,3 +183,48 @@ def test_stoi_is_nan_rather_than_a_fake_score_when_there_is_too_little_speech():
     errors = {}
     assert np.isnan(metrics.score(s, s[:-1], s, RATE, errors=errors)["si_sdr"])
     assert errors["si_sdr"].startswith("ValueError: metrics take two 1-D signals of the same length")
+
+
+def test_an_unreadable_noisy_file_is_skipped_and_listed_by_the_command(tmp_path, capsys):
+    """A noisy file with a NaN sample and a text file named .wav cost their items, not the run (the
+    AudioError used to be re-raised with one argument, a TypeError that lost the whole report)."""
+    root = tmp_path / "pairs"
+    for name, snr, seed in (("good-a", 0.0, 1), ("good-b", 10.0, 2), ("nan", 5.0, 3), ("text", 5.0, 4)):
+        clean, noisy = mixture(2.0, snr, seed)
+        write(str(root / "clean" / f"{name}.wav"), clean)
+        if name == "nan":
+            noisy[100] = np.nan
+        if name == "text":
+            (root / "noisy" / "text.wav").write_text("not audio\n")
+        else:
+            write(str(root / "noisy" / f"{name}.wav"), noisy)
+    model_dir = constant_model_dir(str(tmp_path / "identity"), "noise", 0.0)
+    out = tmp_path / "report"
+    code = speech_enhance.main([
+        "evaluate", "--model", f"tiny={model_dir}", "--noisy-dir", str(root / "noisy"), "--clean-dir",
+        str(root / "clean"), "--systems", "noisy", "tiny", "--no-reference-recipe", "--no-pesq", "--no-stoi",
+        "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "2 items skipped" in captured.out
+    results = json.loads((out / "results.json").read_text())
+    assert [r["id"] for r in results["items"]] == ["good-a", "good-b"]
+    reasons = {s["id"]: s["reason"] for s in results["skipped"]}
+    assert sorted(reasons) == ["nan", "text"]
+    assert reasons["nan"].startswith("cannot be read: ") and "nan.wav" in reasons["nan"]
+    assert "NaN or infinite samples" in reasons["nan"]
+    assert reasons["text"].startswith("cannot be read: ") and "text.wav: cannot decode audio" in reasons["text"]
+    report = (out / "results.md").read_text()
+    assert "| text | noisy text.wav, clean text.wav | cannot be read: " in report
+
+
+def test_a_library_error_of_any_signature_is_renamed_to_flags_keeping_its_type():
+    from beam_pipelines.audio import AudioError
+    from predictor import cli
+
+    err = AudioError("not_finite", "noisy_dir holds x.wav: the audio holds NaN or infinite samples")
+    renamed = cli._with_flags(err, cli._EVALUATE_FLAGS)
+    assert type(renamed) is AudioError and renamed.reason == "not_finite"
+    assert str(renamed) == "--noisy-dir holds x.wav: the audio holds NaN or infinite samples"
+    missing = cli._with_flags(FileNotFoundError("clean_dir='x' does not exist"), cli._EVALUATE_FLAGS)
+    assert type(missing) is FileNotFoundError and str(missing) == "--clean-dir 'x' does not exist"
