@@ -131,3 +131,26 @@ def test_installed_command_end_to_end(tmp_path):
         info = json.load(f)
     assert info["target"] == "mask" and info["training"]["backend"] == "tensorflow"
     assert "val_loss" in result.stdout + result.stderr  # Keras progress lines
+
+
+def test_a_finished_model_is_not_replaced_without_overwrite(tmp_path, capsys):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, splits={"train": 8, "valid": 4})
+    model_dir = str(tmp_path / "model")
+    command = ["train", "--dataset", dataset, "--model-dir", model_dir, "--preset", "cpu-demo", *TINY_FLAGS]
+    assert speech_enhance.main(command) == 0
+    capsys.readouterr()
+    with open(os.path.join(model_dir, "model.json")) as f:
+        first = json.load(f)
+
+    assert speech_enhance.main(command) == 2  # a rerun used to retrain from scratch and replace the model
+    err = capsys.readouterr().err
+    assert f"--model-dir '{model_dir}' already holds a finished model (finished {first['training']['finished']}" in err
+    assert f"best val_loss {first['training']['best_val_loss']:.4g}" in err and "Pass --overwrite" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with open(os.path.join(model_dir, "model.json")) as f:
+        assert json.load(f) == first
+
+    assert speech_enhance.main([*command, "--overwrite"]) == 0
+    with open(os.path.join(model_dir, "model.json")) as f:
+        assert json.load(f)["training"]["overwrite"] is True

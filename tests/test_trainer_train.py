@@ -119,9 +119,12 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(dataset, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and summary["epochs_run"] == 4
     assert os.path.isfile(os.path.join(model_dir, "model.json"))
 
-    # --no-resume starts over even when a backup exists.
+    # A finished model is replaced only with overwrite=True; a run started so and interrupted resumes,
+    # and --no-resume starts over even when a backup exists.
+    with pytest.raises(FileExistsError, match="already holds a finished model"):
+        train(dataset, model_dir, **args)
     with pytest.raises(KeyboardInterrupt):
-        train(dataset, model_dir, callbacks=[_Interrupt(epoch=1, batch=0)], **args)
+        train(dataset, model_dir, callbacks=[_Interrupt(epoch=1, batch=0)], overwrite=True, **args)
     summary = train(dataset, model_dir, resume=False, **dict(args, epochs=1))
     assert summary["initial_epoch"] == 0 and summary["epochs_run"] == 1
 

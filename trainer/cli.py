@@ -150,6 +150,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         summary = train(args.dataset, args.model_dir, config, work_dir=args.work_dir)
     except ValueError as err:
         raise ValueError(flag_terms(str(err))) from err
+    except FileExistsError as err:  # a finished model in --model-dir (see --overwrite)
+        raise FileExistsError(flag_terms(str(err))) from err
     if args.summary_json:
         from tfrecord_schema import paths
 

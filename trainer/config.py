@@ -62,6 +62,8 @@ class TrainConfig:
         "monitors the training loss instead", group="data", cli=False)
     resume: bool = _option(True, "continue an interrupted run from its backup in the work dir, or "
                            "start over", group="data")
+    overwrite: bool = _option(False, "replace a finished model already in the model dir; without it such a run "
+                              "is refused (an interrupted run still resumes)", group="data")
     tensorboard: bool | None = _option(None, "write TensorBoard logs; None: when the tensorboard package "
                                        "is installed", group="data", cli=False)
     # optimisation
@@ -178,7 +180,7 @@ class TrainConfig:
                              f"Received: distribution={self.distribution!r}. Set both, or neither.")
         if self.jit_compile not in (True, False, "auto"):
             raise ValueError(f"jit_compile must be True, False or 'auto'. Received: jit_compile={self.jit_compile!r}")
-        for name in ("resume", "deterministic"):
+        for name in ("resume", "overwrite", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False. Received: {name}={getattr(self, name)!r}")
         if self.architecture == "unet":

@@ -22,6 +22,9 @@ Outputs:
         run.json           the options of the run (`TrainConfig.to_dict()`, steps resolved), the paths and
                            the dataset's fingerprint; checked when resuming
 
+A model directory that already holds a finished model (model.json and no backup) is refused unless
+`overwrite=True`; an interrupted run resumes without it.
+
 Before training, every shard's size is compared with dataset_info.json; a corrupt record found
 while training is traced to its shard. Both errors name the shard.
 """
@@ -50,7 +53,7 @@ from tfrecord_schema.dataset_info import spectrogram_config
 from trainer import input_pipeline
 from trainer.config import RESUME_KEYS, TrainConfig
 from trainer.families import get_family
-from trainer.model_dir import save_model_dir
+from trainer.model_dir import INFO_FILE, save_model_dir
 from trainer.plots import plot_history, read_history_csv
 
 logger = logging.getLogger(__name__)
@@ -245,6 +248,38 @@ def _check_same_dataset(work_dir: str, previous: dict[str, Any], run_args: dict[
             "(--no-resume) to start over on this dataset, or choose another work directory (--work-dir).")
     if old_dir != new_dir:
         logger.info("resuming on %s, a copy of %s (same dataset_info.json fingerprint %s)", new_dir, old_dir, new)
+
+
+def _check_finished_model(model_dir: str, work_dir: str, overwrite: bool) -> None:
+    """Refuses to train over a finished model in `model_dir` unless `overwrite`.
+
+    A model directory with model.json and no backup in `work_dir` holds the result of a finished run:
+    retraining would silently replace it (perhaps with a worse model). A backup means a run that
+    may replace it was already started here and interrupted: resuming it stays automatic.
+    """
+    info_path = _join(model_dir, INFO_FILE)
+    if not paths.isfile(info_path):
+        return
+    if paths.isfile(_join(work_dir, "backup", "training_metadata.json")):
+        return
+    if overwrite:
+        logger.warning("overwrite=True: the finished model in %s will be replaced when this run ends", model_dir)
+        return
+    try:
+        training = json.loads(paths.read_text(info_path)).get("training") or {}
+    except (ValueError, OSError):  # unreadable model.json: still a model someone may want to keep
+        training = {}
+    known = []
+    if training.get("finished"):
+        known.append(f"finished {training['finished']}")
+    if training.get("epochs_run") is not None:
+        known.append(f"{training['epochs_run']} epochs")
+    if training.get("best_val_loss") is not None:
+        known.append(f"best val_loss {training['best_val_loss']:.4g}")
+    described = f" ({', '.join(known)})" if known else ""
+    raise FileExistsError(
+        f"model_dir={model_dir!r} already holds a finished model{described}; training again would replace it. "
+        "Pass overwrite=True to train a new model in its place, or choose another model_dir.")
 
 
 def _prepare_work_dir(work_dir: str, run_args: dict[str, Any], resume: bool,
@@ -477,6 +512,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     _check_backend(config.distribution)
     dataset_dir, model_dir = os.fspath(dataset_dir), os.fspath(model_dir)
     work_dir = os.fspath(work_dir) if work_dir is not None else _join(model_dir, "training")
+    _check_finished_model(model_dir, work_dir, config.overwrite)
     _keep_tensorflow_off_accelerators()
     info = input_pipeline.read_dataset_info(dataset_dir)
     spectrogram = spectrogram_config(info)
