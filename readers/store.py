@@ -108,6 +108,15 @@ class IndexedSplit:
             problems = shard_index.check_index(index, int(entry["num_bytes"]), int(entry["num_examples"]),
                                                paths.join(self.dataset_dir, entry["index"]))
             if problems:
+                # The index was checked against dataset_info.json's size; the file itself may differ
+                # (a replaced or swapped shard), and then rewriting the index cannot help.
+                shard_path = self.files[number]
+                if not paths.isfile(shard_path):
+                    raise FileNotFoundError(f"{shard_path}: the shard listed in dataset_info.json is missing. "
+                                            "Restore it, or build the dataset again.")
+                mismatch = shard_index.shard_mismatch(shard_path, entry, self.dataset_dir, paths.size(shard_path))
+                if mismatch:
+                    raise ValueError(mismatch)
                 raise ValueError(f"{problems[0]}: the index is damaged. Rewrite it with "
                                  f"`speech-enhance index --overwrite {self.dataset_dir}`.")
             offsets.append(index[:, 0].astype(np.int64))

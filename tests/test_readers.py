@@ -468,3 +468,91 @@ def test_worker_batches_travel_in_reused_shared_memory_and_stay_intact(dataset):
     loader = torch.utils.data.DataLoader(stream(), batch_size=None, num_workers=2)
     kept = [batch for batch, _ in zip(loader, range(steps))]
     assert all(torch.equal(a, b) for one, two in zip(kept, want) for a, b in zip(one, two))
+
+
+def test_index_refuses_swapped_or_extended_shards_by_name_and_readers_quote_the_real_size(tmp_path, capsys):
+    path = str(tmp_path / "ds")
+    info = write_dataset(path, splits={"train": 8}, num_shards=2)  # two shards of 4 records, sizes differ
+    first, second = info["splits"]["train"]["shards"]
+    a, b = os.path.join(path, first["file"]), os.path.join(path, second["file"])
+    assert first["num_examples"] == second["num_examples"] and first["num_bytes"] != second["num_bytes"]
+    os.rename(a, a + ".swap")
+    os.rename(b, a)
+    os.rename(a + ".swap", b)
+    indexes = {s["index"]: open(os.path.join(path, s["index"]), "rb").read() for s in (first, second)}
+
+    for overwrite in ([], ["--overwrite"]):  # `index` used to rewrite the indexes and report success
+        assert speech_enhance.main(["index", *overwrite, path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"speech-enhance index: error: {a}: {second['num_bytes']} bytes, dataset_info.json "
+                              f"says {first['num_bytes']}: this is not the shard the dataset was built with"), err
+        assert "restore the shard" in err and "--overwrite" not in err
+        assert {n: open(os.path.join(path, n), "rb").read() for n in indexes} == indexes  # nothing rewritten
+
+    # Indexes that match the swapped files (as `index` wrote them before): the readers name the shard
+    # with its real size and do not advise `index --overwrite`, which cannot fix a swapped shard.
+    for shard, file in ((first, a), (second, b)):
+        with open(file, "rb") as f:
+            shard_index.scan_index(f).tofile(os.path.join(path, shard["index"]))
+    for reader in (RecordDataset, RecordSource):
+        with pytest.raises(ValueError) as raised:
+            reader(path, "train")
+        message = str(raised.value)
+        assert message.startswith(f"{a}: {second['num_bytes']} bytes, dataset_info.json says {first['num_bytes']}")
+        assert "index --overwrite" not in message
+
+    # Trailing garbage on an intact shard: the error names that shard.
+    os.rename(a, a + ".swap")
+    os.rename(b, a)
+    os.rename(a + ".swap", b)
+    with open(b, "ab") as f:
+        f.write(b"garbage")
+    assert speech_enhance.main(["index", "--overwrite", path]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {b}: {second['num_bytes'] + 7} bytes, dataset_info.json says {second['num_bytes']}" in err
+    # Without a recorded size (an older dataset_info.json) the record scan still names the shard.
+    raw = json.load(open(os.path.join(path, "dataset_info.json")))
+    for shard in raw["splits"]["train"]["shards"]:
+        del shard["num_bytes"]
+    with open(os.path.join(path, "dataset_info.json"), "w") as f:
+        json.dump(raw, f)
+    with pytest.raises(ValueError, match=rf"^{b}: truncated TFRecord header at byte {second['num_bytes']} "
+                                         r"\(record 4\): the shard is damaged"):
+        shard_index.index_dataset(path, overwrite=True)
+
+
+def _read_only_view(source, target):
+    """`target`: a read-only bind mount of `source` (root only); False where mounting is not allowed."""
+    os.makedirs(target)
+    result = subprocess.run(["mount", "--bind", "-o", "ro", source, target], capture_output=True)
+    return result.returncode == 0
+
+
+def test_index_on_a_read_only_dataset_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    unindexed, indexed = str(tmp_path / "old"), str(tmp_path / "new")
+    write_dataset(unindexed, splits={"train": 4}, num_shards=2, index=False)
+    write_dataset(indexed, splits={"train": 4}, num_shards=2)
+    views = {name: str(tmp_path / f"ro-{name}") for name in ("old", "new")}
+    mounted = [name for name in views if _read_only_view(str(tmp_path / name), views[name])]
+    try:
+        if len(mounted) < 2:  # not root: the same error, injected where the index is written
+            import errno as errno_module
+
+            def read_only(path, data):
+                raise OSError(errno_module.EROFS, os.strerror(errno_module.EROFS), path)
+
+            monkeypatch.setattr(shard_index.paths, "write_atomic", read_only)
+            views = {"old": unindexed, "new": indexed}
+        assert speech_enhance.main(["index", views["old"]]) == 2  # was a raw OSError traceback
+        err = capsys.readouterr().err
+        shard = os.path.join(views["old"], "train.tfrecord-00000-of-00002.index")
+        assert err == (f"speech-enhance index: error: {shard}: cannot write (Read-only file system): `speech-enhance "
+                       f"index` writes the SHARD.index files and dataset_info.json into the dataset folder "
+                       f"{views['old']}. Copy the dataset to a writable place and index the copy, or read this one "
+                       "without indexes (the tf.data pipeline of `train --backend tensorflow` or `jax` needs none).\n")
+        # A dataset whose indexes are all there and match needs no write: read-only is no obstacle.
+        assert speech_enhance.main(["index", views["new"]]) == 0
+        assert "indexed" in capsys.readouterr().out
+    finally:
+        for name in mounted:
+            subprocess.run(["umount", views[name]], check=True)

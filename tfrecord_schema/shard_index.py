@@ -19,16 +19,18 @@ in binary. GZIP shards have no index (a gzip stream has no random access).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import struct
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 from tfrecord_schema import paths
-from tfrecord_schema.dataset_info import DatasetInfo, shard_files
+from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files
 
 LOG = logging.getLogger(__name__)
 INDEX_SUFFIX = ".index"
@@ -118,6 +120,18 @@ def check_index(index: np.ndarray, shard_size: int, num_examples: int | None, wh
     return problems
 
 
+def shard_mismatch(shard_path: str, shard: dict[str, Any], dataset_dir: str, actual_size: int) -> str | None:
+    """Why the shard file at `shard_path` is not the one dataset_info.json's entry `shard` describes
+    (its size differs: replaced, swapped with another shard, cut short or extended), or None."""
+    expected = shard.get("num_bytes")
+    if expected is None or int(expected) == actual_size:
+        return None
+    return (f"{shard_path}: {actual_size} bytes, dataset_info.json says {int(expected)}: this is not the shard the "
+            "dataset was built with (replaced, swapped with another shard, cut short or extended). No index can "
+            "fix that: restore the shard as built, or build the dataset again; "
+            f"`speech-enhance inspect --verify {dataset_dir}` checks every shard.")
+
+
 def read_index(dataset_dir: str, shard: dict[str, Any]) -> np.ndarray:
     """The index of one shard entry of dataset_info.json. Raises ValueError when the dataset lists no
     index for it, FileNotFoundError when the file is missing, ValueError when its size differs."""
@@ -135,10 +149,29 @@ def read_index(dataset_dir: str, shard: dict[str, Any]) -> np.ndarray:
     return from_bytes(data, path)
 
 
+@contextlib.contextmanager
+def _writing(path: str, dataset_dir: str) -> Iterator[None]:
+    """Tells a read-only or forbidden dataset folder in one line (PermissionError) while writing `path`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise PermissionError(
+            f"{path}: cannot write ({os.strerror(err.errno)}): `speech-enhance index` writes the SHARD.index files "
+            f"and dataset_info.json into the dataset folder {dataset_dir}. Copy the dataset to a writable place and "
+            "index the copy, or read this one without indexes (the tf.data pipeline of `train --backend "
+            "tensorflow` or `jax` needs none).") from err
+
+
 def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """Writes the index of every shard of an existing (uncompressed) dataset and lists them in its
     dataset_info.json (rewritten atomically, last). Shards already indexed are checked against
     their index and kept, unless `overwrite`. Returns the new dataset_info dict.
+
+    Every shard is checked against dataset_info.json before it is indexed: a shard whose size or
+    record count differs from its entry (replaced, swapped with another, truncated, with bytes
+    appended) is refused by name, as an index of it would only hide the damage from the readers.
 
     Raises ValueError for a GZIP dataset (no random access into a gzip stream) and for a shard whose
     records do not match dataset_info.json.
@@ -156,27 +189,43 @@ def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> di
             shard = dict(shard)
             name = index_name(shard["file"])
             index_path = paths.join(dataset_dir, name)
+            if not paths.isfile(path):
+                raise FileNotFoundError(f"{path}: the shard listed in dataset_info.json is missing. Restore it, "
+                                        "or build the dataset again.")
+            size = paths.size(path)
+            mismatch = shard_mismatch(path, shard, dataset_dir, size)
+            if mismatch:
+                raise ValueError(mismatch)
             index = None
             if not overwrite and paths.isfile(index_path):
                 try:
                     index = from_bytes(paths.read_bytes(index_path), index_path)
-                    if check_index(index, paths.size(path), shard.get("num_examples"), index_path):
+                    if check_index(index, size, shard.get("num_examples"), index_path):
                         index = None
                 except ValueError:
                     index = None
             if index is None:
                 with paths.open_read(path) as f:
-                    index = scan_index(f)
-                problems = check_index(index, paths.size(path), shard.get("num_examples"), path)
+                    try:
+                        index = scan_index(f)
+                    except ValueError as err:  # scan_index knows bytes, not files: name the shard
+                        raise ValueError(f"{path}: {err}: the shard is damaged. Check it with "
+                                         f"`speech-enhance inspect --verify {dataset_dir}`.") from err
+                problems = check_index(index, size, shard.get("num_examples"), path)
                 if problems:
                     raise ValueError("; ".join(problems) + ". Check it with `speech-enhance inspect --verify "
                                      f"{dataset_dir}`.")
-                paths.write_atomic(index_path, to_bytes(index))
+                with _writing(index_path, dataset_dir):
+                    paths.write_atomic(index_path, to_bytes(index))
                 written += 1
             shard["index"], shard["index_bytes"] = name, len(index) * ENTRY_BYTES
             shards.append(shard)
         entry["shards"] = shards
     new = dataclasses.replace(info, splits=splits)
-    new.write(dataset_dir)
+    if written or new.to_dict() != info.to_dict():
+        with _writing(paths.join(dataset_dir, INFO_FILE), dataset_dir):
+            new.write(dataset_dir)
+    else:  # already indexed: nothing to write (so an indexed dataset on a read-only disk passes)
+        LOG.info("%s: every shard already has a matching index", dataset_dir)
     LOG.info("indexed %s: %d index file(s) written", dataset_dir, written)
     return new.to_dict()
