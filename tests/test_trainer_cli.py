@@ -154,3 +154,22 @@ def test_a_finished_model_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert speech_enhance.main([*command, "--overwrite"]) == 0
     with open(os.path.join(model_dir, "model.json")) as f:
         assert json.load(f)["training"]["overwrite"] is True
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_backend_that_is_not_installed_names_the_extra_to_install(tmp_path, backend):
+    dataset = str(tmp_path / "ds")
+    write_dataset(dataset, splits={"train": 4})
+    # The backend's package made unimportable in a fresh process (jax is not part of the test install;
+    # torch is, so it is hidden the same way): what a user without that extra sees.
+    script = (f"import sys; sys.modules[{backend!r}] = None; import speech_enhance; "
+              f"sys.exit(speech_enhance.main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"} | {"PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, "-c", script, "train", "--dataset", dataset, "--model-dir",
+                             str(tmp_path / "m"), "--backend", backend], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]  # was a raw ModuleNotFoundError traceback, rc 1
+    assert result.stderr.startswith(f"speech-enhance train: error: --backend {backend} needs the {backend} package")
+    assert f"pip install 'speech-enhance[{backend}]'" in result.stderr
+    assert f"pip install -e '.[{backend}]'" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1

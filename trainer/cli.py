@@ -141,10 +141,29 @@ def _select_backend(backend: str) -> None:
     os.environ["KERAS_BACKEND"] = backend
 
 
+# The setup.py extra that installs each backend's package (`pip install -e '.[jax]'` in a checkout).
+BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def _check_backend_installed(backend: str) -> None:
+    """Refuses, in one line, a backend whose package is not installed (Keras would fail on import
+    with a bare ModuleNotFoundError)."""
+    import importlib
+
+    try:
+        importlib.import_module(backend)
+    except ImportError as err:
+        raise ValueError(
+            f"--backend {backend} needs the {backend} package, which cannot be imported here ({type(err).__name__}: "
+            f"{err}). Install it with pip install 'speech-enhance[{BACKEND_EXTRAS[backend]}]' (in a checkout: "
+            f"pip install -e '.[{BACKEND_EXTRAS[backend]}]'), or choose another --backend.") from err
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         config, backend = resolve_config(args)
         _select_backend(backend)
+        _check_backend_installed(backend)
         from trainer.train import train  # after KERAS_BACKEND is set
 
         summary = train(args.dataset, args.model_dir, config, work_dir=args.work_dir)
