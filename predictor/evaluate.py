@@ -78,6 +78,14 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     output resampled back to the evaluation rate and aligned with the input. They need the optional
     extra: pip install 'speech-enhance[peers]'.
     """
+    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 0:
+        raise ValueError("num_examples must be an integer >= 0 (items shown in examples.png; 0: none). "
+                         f"Received: num_examples={num_examples!r}")
+    # 0 used to pass as "not given" (8000 Hz), silently: a rate is positive or left out.
+    if sample_rate is not None and (not isinstance(sample_rate, int) or isinstance(sample_rate, bool)
+                                    or sample_rate <= 0):
+        raise ValueError("sample_rate must be a positive rate in Hz, or None (the models' rate; 8000 Hz without "
+                         f"models). Received: sample_rate={sample_rate!r}")
     if peers:
         from predictor.peers import peer_names
 

@@ -55,7 +55,7 @@ class RecordSource:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Any:
-        record = self.records.read(int(index))
+        record = self.records.read(index)  # an integer (negative: from the end); 1.5 is a TypeError
         if self.output == "bytes":
             return record
         keys = ALL_KEYS if self.output == "raw" else model_keys(self.target, self.loss)

@@ -19,6 +19,7 @@ otherwise mmap and unmap each time (about 3x slower features).
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 import threading
@@ -141,6 +142,17 @@ class IndexedSplit:
         self._files = _Files()
         tune_malloc()
 
+    def position(self, i: Any) -> int:
+        """`i` as a record position in 0..len-1, by Python's sequence rules: any integer (a numpy or
+        0-d torch integer too; negative ones count from the end); a float such as 1.5 is a
+        TypeError, out of range an IndexError, each naming the value."""
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"record indices must be integers, not {type(i).__name__}. Received: {i!r} "
+                            f"(the {self.split!r} split holds {len(self)} records)") from None
+        return self._check_position(i)
+
     def _check_position(self, i: int) -> int:
         n = len(self)
         if not -n <= i < n:
@@ -149,7 +161,7 @@ class IndexedSplit:
 
     def read(self, i: int) -> bytes:
         """The serialized record (payload) at global position `i`."""
-        i = self._check_position(int(i))
+        i = self.position(i)  # int(i) would read 1.5 as record 1
         data = self._files.read(self.files[self.shards[i]], int(self.offsets[i]), int(self.lengths[i]))
         return self._payload(memoryview(data), i)
 

@@ -324,8 +324,8 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int | Sequence[int]) -> Any:
         if isinstance(index, (list, tuple, range, np.ndarray, torch.Tensor)) and np.ndim(index) == 1:
-            return self._read_batch([int(i) for i in index])
-        return self.outputs.example([self.records.read(int(index))])[0]
+            return self._read_batch([self.records.position(i) for i in index])
+        return self.outputs.example([self.records.read(index)])[0]
 
     def _read_batch(self, indices: Sequence[int]) -> Any:
         if self.threads < 2 or len(indices) < 2 * self.threads:
@@ -339,7 +339,7 @@ class RecordDataset(torch.utils.data.Dataset):
         return [self.records.read(i) for i in indices]
 
     def _read_decode(self, indices: Sequence[int]) -> list[Any]:
-        return self.outputs.example([self.records.read(int(i)) for i in indices])
+        return self.outputs.example([self.records.read(i) for i in indices])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         if self.threads < 2 or len(indices) < 2 * self.threads:

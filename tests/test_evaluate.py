@@ -255,3 +255,19 @@ def test_results_breakdown_agrees_with_the_evaluations_own_aggregates(corpus, tm
             it["noise_class"] == left_out for it in results["items"])
     assert results_breakdown.main([str(out / "results.json"), "--class", "no-such-class"]) == 2
     assert "no item of noise class 'no-such-class'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--examples", "-1", "--examples must be an integer >= 0 (items shown in examples.png; 0: none). Received: "
+                         "--examples -1"),
+    ("--sample-rate", "0", "--sample-rate must be a positive rate in Hz, or None (the models' rate; 8000 Hz without "
+                           "models). Received: --sample-rate 0"),
+    ("--sample-rate", "-8000", "Received: --sample-rate -8000")])
+def test_evaluate_refuses_a_negative_example_count_and_a_rate_of_zero(tmp_path, capsys, flag, value, message):
+    # Both were accepted silently: -1 as "all but the last", 0 as "not given".
+    code = speech_enhance.main(["evaluate", "--noisy-dir", str(tmp_path / "n"), "--clean-dir", str(tmp_path / "c"),
+                                "--systems", "noisy", f"{flag}={value}", "--output", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("speech-enhance evaluate: error: ") and message in err, err
+    assert not os.path.exists(tmp_path / "out")

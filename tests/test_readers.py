@@ -556,3 +556,24 @@ def test_index_on_a_read_only_dataset_is_one_clear_line(tmp_path, capsys, monkey
     finally:
         for name in mounted:
             subprocess.run(["umount", views[name]], check=True)
+
+
+def test_readers_take_integer_indexes_only_as_python_sequences_do(dataset):
+    records, source = RecordDataset(dataset, "train", raw=True), RecordSource(dataset, "train", output="raw")
+    ids = [records[i]["example_id"] for i in range(N_TRAIN)]
+    for reader in (records, source):
+        # 1.5 used to be read as record 1 (int() truncated it)
+        with pytest.raises(TypeError, match=r"record indices must be integers, not float. Received: 1\.5 "
+                                            rf"\(the 'train' split holds {N_TRAIN} records\)"):
+            reader[1.5]
+        with pytest.raises(TypeError, match=r"not float64. Received: np.float64\(2.0\)"):
+            reader[np.float64(2.0)]
+        with pytest.raises(IndexError, match=rf"record index out of range: {N_TRAIN} "):
+            reader[N_TRAIN]
+        # integers of any kind; negative ones count from the end, as in a list
+        assert [reader[k]["example_id"] for k in (np.int64(3), torch.tensor(4), -1, -N_TRAIN)] == [
+            ids[3], ids[4], ids[-1], ids[0]]
+    with pytest.raises(TypeError, match=r"Received: 1\.5"):
+        records[[0, 1.5]]
+    with pytest.raises(TypeError, match=r"Received: 0\.5"):
+        records.__getitems__([0.5])
