@@ -188,9 +188,9 @@ def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
 def degenerate_reason(item: Item, sample_rate: int, min_samples: int = 0) -> str | None:
     """Why `item` cannot be scored meaningfully, or None when it can.
 
-    Refused: files that could not be read (`Item.unreadable`); non-finite samples; fewer than `min_samples` samples (one model window: the reference
-    recipe returns silence for such an item, which PESQ cannot score, and STOI needs about 0.4 s of
-    speech); a clean reference quieter than MIN_CLEAN_DBFS (SI-SDR, PESQ and STOI compare against
+    Refused: files that could not be read (`Item.unreadable`); non-finite samples; fewer than
+    `min_samples` samples (one model window: the reference recipe returns silence for such an item,
+    which PESQ cannot score, and STOI needs about 0.4 s of speech); a clean reference quieter than MIN_CLEAN_DBFS (SI-SDR, PESQ and STOI compare against
     it); a silent noisy input; and an input SNR above MAX_INPUT_SNR_DB (noisy equal to clean: its
     SI-SDR is some +200 dB, so every system's SI-SDR improvement on it is hugely negative).
     """
