@@ -19,7 +19,8 @@ build leaves an existing dataset as it was. OUTPUT must be new, empty, or a data
 # Library argument names in error messages, as the flags a CLI user typed.
 _FLAG_NAMES = (("overwrite=True", "--overwrite"), ("assume_yes=True", "--yes"), ("voice_dir=", "--voice-dir "),
                ("noise_dir=", "--noise-dir "), ("num_examples=", "--num-examples "), ("output=", "--output "),
-               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "))
+               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "),
+               ("break_lock=True", "--break-lock"))
 # AugmentOptions' arguments and their flags (named bare too: "reverb_probability must be ...").
 _AUGMENT_FLAGS = (("reverb_probability", "--reverb-probability"), ("rt60_range", "--rt60"),
                   ("early_reflections_ms", "--early-reflections-ms"), ("room_count", "--rooms"),
@@ -82,6 +83,16 @@ def unknown_beam_args(args: list[str]) -> list[str]:
         cls._add_argparse_args(parser)
     _, unknown = parser.parse_known_args(list(args))
     return unknown
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, e.g. 4; received {text!r}")
+    return value
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -177,7 +188,7 @@ def register(subparsers) -> None:
     augment.add_argument("--noise-lowpass-hz", type=_range, metavar="LOW:HIGH",
                          help="low-pass cut-off range in Hz, below half the sample rate (default: 1000:3500)")
     run = p.add_argument_group("execution")
-    run.add_argument("--workers", type=int, default=None,
+    run.add_argument("--workers", type=_positive_int, default=None,
                      help="local worker processes: FnApiRunner's, or those of the local Dask cluster that "
                           "--runner DaskRunner starts without --dask_client_address (default: all cores)")
     run.add_argument("--chunk-size", type=int, default=100, help="examples per work item (default: %(default)s)")

@@ -43,6 +43,12 @@ def build_dir_for(output: str) -> str:
     return paths.join(paths.dirname(output), paths.basename(output) + BUILD_SUFFIX)
 
 
+def same_or_inside(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies below it, compared as resolved locations (absolute,
+    symbolic links followed, trailing separators dropped)."""
+    return _inside(path, folder)
+
+
 def _inside(path: str, folder: str) -> bool:
     if paths.is_remote(path) != paths.is_remote(folder):
         return False
@@ -103,7 +109,8 @@ def check_space(output: str, estimate: int, assume_yes: bool) -> None:
     free = paths.free_bytes(output)
     if free is None or estimate <= free or assume_yes:
         return
-    raise ValueError(f"The dataset would take about {estimate / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB are "
+    raise ValueError(f"The dataset would take about {paths.format_bytes(estimate)} but only "
+                     f"{paths.format_bytes(free)} are "
                      f"free where output={output!r} goes. Ask for fewer examples, free some space, or pass "
                      "assume_yes=True if space will be freed while it runs.")
 

@@ -103,6 +103,14 @@ class DatasetOptions:
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
         self.augment.check_sample_rate(self.config.sample_rate)
+        quietest = self.config.quietest_loudness_dbfs
+        if self.mix.loudness_range_dbfs[0] < quietest:
+            lo, hi = self.mix.loudness_range_dbfs
+            raise ValueError(f"--loudness-dbfs {lo:g}:{hi:g} is too quiet for {self.config.dtype} spectrograms: below "
+                             f"{quietest:.1f} dBFS the magnitudes underflow the store (all zeros, or below the "
+                             f"{self.config.log_floor_db:g} dB floor the model clips to). Use LOW >= {quietest:.1f}, "
+                             "e.g. -35:-15.")
+        _check_distinct_folders({"voice_dir": self.voice_dirs, "noise_dir": self.noise_dirs})
         for split in self.write_audio:
             if split not in SPLITS:
                 raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
@@ -114,6 +122,25 @@ class DatasetOptions:
     @property
     def noise_dirs(self) -> tuple[str, ...]:
         return (self.noise_dir,) if isinstance(self.noise_dir, str) else self.noise_dir
+
+
+def _check_distinct_folders(folders: dict[str, Sequence[str]]) -> None:
+    """Refuses input folders that overlap: one folder under two spellings (`vox`, `vox/`, relative and
+    absolute, a symbolic link), a folder and one of its subfolders, or a folder given both as voice and
+    noise. Their files would be read twice: counted twice, listed in two splits, drawn more often."""
+    given = [(name, folder) for name, values in folders.items() for folder in values]
+    for i, (name_a, a) in enumerate(given):
+        for name_b, b in given[i + 1:]:
+            if layout.same_or_inside(a, b) and layout.same_or_inside(b, a):
+                what = "the same folder"
+            elif layout.same_or_inside(a, b) or layout.same_or_inside(b, a):
+                what = "a folder and a folder inside it"
+            else:
+                continue
+            cross = name_a != name_b
+            raise ValueError(f"{name_a}={a!r} and {name_b}={b!r} are {what}: its files would be read twice"
+                             f"{' (as voice and as noise)' if cross else ''}. Give each folder once"
+                             f"{', and keep voice and noise folders apart' if cross else ''}.")
 
 
 # --- planning (in the launcher, before any worker starts) ----------------------------------------
@@ -553,6 +580,9 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     `assume_yes` accepts an estimated size larger than the free space of a local output.
     """
     started = time.time()
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be a positive number of local processes (None: one per core). "
+                         f"Received: workers={workers!r}")
     layout.check_output(opts.output, opts.overwrite, inputs={"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs})
     estimate = layout.estimate_bytes(opts.num_examples, opts.config, opts.split_fractions, opts.write_audio,
                                      opts.compression)

@@ -328,6 +328,16 @@ def free_bytes(path: str) -> int | None:
     return shutil.disk_usage(probe if os.path.isdir(probe) else os.path.dirname(probe)).free
 
 
+def format_bytes(num_bytes: float) -> str:
+    """A size for people, in the largest binary unit that keeps it at least 1: "512 bytes", "3.4 MiB",
+    "1.2 GiB" (a size below 1 GiB in GiB reads "0.0 GiB")."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    value, unit = float(num_bytes), 0
+    while abs(value) >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024.0, unit + 1
+    return f"{int(value)} bytes" if unit == 0 else f"{value:.1f} {units[unit]}"
+
+
 def existing_ancestor(path: str) -> str:
     """The nearest local path, `path` itself or a folder above it, that exists."""
     probe = os.path.abspath(path)
