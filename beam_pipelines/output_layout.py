@@ -23,6 +23,7 @@ LOG = logging.getLogger(__name__)
 
 BUILD_SUFFIX = ".incomplete"
 BUILD_MARKER = "_BUILDING.json"
+INPUTS_FILE = "_work/inputs.json"  # the inputs' identities when the build started (start_build)
 _SPLIT = "|".join(SPLITS)
 # Relative paths of the files a dataset folder may hold (all written by the job or by `inspect`).
 _DATASET_FILE = re.compile(
@@ -115,14 +116,17 @@ def check_space(output: str, estimate: int, assume_yes: bool) -> None:
                      "assume_yes=True if space will be freed while it runs.")
 
 
-def start_build(output: str, fingerprint: str) -> str:
+def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | None = None) -> str:
     """Returns the build folder for `output`, ready for a build whose content `fingerprint` names.
 
     The leftover of an interrupted build (recognised by its marker file) is resumed when it has the
     same fingerprint, so its finished decodes and parts are reused, and removed otherwise; a folder
-    of that name that no build left is refused, never deleted.
+    of that name that no build left is refused, never deleted. `inputs` ({input name: identity},
+    part of the fingerprint) is kept in the build folder, so that a leftover removed because input
+    files changed is logged as such, naming them.
     """
     build = build_dir_for(output)
+    inputs_path = paths.join(build, INPUTS_FILE)
     leftover = paths.list_files(build) if paths.exists_folder(build) else []
     if leftover:
         if BUILD_MARKER not in leftover or not all(is_dataset_file(rel) for rel in leftover):
@@ -133,17 +137,43 @@ def start_build(output: str, fingerprint: str) -> str:
         except ValueError:
             marker = {}
         if marker.get("fingerprint") == fingerprint:
+            # Files being written when the build stopped (no writer is left: the build lock is ours).
+            paths.delete_files([paths.join(build, rel) for rel in leftover if paths.INCOMPLETE_MARK in rel])
             LOG.info("resuming the interrupted build in %s: finished work is reused", build)
             return build
-        LOG.info("removing %s, left by an interrupted build with other arguments or inputs", build)
+        LOG.info("removing %s, left by an interrupted build %s; starting over", build,
+                 _why_not_resumed(inputs_path if INPUTS_FILE in leftover else None, inputs))
         paths.delete_tree(build)
     try:
         paths.makedirs(build)
+        if inputs is not None:
+            paths.write_atomic(inputs_path, json.dumps(inputs, sort_keys=True).encode())
         paths.write_atomic(paths.join(build, BUILD_MARKER),
                            json.dumps({"output": output, "started": time.time(), "fingerprint": fingerprint}).encode())
     except OSError as err:
         raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
     return build
+
+
+def _why_not_resumed(inputs_path: str | None, inputs: dict[str, list[int]] | None) -> str:
+    """"with other arguments", or which input files changed since the leftover was started."""
+    if inputs_path is None or inputs is None:
+        return "with other arguments or inputs"
+    try:
+        before = json.loads(paths.read_text(inputs_path))
+    except (ValueError, OSError):
+        return "with other arguments or inputs"
+    changed = sorted(k for k in inputs.keys() & before.keys() if list(before[k]) != list(inputs[k]))
+    added, removed = sorted(inputs.keys() - before.keys()), sorted(before.keys() - inputs.keys())
+    if not (changed or added or removed):
+        return "with other arguments"
+    parts = []
+    for what, names in (("changed (size or modification time)", changed), ("added", added), ("removed", removed)):
+        if names:
+            shown = ", ".join(n.split(":", 1)[1] for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3
+                                                                      else "")
+            parts.append(f"{len(names)} {what}: {shown}")
+    return "whose input files have changed since (" + "; ".join(parts) + "), so its decoded audio and chunks are stale"
 
 
 def replace_with_build(build: str, output: str) -> None:

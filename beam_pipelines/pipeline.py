@@ -152,6 +152,8 @@ class Plan:
     work: list[gen.WorkItem]  # grows with the number of shards, not of examples
     counts: dict[str, int]
     classes_source: str | list[str]
+    # "voice:NAME" / "noise:NAME" -> [size in bytes, modification time in ns] of every input file listed
+    identities: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_chunks(self) -> int:
@@ -159,10 +161,18 @@ class Plan:
 
     def fingerprint(self, opts: "DatasetOptions") -> str:
         """Everything the shards' bytes depend on: a build folder left with another fingerprint is
-        not resumed."""
+        not resumed.
+
+        That includes each input file's content identity, its size and modification time (ns): a
+        file replaced under the same name (another recording copied over it) changes them, so a
+        resumed build never reuses audio decoded from the old file. Size and time cost one stat
+        per file (one listing on a bucket), where a hash would read the whole corpus; they are what
+        rsync and make trust, and a rewrite that keeps both (`cp -p` of a file of the same size) is
+        the case they miss."""
         content = {"options": {k: v for k, v in dataclasses.asdict(opts).items()
                                if k not in ("output", "overwrite", "cache_bytes")},
-                   "voices": self.voices, "noises": self.noises, "counts": self.counts}
+                   "voices": self.voices, "noises": self.noises, "counts": self.counts,
+                   "identities": self.identities}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -176,17 +186,21 @@ def corpus_tags(folders: Sequence[str]) -> list[str]:
     return [name if names.count(name) == 1 else f"{name}-{names[:i + 1].count(name)}" for i, name in enumerate(names)]
 
 
-def _list_inputs(folders: Sequence[str], flag: str) -> list[tuple[str, str, str, str]]:
-    """(name, path, folder, path relative to folder) of every audio file of every folder; a folder
-    without audio is an error that names it."""
-    found = []
+def _list_inputs(folders: Sequence[str], flag: str) -> tuple[list[tuple[str, str, str, str]], dict[str, list[int]]]:
+    """(name, path, folder, path relative to folder) of every audio file of every folder, and each
+    name's identity [size in bytes, modification time in ns]; a folder without audio is an error
+    that names it."""
+    found, identities = [], {}
     for tag, folder in zip(corpus_tags(folders), folders):
-        files = audio_lib.list_audio(folder)
+        files = audio_lib.list_audio_identities(folder)
         if not files:
             role = "voice" if flag == "--voice-dir" else "noise"
             raise ValueError(f"No {role} audio (wav, flac, ogg) found under {flag} {folder!r}.")
-        found += [(f"{tag}/{rel}" if tag else rel, paths.join(folder, rel), folder, rel) for rel in files]
-    return found
+        for rel, identity in files.items():
+            name = f"{tag}/{rel}" if tag else rel
+            found.append((name, paths.join(folder, rel), folder, rel))
+            identities[name] = list(identity)
+    return found, identities
 
 
 def _class_table(opts: DatasetOptions, noise_dir: str) -> tuple[dict[str, str], str]:
@@ -202,8 +216,8 @@ def make_plan(opts: DatasetOptions) -> Plan:
 
     Fails at once, with the folder named, when a voice or noise folder holds no audio file.
     """
-    voice_inputs = _list_inputs(opts.voice_dirs, "--voice-dir")
-    noise_inputs = _list_inputs(opts.noise_dirs, "--noise-dir")
+    voice_inputs, voice_identities = _list_inputs(opts.voice_dirs, "--voice-dir")
+    noise_inputs, noise_identities = _list_inputs(opts.noise_dirs, "--noise-dir")
     tags = dict(zip(opts.voice_dirs, corpus_tags(opts.voice_dirs)))
     tables = {folder: _class_table(opts, folder) for folder in opts.noise_dirs}
     classes_source = [tables[f][1] for f in opts.noise_dirs]
@@ -236,7 +250,9 @@ def make_plan(opts: DatasetOptions) -> Plan:
               for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
               for f in noise_files if noise_split.get(f)]
-    return Plan(voices, noises, work, counts, classes_source)
+    identities = {"voice:" + f: v for f, v in voice_identities.items()}
+    identities.update({"noise:" + f: v for f, v in noise_identities.items()})
+    return Plan(voices, noises, work, counts, classes_source, identities)
 
 
 def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], where: str):
@@ -593,7 +609,7 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     workers = workers or os.cpu_count() or 1
     if runners.is_dask(beam_args):
         runners.require_dask()
-    build_dir = layout.start_build(opts.output, plan.fingerprint(opts))
+    build_dir = layout.start_build(opts.output, plan.fingerprint(opts), inputs=plan.identities)
     try:
         runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments or {}, started, build_dir),
                              beam_args, workers)

@@ -46,6 +46,10 @@ class _BeamClient:
     def list_files(self, prefix: str) -> list[str]:
         return [m.path for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list]
 
+    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
+        return {m.path: (int(m.size_in_bytes), int(round((m.last_updated_in_seconds or 0) * 1e9)))
+                for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list}
+
     def isfile(self, path: str) -> bool:
         return self.fs.exists(path)
 
@@ -85,6 +89,13 @@ class _TensorFlowClient:
             return out
         for folder, _dirs, files in self.gfile.walk(base):
             out += [posixpath.join(folder.rstrip("/"), name) for name in files]
+        return out
+
+    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
+        out = {}
+        for path in self.list_files(prefix):
+            stat = self.gfile.stat(path)
+            out[path] = (int(stat.length), int(stat.mtime_nsec))
         return out
 
     def isfile(self, path: str) -> bool:
@@ -189,6 +200,23 @@ def list_files(root: str) -> list[str]:
     found = remote_client().list_files(base)
     # Objects named "dir/" are folder markers some clients write (tf.io.gfile.makedirs), not files.
     return sorted(p[len(base):] for p in found if p.startswith(base) and len(p) > len(base) and not p.endswith("/"))
+
+
+def list_identities(root: str) -> dict[str, tuple[int, int]]:
+    """{path relative to `root`: (size in bytes, modification time in ns)} of every file below it, as
+    `list_files` lists them: what tells a replaced file from the one seen before without reading it
+    (the size and time rsync and make compare). On a bucket the time is the object's update time,
+    which every rewrite (a new generation) changes."""
+    if not is_remote(root):
+        out = {}
+        for rel in list_files(root):
+            stat = os.stat(os.path.join(root, rel))
+            out[rel] = (int(stat.st_size), int(stat.st_mtime_ns))
+        return out
+    base = root.rstrip("/") + "/"
+    found = remote_client().list_identities(base)
+    return {p[len(base):]: v for p, v in sorted(found.items())
+            if p.startswith(base) and len(p) > len(base) and not p.endswith("/")}
 
 
 def exists_folder(path: str) -> bool:
