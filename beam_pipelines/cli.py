@@ -139,6 +139,10 @@ def register(subparsers) -> None:
                           "other files)")
     out.add_argument("--yes", action="store_true",
                      help="build even if the estimated size exceeds the free space of a local --output")
+    out.add_argument("--break-lock", action="store_true",
+                     help="take over OUTPUT.incomplete.lock, which a build holds while it runs; only for a build "
+                          "that is gone (its machine crashed). A lock of a process of this host that no longer "
+                          "runs is taken over without it")
     mix = p.add_argument_group("mixing")
     mix.add_argument("--seed", type=int, default=0, help="global seed; with the same arguments, the same examples")
     levels = mix.add_mutually_exclusive_group()
@@ -217,7 +221,7 @@ def run_dataset_command(args, extra) -> int:
     refuse_unknown_beam_args(extra, "dataset")
     try:
         return _run_dataset(args, extra)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except (ValueError, OSError) as err:
         raise type(err)(_as_flags(str(err))) from err
 
 
@@ -252,9 +256,11 @@ def _run_dataset(args, extra) -> int:
         noise_classes_file=args.noise_classes, max_shard_bytes=int(args.shard_size_mb * 2**20),
         chunk_size=args.chunk_size, compression="GZIP" if args.compression == "gzip" else "",
         write_audio=tuple(args.write_audio), overwrite=args.overwrite)
-    arguments = {k: v for k, v in vars(args).items() if k not in ("func", "accepts_extra", "verbose", "command")}
+    arguments = {k: v for k, v in vars(args).items()
+                 if k not in ("func", "accepts_extra", "verbose", "command", "break_lock")}
     arguments.update(voice_dir=voice_dir, noise_dir=noise_dir, beam_args=list(extra))
-    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes)
+    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes,
+                break_lock=args.break_lock)
     return 0
 
 

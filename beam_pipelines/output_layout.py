@@ -8,6 +8,7 @@ files the job and `inspect` write beside them). A folder holding anything else i
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
 LOG = logging.getLogger(__name__)
 
 BUILD_SUFFIX = ".incomplete"
+LOCK_SUFFIX = ".lock"  # OUTPUT.incomplete.lock: held while a build of OUTPUT runs (build_lock)
 BUILD_MARKER = "_BUILDING.json"
 INPUTS_FILE = "_work/inputs.json"  # the inputs' identities when the build started (start_build)
 _SPLIT = "|".join(SPLITS)
@@ -37,6 +39,36 @@ _DATASET_FILE = re.compile(
 def is_dataset_file(rel: str) -> bool:
     """True for a path (relative to a dataset folder) that the dataset job or `inspect` writes."""
     return bool(_DATASET_FILE.match(rel))
+
+
+class NoSpaceError(OSError):
+    """The disk that holds a build filled up while it ran (errno ENOSPC); the build folder is kept."""
+
+    errno = errno.ENOSPC
+
+
+def is_no_space(err: BaseException) -> bool:
+    """True when `err`, or an error it was raised from, is a full disk: an OSError with errno ENOSPC
+    here, or, from a Beam worker (re-raised in the launcher as a RuntimeError holding the worker's
+    message), its text."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if f"[Errno {errno.ENOSPC}]" in str(err) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def no_space(output: str, build: str, resumes: bool = True) -> NoSpaceError:
+    """The one-line error for a build of `output` that filled its disk."""
+    where = paths.existing_ancestor(build) if not paths.is_remote(build) else build
+    return NoSpaceError(f"output={output!r}: no space left on device while writing the build folder {build!r} "
+                        f"(on the filesystem of {where!r}). Free some space (or ask for fewer examples) and run the "
+                        "same command again: " + ("the build resumes from what it finished." if resumes else
+                                                  "nothing was written yet."))
 
 
 def build_dir_for(output: str) -> str:
@@ -151,6 +183,8 @@ def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | No
         paths.write_atomic(paths.join(build, BUILD_MARKER),
                            json.dumps({"output": output, "started": time.time(), "fingerprint": fingerprint}).encode())
     except OSError as err:
+        if is_no_space(err):
+            raise no_space(output, build) from err
         raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
     return build
 
@@ -174,6 +208,12 @@ def _why_not_resumed(inputs_path: str | None, inputs: dict[str, list[int]] | Non
                                                                       else "")
             parts.append(f"{len(names)} {what}: {shown}")
     return "whose input files have changed since (" + "; ".join(parts) + "), so its decoded audio and chunks are stale"
+
+
+def build_lock(output: str) -> paths.FileLock:
+    """The lock that one build of `output` at a time holds: `OUTPUT.incomplete.lock`, beside the
+    build folder (inside it, removing a leftover would remove the lock too)."""
+    return paths.FileLock(build_dir_for(output) + LOCK_SUFFIX, f"output={output!r}")
 
 
 def replace_with_build(build: str, output: str) -> None:
