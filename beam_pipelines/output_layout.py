@@ -64,10 +64,8 @@ def is_no_space(err: BaseException) -> bool:
 
 def no_space(output: str, build: str, resumes: bool = True) -> NoSpaceError:
     """The one-line error for a build of `output` that filled its disk."""
-    where = paths.existing_ancestor(build) if not paths.is_remote(build) else build
-    return NoSpaceError(f"output={output!r}: no space left on device while writing the build folder {build!r} "
-                        f"(on the filesystem of {where!r}). Free some space (or ask for fewer examples) and run the "
-                        "same command again: " + ("the build resumes from what it finished." if resumes else
+    return NoSpaceError(f"output={output!r}: no space left on device while writing {build!r}. Free some space "
+                        "(or ask for fewer examples) and run the same command again: " + ("the build resumes from what it finished." if resumes else
                                                   "nothing was written yet."))
 
 

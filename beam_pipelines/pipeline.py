@@ -21,6 +21,7 @@ the dataset grows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -587,6 +588,23 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
                                  opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
 
 
+@contextlib.contextmanager
+def _beam_errors_unlogged():
+    """Beam logs a failing bundle's traceback as an error and then raises it: the error that ends
+    the job is reported once, by the caller (one line for a full disk or Ctrl-C, the traceback for a
+    bug). With --verbose (apache_beam at DEBUG) everything is logged."""
+    logger = logging.getLogger("apache_beam")
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _interrupted(err: BaseException) -> bool:
     """True for Ctrl-C: a KeyboardInterrupt here, or one in a Beam worker (re-raised in the launcher as
     a RuntimeError naming it)."""
@@ -648,8 +666,9 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
              len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
     build_dir = layout.start_build(opts.output, plan.fingerprint(opts), inputs=plan.identities)
     try:
-        runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir),
-                             beam_args, workers)
+        with _beam_errors_unlogged():
+            runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir),
+                                 beam_args, workers)
         problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
