@@ -121,3 +121,16 @@ def test_the_space_refusal_gives_small_sizes_in_a_unit_that_fits(corpus, tmp_pat
     assert "0.0 GiB" not in line, line
     assert " MiB but only " in line and " KiB are free" in line and "--yes" in line, line
     assert paths.format_bytes(512) == "512 bytes" and paths.format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_evaluate_mixture_arguments_are_refused_naming_the_flag(corpus, tmp_path, capsys):
+    voice_dir, noise_dir = corpus
+    rc = speech_enhance.main(["evaluate", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--output",
+                              str(tmp_path / "ev"), "--num-mixtures", "1", "--no-pesq", "--no-stoi", "--duration", "nan"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "--duration nan" in line, line
+    # The library names its argument (the command maps it to --seed, as --duration above).
+    from predictor.eval_items import make_mixtures
+
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer. Received: seed=-1"):
+        make_mixtures(voice_dir, noise_dir, num_mixtures=1, seed=-1)
