@@ -122,7 +122,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"--split-fractions takes three finite non-negative numbers for train,valid,test, e.g. 0.8,0.1,0.1. Received: {text!r}")
+        raise ValueError(f"--split-fractions takes three non-negative numbers for train,valid,test (finite, not all zero), e.g. 0.8,0.1,0.1. Received: {text!r}")
     total = sum(values)
     return tuple(v / total for v in values)  # type: ignore[return-value]
 
