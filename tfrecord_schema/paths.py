@@ -8,6 +8,8 @@ Every stage reads and writes through these functions. Rules they keep:
   bucket an upload is itself atomic (an object appears only when its upload completes), so objects
   are written under their final name and a rename, a full copy there, is saved.
 - Remote files are streamed (`open_read`), never downloaded whole first.
+- A file can be created only if absent (`create_exclusive`: O_EXCL locally, a generation
+  precondition on gs://), which is what `FileLock` (one build of a dataset at a time) rests on.
 
 Local paths go through `os`. Remote paths go through one of two clients, both able to talk to
 Google Cloud Storage: Apache Beam's `FileSystems` (what the dataset job's workers have; the `gcp`
