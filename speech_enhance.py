@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args, extra) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, a full disk, ...
         print(f"speech-enhance {args.command}: error: {err}", file=sys.stderr)
         return 2
 

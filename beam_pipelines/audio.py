@@ -27,10 +27,21 @@ def list_audio(root: str) -> list[str]:
     `root` is literal (a folder named `take[1]` is that folder). A missing local folder is an error;
     a remote prefix with nothing below it gives [] (buckets have no empty folders).
     """
+    _check_folder(root)
+    return [rel for rel in paths.list_files(root) if rel.lower().endswith(AUDIO_EXTENSIONS)]
+
+
+def list_audio_identities(root: str) -> dict[str, tuple[int, int]]:
+    """{relative path: (size in bytes, modification time in ns)} of every file `list_audio` lists
+    (`paths.list_identities`)."""
+    _check_folder(root)
+    return {rel: v for rel, v in paths.list_identities(root).items() if rel.lower().endswith(AUDIO_EXTENSIONS)}
+
+
+def _check_folder(root: str) -> None:
     if not paths.is_remote(root) and not os.path.isdir(root):
         kind = "is a file, not a folder" if os.path.exists(root) else "not found"
         raise FileNotFoundError(f"Audio folder {kind}: {root!r}. Pass an existing local folder or gs:// prefix.")
-    return [rel for rel in paths.list_files(root) if rel.lower().endswith(AUDIO_EXTENSIONS)]
 
 
 def read_bytes(path: str) -> bytes:

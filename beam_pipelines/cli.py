@@ -19,7 +19,8 @@ build leaves an existing dataset as it was. OUTPUT must be new, empty, or a data
 # Library argument names in error messages, as the flags a CLI user typed.
 _FLAG_NAMES = (("overwrite=True", "--overwrite"), ("assume_yes=True", "--yes"), ("voice_dir=", "--voice-dir "),
                ("noise_dir=", "--noise-dir "), ("num_examples=", "--num-examples "), ("output=", "--output "),
-               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "))
+               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "),
+               ("break_lock=True", "--break-lock"))
 # AugmentOptions' arguments and their flags (named bare too: "reverb_probability must be ...").
 _AUGMENT_FLAGS = (("reverb_probability", "--reverb-probability"), ("rt60_range", "--rt60"),
                   ("early_reflections_ms", "--early-reflections-ms"), ("room_count", "--rooms"),
@@ -84,6 +85,16 @@ def unknown_beam_args(args: list[str]) -> list[str]:
     return unknown
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, e.g. 4; received {text!r}")
+    return value
+
+
 def _range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(":"))
@@ -128,6 +139,10 @@ def register(subparsers) -> None:
                           "other files)")
     out.add_argument("--yes", action="store_true",
                      help="build even if the estimated size exceeds the free space of a local --output")
+    out.add_argument("--break-lock", action="store_true",
+                     help="take over OUTPUT.incomplete.lock, which a build holds while it runs; only for a build "
+                          "that is gone (its machine crashed). A lock of a process of this host that no longer "
+                          "runs is taken over without it")
     mix = p.add_argument_group("mixing")
     mix.add_argument("--seed", type=int, default=0, help="global seed; with the same arguments, the same examples")
     levels = mix.add_mutually_exclusive_group()
@@ -177,7 +192,7 @@ def register(subparsers) -> None:
     augment.add_argument("--noise-lowpass-hz", type=_range, metavar="LOW:HIGH",
                          help="low-pass cut-off range in Hz, below half the sample rate (default: 1000:3500)")
     run = p.add_argument_group("execution")
-    run.add_argument("--workers", type=int, default=None,
+    run.add_argument("--workers", type=_positive_int, default=None,
                      help="local worker processes: FnApiRunner's, or those of the local Dask cluster that "
                           "--runner DaskRunner starts without --dask_client_address (default: all cores)")
     run.add_argument("--chunk-size", type=int, default=100, help="examples per work item (default: %(default)s)")
@@ -206,7 +221,7 @@ def run_dataset_command(args, extra) -> int:
     refuse_unknown_beam_args(extra, "dataset")
     try:
         return _run_dataset(args, extra)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except (ValueError, OSError) as err:
         raise type(err)(_as_flags(str(err))) from err
 
 
@@ -241,9 +256,11 @@ def _run_dataset(args, extra) -> int:
         noise_classes_file=args.noise_classes, max_shard_bytes=int(args.shard_size_mb * 2**20),
         chunk_size=args.chunk_size, compression="GZIP" if args.compression == "gzip" else "",
         write_audio=tuple(args.write_audio), overwrite=args.overwrite)
-    arguments = {k: v for k, v in vars(args).items() if k not in ("func", "accepts_extra", "verbose", "command")}
+    arguments = {k: v for k, v in vars(args).items()
+                 if k not in ("func", "accepts_extra", "verbose", "command", "break_lock")}
     arguments.update(voice_dir=voice_dir, noise_dir=noise_dir, beam_args=list(extra))
-    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes)
+    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes,
+                break_lock=args.break_lock)
     return 0
 
 

@@ -29,6 +29,11 @@ SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
 METADATA_BYTES = 1000  # serialized metadata and framing per record, for shard sizing (babble lists up to 6+ files)
 SNR_EDGES = [float(v) for v in range(-30, 51)]  # 1 dB bins; values outside are clamped into the ends
 LEVEL_EDGES = [round(0.05 * i, 2) for i in range(0, 41)]  # 0.00 .. 2.00
+# The SNRs a training example can mean anything at: at -60 dB the voice is a thousandth of the noise;
+# at +100 dB the noise lies below 16-bit audio's quantisation (-96 dBFS). Wider values only overflow
+# (1e300, inf) or give examples that are all noise or all voice.
+SNR_LIMITS_DB = (-60.0, 100.0)
+LEVEL_LIMITS = (10.0 ** (-SNR_LIMITS_DB[1] / 20.0), 10.0 ** (-SNR_LIMITS_DB[0] / 20.0))  # noise/voice RMS ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +49,25 @@ class MixOptions:
     def __post_init__(self) -> None:
         if (self.level_range is None) == (self.snr_range_db is None):
             raise ValueError("MixOptions needs exactly one of level_range and snr_range_db")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            # numpy's SeedSequence takes non-negative integers only.
+            raise ValueError(f"--seed takes a non-negative integer, e.g. 0. Received: {self.seed!r}")
         if self.level_range is not None:
             lo, hi = self.level_range
-            if not 0 < lo <= hi:
-                raise ValueError(f"--noise-level takes LOW:HIGH with 0 < LOW <= HIGH, e.g. 0.2:0.8. Received: {lo}:{hi}")
-        if self.snr_range_db is not None and self.snr_range_db[0] > self.snr_range_db[1]:
-            raise ValueError(f"--snr-db takes LOW:HIGH with LOW <= HIGH, e.g. -5:15. Received: {self.snr_range_db}")
+            low, high = LEVEL_LIMITS
+            if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+                raise ValueError(f"--noise-level takes LOW:HIGH with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
+                                 f"e.g. 0.2:0.8. Received: {lo}:{hi}")
+        if self.snr_range_db is not None:
+            lo, hi = self.snr_range_db
+            low, high = SNR_LIMITS_DB
+            if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+                raise ValueError(f"--snr-db takes LOW:HIGH in dB with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
+                                 f"e.g. -5:15. Received: {lo}:{hi}")
         lo, hi = self.loudness_range_dbfs
-        if not lo <= hi <= 0:
-            raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0, e.g. -35:-15. Received: {lo}:{hi}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi <= 0):
+            raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0 (finite), e.g. -35:-15. "
+                             f"Received: {lo}:{hi}")
 
     def draw_level(self, rng: np.random.Generator) -> float:
         if self.level_range is not None:

@@ -14,6 +14,7 @@ from tfrecord_schema.dataset_info import DatasetInfo, shard_files, shard_sizes
 from tfrecord_schema.records import read_records
 
 LOG = logging.getLogger(__name__)
+MAGNITUDE_KEYS = ("noisy_magnitude", "clean_magnitude")
 
 
 def load_info(dataset: str) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def check_shard_sizes(dataset: str, info: dict) -> list[str]:
 
 def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
     """Reads every record of every shard: both CRCs, the record schema, the per-shard and per-split counts,
-    and each shard's record index (when dataset_info.json lists one) against the records as read.
+    examples whose magnitudes are all zero, and each shard's record index (when dataset_info.json lists
+    one) against the records as read.
 
     Returns (one message per damaged shard or index, records read).
     """
@@ -46,17 +48,25 @@ def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
         for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
             if path in damaged:
                 continue
-            count, lengths = 0, []
+            count, lengths, empty = 0, [], []
             try:
                 with paths.open_read(path) as f:
                     for record in read_records(f, info.get("compression", ""), name=path):
-                        decode(record)
+                        example = decode(record)
+                        if not all(np.any(example[key]) for key in MAGNITUDE_KEYS):
+                            empty.append(example["example_id"])
                         lengths.append(len(record) + shard_index.FRAMING_BYTES)
                         count += 1
             except (ValueError, OSError, EOFError) as err:
                 problems.append(f"{path}: {err}" if path in str(err) else f"{path}: record {count}: {err}")
                 continue
             records += count
+            if empty:
+                # Readable records with nothing in them: the mixture level underflowed the store's
+                # dtype (a dataset built before `--loudness-dbfs` was checked against it).
+                problems.append(f"{path}: {len(empty)} of {count} examples hold an all-zero magnitude spectrogram "
+                                f"(first: {empty[0]}); their audio underflowed {info['spectrogram']['dtype']}. "
+                                "Rebuild with a louder --loudness-dbfs.")
             if count != shard["num_examples"]:
                 problems.append(f"{path}: {count} records, dataset_info.json says {shard['num_examples']}")
             if shard.get("index"):
@@ -153,7 +163,7 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
             lines.extend(_bars(hist[key]["edges"], counts, group=group))
     if verify:
         problems, records = verify_dataset(dataset, info)
-        checked = f"read all {records} records: CRCs, schema, counts and record indexes"
+        checked = f"read all {records} records: CRCs, schema, counts, all-zero examples and record indexes"
     else:
         problems = check_shard_sizes(dataset, info)
         checked = "shard sizes only; --verify reads every record"

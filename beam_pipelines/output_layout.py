@@ -8,6 +8,7 @@ files the job and `inspect` write beside them). A folder holding anything else i
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
 LOG = logging.getLogger(__name__)
 
 BUILD_SUFFIX = ".incomplete"
+LOCK_SUFFIX = ".lock"  # OUTPUT.incomplete.lock: held while a build of OUTPUT runs (build_lock)
 BUILD_MARKER = "_BUILDING.json"
+INPUTS_FILE = "_work/inputs.json"  # the inputs' identities when the build started (start_build)
 _SPLIT = "|".join(SPLITS)
 # Relative paths of the files a dataset folder may hold (all written by the job or by `inspect`).
 _DATASET_FILE = re.compile(
@@ -38,9 +41,43 @@ def is_dataset_file(rel: str) -> bool:
     return bool(_DATASET_FILE.match(rel))
 
 
+class NoSpaceError(OSError):
+    """The disk that holds a build filled up while it ran (errno ENOSPC); the build folder is kept."""
+
+    errno = errno.ENOSPC
+
+
+def is_no_space(err: BaseException) -> bool:
+    """True when `err`, or an error it was raised from, is a full disk: an OSError with errno ENOSPC
+    here, or, from a Beam worker (re-raised in the launcher as a RuntimeError holding the worker's
+    message), its text."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if f"[Errno {errno.ENOSPC}]" in str(err) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def no_space(output: str, build: str, resumes: bool = True) -> NoSpaceError:
+    """The one-line error for a build of `output` that filled its disk."""
+    return NoSpaceError(f"output={output!r}: no space left on device while writing {build!r}. Free some space "
+                        "(or ask for fewer examples) and run the same command again: " + ("the build resumes from what it finished." if resumes else
+                                                  "nothing was written yet."))
+
+
 def build_dir_for(output: str) -> str:
     output = output.rstrip("/") if paths.is_remote(output) else output.rstrip("/") or "/"
     return paths.join(paths.dirname(output), paths.basename(output) + BUILD_SUFFIX)
+
+
+def same_or_inside(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies below it, compared as resolved locations (absolute,
+    symbolic links followed, trailing separators dropped)."""
+    return _inside(path, folder)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -103,19 +140,23 @@ def check_space(output: str, estimate: int, assume_yes: bool) -> None:
     free = paths.free_bytes(output)
     if free is None or estimate <= free or assume_yes:
         return
-    raise ValueError(f"The dataset would take about {estimate / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB are "
+    raise ValueError(f"The dataset would take about {paths.format_bytes(estimate)} but only "
+                     f"{paths.format_bytes(free)} are "
                      f"free where output={output!r} goes. Ask for fewer examples, free some space, or pass "
                      "assume_yes=True if space will be freed while it runs.")
 
 
-def start_build(output: str, fingerprint: str) -> str:
+def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | None = None) -> str:
     """Returns the build folder for `output`, ready for a build whose content `fingerprint` names.
 
     The leftover of an interrupted build (recognised by its marker file) is resumed when it has the
     same fingerprint, so its finished decodes and parts are reused, and removed otherwise; a folder
-    of that name that no build left is refused, never deleted.
+    of that name that no build left is refused, never deleted. `inputs` ({input name: identity},
+    part of the fingerprint) is kept in the build folder, so that a leftover removed because input
+    files changed is logged as such, naming them.
     """
     build = build_dir_for(output)
+    inputs_path = paths.join(build, INPUTS_FILE)
     leftover = paths.list_files(build) if paths.exists_folder(build) else []
     if leftover:
         if BUILD_MARKER not in leftover or not all(is_dataset_file(rel) for rel in leftover):
@@ -126,17 +167,51 @@ def start_build(output: str, fingerprint: str) -> str:
         except ValueError:
             marker = {}
         if marker.get("fingerprint") == fingerprint:
+            # Files being written when the build stopped (no writer is left: the build lock is ours).
+            paths.delete_files([paths.join(build, rel) for rel in leftover if paths.INCOMPLETE_MARK in rel])
             LOG.info("resuming the interrupted build in %s: finished work is reused", build)
             return build
-        LOG.info("removing %s, left by an interrupted build with other arguments or inputs", build)
+        LOG.info("removing %s, left by an interrupted build %s; starting over", build,
+                 _why_not_resumed(inputs_path if INPUTS_FILE in leftover else None, inputs))
         paths.delete_tree(build)
     try:
         paths.makedirs(build)
+        if inputs is not None:
+            paths.write_atomic(inputs_path, json.dumps(inputs, sort_keys=True).encode())
         paths.write_atomic(paths.join(build, BUILD_MARKER),
                            json.dumps({"output": output, "started": time.time(), "fingerprint": fingerprint}).encode())
     except OSError as err:
+        if is_no_space(err):
+            raise no_space(output, build) from err
         raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
     return build
+
+
+def _why_not_resumed(inputs_path: str | None, inputs: dict[str, list[int]] | None) -> str:
+    """"with other arguments", or which input files changed since the leftover was started."""
+    if inputs_path is None or inputs is None:
+        return "with other arguments or inputs"
+    try:
+        before = json.loads(paths.read_text(inputs_path))
+    except (ValueError, OSError):
+        return "with other arguments or inputs"
+    changed = sorted(k for k in inputs.keys() & before.keys() if list(before[k]) != list(inputs[k]))
+    added, removed = sorted(inputs.keys() - before.keys()), sorted(before.keys() - inputs.keys())
+    if not (changed or added or removed):
+        return "with other arguments"
+    parts = []
+    for what, names in (("changed (size or modification time)", changed), ("added", added), ("removed", removed)):
+        if names:
+            shown = ", ".join(n.split(":", 1)[1] for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3
+                                                                      else "")
+            parts.append(f"{len(names)} {what}: {shown}")
+    return "whose input files have changed since (" + "; ".join(parts) + "), so its decoded audio and chunks are stale"
+
+
+def build_lock(output: str) -> paths.FileLock:
+    """The lock that one build of `output` at a time holds: `OUTPUT.incomplete.lock`, beside the
+    build folder (inside it, removing a leftover would remove the lock too)."""
+    return paths.FileLock(build_dir_for(output) + LOCK_SUFFIX, f"output={output!r}")
 
 
 def replace_with_build(build: str, output: str) -> None:

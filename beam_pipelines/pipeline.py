@@ -21,6 +21,7 @@ the dataset grows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -103,6 +104,14 @@ class DatasetOptions:
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
         self.augment.check_sample_rate(self.config.sample_rate)
+        quietest = self.config.quietest_loudness_dbfs
+        if self.mix.loudness_range_dbfs[0] < quietest:
+            lo, hi = self.mix.loudness_range_dbfs
+            raise ValueError(f"--loudness-dbfs {lo:g}:{hi:g} is too quiet for {self.config.dtype} spectrograms: below "
+                             f"{quietest:.1f} dBFS the magnitudes underflow the store (all zeros, or below the "
+                             f"{self.config.log_floor_db:g} dB floor the model clips to). Use LOW >= {quietest:.1f}, "
+                             "e.g. -35:-15.")
+        _check_distinct_folders({"voice_dir": self.voice_dirs, "noise_dir": self.noise_dirs})
         for split in self.write_audio:
             if split not in SPLITS:
                 raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
@@ -116,6 +125,25 @@ class DatasetOptions:
         return (self.noise_dir,) if isinstance(self.noise_dir, str) else self.noise_dir
 
 
+def _check_distinct_folders(folders: dict[str, Sequence[str]]) -> None:
+    """Refuses input folders that overlap: one folder under two spellings (`vox`, `vox/`, relative and
+    absolute, a symbolic link), a folder and one of its subfolders, or a folder given both as voice and
+    noise. Their files would be read twice: counted twice, listed in two splits, drawn more often."""
+    given = [(name, folder) for name, values in folders.items() for folder in values]
+    for i, (name_a, a) in enumerate(given):
+        for name_b, b in given[i + 1:]:
+            if layout.same_or_inside(a, b) and layout.same_or_inside(b, a):
+                what = "the same folder"
+            elif layout.same_or_inside(a, b) or layout.same_or_inside(b, a):
+                what = "a folder and a folder inside it"
+            else:
+                continue
+            cross = name_a != name_b
+            raise ValueError(f"{name_a}={a!r} and {name_b}={b!r} are {what}: its files would be read twice"
+                             f"{' (as voice and as noise)' if cross else ''}. Give each folder once"
+                             f"{', and keep voice and noise folders apart' if cross else ''}.")
+
+
 # --- planning (in the launcher, before any worker starts) ----------------------------------------
 
 @dataclasses.dataclass
@@ -125,6 +153,8 @@ class Plan:
     work: list[gen.WorkItem]  # grows with the number of shards, not of examples
     counts: dict[str, int]
     classes_source: str | list[str]
+    # "voice:NAME" / "noise:NAME" -> [size in bytes, modification time in ns] of every input file listed
+    identities: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_chunks(self) -> int:
@@ -132,10 +162,18 @@ class Plan:
 
     def fingerprint(self, opts: "DatasetOptions") -> str:
         """Everything the shards' bytes depend on: a build folder left with another fingerprint is
-        not resumed."""
+        not resumed.
+
+        That includes each input file's content identity, its size and modification time (ns): a
+        file replaced under the same name (another recording copied over it) changes them, so a
+        resumed build never reuses audio decoded from the old file. Size and time cost one stat
+        per file (one listing on a bucket), where a hash would read the whole corpus; they are what
+        rsync and make trust, and a rewrite that keeps both (`cp -p` of a file of the same size) is
+        the case they miss."""
         content = {"options": {k: v for k, v in dataclasses.asdict(opts).items()
                                if k not in ("output", "overwrite", "cache_bytes")},
-                   "voices": self.voices, "noises": self.noises, "counts": self.counts}
+                   "voices": self.voices, "noises": self.noises, "counts": self.counts,
+                   "identities": self.identities}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -149,17 +187,21 @@ def corpus_tags(folders: Sequence[str]) -> list[str]:
     return [name if names.count(name) == 1 else f"{name}-{names[:i + 1].count(name)}" for i, name in enumerate(names)]
 
 
-def _list_inputs(folders: Sequence[str], flag: str) -> list[tuple[str, str, str, str]]:
-    """(name, path, folder, path relative to folder) of every audio file of every folder; a folder
-    without audio is an error that names it."""
-    found = []
+def _list_inputs(folders: Sequence[str], flag: str) -> tuple[list[tuple[str, str, str, str]], dict[str, list[int]]]:
+    """(name, path, folder, path relative to folder) of every audio file of every folder, and each
+    name's identity [size in bytes, modification time in ns]; a folder without audio is an error
+    that names it."""
+    found, identities = [], {}
     for tag, folder in zip(corpus_tags(folders), folders):
-        files = audio_lib.list_audio(folder)
+        files = audio_lib.list_audio_identities(folder)
         if not files:
             role = "voice" if flag == "--voice-dir" else "noise"
             raise ValueError(f"No {role} audio (wav, flac, ogg) found under {flag} {folder!r}.")
-        found += [(f"{tag}/{rel}" if tag else rel, paths.join(folder, rel), folder, rel) for rel in files]
-    return found
+        for rel, identity in files.items():
+            name = f"{tag}/{rel}" if tag else rel
+            found.append((name, paths.join(folder, rel), folder, rel))
+            identities[name] = list(identity)
+    return found, identities
 
 
 def _class_table(opts: DatasetOptions, noise_dir: str) -> tuple[dict[str, str], str]:
@@ -175,8 +217,8 @@ def make_plan(opts: DatasetOptions) -> Plan:
 
     Fails at once, with the folder named, when a voice or noise folder holds no audio file.
     """
-    voice_inputs = _list_inputs(opts.voice_dirs, "--voice-dir")
-    noise_inputs = _list_inputs(opts.noise_dirs, "--noise-dir")
+    voice_inputs, voice_identities = _list_inputs(opts.voice_dirs, "--voice-dir")
+    noise_inputs, noise_identities = _list_inputs(opts.noise_dirs, "--noise-dir")
     tags = dict(zip(opts.voice_dirs, corpus_tags(opts.voice_dirs)))
     tables = {folder: _class_table(opts, folder) for folder in opts.noise_dirs}
     classes_source = [tables[f][1] for f in opts.noise_dirs]
@@ -209,7 +251,9 @@ def make_plan(opts: DatasetOptions) -> Plan:
               for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
               for f in noise_files if noise_split.get(f)]
-    return Plan(voices, noises, work, counts, classes_source)
+    identities = {"voice:" + f: v for f, v in voice_identities.items()}
+    identities.update({"noise:" + f: v for f, v in noise_identities.items()})
+    return Plan(voices, noises, work, counts, classes_source, identities)
 
 
 def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], where: str):
@@ -544,40 +588,110 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
                                  opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
 
 
+@contextlib.contextmanager
+def _beam_errors_unlogged():
+    """Beam logs a failing bundle's traceback as an error and then raises it: the error that ends
+    the job is reported once, by the caller (one line for a full disk or Ctrl-C, the traceback for a
+    bug). With --verbose (apache_beam at DEBUG) everything is logged."""
+    logger = logging.getLogger("apache_beam")
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _interrupted(err: BaseException) -> bool:
+    """True for Ctrl-C: a KeyboardInterrupt here, or one in a Beam worker (re-raised in the launcher as
+    a RuntimeError naming it)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, KeyboardInterrupt) or (isinstance(err, RuntimeError) and
+                                                  str(err).startswith("KeyboardInterrupt")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
-                arguments: dict | None = None, assume_yes: bool = False) -> dict:
+                arguments: dict | None = None, assume_yes: bool = False, break_lock: bool = False) -> dict:
     """Builds the dataset described by `opts`; returns its dataset_info (also written to disk).
 
     The job writes into a sibling build folder (`OUTPUT.incomplete`); only a finished dataset replaces
     what `opts.output` held, so a failed or killed build leaves an existing dataset as it was.
     `assume_yes` accepts an estimated size larger than the free space of a local output.
+
+    One build of an output runs at a time: it holds `OUTPUT.incomplete.lock` (pid, host, start time,
+    command) from before the output is checked until it ends, however it ends. A second build of the
+    same output is refused with the first one named; a lock left by a process of this host that no
+    longer runs is taken over, and `break_lock` takes over any lock (a holder on a crashed machine).
     """
     started = time.time()
-    layout.check_output(opts.output, opts.overwrite, inputs={"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs})
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be a positive number of local processes (None: one per core). "
+                         f"Received: workers={workers!r}")
+    inputs = {"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs}
+    layout.check_output(opts.output, opts.overwrite, inputs=inputs)
     estimate = layout.estimate_bytes(opts.num_examples, opts.config, opts.split_fractions, opts.write_audio,
                                      opts.compression)
     layout.check_space(opts.output, estimate, assume_yes)
-    plan = make_plan(opts)
-    LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %.1f MiB", len(plan.voices),
-             len(plan.noises), plan.counts, plan.num_chunks, estimate / 2**20)
-    workers = workers or os.cpu_count() or 1
     if runners.is_dask(beam_args):
         runners.require_dask()
-    build_dir = layout.start_build(opts.output, plan.fingerprint(opts))
+    lock = layout.build_lock(opts.output)
     try:
-        runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments or {}, started, build_dir),
-                             beam_args, workers)
+        lock.acquire(break_lock=break_lock)
+    except paths.LockHeld:
+        raise
+    except OSError as err:
+        if layout.is_no_space(err):
+            raise layout.no_space(opts.output, lock.path, resumes=False) from err
+        raise PermissionError(f"output={opts.output!r}: cannot create the build lock {lock.path} ({err}).") from err
+    try:
+        # Again, now that no other build of this output can start or finish meanwhile.
+        layout.check_output(opts.output, opts.overwrite, inputs=inputs)
+        return _build(opts, beam_args, workers or os.cpu_count() or 1, arguments or {}, estimate, started)
+    finally:
+        lock.release()
+
+
+def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, arguments: dict, estimate: int,
+           started: float) -> dict:
+    plan = make_plan(opts)
+    LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %s", len(plan.voices),
+             len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
+    build_dir = layout.start_build(opts.output, plan.fingerprint(opts), inputs=plan.identities)
+    try:
+        with _beam_errors_unlogged():
+            runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir),
+                                 beam_args, workers)
         problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
-    except KeyboardInterrupt:
-        LOG.warning("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
-        raise
-    except BaseException:
+    except BaseException as err:
+        if _interrupted(err):
+            # Ctrl-C reaches the workers too (a terminal signals the whole process group): the
+            # launcher may see their KeyboardInterrupt as a RuntimeError before its own.
+            LOG.warning("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt() from err
+        if layout.is_no_space(err):
+            # The finished chunks stay valid: keep them for the rerun once space is freed.
+            raise layout.no_space(opts.output, build_dir) from None
         # Nothing of a failed build is worth keeping, and the old dataset (if any) was not touched.
         paths.delete_tree(build_dir)
         raise
-    layout.replace_with_build(build_dir, opts.output)
+    try:
+        layout.replace_with_build(build_dir, opts.output)
+    except OSError as err:
+        if layout.is_no_space(err):
+            raise layout.no_space(opts.output, build_dir) from None
+        raise
     info = DatasetInfo.read(opts.output).to_dict()
     # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).
     LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s%s", opts.output, time.time() - started,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import posixpath
 import re
 from typing import Iterable, Mapping, Sequence
@@ -120,8 +121,8 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"--split-fractions takes three non-negative numbers for train,valid,test, e.g. 0.8,0.1,0.1. Received: {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"--split-fractions takes three non-negative numbers for train,valid,test (finite, not all zero), e.g. 0.8,0.1,0.1. Received: {text!r}")
     total = sum(values)
     return tuple(v / total for v in values)  # type: ignore[return-value]
 

@@ -86,9 +86,11 @@ def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = DEF
     equals the SNR exactly and, if the mixture would clip, both are scaled down together
     (`beam_pipelines.mixing.mix_at_snr`). Voice segments quieter than -60 dBFS are redrawn.
     """
-    if num_mixtures < 1 or duration <= 0:
-        raise ValueError(f"num_mixtures and duration must be positive. Received: num_mixtures={num_mixtures}, "
-                         f"duration={duration}")
+    if num_mixtures < 1 or not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"num_mixtures and duration must be positive (and finite). Received: "
+                         f"num_mixtures={num_mixtures}, duration={duration}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:  # numpy seeds are non-negative
+        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
     _, voices = audio_io.find_audio_files(voice_dir)
     _, noises = audio_io.find_audio_files(noise_dir)
     classes = noise_classes(noise_dir, noises)

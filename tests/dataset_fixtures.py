@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile
@@ -96,3 +97,20 @@ def kill_build_when(cmd: list[str], ready: Callable[[], bool], timeout_s: float 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def small_filesystem(folder, size: str = "256k") -> Iterator[bool]:
+    """Mounts a tmpfs of `size` on `folder` (created) for the block: a real full disk. Yields False,
+    mounting nothing, where mounting is not allowed (not root): the caller then injects the error."""
+    os.makedirs(folder, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)

@@ -1,7 +1,9 @@
 """A dataset build killed part way resumes from what it finished, and gives the same bytes."""
 
 import json
+import logging
 import os
+import shutil
 import sys
 
 import speech_enhance
@@ -48,3 +50,39 @@ def test_a_build_left_with_other_arguments_is_not_reused(tmp_path):
     with open(tmp_path / "ds" / "dataset_info.json") as f:
         info = json.load(f)
     assert info["seed"] == 2 and info["chunks_reused"] == 0
+
+
+def test_a_resumed_build_starts_over_when_inputs_were_replaced_under_the_same_names(tmp_path, caplog):
+    voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=5, utterances=1)
+    # Other recordings under the same names (make_corpus names files by speaker and utterance).
+    other_voices, _ = make_corpus(str(tmp_path / "other"), speakers=5, utterances=1, seed=8)
+    args = ["dataset", "--noise-dir", noise_dir, "--num-examples", "200", "--chunk-size", "2", "--shard-size-mb", "4",
+            "--workers", "1"]
+    out, build = tmp_path / "ds", tmp_path / "ds.incomplete"
+    parts = build / "_work" / "parts"
+    kill_build_when([sys.executable, "-m", "speech_enhance", *args, "--voice-dir", voice_dir, "--output", str(out)],
+                    lambda: parts.is_dir() and sum(name.endswith(".json") for name in os.listdir(parts)) >= 10)
+    assert not out.exists()
+    replaced = []
+    for base, _, names in os.walk(other_voices):
+        for name in names:
+            target = os.path.join(voice_dir, os.path.relpath(os.path.join(base, name), other_voices))
+            shutil.copyfile(os.path.join(base, name), target)
+            replaced.append(target)
+    assert len(replaced) == 5
+
+    with caplog.at_level(logging.INFO, logger="beam_pipelines"):
+        assert speech_enhance.main(args + ["--voice-dir", voice_dir, "--output", str(out)]) == 0
+    assert "input files have changed since (5 changed (size or modification time)" in caplog.text
+    with open(out / "dataset_info.json") as f:
+        info = json.load(f)
+    assert info["chunks_reused"] == 0
+    # Byte for byte the dataset a fresh build of the new recordings gives.
+    assert speech_enhance.main(args + ["--voice-dir", other_voices, "--output", str(tmp_path / "fresh")]) == 0
+    with open(tmp_path / "fresh" / "dataset_info.json") as f:
+        fresh = json.load(f)
+    assert info["sources"]["voices"] == fresh["sources"]["voices"]
+    for split in info["splits"].values():
+        for shard in split["shards"]:
+            with open(out / shard["file"], "rb") as a, open(tmp_path / "fresh" / shard["file"], "rb") as b:
+                assert a.read() == b.read(), shard["file"]

@@ -105,6 +105,23 @@ class SpectrogramConfig:
     def bytes_per_value(self) -> int:
         return 2 if self.dtype == "float16" else 4
 
+    @property
+    def quietest_loudness_dbfs(self) -> float:
+        """The lowest mixture RMS level (dBFS) whose spectrogram the records can hold.
+
+        A typical bin's STFT magnitude is the signal's RMS times the Hann window's RMS gain,
+        sqrt(sum w**2) = sqrt(3 n_fft / 8) (+19.8 dB at n_fft 255). Below this level that magnitude
+        falls under the larger of the storage dtype's smallest normal number (float16: 6.1e-5, -84 dB;
+        below it precision is lost, then values flush to zero) and the log floor the model clips to
+        (`log_floor_db`): the examples would hold nothing but zeros or the floor. float16 at 8 kHz:
+        -104.1 dBFS; float32: -119.8 dBFS.
+        """
+        import numpy as np
+
+        smallest_db = 20.0 * math.log10(float(np.finfo(self.dtype).tiny))
+        window_gain_db = 10.0 * math.log10(3.0 * self.n_fft / 8.0)
+        return max(smallest_db, self.log_floor_db) - window_gain_db
+
     def frames_for(self, num_samples: int) -> int:
         """STFT frames for a signal of `num_samples` samples."""
         return 1 + (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length

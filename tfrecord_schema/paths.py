@@ -8,6 +8,8 @@ Every stage reads and writes through these functions. Rules they keep:
   bucket an upload is itself atomic (an object appears only when its upload completes), so objects
   are written under their final name and a rename, a full copy there, is saved.
 - Remote files are streamed (`open_read`), never downloaded whole first.
+- A file can be created only if absent (`create_exclusive`: O_EXCL locally, a generation
+  precondition on gs://), which is what `FileLock` (one build of a dataset at a time) rests on.
 
 Local paths go through `os`. Remote paths go through one of two clients, both able to talk to
 Google Cloud Storage: Apache Beam's `FileSystems` (what the dataset job's workers have; the `gcp`
@@ -17,12 +19,19 @@ extra) or TensorFlow's `tf.io.gfile` (what a Colab trainer has). The first insta
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
+import logging
 import os
 import posixpath
 import shutil
+import socket
+import sys
 import uuid
 from typing import BinaryIO, Iterable
+
+LOG = logging.getLogger(__name__)
 
 # Suffix of every temporary file this toolkit writes before renaming it into place.
 INCOMPLETE_MARK = ".incomplete-"
@@ -45,6 +54,10 @@ class _BeamClient:
 
     def list_files(self, prefix: str) -> list[str]:
         return [m.path for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list]
+
+    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
+        return {m.path: (int(m.size_in_bytes), int(round((m.last_updated_in_seconds or 0) * 1e9)))
+                for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list}
 
     def isfile(self, path: str) -> bool:
         return self.fs.exists(path)
@@ -85,6 +98,13 @@ class _TensorFlowClient:
             return out
         for folder, _dirs, files in self.gfile.walk(base):
             out += [posixpath.join(folder.rstrip("/"), name) for name in files]
+        return out
+
+    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
+        out = {}
+        for path in self.list_files(prefix):
+            stat = self.gfile.stat(path)
+            out[path] = (int(stat.length), int(stat.mtime_nsec))
         return out
 
     def isfile(self, path: str) -> bool:
@@ -189,6 +209,23 @@ def list_files(root: str) -> list[str]:
     found = remote_client().list_files(base)
     # Objects named "dir/" are folder markers some clients write (tf.io.gfile.makedirs), not files.
     return sorted(p[len(base):] for p in found if p.startswith(base) and len(p) > len(base) and not p.endswith("/"))
+
+
+def list_identities(root: str) -> dict[str, tuple[int, int]]:
+    """{path relative to `root`: (size in bytes, modification time in ns)} of every file below it, as
+    `list_files` lists them: what tells a replaced file from the one seen before without reading it
+    (the size and time rsync and make compare). On a bucket the time is the object's update time,
+    which every rewrite (a new generation) changes."""
+    if not is_remote(root):
+        out = {}
+        for rel in list_files(root):
+            stat = os.stat(os.path.join(root, rel))
+            out[rel] = (int(stat.st_size), int(stat.st_mtime_ns))
+        return out
+    base = root.rstrip("/") + "/"
+    found = remote_client().list_identities(base)
+    return {p[len(base):]: v for p, v in sorted(found.items())
+            if p.startswith(base) and len(p) > len(base) and not p.endswith("/")}
 
 
 def exists_folder(path: str) -> bool:
@@ -328,9 +365,192 @@ def free_bytes(path: str) -> int | None:
     return shutil.disk_usage(probe if os.path.isdir(probe) else os.path.dirname(probe)).free
 
 
+def format_bytes(num_bytes: float) -> str:
+    """A size for people, in the largest binary unit that keeps it at least 1: "512 bytes", "3.4 MiB",
+    "1.2 GiB" (a size below 1 GiB in GiB reads "0.0 GiB")."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    value, unit = float(num_bytes), 0
+    while abs(value) >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024.0, unit + 1
+    return f"{int(value)} bytes" if unit == 0 else f"{value:.1f} {units[unit]}"
+
+
 def existing_ancestor(path: str) -> str:
     """The nearest local path, `path` itself or a folder above it, that exists."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     return probe
+
+
+def create_exclusive(path: str, data: bytes) -> None:
+    """Writes `data` to a new file `path`, in one step that fails with FileExistsError when a file of
+    that name exists, even against a writer on another machine at the same moment.
+
+    Locally `O_CREAT | O_EXCL`. On gs:// an upload with the precondition `ifGenerationMatch=0`
+    (google-cloud-storage, which Beam's gcp extra installs): Cloud Storage creates the object only
+    when none exists (the test suite's emulator ignores preconditions: there only the existence check
+    before the upload is exercised). Other remote schemes have no such precondition here: an existence check, then
+    a write, with a small window in which two writers both succeed.
+    """
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        except BaseException:
+            os.close(fd)
+            os.remove(path)
+            raise
+        os.close(fd)
+        return
+    if path.startswith("gs://"):
+        from google.api_core import exceptions
+
+        if isfile(path):  # the common case, at the cost of one request; the precondition covers the race
+            raise FileExistsError(f"{path}: exists")
+        bucket, _, name = path[len("gs://"):].partition("/")
+        try:
+            _gcs_client().bucket(bucket).blob(name).upload_from_string(data, if_generation_match=0)
+        except exceptions.PreconditionFailed as err:
+            raise FileExistsError(f"{path}: exists") from err
+        return
+    if isfile(path):
+        raise FileExistsError(f"{path}: exists")
+    LOG.debug("%s: no create-if-absent precondition for this scheme; checked, then written", path)
+    write_atomic(path, data)
+
+
+@functools.lru_cache(maxsize=None)
+def _gcs_client():
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+class LockHeld(FileExistsError):
+    """A lock file exists and its holder may still be running; `holder` is what it wrote."""
+
+    def __init__(self, message: str, holder: dict | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), None where unknown:
+    with the pid it names one process, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_running(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+class FileLock:
+    """A lock held by creating `path` exclusively (`create_exclusive`), locally or on a bucket.
+
+    The file holds who took it: pid, host, start time, command. `acquire` refuses a lock that is held
+    (LockHeld naming the holder) and takes over, with a warning, a lock whose holder is gone: one
+    left on this host by a process that no longer runs (killed, or its machine restarted), or any
+    lock when `break_lock` (for a holder on another host that crashed: this host cannot see it).
+    `release` removes the file only while it is still this holder's.
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path, self.what = path, what
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _content(self) -> bytes:
+        return json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid()),
+            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:]),
+            "token": self.token}).encode()
+
+    def read(self) -> dict | None:
+        """What the lock file holds, None when there is none ({} when unreadable)."""
+        if is_remote(self.path) and not isfile(self.path):
+            return None
+        try:
+            data = read_bytes(self.path)
+        except FileNotFoundError:
+            return None
+        try:
+            holder = json.loads(data)
+        except ValueError:
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        return not _pid_running(holder["pid"], holder.get("process_start"))
+
+    def describe(self, holder: dict) -> str:
+        return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
+                f"{holder.get('started', '?')} ({holder.get('command', '?')!r})")
+
+    def acquire(self, break_lock: bool = False) -> None:
+        for _ in range(5):
+            try:
+                create_exclusive(self.path, self._content())
+                self.held = True
+                return
+            except FileExistsError:
+                pass
+            holder = self.read()
+            if holder is None:  # released in between: try again
+                continue
+            if not (break_lock or self._stale(holder)):
+                raise LockHeld(f"{self.what} is in use by another run: {self.describe(holder)}, which holds the "
+                               f"lock {self.path}. Wait for it to finish or stop it. If that run is gone (its "
+                               "machine crashed), pass break_lock=True to take the lock over.", holder)
+            LOG.warning("taking over the lock %s of %s: %s", self.path, self.describe(holder),
+                        "break_lock=True" if break_lock else "that process no longer runs")
+            self._remove_if_still(holder)
+        raise LockHeld(f"{self.what}: could not take the lock {self.path}: other runs keep taking it.", {})
+
+    def _remove_if_still(self, holder: dict) -> None:
+        """Removes the lock file if it still holds `holder` (another run may have replaced it since)."""
+        if is_remote(self.path):
+            delete_files([self.path])  # no rename on a bucket; the window between read and delete is small
+            return
+        moved = temporary_name(self.path)
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return
+        try:
+            with open(moved, "rb") as f:
+                now = json.loads(f.read() or b"{}")
+        except ValueError:
+            now = {}
+        if now.get("token") != holder.get("token"):
+            try:
+                os.link(moved, self.path)  # someone else's fresh lock: put it back (never over a newer one)
+            except OSError:
+                pass
+        os.remove(moved)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        holder = self.read()
+        if holder and holder.get("token") == self.token:
+            delete_files([self.path])
+        else:
+            LOG.warning("the lock %s was taken over by %s while this run held it", self.path,
+                        self.describe(holder or {}))
