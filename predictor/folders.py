@@ -264,7 +264,7 @@ def check_output_dir(output_dir: str) -> None:
     there (read-only, full, no permission): a probe file is written and removed, with the folders
     made for it. A remote prefix gets a probe object, written and deleted through the path layer.
     """
-    if not isinstance(output_dir, str) or not output_dir:
+    if not output_dir:
         raise ValueError(f"output_dir must name a folder (an empty one would be the current folder). Received: "
                          f"output_dir={output_dir!r}. Pass the folder to write into, e.g. output_dir='denoised'.")
     if paths.is_remote(output_dir):
