@@ -13,6 +13,7 @@ written to a local temporary file, uploaded atomically when complete.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import logging
 import os
@@ -369,6 +370,36 @@ def _process_running(pid: int) -> bool:
     return True
 
 
+# libsndfile's error for a failed system call (SFE_SYSTEM), which soundfile reports as "System error."
+_LIBSNDFILE_SYSTEM_ERROR = 2
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
+
+
+def _system_error(err: Exception, path: str, sound_file: object = None) -> Exception:
+    """`err`, a libsndfile error, as OSError(errno, "No space left on device", `path`) when a system call
+    failed (full or read-only disk, no permission), else `err` itself.
+
+    soundfile turns every failed system call into "System error."; libsndfile keeps the call's own
+    text ("System error : No space left on device.") for `sf_strerror`, which soundfile does not
+    call: it is asked here, of the open file's handle or (after a failed open or close) of the
+    library. Without it (another soundfile) the error stays as it was.
+    """
+    import soundfile
+
+    if getattr(err, "code", None) != _LIBSNDFILE_SYSTEM_ERROR:
+        return err
+    try:
+        ffi, library = soundfile._ffi, soundfile._snd
+        handle = getattr(sound_file, "_file", None) or ffi.NULL
+        text = ffi.string(library.sf_strerror(handle)).decode("utf-8", "replace")
+    except (AttributeError, TypeError, ValueError):
+        return err
+    reason = text.partition(":")[2].strip().rstrip(".") if ":" in text else ""
+    if not reason:
+        return err
+    return OSError(_ERRNO_BY_TEXT.get(reason, errno.EIO), reason, path)
+
+
 class AtomicAudioWriter:
     """Writes a wav/flac/ogg file a block at a time, under `temporary_path(path)` until `commit()`.
 
@@ -418,21 +449,32 @@ class AtomicAudioWriter:
                 os.close(handle)
             else:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self._file = soundfile.SoundFile(self.temporary, "w", samplerate=self.sample_rate, channels=self.channels,
-                                             subtype=self.subtype, format=self.format)
+            try:
+                self._file = soundfile.SoundFile(self.temporary, "w", samplerate=self.sample_rate,
+                                                 channels=self.channels, subtype=self.subtype, format=self.format)
+            except soundfile.LibsndfileError as err:
+                raise _system_error(err, self.path) from err
         if self._clips:
             over = int(np.count_nonzero(np.abs(samples) > 1.0))
             if over:
                 self.clipped += over
                 samples = np.clip(samples, -1.0, 1.0)
-        self._file.write(samples)
+        try:
+            self._file.write(samples)
+        except soundfile.LibsndfileError as err:
+            raise _system_error(err, self.path, self._file) from err
         self.samples_written += int(samples.shape[0])
 
     def commit(self) -> None:
         """Closes the file and renames it into place."""
+        import soundfile
+
         if self._file is None:  # nothing was written: still an (empty) file, as asked
             self.write(np.zeros((0, self.channels), np.float32))
-        self._file.close()
+        try:
+            self._file.close()  # rewrites the header: a full disk can fail here too
+        except soundfile.LibsndfileError as err:
+            raise _system_error(err, self.path) from err
         if self.remote:
             local, self.temporary = self.temporary, None  # gone after this, whatever happens
             try:

@@ -29,7 +29,8 @@ The pipeline (`build_predict_pipeline`), stage by stage:
    the high band added back (`high_band.HighBandMixer`), length fitted to the input's, written
    atomically (`audio_io.AtomicAudioWriter`).
 6. **WriteFailures**: failures of every stage, with their reasons, are written to
-   OUTPUT/failures.jsonl (replacing an earlier run's list, as `enhance_files` does).
+   OUTPUT/failures.jsonl after the entries of an earlier run's list for files this run did not
+   cover (as `enhance_files` does).
 
 Outputs equal `enhance_files`'s to float rounding (tests/test_predict_beam.py): every number goes
 through the same functions; only the model batches differ (other windows share them), and a file
@@ -62,8 +63,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from predictor import audio_io
-from predictor.folders import (DEFAULT_BLOCK_SECONDS, FAILURES_FILE, FileJob, FileSink, PredictSummary,
-                               _read_frames, _write_failures, plan_jobs)
+from predictor.folders import (DEFAULT_BLOCK_SECONDS, FAILURES_FILE, FileJob, FileSink, PredictSummary, _finish,
+                               _read_frames, _unwritable, _write_failures, plan_jobs)
 from predictor.high_band import HighBandGain, HighBandMixer, check_high_band
 from predictor.overlap_add import Frames, Layout, Track
 from tfrecord_schema import paths
@@ -513,14 +514,18 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
             runners.require_dask()
         manifest = JobManifest(output_dir)
         try:
-            shards = manifest.write(jobs)
+            try:
+                shards = manifest.write(jobs)
+            except OSError as err:  # the output's disk full or read-only: before any model work
+                raise _unwritable(manifest.folder, err, "cannot write the job manifest") from err
             del jobs  # the launcher holds no list of files while the pipeline runs
             runners.run_pipeline(
                 lambda p: build_predict_pipeline(
                     p, shards, num_jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"],
                     head=head, batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate,
                     downmix=downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
-                    earlier_failures=summary.failures, pad_bundles=runners.is_dask(args)),
+                    earlier_failures=summary.earlier_failures + summary.failures,
+                    pad_bundles=runners.is_dask(args)),
                 args, workers)
         finally:
             # The pipeline has ended, run or failed; only a killed launcher leaves the manifest behind.
@@ -528,9 +533,10 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
         path = paths.join(output_dir, FAILURES_FILE)
         failures = ([json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
                     if paths.isfile(path) else [])
+        failures = failures[len(summary.earlier_failures):]  # the earlier runs' entries come first (`_finalize`)
         summary.written = num_jobs - (len(failures) - len(summary.failures))
         summary.failures = failures
     else:
-        _write_failures(output_dir, summary.failures)
+        _finish(output_dir, summary)
     summary.processing_seconds = time.perf_counter() - started
     return summary

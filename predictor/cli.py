@@ -138,8 +138,22 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from predictor.enhance import DEFAULT_WORKERS, FAILURES_FILE, Enhancer, enhance_files
+    from predictor.enhance import FAILURES_FILE
+    from predictor.folders import OutputNotWritableError, check_progress_interval
     from tfrecord_schema import paths
+
+    try:
+        check_progress_interval(args.progress_interval)  # before the model loads
+    except ValueError as err:
+        raise _with_flags(err, _PREDICT_FLAGS) from err
+    try:
+        return _run_predict(args, extra, paths.join(args.output, FAILURES_FILE) if args.output else "")
+    except OutputNotWritableError as err:  # the output's disk full or read-only: one line, as for a usage error
+        raise _with_flags(ValueError(str(err)), _PREDICT_FLAGS) from err
+
+
+def _run_predict(args: argparse.Namespace, extra: list[str], failures_path: str) -> int:
+    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
 
     if args.runner is None:
         if extra or args.dask_address:
@@ -179,8 +193,11 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
               f"of {summary.total} files; {summary.audio_seconds:.1f} s of audio in {summary.processing_seconds:.1f} "
               f"s (real-time factor {rtf})")
     if summary.failures:
-        print(f"failures and their reasons: {paths.join(args.output, FAILURES_FILE)}")
+        print(f"failures and their reasons: {failures_path}")
         return 1
+    if summary.earlier_failures:
+        print(f"{len(summary.earlier_failures)} failure(s) of earlier runs, of files this run did not cover, are "
+              f"still listed in {failures_path}")
     return 0
 
 

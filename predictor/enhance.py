@@ -43,6 +43,7 @@ PRETRAINED_16K_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "p
 # Names that `--model` / `model_dir` take for the models shipped in the package. The 8 kHz model
 # is the default; the 16 kHz one is for input at 16 kHz and above (docs/predict.md compares them).
 SHIPPED_MODELS = {"shipped:8k": PRETRAINED_DIR, "shipped:16k": PRETRAINED_16K_DIR}
+_SHIPPED_PREFIX = "shipped:"
 # Windows per model call when none is given. On a CPU small batches are faster (the full U-Net on
 # two AMD EPYC cores: 16.6 ms per window at 8, 19.9 at 32, 21.2 at 64; a batch of 8 keeps its
 # activations in cache); an accelerator wants large ones.
@@ -60,9 +61,14 @@ def resolve_model_dir(model_dir: str | None) -> str:
     """`model_dir`; the directory of a shipped model for one of the names of `SHIPPED_MODELS`
     ("shipped:8k", "shipped:16k"); the shipped 8 kHz model when it is None.
 
-    Raises FileNotFoundError saying how to pass a model when the shipped model asked for is missing.
+    Raises FileNotFoundError saying how to pass a model when the shipped model asked for is missing,
+    and ValueError listing the shipped models for another "shipped:" name (unless a folder has that name).
     """
     if model_dir and model_dir not in SHIPPED_MODELS:
+        if model_dir.startswith(_SHIPPED_PREFIX) and not os.path.isdir(model_dir):
+            raise ValueError(f"model_dir={model_dir!r} is no shipped model; the shipped models are "
+                             f"{', '.join(SHIPPED_MODELS)}. Pass one of them, or a directory written by "
+                             "`speech-enhance train --model-dir DIR`.")
         return model_dir
     directory = SHIPPED_MODELS.get(model_dir, PRETRAINED_DIR)
     if not os.path.isfile(os.path.join(directory, "model.json")):

@@ -566,6 +566,7 @@ class _Worker:
             return
         if state.sink is None:
             state.sink = FileSink(state.job, self.enhancer, self.settings.keep_model_rate)
+            state.job.sink = state.sink  # the reader stops at the sink's first failed write (`_read_frames`)
         error = state.sink.push(block)
         job = state.job
         if block.last:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
+import tempfile
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from predictor import audio_io
@@ -31,6 +35,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.jsonl"
+# A write that fails with one of these fails for every file after it as well (the output's disk
+# is full or read-only): the run stops there instead of running the model for files it cannot
+# write, and says what to fix (`OutputNotWritableError`).
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# The file `check_output_dir` creates and removes to learn whether the output can be written.
+_PROBE_NAME = "write-probe"
 # Seconds of input read, resampled and enhanced at a time. A file in flight holds a few blocks'
 # spectrograms (about 1.2 MB per second of audio and channel at 8 kHz: some 22 MB of arrays for a
 # mono file, whatever its length), and the per-block overhead is small against the model's time
@@ -48,6 +58,8 @@ class PredictSummary:
     failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
     audio_seconds: float = 0.0
     processing_seconds: float = 0.0
+    # failures.jsonl entries of earlier runs for files this run did not cover: kept in the file.
+    earlier_failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def real_time_factor(self) -> float:
@@ -122,6 +134,7 @@ class FileSink:
         subtype = audio_io.output_subtype(audio_io.extension(job.target), job.subtype, audio_io.extension(job.source))
         self.writer = audio_io.AtomicAudioWriter(job.target, self.rate, job.channels, subtype)
         self.error: str | None = None
+        self.errno: int | None = None  # of the OSError that `error` reports
         # The input's band above the model's Nyquist frequency, when it is kept (see `_read_frames`).
         self.high_band = None if keep_model_rate else job.high_band
         self.low_samples = 0  # samples of the model's band written or waiting for their high band
@@ -148,7 +161,11 @@ class FileSink:
                 self.writer.commit()
         except (RuntimeError, OSError, ValueError) as err:
             self.writer.abort()
-            self.error = f"{self.job.target}: cannot write ({type(err).__name__}: {err})"
+            if isinstance(err, OSError) and err.strerror:  # "No space left on device", as the system says it
+                self.errno, reason = err.errno, err.strerror
+            else:
+                reason = f"{type(err).__name__}: {err}"
+            self.error = f"{self.job.target}: cannot write ({reason})"
         return self.error
 
     def abort(self) -> None:
@@ -177,6 +194,9 @@ def _read_frames(job: FileJob, enhancer: Enhancer, downmix: bool, block_seconds:
             resampler = audio_io.StreamResampler(reader.sample_rate, enhancer.sample_rate, job.channels)
             analysis = Analysis(enhancer, job.channels)
             for samples, last in reader.blocks(max(1, int(round(block_seconds * reader.sample_rate)))):
+                if job.sink is not None and job.sink.error is not None:
+                    # A write of this file failed: reading on would only run the model for nothing.
+                    raise audio_io.AudioError("unwritable", job.sink.error)
                 if downmix and samples.shape[1] > 1:
                     samples = samples.mean(axis=1, keepdims=True)
                 if crossover is not None:
@@ -206,6 +226,98 @@ def output_path(output_dir: str, rel: str, output_format: str | None) -> str:
             raise ValueError(f"output_format must be one of {sorted(f[1:] for f in audio_io.FORMATS)}. "
                              f"Received: output_format={output_format!r}")
     return paths.join(output_dir, stem + ext.lower())
+
+
+class OutputNotWritableError(OSError):
+    """The output location cannot take the outputs (full, read-only, no permission): the run stops.
+
+    `errno` is the system's error number when there is one; the message names the path, says what
+    the system said ("No space left on device") and what to do.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def _unwritable(path: str, err: OSError, what: str = "cannot write there") -> OutputNotWritableError:
+    reason = err.strerror or str(err)
+    fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+           errno.EROFS: "choose a writable output_dir", errno.EACCES: "choose an output_dir you may write to",
+           errno.EPERM: "choose an output_dir you may write to"}.get(err.errno, "choose another output_dir")
+    return OutputNotWritableError(f"{path}: {what} ({reason}); {fix}", err.errno)
+
+
+def check_progress_interval(progress_interval: float) -> None:
+    """Refuses (ValueError) a `progress_interval` that is not a number of seconds >= 0."""
+    if isinstance(progress_interval, bool) or not isinstance(progress_interval, (int, float)) or not (
+            math.isfinite(progress_interval) and progress_interval >= 0):
+        raise ValueError(f"progress_interval must be a finite number of seconds >= 0. "
+                         f"Received: progress_interval={progress_interval!r}")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Makes sure, before any model work, that `output_dir` can take the outputs; changes nothing there.
+
+    Refuses (ValueError) an empty `output_dir` (it would be the current folder), one that is a file
+    or lies below a file; raises `OutputNotWritableError` when a file cannot be created and written
+    there (read-only, full, no permission): a probe file is written and removed, with the folders
+    made for it. A remote prefix gets a probe object, written and deleted through the path layer.
+    """
+    if not output_dir:
+        raise ValueError(f"output_dir must name a folder (an empty one would be the current folder). Received: "
+                         f"output_dir={output_dir!r}. Pass the folder to write into, e.g. output_dir='denoised'.")
+    if paths.is_remote(output_dir):
+        probe = paths.join(output_dir, f".{_PROBE_NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            paths.write_atomic(probe, b"")
+            paths.delete_files([probe])
+        except Exception as err:  # the storage clients' own errors (google.api_core, ...) are no OSError
+            raise OutputNotWritableError(f"{output_dir}: cannot write there ({type(err).__name__}: {err}); "
+                                         "choose an output_dir you may write to") from err
+        return
+    existing = paths.existing_ancestor(output_dir)
+    if not os.path.isdir(existing):
+        where = ("is a file" if existing == os.path.abspath(output_dir)
+                 else f"lies below {existing!r}, which is a file")
+        raise ValueError(f"output_dir must be a folder, but it {where}. Received: output_dir={output_dir!r}. "
+                         "Choose a folder (one that does not exist yet is created).")
+    target = os.path.abspath(output_dir)
+    # The folders made for the probe are removed with it: a refused run leaves nothing behind.
+    makes_folders = target != existing
+    probe = audio_io.temporary_path(os.path.join(target, _PROBE_NAME))
+    try:
+        os.makedirs(target, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")  # a block of its own: a full disk refuses it
+    except OSError as err:
+        raise _unwritable(output_dir, err) from err
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+        folder = target
+        while makes_folders and folder != existing:
+            try:
+                os.rmdir(folder)
+            except OSError:  # never made, or another run writes there now
+                break
+            folder = os.path.dirname(folder)
+
+
+def _stop_on_full_output(output_dir: str, summary: PredictSummary, error: str, errno_: int | None) -> None:
+    """Raises the error of a run stopped by a write that every later file would fail as well.
+
+    failures.jsonl is left as it was: the files not written are redone by the next run anyway,
+    and the disk would most likely refuse the list too.
+    """
+    done = summary.written + summary.skipped + len(summary.failures)
+    # A remote output is written to a local temporary file first: that disk is the one that is full.
+    where = (f"the local folder of temporary files, {tempfile.gettempdir()}" if paths.is_remote(output_dir)
+             else f"output_dir={output_dir!r} (or choose another)")
+    raise OutputNotWritableError(
+        f"{error}: the run stopped after {done} of {summary.total} files ({summary.written} written, "
+        f"{summary.skipped} skipped, {len(summary.failures)} failed, named in the log above). Make room in "
+        f"{where} and run the same command again: the files written are skipped", errno_)
 
 
 def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
@@ -247,6 +359,7 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     """
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
+    check_progress_interval(progress_interval)
     check_file_processes(file_processes)
     check_high_band(high_band)
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
@@ -262,12 +375,18 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                               block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
         summary.processing_seconds = time.perf_counter() - start
         progress.update(summary, force=True)
-        _write_failures(output_dir, summary.failures)
+        _finish(output_dir, summary)
         return summary
     depth = 2 * enhancer.workers + 2
     reader = Readahead(enhancer.workers, depth=2)
+    stopped: list[tuple[str, int]] = []  # the write error that stops the run (`OUTPUT_ERRNOS`), if one did
+
+    def check_stop(job: FileJob) -> None:
+        if not stopped and job.sink is not None and job.sink.errno in OUTPUT_ERRNOS:
+            stopped.append((job.sink.error, job.sink.errno))
 
     def record(job: FileJob, error: str | None) -> None:
+        check_stop(job)
         job.sink = job.high_band = None
         _record_outcome(summary, progress, start, job, error)
 
@@ -278,6 +397,7 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         for track, block in enhancer.enhance_frames(files):
             job = track.key
             if isinstance(block, audio_io.AudioError):
+                check_stop(job)
                 _fail(summary, job, block.reason, str(block))
                 if job.sink is not None:  # it failed part way through: drop what was written of it
                     writing.append(pool.submit(run_after, job.last_write, job.sink.abort))
@@ -297,13 +417,27 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                 record(done, error)
             summary.processing_seconds = time.perf_counter() - start
             progress.update(summary, current=job)
+            check_stop(job)
+            if stopped:
+                break
+        if stopped:
+            files.close()  # the readers stop (`Readahead.chain`)
         for done, error in done_in_order(finished, keep=0):
             record(done, error)
+        if stopped:  # the files part way through: their temporaries go
+            for job in todo:
+                if job.sink is not None:
+                    if job.sink.error is not None:  # the failed write was seen before the file's end
+                        _fail(summary, job, "unwritable", job.sink.error)
+                    writing.append(pool.submit(run_after, job.last_write, job.sink.abort))
+                    job.sink = None
         for future in writing:
             future.result()
     summary.processing_seconds = time.perf_counter() - start
     progress.update(summary, force=True)
-    _write_failures(output_dir, summary.failures)
+    if stopped:
+        _stop_on_full_output(output_dir, summary, *stopped[0])
+    _finish(output_dir, summary)
     return summary
 
 
@@ -342,25 +476,33 @@ def plan_jobs(source: str, output_dir: str, *, overwrite: bool = False, output_f
               ) -> tuple[list[FileJob], PredictSummary]:
     """The files of `source` to denoise into `output_dir`: (jobs to run, summary of the total, the
     outputs skipped because they exist and the inputs refused so far). Refuses (ValueError) when an
-    output would replace an input; removes temporaries a killed run left in a local `output_dir`.
+    output would replace an input, and `check_output_dir`'s refusals; removes temporaries a killed
+    run left in a local `output_dir`. The summary's `earlier_failures` are the entries of an earlier
+    run's failures.jsonl for files this run does not cover (`_finish` keeps them in the file).
     Used by `enhance_files` and by the Beam pipeline (`predictor.beam_predict`)."""
+    if not output_dir:  # the current folder, which would exclude nothing from the inputs: refused first
+        check_output_dir(output_dir)
     base, rels = audio_io.find_audio_files(source, exclude=output_dir)
     jobs = [FileJob(rel, paths.join(base, rel), output_path(output_dir, rel, output_format)) for rel in rels]
     _check_no_input_overwritten(base, output_dir, jobs)
+    check_output_dir(output_dir)
     # Local only (remove_stale_temporaries does nothing for a bucket): an object cannot say whether
     # the process writing it still runs, and remote outputs are staged on the local disk anyway.
-    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE,))
+    audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS) + (FAILURES_FILE, _PROBE_NAME))
     output_exists = _existing_outputs(output_dir)
-    summary = PredictSummary(total=len(jobs))
-    targets_seen: set[str] = set()
+    summary = PredictSummary(total=len(jobs), earlier_failures=_earlier_failures(output_dir, jobs))
+    writers: dict[str, FileJob] = {}  # output -> the input that writes it
     todo: list[FileJob] = []
     for job in jobs:
-        if job.target in targets_seen:
+        first = writers.setdefault(job.target, job)
+        if first is not job:
+            # Without output_format only the extension's case can differ (outputs get lower-case ones).
+            cause = (f"--format {output_format.lower().lstrip('.')} gives both that name; denoise one of them "
+                     "without --format or into another --output, or rename one" if output_format
+                     else "outputs take the extension in lower case; rename one")
             _fail(summary, job, "duplicate output",
-                  f"{job.source}: another input already writes {job.target} (same name, other extension); "
-                  "use --format to keep them apart or rename one")
+                  f"{job.source}: {first.source} already writes {job.target} ({cause})")
             continue
-        targets_seen.add(job.target)
         if not overwrite and output_exists(job.target):
             summary.skipped += 1
             continue
@@ -431,24 +573,78 @@ def _check_no_input_overwritten(base: str, output_dir: str, jobs: Sequence[FileJ
                          f"Received: output_dir={output_dir!r}. Choose an output_dir that holds no inputs.")
 
 
+def _earlier_failures(output_dir: str, jobs: Sequence[FileJob]) -> list[dict[str, str]]:
+    """The entries of `output_dir`'s failures.jsonl whose input is none of `jobs`' (compared as resolved
+    locations): files of an earlier run that this run does not retry, which its list keeps. The
+    entries of this run's files are replaced by what this run finds (none for a file now written)."""
+    path = paths.join(output_dir, FAILURES_FILE)
+    try:
+        if not paths.isfile(path):
+            return []
+        lines = paths.read_text(path).splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        logger.warning("%s: cannot read the earlier run's failures (%s); it will be replaced", path, err)
+        return []
+    resolved: dict[str, str] = {}
+    covered = {_location(job.source, resolved) for job in jobs}
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # not one of ours (an edited line): dropped with the rewrite
+        if isinstance(entry, dict) and isinstance(entry.get("input"), str) and \
+                _location(entry["input"], resolved) not in covered:
+            kept.append(entry)
+    return kept
+
+
+def _finish(output_dir: str, summary: PredictSummary) -> None:
+    """Writes failures.jsonl: the earlier runs' entries that this run did not cover, then this run's.
+
+    A run that cannot write it (its disk full or read-only) raises `OutputNotWritableError` saying
+    what was done, since the summary the caller would print is then lost.
+    """
+    try:
+        _write_failures(output_dir, summary.earlier_failures + summary.failures)
+    except OutputNotWritableError as err:
+        raise OutputNotWritableError(
+            f"{summary.written} written, {summary.skipped} skipped, {len(summary.failures)} failed of "
+            f"{summary.total} files, but {err} (the failures are named in the log above)", err.errno) from err
+
+
 def _write_failures(output_dir: str, failures: list[dict[str, str]]) -> None:
+    """Writes `failures` to output_dir/failures.jsonl whole (removes the file when there are none).
+
+    Raises `OutputNotWritableError` naming the file when it cannot be written; no temporary is left.
+    """
     path = paths.join(output_dir, FAILURES_FILE)
     if paths.is_remote(path):
         # Whole, under a temporary object name renamed into place; an earlier run's list is replaced.
-        if failures:
-            paths.write_atomic(path, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures).encode("utf-8"))
-            logger.error("%d file(s) failed; reasons in %s", len(failures), path)
-        elif paths.isfile(path):  # from an earlier run; its files were retried
-            paths.delete_files([path])
+        try:
+            if failures:
+                paths.write_atomic(path, "".join(json.dumps(f, sort_keys=True) + "\n"
+                                                 for f in failures).encode("utf-8"))
+                logger.error("%d file(s) listed as failed in %s", len(failures), path)
+            elif paths.isfile(path):  # from an earlier run; its files were retried
+                paths.delete_files([path])
+        except OSError as err:
+            raise _unwritable(path, err, "cannot write the list of failures") from err
         return
-    if not failures:
-        if os.path.exists(path):  # from an earlier run; its files were retried
-            os.remove(path)
-        return
-    os.makedirs(output_dir, exist_ok=True)
     tmp = audio_io.temporary_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for failure in failures:
-            f.write(json.dumps(failure, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    logger.error("%d file(s) failed; reasons in %s", len(failures), path)
+    try:
+        if not failures:
+            if os.path.exists(path):  # from an earlier run; its files were retried
+                os.remove(path)
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            for failure in failures:
+                f.write(json.dumps(failure, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise _unwritable(path, err, "cannot write the list of failures") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.error("%d file(s) listed as failed in %s", len(failures), path)
