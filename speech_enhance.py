@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import contextlib
 import re
+import signal
 import sys
+import threading
 
 # subcommand -> module that defines `register(subparsers)`.
 _COMMAND_MODULES = {
@@ -43,6 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What Ctrl-C (or SIGTERM) leaves, per command: the one line printed on stderr instead of a traceback.
+# Each command keeps what resuming needs and removes its own temporaries on the way out.
+_INTERRUPTED = {
+    "dataset": "interrupted; the chunks written so far are kept in OUTPUT.incomplete: run the same command again "
+               "to resume",
+    "inspect": "interrupted; nothing was changed",
+    "index": "interrupted; no index was written for the shard in progress: run the same command again to resume",
+    "train": "interrupted; the last finished epoch's backup is kept in the work dir: run the same command again "
+             "to resume",
+    "predict": "interrupted; finished outputs are kept, partial ones removed: run the same command again to resume "
+               "(it skips the outputs that exist)",
+    "evaluate": "interrupted; no report was written: run the same command again to start over",
+}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a scheduler stopping a job), raised where Ctrl-C's KeyboardInterrupt would
+    be, so that it stops a command the same way: temporaries removed, what resuming needs kept, the
+    futures of a Dask cluster cancelled."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises `_Terminated` in the main thread while the block runs (the default would end
+    the process at once, with no `finally` run); the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _join_negative_values(argv: list[str]) -> list[str]:
     """Lets `--snr-db -5:15` through: argparse would take a value starting with '-' for an option."""
     out: list[str] = []
@@ -66,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args, extra) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args, extra) or 0)
+    except KeyboardInterrupt as err:
+        # One line, no traceback: the command's own `finally` blocks have already stopped its threads,
+        # processes and Beam workers and removed its temporaries on the way up.
+        how = "terminated" if isinstance(err, _Terminated) else "interrupted"
+        line = _INTERRUPTED.get(args.command, "interrupted").replace("interrupted", how, 1)
+        print(f"speech-enhance {args.command}: {line}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"speech-enhance {args.command}: error: {err}", file=sys.stderr)
         return 2

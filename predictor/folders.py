@@ -271,10 +271,33 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         job.sink = job.high_band = None
         _record_outcome(summary, progress, start, job, error)
 
+    files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds, gain) for job in todo)
+    try:
+        _enhance_in_threads(enhancer, files, summary, progress, start, depth, record, keep_model_rate)
+    except BaseException:
+        # Ctrl-C, a model that raises, a disk that fails: the reader threads are stopped here, not in
+        # the generator's `finally` (the traceback on its way up keeps the generator alive, and the
+        # interpreter would wait for its threads forever), and the files in flight lose their
+        # temporaries; their writes have ended (`_enhance_in_threads` left its pool) or never ran.
+        files.close()
+        for job in todo:
+            if job.sink is not None:
+                job.sink.abort()
+                job.sink = None
+        raise
+    summary.processing_seconds = time.perf_counter() - start
+    progress.update(summary, force=True)
+    _write_failures(output_dir, summary.failures)
+    return summary
+
+
+def _enhance_in_threads(enhancer: Enhancer, files: Iterator[tuple[FileJob, Frames | audio_io.AudioError]],
+                        summary: PredictSummary, progress: Progress, start: float, depth: int,
+                        record: Callable[[FileJob, str | None], None], keep_model_rate: bool) -> None:
+    """`enhance_files`'s work in `enhancer.workers` threads: `files` read ahead, the model here, writes in a pool."""
     with Workers(enhancer.workers) as pool:
         writing: collections.deque[concurrent.futures.Future] = collections.deque()  # every write task
         finished: collections.deque[tuple[FileJob, concurrent.futures.Future]] = collections.deque()
-        files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds, gain) for job in todo)
         for track, block in enhancer.enhance_frames(files):
             job = track.key
             if isinstance(block, audio_io.AudioError):
@@ -301,10 +324,6 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
             record(done, error)
         for future in writing:
             future.result()
-    summary.processing_seconds = time.perf_counter() - start
-    progress.update(summary, force=True)
-    _write_failures(output_dir, summary.failures)
-    return summary
 
 
 def _count(file_processes: int | FileProcesses) -> int:
