@@ -7,6 +7,7 @@ level, so `speech-enhance --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib
 import logging
 import contextlib
@@ -46,18 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What Ctrl-C (or SIGTERM) leaves, per command: the one line printed on stderr instead of a traceback.
-# Each command keeps what resuming needs and removes its own temporaries on the way out.
+# What Ctrl-C (or SIGTERM) leaves, per command: the one line printed on stderr instead of a traceback,
+# formatted with the command's arguments. Each command has kept what resuming needs and removed its
+# own temporaries by the time the KeyboardInterrupt reaches `main`.
 _INTERRUPTED = {
-    "dataset": "interrupted; the chunks written so far are kept in OUTPUT.incomplete: run the same command again "
-               "to resume",
+    "dataset": "interrupted; the finished chunks are kept in {output}.incomplete: run the same command again to "
+               "resume the build",
     "inspect": "interrupted; nothing was changed",
-    "index": "interrupted; no index was written for the shard in progress: run the same command again to resume",
-    "train": "interrupted; the last finished epoch's backup is kept in the work dir: run the same command again "
+    "index": "interrupted; the shard indexes written so far are kept: run the same command again to finish",
+    "train": "interrupted; the backup of the last finished epoch is kept ({work_dir}): run the same command again "
              "to resume",
-    "predict": "interrupted; finished outputs are kept, partial ones removed: run the same command again to resume "
-               "(it skips the outputs that exist)",
-    "evaluate": "interrupted; no report was written: run the same command again to start over",
+    "predict": "interrupted; finished outputs are kept and partial ones removed: run the same command again to "
+               "resume (it skips the outputs that exist)",
+    "evaluate": "interrupted; no report was written: run the same command again",
 }
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -67,6 +69,15 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (`kill PID`, a scheduler stopping a job), raised where Ctrl-C's KeyboardInterrupt would
     be, so that it stops a command the same way: temporaries removed, what resuming needs kept, the
     futures of a Dask cluster cancelled."""
+
+
+def _work_dir(args: argparse.Namespace) -> str:
+    """Where `train` keeps its backup (`trainer.train`: --work-dir, else MODEL_DIR/training)."""
+    work_dir = getattr(args, "work_dir", None)
+    if work_dir:
+        return work_dir
+    model_dir = getattr(args, "model_dir", None) or "MODEL_DIR"
+    return model_dir.rstrip("/") + "/training"
 
 
 @contextlib.contextmanager
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         # processes and Beam workers and removed its temporaries on the way up.
         how = "terminated" if isinstance(err, _Terminated) else "interrupted"
         line = _INTERRUPTED.get(args.command, "interrupted").replace("interrupted", how, 1)
+        line = line.format_map(collections.defaultdict(str, vars(args), work_dir=_work_dir(args)))
         print(f"speech-enhance {args.command}: {line}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:

@@ -571,7 +571,8 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
         if paths.isfile(problems_path):
             raise ValueError("\n".join(json.loads(paths.read_bytes(problems_path))))
     except KeyboardInterrupt:
-        LOG.warning("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
+        # `speech-enhance` says so in its one line; no other line while the command stops.
+        LOG.debug("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
         raise
     except BaseException:
         # Nothing of a failed build is worth keeping, and the old dataset (if any) was not touched.

