@@ -256,3 +256,54 @@ def test_a_killed_file_process_is_one_error_line_and_a_rerun_finishes(model_dir,
     assert _temporaries(str(tmp_path)) == []
     _rerun(args[3:], str(tmp_path))
     assert sorted(os.listdir(out)) == [f"f{i}.wav" for i in range(3)]
+
+
+def _nested_job_runs(dask_scheduler) -> bool:
+    """Whether a task computes part of a job through a worker's client (Beam's DaskRunner does for side
+    inputs): from then on the job's tasks are wanted whatever becomes of the launcher's own futures."""
+    return any(str(cs.client_key).startswith("Client-worker-")
+               for ts in dask_scheduler.tasks.values() for cs in (ts.who_wants or ()))
+
+
+def _busy_tasks(dask_scheduler) -> int:
+    return sum(ts.state in ("processing", "waiting", "no-worker", "queued") for ts in dask_scheduler.tasks.values())
+
+
+def test_a_killed_launcher_leaves_no_job_writing_on_an_external_dask_cluster(model_dir, tmp_path):
+    pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
+    import dask
+    from distributed import Client, LocalCluster
+
+    for i in range(12):
+        _write_noise(str(tmp_path / "in" / f"f{i:02d}.wav"), 60.0, seed=i)
+    out = tmp_path / "out"
+    # The cluster runs here, outside the launcher's process, as an external cluster would.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}), LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        # Absolute paths: the cluster's workers do not run in the launcher's folder.
+        args = ["predict", "--model", model_dir, "--input", str(tmp_path / "in"), "--output", str(out), "--runner",
+                "dask", "--dask-address", cluster.scheduler_address]
+        proc = subprocess.Popen([sys.executable, "-m", "speech_enhance", *args], cwd=tmp_path, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and not client.run_on_scheduler(_nested_job_runs):
+                assert time.monotonic() < deadline, "the job never started on the cluster"
+                time.sleep(0.2)
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert not [f for f in os.listdir(out) if f.endswith(".wav")]  # killed before any output
+            proc.kill()  # SIGKILL: no cleanup of its own can run
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        deadline, idle = time.monotonic() + 120, 0
+        while idle < 3 and time.monotonic() < deadline:  # until the cluster has had nothing to do for a while
+            idle = idle + 1 if client.run_on_scheduler(_busy_tasks) == 0 else 0
+            time.sleep(1.0)
+        assert idle >= 3, "the cluster still runs the job of a launcher killed 2 minutes ago"
+        assert not [f for f in os.listdir(out) if f.endswith(".wav")], "the job wrote on after its launcher was killed"
+        # The next run removes the killed run's manifest and does the work.
+        _rerun(args, str(tmp_path))
+    assert sorted(os.listdir(out)) == [f"f{i:02d}.wav" for i in range(12)]
