@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -329,6 +330,11 @@ def _interruptions_recorded() -> Iterator[_Interruption]:
     def wrap(previous: Callable) -> Callable:
         def handler(signum, frame) -> None:
             beam_logger.setLevel(logging.CRITICAL + 1)  # the stopping workers' connection errors
+            # Beam's threads that watched the workers end with errors of their own: not worth a traceback.
+            threading.excepthook = lambda args: None
+            # Beam waits for each worker to finish its bundle (a model over a long file: minutes)
+            # before it lets the KeyboardInterrupt through; they ignore SIGINT, so end them here.
+            _stop_local_workers()
             try:
                 previous(signum, frame)
             except BaseException as err:
@@ -337,6 +343,7 @@ def _interruptions_recorded() -> Iterator[_Interruption]:
 
         return handler
 
+    excepthook = threading.excepthook
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
         if callable(previous):  # the default KeyboardInterrupt, or speech-enhance's SIGTERM handler
@@ -349,6 +356,30 @@ def _interruptions_recorded() -> Iterator[_Interruption]:
             signal.signal(signum, previous)
         if seen.raised is None:
             beam_logger.setLevel(level)
+            threading.excepthook = excepthook
+
+
+def _stop_local_workers() -> None:
+    """Sends SIGTERM to this process's local Beam SDK worker processes (`_local_runner`'s), found
+    through /proc (Linux; elsewhere Beam stops them when their bundles end)."""
+    me = os.getpid()
+    try:
+        threads = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return
+    for tid in threads:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"sdk_worker_main" in f.read():
+                        os.kill(child, signal.SIGTERM)
+            except OSError:  # ended meanwhile
+                continue
 
 
 def run_pipeline(build: Callable[[Any], Any], beam_args: Sequence[str], workers: int) -> None:
