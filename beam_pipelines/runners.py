@@ -332,9 +332,12 @@ def _interruptions_recorded() -> Iterator[_Interruption]:
             beam_logger.setLevel(logging.CRITICAL + 1)  # the stopping workers' connection errors
             # Beam's threads that watched the workers end with errors of their own: not worth a traceback.
             threading.excepthook = lambda args: None
-            # Beam waits for each worker to finish its bundle (a model over a long file: minutes)
-            # before it lets the KeyboardInterrupt through; they ignore SIGINT, so end them here.
-            _stop_local_workers()
+            # Beam waits for each worker to finish its bundle before it lets the KeyboardInterrupt
+            # through. Most bundles end within a moment, their files complete; one that would not
+            # (a model over a long file: minutes) is ended, since the workers ignore SIGINT.
+            stopper = threading.Timer(_WORKER_GRACE_SECONDS, _stop_local_workers)
+            stopper.daemon = True
+            stopper.start()
             try:
                 previous(signum, frame)
             except BaseException as err:
@@ -357,6 +360,9 @@ def _interruptions_recorded() -> Iterator[_Interruption]:
         if seen.raised is None:
             beam_logger.setLevel(level)
             threading.excepthook = excepthook
+
+
+_WORKER_GRACE_SECONDS = 2.0  # what an interrupted run's local workers get to finish their bundles
 
 
 def _stop_local_workers() -> None:

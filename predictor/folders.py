@@ -258,8 +258,14 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
 
     start = time.perf_counter()
     if file_processes:
-        _enhance_in_processes(enhancer, todo, summary, progress, start, file_processes, downmix=downmix,
-                              block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        try:
+            _enhance_in_processes(enhancer, todo, summary, progress, start, file_processes, downmix=downmix,
+                                  block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        except BaseException:
+            # The workers are stopped (they removed their temporaries) or dead: a killed one could not,
+            # and its process no longer runs, so its temporary goes as a killed run's would.
+            audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS))
+            raise
         summary.processing_seconds = time.perf_counter() - start
         progress.update(summary, force=True)
         _write_failures(output_dir, summary.failures)
