@@ -282,13 +282,15 @@ class _DropWorkerModeNote(logging.Filter):
 def _local_runner(options: Any) -> Any:
     """For FnApiRunner in `multi_processing` mode: the same runner, but with worker processes that
     ignore SIGINT. Ctrl-C in a terminal goes to the whole process group; the workers would die of it
-    each with its own traceback, racing the launcher's orderly stop. The launcher stops them (it closes
-    their connections as the KeyboardInterrupt passes through Beam), and they end with it if it dies.
-    None for any other runner (Beam picks it by name)."""
+    each with its own traceback, racing the launcher's orderly stop. The launcher stops them instead
+    (`_interruptions_recorded`: 2 s to finish their bundles, then SIGTERM), and they end with it if it
+    dies. None for any other runner (Beam picks it by name), and off POSIX (the command is a POSIX
+    shell's)."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     direct = options.view_as(DirectOptions)
-    if options.view_as(StandardOptions).runner != "FnApiRunner" or direct.direct_running_mode != "multi_processing":
+    if (os.name != "posix" or options.view_as(StandardOptions).runner != "FnApiRunner"
+            or direct.direct_running_mode != "multi_processing"):
         return None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms import environments
