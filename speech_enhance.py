@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib
 import logging
-import contextlib
 import re
 import signal
 import sys
@@ -59,7 +59,8 @@ _INTERRUPTED = {
              "to resume",
     "predict": "interrupted; finished outputs are kept and partial ones removed: run the same command again to "
                "resume (it skips the outputs that exist)",
-    "evaluate": "interrupted; no report was written: run the same command again",
+    "evaluate": "interrupted before the report was complete (it is written at the end): run the same command "
+                "again",
 }
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
