@@ -7,10 +7,14 @@ level, so `speech-enhance --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import importlib
 import logging
 import re
+import signal
 import sys
+import threading
 
 # subcommand -> module that defines `register(subparsers)`.
 _COMMAND_MODULES = {
@@ -43,6 +47,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What Ctrl-C (or SIGTERM) leaves, per command: the one line printed on stderr instead of a traceback,
+# formatted with the command's arguments. Each command has kept what resuming needs and removed its
+# own temporaries by the time the KeyboardInterrupt reaches `main`.
+_INTERRUPTED = {
+    "dataset": "interrupted; the finished chunks are kept in {output}.incomplete: run the same command again to "
+               "resume the build",
+    "inspect": "interrupted; nothing was changed",
+    "index": "interrupted; the shard indexes written so far are kept: run the same command again to finish",
+    "train": "interrupted; the backup of the last finished epoch is kept ({work_dir}): run the same command again "
+             "to resume",
+    "predict": "interrupted; finished outputs are kept and partial ones removed: run the same command again to "
+               "resume (it skips the outputs that exist)",
+    "evaluate": "interrupted before the report was complete (it is written at the end): run the same command "
+                "again",
+}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a scheduler stopping a job), raised where Ctrl-C's KeyboardInterrupt would
+    be, so that it stops a command the same way: temporaries removed, what resuming needs kept, the
+    futures of a Dask cluster cancelled."""
+
+
+def _work_dir(args: argparse.Namespace) -> str:
+    """Where `train` keeps its backup (`trainer.train`: --work-dir, else MODEL_DIR/training)."""
+    work_dir = getattr(args, "work_dir", None)
+    if work_dir:
+        return work_dir
+    model_dir = getattr(args, "model_dir", None) or "MODEL_DIR"
+    return model_dir.rstrip("/") + "/training"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises `_Terminated` in the main thread while the block runs (the default would end
+    the process at once, with no `finally` run); the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _join_negative_values(argv: list[str]) -> list[str]:
     """Lets `--snr-db -5:15` through: argparse would take a value starting with '-' for an option."""
     out: list[str] = []
@@ -66,7 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args, extra) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args, extra) or 0)
+    except KeyboardInterrupt as err:
+        # One line, no traceback: the command's own `finally` blocks have already stopped its threads,
+        # processes and Beam workers and removed its temporaries on the way up.
+        how = "terminated" if isinstance(err, _Terminated) else "interrupted"
+        line = _INTERRUPTED.get(args.command, "interrupted").replace("interrupted", how, 1)
+        line = line.format_map(collections.defaultdict(str, vars(args), work_dir=_work_dir(args)))
+        print(f"speech-enhance {args.command}: {line}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED
     except (ValueError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, a full disk, ...
         print(f"speech-enhance {args.command}: error: {err}", file=sys.stderr)
         return 2

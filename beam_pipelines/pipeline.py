@@ -676,7 +676,8 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
         if _interrupted(err):
             # Ctrl-C reaches the workers too (a terminal signals the whole process group): the
             # launcher may see their KeyboardInterrupt as a RuntimeError before its own.
-            LOG.warning("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
+            # `speech-enhance` says so in its one line; no other line while the command stops.
+            LOG.debug("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
             if isinstance(err, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt() from err

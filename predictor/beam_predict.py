@@ -155,9 +155,10 @@ class FinishFile(beam.DoFn):
     or ("failure", dict): overlap-add, synthesis, resampling back, high band, atomic write."""
 
     def __init__(self, config: dict[str, Any], target: str, overlap: float, keep_model_rate: bool,
-                 gain: HighBandGain | None) -> None:
+                 gain: HighBandGain | None, launcher: str | None = None) -> None:
         self.config, self.target, self.overlap = config, target, overlap
         self.keep_model_rate, self.gain = keep_model_rate, gain
+        self.launcher = launcher  # on Dask: the launcher's client name (`runners.launcher_gone`)
 
     def setup(self) -> None:
         self.enhancer = _geometry(self.config, self.target, self.overlap)
@@ -182,6 +183,7 @@ class FinishFile(beam.DoFn):
         if state.high is not None:
             job.high_band = HighBandMixer(self.enhancer, job.sample_rate, job.channels, self.gain)
             job.high_band.add_high(state.high)
+        _stop_if_launcher_gone(self.launcher, job.target)
         sink = FileSink(job, self.enhancer, self.keep_model_rate)
         error = sink.push(block)
         if error:
@@ -286,7 +288,19 @@ class PadToBatches(beam.PTransform):
                 | "Pad" >> beam.FlatMap(pad))
 
 
-def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]]) -> int:
+def _stop_if_launcher_gone(launcher: str | None, target: str) -> None:
+    """Raises `LauncherGoneError` on a Dask worker whose job's launcher has stopped, before `target` is
+    written: an external cluster would otherwise write outputs minutes after the user stopped the run."""
+    from beam_pipelines import runners
+
+    if runners.launcher_gone(launcher):
+        raise runners.LauncherGoneError(f"the launcher of this job (Dask client {launcher}) has stopped: {target} "
+                                        "and the job's other outputs are not written")
+
+
+def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]],
+              launcher: str | None = None) -> int:
+    _stop_if_launcher_gone(launcher, paths.join(output_dir, FAILURES_FILE))
     failures = earlier + sorted((value for kind, value in results if kind == "failure"), key=lambda f: f["input"])
     _write_failures(output_dir, failures)
     written = [value[1] for kind, value in results if kind == "written"]
@@ -420,11 +434,13 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
                            config: dict[str, Any], target: str, head: str | None, batch_size: int,
                            overlap: float, keep_model_rate: bool, downmix: bool, gain: HighBandGain | None,
                            block_seconds: float, output_dir: str, earlier_failures: list[dict[str, str]],
-                           pad_bundles: bool = False):
+                           pad_bundles: bool = False, launcher: str | None = None):
     """Adds the prediction stages to pipeline `p` (see the module's docstring); returns the last one.
 
     `shards`: the job manifest's shards, (path, lines) (`JobManifest.write`), `num_jobs` files in all.
     `pad_bundles` (for Beam's DaskRunner) adds `PadToBatches` before the model and drops the padding after it.
+    `launcher` (for Beam's DaskRunner): the launcher's Dask client name (`runners.dask_client_name`);
+    the writing stages stop once it has left the scheduler (`runners.launcher_gone`).
     """
     jobs = p | "ReadJobs" >> ReadJobs(shards)
     analysed = jobs | "AnalyseFiles" >> beam.ParDo(AnalyseFile(config, target, overlap, downmix, block_seconds, gain))
@@ -439,7 +455,7 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
     finished = (
         {"file": states, "windows": enhanced}
         | "Regroup" >> beam.CoGroupByKey()
-        | "FinishFiles" >> beam.ParDo(FinishFile(config, target, overlap, keep_model_rate, gain)))
+        | "FinishFiles" >> beam.ParDo(FinishFile(config, target, overlap, keep_model_rate, gain, launcher)))
     # Every planned file must end written or failed: one with no result at all is reported as lost.
     outcomes = ((read_failures, finished)
                 | "Outcomes" >> beam.Flatten()
@@ -453,7 +469,7 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
         p
         | "Start" >> beam.Create([None])
         | "WriteFailures" >> beam.Map(_finalize, results=beam.pvalue.AsList(results), output_dir=output_dir,
-                                      earlier=list(earlier_failures)))
+                                      earlier=list(earlier_failures), launcher=launcher))
 
 
 def beam_args_for(runner: str, beam_args: Sequence[str] = (), dask_address: str | None = None) -> list[str]:
@@ -503,7 +519,7 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     started = time.perf_counter()
     workers = workers or os.cpu_count() or 1
-    args = beam_args_for(runner, beam_args, dask_address)
+    args, launcher = runners.dask_client_name(beam_args_for(runner, beam_args, dask_address))
     jobs, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
     num_jobs = len(jobs)
     logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", num_jobs, source,
@@ -525,7 +541,7 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
                     head=head, batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate,
                     downmix=downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
                     earlier_failures=summary.earlier_failures + summary.failures,
-                    pad_bundles=runners.is_dask(args)),
+                    pad_bundles=runners.is_dask(args), launcher=launcher),
                 args, workers)
         finally:
             # The pipeline has ended, run or failed; only a killed launcher leaves the manifest behind.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +161,21 @@ def _run_predict(args: argparse.Namespace, extra: list[str], failures_path: str)
             flags = [a for a in extra if a.startswith("-")] or extra or ["--dask-address"]
             raise ValueError(f"unrecognized arguments: {' '.join(flags)} (Apache Beam options and --dask-address "
                              "need --runner)")
+        from predictor.file_processes import FileProcessError, FileProcesses, check_file_processes
+
         workers = DEFAULT_WORKERS if args.workers is None else args.workers
         file_processes = args.file_processes
         try:
             if file_processes:
-                from predictor.file_processes import FileProcesses, check_file_processes
+                from predictor.audio_io import find_audio_files
 
                 check_file_processes(file_processes)
                 workers = 0  # the file processes do the work the threads would
-                # Started first: their start-up overlaps loading the model.
-                file_processes = FileProcesses(file_processes)
+                # No more processes than files (each takes whole files): every one costs a start-up and
+                # memory. Started first: their start-up overlaps loading the model.
+                _, rels = find_audio_files(args.input, exclude=args.output)
+                if rels:
+                    file_processes = FileProcesses(min(file_processes, len(rels)))
             try:
                 enhancer = Enhancer.from_model_dir(args.model, head=args.head, batch_size=args.batch_size,
                                                    overlap=args.overlap, workers=workers)
@@ -178,10 +184,14 @@ def _run_predict(args: argparse.Namespace, extra: list[str], failures_path: str)
                                         downmix=args.downmix, high_band=args.high_band,
                                         progress_interval=args.progress_interval, file_processes=file_processes)
             finally:
-                if file_processes:
+                if isinstance(file_processes, FileProcesses):
                     file_processes.close()
         except (ValueError, FileNotFoundError) as err:
             raise _with_flags(err, _PREDICT_FLAGS) from err
+        except FileProcessError as err:  # a worker killed (out of memory?) or failed: the others were stopped
+            print(f"speech-enhance predict: error: {err}. Finished outputs are kept: run the same command again to "
+                  "resume.", file=sys.stderr)
+            return 1
     else:
         summary = _predict_on_beam(args, extra)
     rtf = f"{summary.real_time_factor:.4f}" if summary.audio_seconds else "n/a"

@@ -73,6 +73,10 @@ STOP_SECONDS = 10.0
 FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
 
 
+class FileProcessError(RuntimeError):
+    """A file process died (killed, out of memory) or failed; the message says which and how."""
+
+
 def check_file_processes(file_processes: Any) -> None:
     """Refuses (ValueError) what `enhance_files(file_processes=...)` cannot take."""
     if isinstance(file_processes, FileProcesses):
@@ -247,7 +251,7 @@ class FileProcesses:
                     self._inbox.append(reader.recv())
                 except (EOFError, OSError):  # it died
                     self._check_alive(wait=2.0)
-                    raise RuntimeError(f"file process {self._open[reader]} closed its pipe unexpectedly")
+                    raise FileProcessError(f"file process {self._open[reader]} closed its pipe unexpectedly")
             if not self._inbox:
                 self._check_alive()
                 return None
@@ -267,13 +271,13 @@ class FileProcesses:
                 logger.info("%d file processes ready after %.2f s", self.processes, self.startup_seconds,
                             extra={"startup_seconds": self.startup_seconds})
         elif kind == "error":
-            raise RuntimeError(f"file process {w} failed:\n{message[2]}")
+            raise FileProcessError(f"file process {w} failed:\n{message[2]}")
         else:
             return message
         return None
 
     def _check_alive(self, wait: float = 0.0) -> None:
-        """Raises RuntimeError if a worker has ended; waits up to `wait` seconds for one to end."""
+        """Raises FileProcessError if a worker has ended; waits up to `wait` seconds for one to end."""
         if wait:
             multiprocessing.connection.wait([worker.sentinel for worker in self._workers], wait)
         for w, worker in enumerate(self._workers):
@@ -282,7 +286,7 @@ class FileProcesses:
                 why = (f"killed by signal {-code} (out of memory?)" if code is not None and code < 0 else
                        f"exit code {code}; its error is above. A script that starts file processes must do so "
                        "under `if __name__ == '__main__':` (they import the main module again)")
-                raise RuntimeError(f"file process {w} (pid {worker.pid}) ended unexpectedly: {why}")
+                raise FileProcessError(f"file process {w} (pid {worker.pid}) ended unexpectedly: {why}")
 
 
 class _Batcher:

@@ -371,8 +371,14 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
 
     start = time.perf_counter()
     if file_processes:
-        _enhance_in_processes(enhancer, todo, summary, progress, start, file_processes, downmix=downmix,
-                              block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        try:
+            _enhance_in_processes(enhancer, todo, summary, progress, start, file_processes, downmix=downmix,
+                                  block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+        except BaseException:
+            # The workers are stopped (they removed their temporaries) or dead: a killed one could not,
+            # and its process no longer runs, so its temporary goes as a killed run's would.
+            audio_io.remove_stale_temporaries(output_dir, endings=tuple(audio_io.FORMATS))
+            raise
         summary.processing_seconds = time.perf_counter() - start
         progress.update(summary, force=True)
         _finish(output_dir, summary)
@@ -390,10 +396,41 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         job.sink = job.high_band = None
         _record_outcome(summary, progress, start, job, error)
 
+    files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds, gain) for job in todo)
+    try:
+        _enhance_in_threads(enhancer, files, todo, summary, progress, start, depth, record, check_stop, stopped,
+                            keep_model_rate)
+    except BaseException:
+        # Ctrl-C, a model that raises, a disk that fails: the reader threads are stopped here, not in
+        # the generator's `finally` (the traceback on its way up keeps the generator alive, and the
+        # interpreter would wait for its threads forever), and the files in flight lose their
+        # temporaries; their writes have ended (`_enhance_in_threads` left its pool) or never ran.
+        files.close()
+        for job in todo:
+            if job.sink is not None:
+                job.sink.abort()
+                job.sink = None
+        raise
+    summary.processing_seconds = time.perf_counter() - start
+    progress.update(summary, force=True)
+    if stopped:
+        _stop_on_full_output(output_dir, summary, *stopped[0])
+    _finish(output_dir, summary)
+    return summary
+
+
+def _enhance_in_threads(enhancer: Enhancer, files: Iterator[tuple[FileJob, Frames | audio_io.AudioError]],
+                        todo: list[FileJob], summary: PredictSummary, progress: Progress, start: float, depth: int,
+                        record: Callable[[FileJob, str | None], None], check_stop: Callable[[FileJob], None],
+                        stopped: list[tuple[str, int]], keep_model_rate: bool) -> None:
+    """`enhance_files`'s work in `enhancer.workers` threads: `files` read ahead, the model here, writes in a pool.
+
+    A write error that would fail every later file too (`OUTPUT_ERRNOS`, seen by `check_stop`) ends
+    the loop early: the readers stop and the files part way through lose their temporaries.
+    """
     with Workers(enhancer.workers) as pool:
         writing: collections.deque[concurrent.futures.Future] = collections.deque()  # every write task
         finished: collections.deque[tuple[FileJob, concurrent.futures.Future]] = collections.deque()
-        files = reader.chain(_read_frames(job, enhancer, downmix, block_seconds, gain) for job in todo)
         for track, block in enhancer.enhance_frames(files):
             job = track.key
             if isinstance(block, audio_io.AudioError):
@@ -433,12 +470,6 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
                     job.sink = None
         for future in writing:
             future.result()
-    summary.processing_seconds = time.perf_counter() - start
-    progress.update(summary, force=True)
-    if stopped:
-        _stop_on_full_output(output_dir, summary, *stopped[0])
-    _finish(output_dir, summary)
-    return summary
 
 
 def _count(file_processes: int | FileProcesses) -> int:

@@ -55,6 +55,10 @@ class Readahead:
     files of a folder are decoded and resampled this way, several at a time and each in order,
     while the model runs. The threads are its own, so they never wait on a task queued behind
     them. With 0 threads the iterators run inline, in the consumer's thread.
+
+    A consumer that stops early must close the generator `chain` returns (`close()`), which stops
+    the threads: an exception that passes through the consumer keeps the generator alive in its
+    traceback, and the interpreter would wait for the threads at exit.
     """
 
     _END = object()
@@ -108,6 +112,8 @@ class Readahead:
                 if not put(item):
                     return
         finally:
+            if stop.is_set() and hasattr(iterator, "close"):
+                iterator.close()  # stopped early: its `finally` closes what it holds open (an input file)
             put(cls._END)
 
 

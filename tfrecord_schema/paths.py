@@ -19,6 +19,7 @@ extra) or TensorFlow's `tf.io.gfile` (what a Colab trainer has). The first insta
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -322,9 +323,14 @@ def write_atomic(path: str, data: bytes) -> None:
             f.write(data)
         return
     tmp = temporary_name(path)
-    with open_write(tmp) as f:
-        f.write(data)
-    rename(tmp, path)
+    try:
+        with open_write(tmp) as f:
+            f.write(data)
+        rename(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk: no `.incomplete-` file is left beside `path`
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def upload_atomic(local_file: str, path: str) -> None:
