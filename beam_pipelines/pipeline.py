@@ -339,10 +339,13 @@ class DecodeSource(beam.DoFn):
 
 
 class WriteChunk(beam.DoFn):
-    """Generates one chunk of examples into a part file in the scratch folder."""
+    """Generates one chunk of examples into a part file in the scratch folder.
 
-    def __init__(self, opts: DatasetOptions, work_dir: str, build_dir: str) -> None:
-        self.opts, self.work_dir, self.build_dir = opts, work_dir, build_dir
+    `launcher` (Beam's DaskRunner): the launcher's Dask client name; a chunk is not started once the
+    launcher has left the scheduler (`runners.launcher_gone`)."""
+
+    def __init__(self, opts: DatasetOptions, work_dir: str, build_dir: str, launcher: str | None = None) -> None:
+        self.opts, self.work_dir, self.build_dir, self.launcher = opts, work_dir, build_dir, launcher
 
     def setup(self) -> None:
         tune_malloc()
@@ -352,6 +355,7 @@ class WriteChunk(beam.DoFn):
         self._tables: dict[str, gen.SplitSources | None] = {}
 
     def process(self, spec: gen.ChunkSpec, sources: Sequence[dict]):
+        _stop_if_launcher_gone(self.launcher, self.build_dir)
         if spec.split not in self._tables:
             try:
                 self._tables[spec.split] = gen.SplitSources([gen.Source(**s) for s in sources], spec.split,
@@ -410,10 +414,11 @@ class AssembleShard(beam.DoFn):
     """Concatenates a shard's part files in chunk order into the final shard (TFRecord framing and
     GZIP members both concatenate), written under a temporary name and renamed."""
 
-    def __init__(self, output: str, compression: str = "") -> None:
-        self.output, self.compression = output, compression
+    def __init__(self, output: str, compression: str = "", launcher: str | None = None) -> None:
+        self.output, self.compression, self.launcher = output, compression, launcher
 
     def process(self, element):
+        _stop_if_launcher_gone(self.launcher, self.output)
         (split, shard, num_shards), parts = element
         parts = sorted(parts, key=lambda p: p["chunk"])
         if [p["chunk"] for p in parts] != list(range(parts[0]["num_chunks"])):
@@ -473,9 +478,11 @@ def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str,
 
 
 def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], problems: list[str],
-             opts: DatasetOptions, plan: Plan, arguments: dict, build_dir: str, started: float) -> dict:
+             opts: DatasetOptions, plan: Plan, arguments: dict, build_dir: str, started: float,
+             launcher: str | None = None) -> dict:
     """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json into `build_dir`;
     removes scratch. When the sources check found problems, writes them instead of dataset_info.json."""
+    _stop_if_launcher_gone(launcher, build_dir)
     work_dir = paths.join(build_dir, WORK_DIR)
     rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
     if problems:
@@ -539,6 +546,13 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     return info.to_dict()
 
 
+def _stop_if_launcher_gone(launcher: str | None, build_dir: str) -> None:
+    """Raises `LauncherGoneError` on a Dask worker whose build's launcher has stopped."""
+    if runners.launcher_gone(launcher):
+        raise runners.LauncherGoneError(f"the launcher of this build (Dask client {launcher}) has stopped: nothing "
+                                        f"more is written into {build_dir}; run the same command again to resume")
+
+
 def expand_work(item: gen.WorkItem) -> list[gen.ChunkSpec]:
     return item.chunks()
 
@@ -550,10 +564,11 @@ def select(record: dict, kind: str):
 
 
 def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float,
-                   build_dir: str):
+                   build_dir: str, launcher: str | None = None):
     """The job's graph; everything it writes goes under `build_dir`. Returns the leaf (Finalize's
     output), on which every other stage depends: a runner that runs only what the last transform
-    needs (Beam's DaskRunner) still runs everything."""
+    needs (Beam's DaskRunner) still runs everything. `launcher`: on DaskRunner, the launcher's Dask
+    client name; the writing stages stop once it has left (`runners.launcher_gone`)."""
     work_dir = paths.join(build_dir, WORK_DIR)
     decoded = []
     for role, entries in (("voice", plan.voices), ("noise", plan.noises)):
@@ -571,9 +586,10 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
         | "ListWork" >> beam.Create(plan.work)
         | "SpreadWork" >> beam.Reshuffle()
         | "ExpandChunks" >> beam.FlatMap(expand_work)
-        | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir, build_dir), sources=beam.pvalue.AsList(sources))
+        | "WriteChunks" >> beam.ParDo(WriteChunk(opts, work_dir, build_dir, launcher),
+                                             sources=beam.pvalue.AsList(sources))
         | "GroupByShard" >> beam.GroupByKey()
-        | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir, opts.compression)))
+        | "AssembleShards" >> beam.ParDo(AssembleShard(build_dir, opts.compression, launcher)))
     problems = (
         p
         | "StartCheck" >> beam.Create([None])
@@ -585,7 +601,8 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
         | "Start" >> beam.Create([None])
         | "Finalize" >> beam.Map(finalize, shards=beam.pvalue.AsList(shards), sources=beam.pvalue.AsList(sources),
                                  rejects=beam.pvalue.AsList(rejects), problems=beam.pvalue.AsList(problems),
-                                 opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started))
+                                 opts=opts, plan=plan, arguments=arguments, build_dir=build_dir, started=started,
+                                 launcher=launcher))
 
 
 @contextlib.contextmanager
@@ -666,8 +683,12 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
              len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
     build_dir = layout.start_build(opts.output, plan.fingerprint(opts), inputs=plan.identities)
     try:
+        # On an external Dask cluster the job's tasks outlive a killed launcher: they ask for it by
+        # its client name before writing, so a killed build does not go on writing into a folder
+        # that the next run (which takes over the dead launcher's lock) resumes.
+        beam_args, launcher = runners.dask_client_name(beam_args)
         with _beam_errors_unlogged():
-            runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir),
+            runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir, launcher),
                                  beam_args, workers)
         problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):

@@ -3,6 +3,9 @@ processes: the same shards, byte for byte, and the same dataset_info as on FnApi
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,6 +13,8 @@ pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pi
 
 import speech_enhance  # noqa: E402
 from dataset_fixtures import add_bad_inputs, make_corpus, read_tree  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +105,51 @@ def test_dask_runner_options_are_known_and_a_missing_cluster_is_named(corpus, tm
     assert rc == 2
     assert "--dask_client_address tcp://127.0.0.1:9: no Dask scheduler answered" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "nowhere") and not os.path.exists(str(tmp_path / "nowhere") + ".incomplete")
+
+
+def _busy_tasks(dask_scheduler) -> int:
+    return sum(ts.state in ("processing", "waiting", "no-worker", "queued") for ts in dask_scheduler.tasks.values())
+
+
+def test_a_killed_launcher_leaves_no_build_writing_on_the_cluster_and_the_rerun_finishes(cluster, corpus, tmp_path):
+    from distributed import Client
+
+    voice_dir, noise_dir, _ = corpus
+    output = tmp_path / "ds"
+    parts = tmp_path / "ds.incomplete" / "_work" / "parts"
+    # 2,000 chunks of one example: more than the cluster writes in the second that a worker trusts
+    # its last answer about the launcher (`runners.launcher_gone`).
+    args = ["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--output", str(output),
+            "--num-examples", "2000", "--chunk-size", "1", "--runner", "DaskRunner",
+            "--dask_client_address", cluster.scheduler_address]
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "speech_enhance", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not (parts.is_dir() and any(n.endswith(".json") for n in os.listdir(parts))):
+            assert time.monotonic() < deadline, "no chunk was written within 2 minutes"
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        proc.kill()  # SIGKILL: no cleanup of the launcher's own can run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        deadline, idle = time.monotonic() + 120, 0
+        while idle < 3 and time.monotonic() < deadline:  # until the cluster has had nothing to do for a while
+            idle = idle + 1 if client.run_on_scheduler(_busy_tasks) == 0 else 0
+            time.sleep(1.0)
+    assert idle >= 3, "the cluster still runs the build of a launcher killed 2 minutes ago"
+    assert parts.is_dir(), "the build ran to its end on the cluster after its launcher was killed"
+    written = [n for n in os.listdir(parts) if n.endswith(".json")]
+    # The chunks running when the launcher died (and for the second a worker trusts its last answer)
+    # may finish; the rest of the build is not written.
+    assert len(written) < 2000, "every chunk was written after the launcher was killed"
+    assert not os.path.exists(output)
+    assert not [n for n in os.listdir(tmp_path / "ds.incomplete") if ".tfrecord-" in n or n == "dataset_info.json"]
+    # The next run takes over the dead launcher's lock, resumes and finishes.
+    assert speech_enhance.main(args) == 0
+    with open(output / "dataset_info.json") as f:
+        assert sum(s["num_examples"] for s in json.load(f)["splits"].values()) == 2000

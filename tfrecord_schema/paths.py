@@ -427,8 +427,14 @@ def create_exclusive(path: str, data: bytes) -> None:
     write_atomic(path, data)
 
 
-@functools.lru_cache(maxsize=None)
 def _gcs_client():
+    # One client per endpoint: STORAGE_EMULATOR_HOST can change within a process (a user switching
+    # to an emulator, an emulator per test module), and a client keeps the endpoint it was made with.
+    return _gcs_client_for(os.environ.get("STORAGE_EMULATOR_HOST", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _gcs_client_for(endpoint: str):
     from google.cloud import storage
 
     return storage.Client()
