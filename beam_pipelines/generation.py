@@ -36,6 +36,15 @@ SNR_LIMITS_DB = (-60.0, 100.0)
 LEVEL_LIMITS = (10.0 ** (-SNR_LIMITS_DB[1] / 20.0), 10.0 ** (-SNR_LIMITS_DB[0] / 20.0))  # noise/voice RMS ratio
 
 
+def _check_range(flag: str, unit: str, given: tuple[float, float], limits: tuple[float, float], example: str) -> None:
+    """Refuses a LOW:HIGH range that is not finite, not ordered, or outside `limits` (inclusive)."""
+    lo, hi = given
+    low, high = limits
+    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+        raise ValueError(f"{flag} takes LOW:HIGH{unit} with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
+                         f"e.g. {example}. Received: {lo}:{hi}")
+
+
 @dataclasses.dataclass(frozen=True)
 class MixOptions:
     """How examples are drawn. Exactly one of `level_range` and `snr_range_db` is used."""
@@ -53,17 +62,9 @@ class MixOptions:
             # numpy's SeedSequence takes non-negative integers only.
             raise ValueError(f"--seed takes a non-negative integer, e.g. 0. Received: {self.seed!r}")
         if self.level_range is not None:
-            lo, hi = self.level_range
-            low, high = LEVEL_LIMITS
-            if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
-                raise ValueError(f"--noise-level takes LOW:HIGH with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
-                                 f"e.g. 0.2:0.8. Received: {lo}:{hi}")
+            _check_range("--noise-level", "", self.level_range, LEVEL_LIMITS, "0.2:0.8")
         if self.snr_range_db is not None:
-            lo, hi = self.snr_range_db
-            low, high = SNR_LIMITS_DB
-            if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
-                raise ValueError(f"--snr-db takes LOW:HIGH in dB with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
-                                 f"e.g. -5:15. Received: {lo}:{hi}")
+            _check_range("--snr-db", " in dB", self.snr_range_db, SNR_LIMITS_DB, "-5:15")
         lo, hi = self.loudness_range_dbfs
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi <= 0):
             raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0 (finite), e.g. -35:-15. "

@@ -355,7 +355,7 @@ class WriteChunk(beam.DoFn):
         self._tables: dict[str, gen.SplitSources | None] = {}
 
     def process(self, spec: gen.ChunkSpec, sources: Sequence[dict]):
-        _stop_if_launcher_gone(self.launcher, self.build_dir)
+        runners.stop_if_launcher_gone(self.launcher, _not_written(self.build_dir))
         if spec.split not in self._tables:
             try:
                 self._tables[spec.split] = gen.SplitSources([gen.Source(**s) for s in sources], spec.split,
@@ -418,7 +418,7 @@ class AssembleShard(beam.DoFn):
         self.output, self.compression, self.launcher = output, compression, launcher
 
     def process(self, element):
-        _stop_if_launcher_gone(self.launcher, self.output)
+        runners.stop_if_launcher_gone(self.launcher, _not_written(self.output))
         (split, shard, num_shards), parts = element
         parts = sorted(parts, key=lambda p: p["chunk"])
         if [p["chunk"] for p in parts] != list(range(parts[0]["num_chunks"])):
@@ -482,7 +482,7 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
              launcher: str | None = None) -> dict:
     """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json into `build_dir`;
     removes scratch. When the sources check found problems, writes them instead of dataset_info.json."""
-    _stop_if_launcher_gone(launcher, build_dir)
+    runners.stop_if_launcher_gone(launcher, _not_written(build_dir))
     work_dir = paths.join(build_dir, WORK_DIR)
     rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
     if problems:
@@ -546,11 +546,8 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     return info.to_dict()
 
 
-def _stop_if_launcher_gone(launcher: str | None, build_dir: str) -> None:
-    """Raises `LauncherGoneError` on a Dask worker whose build's launcher has stopped."""
-    if runners.launcher_gone(launcher):
-        raise runners.LauncherGoneError(f"the launcher of this build (Dask client {launcher}) has stopped: nothing "
-                                        f"more is written into {build_dir}; run the same command again to resume")
+def _not_written(build_dir: str) -> str:
+    return f"nothing more is written into {build_dir}; run the same command again to resume"
 
 
 def expand_work(item: gen.WorkItem) -> list[gen.ChunkSpec]:

@@ -271,6 +271,14 @@ class LauncherGoneError(RuntimeError):
     """Raised in a Dask task whose launcher has left: the job stops instead of writing on."""
 
 
+def stop_if_launcher_gone(launcher: str | None, unwritten: str) -> None:
+    """Raises `LauncherGoneError` on a Dask worker whose job's launcher (Dask client `launcher`) has
+    left, before the task writes: an external cluster would otherwise write outputs minutes after the
+    user stopped the run. `unwritten` says what is then not written, for the worker's log."""
+    if launcher_gone(launcher):
+        raise LauncherGoneError(f"the launcher of this job (Dask client {launcher}) has stopped: {unwritten}")
+
+
 class _DropWorkerModeNote(logging.Filter):
     """Drops FnApiRunner's warning that worker processes want `multi_processing` mode: the runner of
     `_local_runner` runs them through its own environment (the same processes) instead."""

@@ -62,6 +62,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from beam_pipelines import runners
 from predictor import audio_io
 from predictor.folders import (DEFAULT_BLOCK_SECONDS, FAILURES_FILE, FileJob, FileSink, PredictSummary, _finish,
                                _read_frames, _unwritable, _write_failures, plan_jobs)
@@ -183,7 +184,7 @@ class FinishFile(beam.DoFn):
         if state.high is not None:
             job.high_band = HighBandMixer(self.enhancer, job.sample_rate, job.channels, self.gain)
             job.high_band.add_high(state.high)
-        _stop_if_launcher_gone(self.launcher, job.target)
+        runners.stop_if_launcher_gone(self.launcher, f"{job.target} and the job's other outputs are not written")
         sink = FileSink(job, self.enhancer, self.keep_model_rate)
         error = sink.push(block)
         if error:
@@ -288,19 +289,9 @@ class PadToBatches(beam.PTransform):
                 | "Pad" >> beam.FlatMap(pad))
 
 
-def _stop_if_launcher_gone(launcher: str | None, target: str) -> None:
-    """Raises `LauncherGoneError` on a Dask worker whose job's launcher has stopped, before `target` is
-    written: an external cluster would otherwise write outputs minutes after the user stopped the run."""
-    from beam_pipelines import runners
-
-    if runners.launcher_gone(launcher):
-        raise runners.LauncherGoneError(f"the launcher of this job (Dask client {launcher}) has stopped: {target} "
-                                        "and the job's other outputs are not written")
-
-
 def _finalize(_: Any, results: list[tuple[str, Any]], output_dir: str, earlier: list[dict[str, str]],
               launcher: str | None = None) -> int:
-    _stop_if_launcher_gone(launcher, paths.join(output_dir, FAILURES_FILE))
+    runners.stop_if_launcher_gone(launcher, f"{paths.join(output_dir, FAILURES_FILE)} is not written")
     failures = earlier + sorted((value for kind, value in results if kind == "failure"), key=lambda f: f["input"])
     _write_failures(output_dir, failures)
     written = [value[1] for kind, value in results if kind == "written"]
@@ -499,7 +490,6 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     workers). The other arguments are `enhance_files`'s. Returns the summary; its failures are
     also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
-    from beam_pipelines import runners
     from predictor.enhance import CPU_BATCH_SIZE, resolve_model_dir
     from trainer.model_dir import read_model_info, select_head
 
