@@ -10,7 +10,8 @@ import numpy as np
 
 from tfrecord_schema import paths
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# The audio files the toolkit reads and writes: extension (lower case) -> soundfile format.
+FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
 class AudioError(ValueError):
@@ -21,21 +22,28 @@ class AudioError(ValueError):
         self.reason = reason
 
 
+def is_audio_file(path: str) -> bool:
+    """Whether `path` names an audio file the toolkit reads: a wav/flac/ogg extension (any case), and
+    not a hidden name (".NAME": macOS's "._take.wav" metadata, `paths.temporary_name`'s temporaries)."""
+    name = paths.basename(path) if paths.is_remote(path) else os.path.basename(path)
+    return not name.startswith(".") and paths.split_extension(name)[1].lower() in FORMATS
+
+
 def list_audio(root: str) -> list[str]:
-    """Relative paths (posix, sorted) of every wav/flac/ogg file under `root`, recursively.
+    """Relative paths (posix, sorted) of every audio file (`is_audio_file`) under `root`, recursively.
 
     `root` is literal (a folder named `take[1]` is that folder). A missing local folder is an error;
     a remote prefix with nothing below it gives [] (buckets have no empty folders).
     """
     _check_folder(root)
-    return [rel for rel in paths.list_files(root) if rel.lower().endswith(AUDIO_EXTENSIONS)]
+    return [rel for rel in paths.list_files(root) if is_audio_file(rel)]
 
 
 def list_audio_identities(root: str) -> dict[str, tuple[int, int]]:
     """{relative path: (size in bytes, modification time in ns)} of every file `list_audio` lists
     (`paths.list_identities`)."""
     _check_folder(root)
-    return {rel: v for rel, v in paths.list_identities(root).items() if rel.lower().endswith(AUDIO_EXTENSIONS)}
+    return {rel: v for rel, v in paths.list_identities(root).items() if is_audio_file(rel)}
 
 
 def _check_folder(root: str) -> None:

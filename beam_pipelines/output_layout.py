@@ -16,7 +16,7 @@ import re
 import time
 from typing import Sequence
 
-from tfrecord_schema import paths
+from tfrecord_schema import locks, paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
 
@@ -32,34 +32,19 @@ _DATASET_FILE = re.compile(
     r"^(?:dataset_info\.json|splits\.json|rejects\.jsonl|inspect\.png|_problems\.json|" + re.escape(BUILD_MARKER) + "|"
     rf"(?:{_SPLIT})\.tfrecord-\d{{5}}-of-\d{{5}}(?:\.index)?|"
     rf"audio/(?:{_SPLIT})/(?:noisy|clean)/[^/]+\.wav|"
-    r"_work/.+)"
-    rf"(?:{re.escape(paths.INCOMPLETE_MARK)}[0-9a-f]{{8}})?$")
+    r"_work/.+)$")
 
 
 def is_dataset_file(rel: str) -> bool:
-    """True for a path (relative to a dataset folder) that the dataset job or `inspect` writes."""
-    return bool(_DATASET_FILE.match(rel))
+    """True for a path (relative to a dataset folder) that the dataset job or `inspect` writes, or
+    the temporary of one (`paths.temporary_name`)."""
+    return bool(_DATASET_FILE.match(paths.final_name(rel) or rel))
 
 
 class NoSpaceError(OSError):
     """The disk that holds a build filled up while it ran (errno ENOSPC); the build folder is kept."""
 
     errno = errno.ENOSPC
-
-
-def is_no_space(err: BaseException) -> bool:
-    """True when `err`, or an error it was raised from, is a full disk: an OSError with errno ENOSPC
-    here, or, from a Beam worker (re-raised in the launcher as a RuntimeError holding the worker's
-    message), its text."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if f"[Errno {errno.ENOSPC}]" in str(err) or "No space left on device" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def no_space(output: str, build: str, resumes: bool = True) -> NoSpaceError:
@@ -72,22 +57,6 @@ def no_space(output: str, build: str, resumes: bool = True) -> NoSpaceError:
 def build_dir_for(output: str) -> str:
     output = output.rstrip("/") if paths.is_remote(output) else output.rstrip("/") or "/"
     return paths.join(paths.dirname(output), paths.basename(output) + BUILD_SUFFIX)
-
-
-def same_or_inside(path: str, folder: str) -> bool:
-    """True when `path` is `folder` or lies below it, compared as resolved locations (absolute,
-    symbolic links followed, trailing separators dropped)."""
-    return _inside(path, folder)
-
-
-def _inside(path: str, folder: str) -> bool:
-    if paths.is_remote(path) != paths.is_remote(folder):
-        return False
-    if not paths.is_remote(path):
-        path, folder = os.path.realpath(path), os.path.realpath(folder)
-        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-    path, folder = path.rstrip("/"), folder.rstrip("/")
-    return path == folder or path.startswith(folder + "/")
 
 
 def check_output(output: str, overwrite: bool, inputs: dict[str, str | Sequence[str] | None]) -> None:
@@ -105,7 +74,7 @@ def check_output(output: str, overwrite: bool, inputs: dict[str, str | Sequence[
             raise PermissionError(f"output={output!r} cannot be created: {probe!r} is not writable.")
     for name, folders in inputs.items():
         for folder in [folders] if isinstance(folders, str) else folders or []:
-            if folder and _inside(folder, output):
+            if folder and (paths.same_location(folder, output) or paths.is_inside(folder, output)):
                 raise ValueError(f"{name}={folder!r} lies inside output={output!r}, which the build would replace. "
                                  "Keep inputs outside the output folder.")
     existing = paths.list_files(output) if paths.exists_folder(output) else []
@@ -168,7 +137,7 @@ def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | No
             marker = {}
         if marker.get("fingerprint") == fingerprint:
             # Files being written when the build stopped (no writer is left: the build lock is ours).
-            paths.delete_files([paths.join(build, rel) for rel in leftover if paths.INCOMPLETE_MARK in rel])
+            paths.delete_files([paths.join(build, rel) for rel in leftover if paths.final_name(rel)])
             LOG.info("resuming the interrupted build in %s: finished work is reused", build)
             return build
         LOG.info("removing %s, left by an interrupted build %s; starting over", build,
@@ -181,7 +150,7 @@ def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | No
         paths.write_atomic(paths.join(build, BUILD_MARKER),
                            json.dumps({"output": output, "started": time.time(), "fingerprint": fingerprint}).encode())
     except OSError as err:
-        if is_no_space(err):
+        if paths.is_no_space(err):
             raise no_space(output, build) from err
         raise PermissionError(f"output={output!r}: cannot write the build folder {build!r} ({err}).") from err
     return build
@@ -208,10 +177,10 @@ def _why_not_resumed(inputs_path: str | None, inputs: dict[str, list[int]] | Non
     return "whose input files have changed since (" + "; ".join(parts) + "), so its decoded audio and chunks are stale"
 
 
-def build_lock(output: str) -> paths.FileLock:
+def build_lock(output: str) -> locks.FileLock:
     """The lock that one build of `output` at a time holds: `OUTPUT.incomplete.lock`, beside the
     build folder (inside it, removing a leftover would remove the lock too)."""
-    return paths.FileLock(build_dir_for(output) + LOCK_SUFFIX, f"output={output!r}")
+    return locks.FileLock(build_dir_for(output) + LOCK_SUFFIX, f"output={output!r}")
 
 
 def replace_with_build(build: str, output: str) -> None:

@@ -43,7 +43,7 @@ from beam_pipelines import output_layout as layout
 from beam_pipelines import runners
 from beam_pipelines import splits as splits_lib
 from beam_pipelines.mixing import active_level, is_silent, rms
-from tfrecord_schema import SCHEMA_VERSION, paths, shard_index
+from tfrecord_schema import SCHEMA_VERSION, locks, paths, shard_index
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -132,9 +132,9 @@ def _check_distinct_folders(folders: dict[str, Sequence[str]]) -> None:
     given = [(name, folder) for name, values in folders.items() for folder in values]
     for i, (name_a, a) in enumerate(given):
         for name_b, b in given[i + 1:]:
-            if layout.same_or_inside(a, b) and layout.same_or_inside(b, a):
+            if paths.same_location(a, b):
                 what = "the same folder"
-            elif layout.same_or_inside(a, b) or layout.same_or_inside(b, a):
+            elif paths.is_inside(a, b) or paths.is_inside(b, a):
                 what = "a folder and a folder inside it"
             else:
                 continue
@@ -659,10 +659,10 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     lock = layout.build_lock(opts.output)
     try:
         lock.acquire(break_lock=break_lock)
-    except paths.LockHeld:
+    except locks.LockHeld:
         raise
     except OSError as err:
-        if layout.is_no_space(err):
+        if paths.is_no_space(err):
             raise layout.no_space(opts.output, lock.path, resumes=False) from err
         raise PermissionError(f"output={opts.output!r}: cannot create the build lock {lock.path} ({err}).") from err
     try:
@@ -699,7 +699,7 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
             if isinstance(err, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt() from err
-        if layout.is_no_space(err):
+        if paths.is_no_space(err):
             # The finished chunks stay valid: keep them for the rerun once space is freed.
             raise layout.no_space(opts.output, build_dir) from None
         # Nothing of a failed build is worth keeping, and the old dataset (if any) was not touched.
@@ -708,7 +708,7 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
     try:
         layout.replace_with_build(build_dir, opts.output)
     except OSError as err:
-        if layout.is_no_space(err):
+        if paths.is_no_space(err):
             raise layout.no_space(opts.output, build_dir) from None
         raise
     info = DatasetInfo.read(opts.output).to_dict()

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
 
     import keras
 
-    from predictor.enhance import Enhancer, enhance_files
+    from predictor.enhance import Enhancer
+    from predictor.folders import enhance_files
     from trainer.model_dir import read_model_info
 
     logging.getLogger("predictor.audio_io").setLevel(logging.ERROR)

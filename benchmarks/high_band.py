@@ -40,7 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from predictor import audio_io
-from predictor.enhance import Enhancer, HighBandGain, enhance_files
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
+from predictor.high_band import HighBandGain
 from predictor.metrics import pesq_score, si_sdr
 
 RATE = 16000

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from predict_speed import generate_files
     from predictor.beam_predict import run_predict
-    from predictor.enhance import Enhancer, enhance_files, resolve_model_dir
+    from predictor.enhance import Enhancer, resolve_model_dir
+    from predictor.folders import enhance_files
 
     model_dir = resolve_model_dir(args.model)
     work = tempfile.mkdtemp(prefix="predict_beam_")

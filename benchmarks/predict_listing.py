@@ -67,8 +67,8 @@ def measure_plan(source: str, output: str) -> dict:
     """In a child process: plan_jobs, then the manifest written, as `run_predict` does."""
     import apache_beam  # noqa: F401  (imported by the launcher anyway; not counted)
 
-    from predictor.beam_predict import JobManifest
-    from predictor.folders import plan_jobs
+    from predictor.job_manifest import JobManifest
+    from predictor.output_folder import plan_jobs
     from tfrecord_schema import paths
 
     baseline = rss_mb()
@@ -92,8 +92,8 @@ def measure_graph(source: str, output: str) -> dict:
     the files in a `beam.Create`, as before, and with the manifest's shards."""
     import apache_beam as beam
 
-    from predictor.beam_predict import JobManifest, ReadJobs
-    from predictor.folders import plan_jobs
+    from predictor.job_manifest import JobManifest, ReadJobs
+    from predictor.output_folder import plan_jobs
 
     jobs, _ = plan_jobs(source, output)
     shards = JobManifest(output).num_shards(len(jobs))
@@ -116,7 +116,7 @@ def measure_before(source: str, output: str) -> dict:
     import apache_beam as beam
 
     sys.path.insert(0, os.environ["PREDICT_LISTING_BEFORE"])
-    from predictor.folders import plan_jobs
+    from predictor.output_folder import plan_jobs
 
     baseline = rss_mb()
     started = time.perf_counter()

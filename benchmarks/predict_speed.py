@@ -129,7 +129,8 @@ def main(argv=None) -> int:
 
     import keras
 
-    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
+    from predictor.enhance import DEFAULT_WORKERS, Enhancer
+    from predictor.folders import enhance_files
 
     # Random weights scale the magnitudes wildly, so outputs clip; the warnings would drown the table.
     logging.getLogger("predictor.audio_io").setLevel(logging.ERROR)

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import glob
 import logging
 import os
-import posixpath
-import re
 import tempfile
 from typing import Iterator
 
 import numpy as np
 
 # One reader for the whole toolkit: the dataset job decodes its inputs with the same function.
-from beam_pipelines.audio import AUDIO_EXTENSIONS, AudioError, read_samples
+from beam_pipelines.audio import FORMATS, AudioError, is_audio_file, list_audio, read_samples
 from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
 
-# soundfile format name for each extension we write.
-FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+_EXTENSIONS = "/".join(FORMATS)  # ".wav/.flac/.ogg", for messages
 _INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
 
 
@@ -56,110 +52,49 @@ class Audio:
         return self.num_samples / self.sample_rate
 
 
-def split_extension(path: str) -> tuple[str, str]:
-    """(`path` without its extension, the extension as written) for a local path or a remote URL."""
-    return (posixpath if paths.is_remote(path) else os.path).splitext(path)
-
-
 def extension(path: str) -> str:
     """The lower-case extension of `path` (".wav"), "" when it has none."""
-    return split_extension(path)[1].lower()
-
-
-def is_audio_file(path: str) -> bool:
-    return extension(path) in AUDIO_EXTENSIONS
+    return paths.split_extension(path)[1].lower()
 
 
 _GLOB_CHARACTERS = ("*", "?", "[")
 
 
-def _normalised_folder(path: str) -> str:
-    """`path` as a folder prefix that another path below it starts with: resolved, with one trailing
-    separator (remote prefixes only lose trailing slashes: a bucket has no links and no "..")."""
-    if paths.is_remote(path):
-        return path.rstrip("/") + "/"
-    return os.path.realpath(path) + os.sep
-
-
-def same_location(a: str, b: str) -> bool:
-    """Whether the local paths or remote prefixes `a` and `b` name the same file or folder."""
-    return paths.is_remote(a) == paths.is_remote(b) and _normalised_folder(a) == _normalised_folder(b)
-
-
-def is_inside(path: str, folder: str) -> bool:
-    """Whether `path` lies strictly below `folder` (both local, or both remote)."""
-    if paths.is_remote(path) != paths.is_remote(folder):
-        return False
-    inside, top = _normalised_folder(path), _normalised_folder(folder)
-    return inside != top and inside.startswith(top)
-
-
-def _find_remote_audio_files(source: str) -> tuple[str, list[str]]:
-    """`find_audio_files` for a remote prefix or object: literal, never a pattern."""
-    listed = paths.list_files(source)
-    found = [rel for rel in listed if is_audio_file(rel) and not posixpath.basename(rel).startswith(".")]
-    if found:
-        return source.rstrip("/"), found
-    if listed:  # a folder, but without audio
-        raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
-    if paths.isfile(source):
-        if not is_audio_file(source):
-            raise ValueError(f"--input must be a {'/'.join(AUDIO_EXTENSIONS)} file or a folder. "
-                             f"Received: input={source!r}")
-        return paths.dirname(source), [paths.basename(source)]
-    if any(c in source for c in _GLOB_CHARACTERS):
-        raise ValueError(
-            f"Glob patterns work on local paths only; a remote --input is one file or a folder prefix (searched "
-            f"recursively), and '*', '?' and '[' in it are literal characters. Received: input={source!r}, which "
-            "names no object and no folder. Pass the folder that holds the files, or copy them to a local folder.")
-    raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files match the input: {source!r} is neither a "
-                            "folder prefix with objects below it nor one object.")
-
-
 def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list[str]]:
-    """Resolves `source` (a folder, one file, or a glob pattern) to (base folder, relative paths).
+    """Resolves `source`, a folder (searched recursively) or one audio file, local or remote
+    (gs://...), to (base folder, relative paths of its audio files, sorted).
 
-    Folders are searched recursively; a glob is expanded with `**` support and its files are named
-    relative to their deepest common folder, so the output mirrors the input's structure. Only
-    wav/flac/ogg files count. Files under `exclude` (e.g. an output folder inside the input folder)
-    are left out. Raises FileNotFoundError when nothing matches.
-
-    A remote `source` (gs://...) is a folder prefix (searched recursively) or one object; globs are
-    local only (a remote pattern is refused with ValueError), and relative paths use "/".
+    `source` is literal, never a glob pattern: `*`, `?` and `[` in it are characters; one that names
+    nothing and holds them is refused with ValueError saying so. Only the files `list_audio` lists
+    count (wav/flac/ogg, not hidden). Files under `exclude` (e.g. an output folder inside the input
+    folder) are left out. Raises FileNotFoundError when nothing is found.
     """
-    if paths.is_remote(source):
-        base, rel = _find_remote_audio_files(source)
-        if exclude and is_inside(exclude, base):
-            rel = [r for r in rel if not is_inside(paths.join(base, r), exclude)]
-        if not rel:
-            raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
-        return base, sorted(rel)
-    if os.path.isdir(source):
-        base = source
-        found = []
-        for root, dirs, files in os.walk(source):
-            dirs.sort()
-            found.extend(os.path.join(root, f) for f in files if is_audio_file(f) and not f.startswith("."))
-    elif os.path.isfile(source):
-        if not is_audio_file(source):
-            raise ValueError(f"--input must be a {'/'.join(AUDIO_EXTENSIONS)} file, a folder or a glob. "
-                             f"Received: input={source!r}")
-        base, found = os.path.dirname(source) or ".", [source]
+    remote = paths.is_remote(source)
+    if remote or os.path.isdir(source):
+        base, rels = (source.rstrip("/") if remote else source), list_audio(source)
     else:
-        found = [p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and is_audio_file(p)]
-        if not found:
-            raise FileNotFoundError(
-                f"No {'/'.join(AUDIO_EXTENSIONS)} files match the input: {source!r} is neither a folder, "
-                "a file nor a glob pattern with matches.")
-        base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in found])
-    if exclude and is_inside(exclude, base):
+        base, rels = source, []
+    if not rels:
+        if paths.isfile(source):
+            if not is_audio_file(source):
+                raise ValueError(f"--input must be a {_EXTENSIONS} file or a folder. Received: input={source!r}")
+            base, rels = paths.dirname(source) if remote else (os.path.dirname(source) or "."), [paths.basename(source)]
+        elif paths.exists_folder(source):  # a folder, but without audio
+            raise FileNotFoundError(f"No {_EXTENSIONS} files found in {source!r}.")
+        elif any(c in source for c in _GLOB_CHARACTERS):
+            raise ValueError(
+                f"--input is a path, never a glob pattern: '*', '?' and '[' in it are characters. Received: "
+                f"input={source!r}, which names no file and no folder. Pass the folder that holds the files "
+                "(it is searched recursively), or one file.")
+        else:
+            where = ("a folder prefix with objects below it nor one object" if remote else "a folder nor a file")
+            raise FileNotFoundError(f"No {_EXTENSIONS} files match the input: {source!r} is neither {where}.")
+    if exclude and paths.is_inside(exclude, base):
         # Only a folder strictly inside the input is left out; the caller refuses one equal to it.
-        inside = _normalised_folder(exclude)
-        found = [p for p in found if not os.path.realpath(p).startswith(inside)]
-    rel = sorted(os.path.relpath(p, base) for p in found)
-    if not rel:
-        raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files found in {source!r}.")
-    return base, rel
+        rels = [rel for rel in rels if not paths.is_inside(paths.join(base, rel), exclude)]
+    if not rels:
+        raise FileNotFoundError(f"No {_EXTENSIONS} files found in {source!r}.")
+    return base, rels
 
 
 def read_audio(path: str) -> Audio:
@@ -310,66 +245,6 @@ def output_subtype(extension: str, source_subtype: str | None, source_extension:
     return soundfile.default_subtype(fmt)
 
 
-def temporary_path(path: str) -> str:
-    """The hidden name in `path`'s folder that `path` is written under before it is renamed into place.
-
-    It carries this process's id (`.NAME.PID.tmp`), so `remove_stale_temporaries` can tell the
-    leftovers of a killed run from the files of a run still writing.
-    """
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-
-
-_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
-
-
-def remove_stale_temporaries(folder: str, endings: tuple[str, ...] = tuple(FORMATS)) -> list[str]:
-    """Deletes what killed runs left under `folder` (searched recursively); returns the paths deleted.
-
-    Only files named the way `temporary_path` names them, for a final name ending in one of
-    `endings` (any case), whose process no longer runs, are deleted: a run still writing keeps its
-    temporaries, and nothing else is touched. Links are not followed.
-
-    Local folders only: for a remote `folder` nothing is deleted and [] is returned. A bucket
-    cannot tell whether the writer of a temporary object is still alive (its process may run on
-    another machine), and `AtomicAudioWriter` keeps a remote output's temporary on the local disk
-    anyway; only a failed upload can leave an object (`*.incomplete-*`, see `paths.upload_atomic`).
-    """
-    if paths.is_remote(folder):
-        return []
-    removed: list[str] = []
-    for root, _, files in os.walk(folder):
-        for name in files:
-            match = _TEMPORARY_NAME.match(name)
-            if not match or not match.group("name").lower().endswith(endings):
-                continue
-            path = os.path.join(root, name)
-            if os.path.islink(path) or _process_running(int(match.group("pid"))):
-                continue
-            try:
-                os.remove(path)
-            except FileNotFoundError:  # another run cleaned it up first
-                continue
-            removed.append(path)
-    if removed:
-        logger.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), folder)
-    return removed
-
-
-def _process_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, run by another user
-        return True
-    except (OverflowError, ValueError):  # not a possible process id
-        return False
-    return True
-
-
 # libsndfile's error for a failed system call (SFE_SYSTEM), which soundfile reports as "System error."
 _LIBSNDFILE_SYSTEM_ERROR = 2
 _ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
@@ -401,7 +276,7 @@ def _system_error(err: Exception, path: str, sound_file: object = None) -> Excep
 
 
 class AtomicAudioWriter:
-    """Writes a wav/flac/ogg file a block at a time, under `temporary_path(path)` until `commit()`.
+    """Writes a wav/flac/ogg file a block at a time, under `paths.temporary_name(path)` until `commit()`.
 
     `commit()` closes the temporary and renames it to `path` (`os.replace`), so a reader never sees
     a half-written file and an interrupted run leaves no file under the final name; `abort()` (or
@@ -427,13 +302,13 @@ class AtomicAudioWriter:
 
         ext = extension(path)
         if ext not in FORMATS:
-            raise ValueError(f"Output files must end in one of {AUDIO_EXTENSIONS}. Received: path={path!r}")
+            raise ValueError(f"Output files must end in one of {tuple(FORMATS)}. Received: path={path!r}")
         self.path, self.sample_rate, self.channels = path, sample_rate, channels
         self.format = FORMATS[ext]
         self.subtype = subtype or soundfile.default_subtype(self.format)
         self.remote = paths.is_remote(path)
         # A remote output's local temporary is made when the first block comes (see `write`).
-        self.temporary = None if self.remote else temporary_path(path)
+        self.temporary = None if self.remote else paths.temporary_name(path)
         self.clipped = 0
         self.samples_written = 0
         self._clips = self.subtype in _INTEGER_SUBTYPES or self.format == "OGG"

@@ -86,9 +86,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
                         "\"mask\", the mask-inference head, and \"kmeans\", the clustering of its embeddings); "
                         "default: the model's first head")
     p.add_argument("--input", required=True, metavar="PATH",
-                   help="a folder (searched recursively), one audio file, or a local glob pattern (quote it; ** "
-                        "works); or a gs:// folder prefix (searched recursively) or object, taken literally: "
-                        "globs are local only")
+                   help="a folder (searched recursively) or one audio file; or a gs:// folder prefix "
+                        "(searched recursively) or object. Taken literally, never as a glob pattern")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder (or gs:// prefix) for the denoised files; must not be the input folder")
     _common_model_args(p)
@@ -139,8 +138,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from predictor.enhance import FAILURES_FILE
-    from predictor.folders import OutputNotWritableError, check_progress_interval
+    from predictor.folders import check_progress_interval
+    from predictor.output_folder import FAILURES_FILE, OutputNotWritableError
     from tfrecord_schema import paths
 
     try:
@@ -154,7 +153,8 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, extra: list[str], failures_path: str) -> int:
-    from predictor.enhance import DEFAULT_WORKERS, Enhancer, enhance_files
+    from predictor.enhance import DEFAULT_WORKERS, Enhancer
+    from predictor.folders import enhance_files
 
     if args.runner is None:
         if extra or args.dask_address:

@@ -3,9 +3,7 @@
 `Enhancer` runs a model that sees fixed windows of STFT frames over signals of any length, by
 weighted overlap-add, streamed a block at a time (`predictor.overlap_add` holds the algorithm and
 says how it works); `Enhancer.enhance` and `enhance_many` take signals already in memory.
-`enhance_files` (`predictor.folders`) denoises a folder of files into another; it is importable
-from here, as are `output_path`, `PredictSummary`, `FAILURES_FILE` and `HighBandGain` (how the band
-above the model's rate is kept, `predictor.high_band`).
+`predictor.folders.enhance_files` denoises a folder of files into another with an `Enhancer`.
 
 The model is a Keras 3 model; Keras places it on a GPU when there is one. The numpy and file work
 around it runs in a few threads (`workers`, `predictor.workers`), so it overlaps the model calls, or
@@ -22,21 +20,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from predictor.folders import DEFAULT_BLOCK_SECONDS, FAILURES_FILE, PredictSummary, enhance_files, output_path
-from predictor.high_band import HighBandGain
-from predictor.overlap_add import Analysis, Frames, Joined, Layout, Synthesis, Track, crossfade_weights, plan_layout
+from predictor.overlap_add import Analysis, Frames, Joined, Synthesis, Track, WindowGeometry
 from predictor.workers import Workers, done_in_order
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.malloc import tune_malloc
-from trainer.targets import check_target, input_channels, output_channels
+from trainer.targets import check_target
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["ACCELERATOR_BATCH_SIZE", "CPU_BATCH_SIZE", "DEFAULT_BLOCK_SECONDS", "DEFAULT_OVERLAP", "DEFAULT_WORKERS",
-           "FAILURES_FILE", "HighBandGain", "MAX_DEFAULT_WORKERS", "PRETRAINED_DIR", "PRETRAINED_16K_DIR",
-           "SHIPPED_MODELS", "Enhancer", "PredictSummary",
-           "crossfade_weights", "default_batch_size", "enhance_files", "has_accelerator", "output_path",
-           "predict_function", "resolve_model_dir"]
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 PRETRAINED_16K_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_16k")
@@ -111,8 +101,7 @@ class Enhancer:
     Args:
         model: a Keras model mapping [B, frames, bins, C] features (`trainer.targets.model_features`)
             to [B, frames, bins, K] in [-1, 1] (C and K: `input_channels(target)`, `output_channels(target)`,
-            1 but for a complex mask), or any callable doing the same on numpy arrays; None for the window geometry alone (what
-            the file processes of `enhance_files(file_processes=N)` use: they never run the model).
+            1 but for a complex mask), or any callable doing the same on numpy arrays.
         config: the model's `SpectrogramConfig`.
         target: "noise", "mask", "psa" or "cmask" (what the model predicts; see `trainer.targets`).
         batch_size: windows per model call; windows of several signals share a batch. None:
@@ -131,20 +120,11 @@ class Enhancer:
             raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0. Received: workers={workers!r}")
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1) (a fraction of a window). Received: overlap={overlap!r}")
+        self.geometry = WindowGeometry(config, target, overlap)  # what the overlap-add needs of the model
         tune_malloc()  # the STFT work handles arrays of the size glibc would mmap and unmap each time
         self.model = model
-        self.config = config
-        self.target = target
-        self.input_channels, self.output_channels = input_channels(target), output_channels(target)
         self.batch_size = batch_size
-        self.overlap = float(overlap)
         self.workers = workers
-        self.window_frames = config.num_frames
-        self.hop_frames = max(1, int(round(self.window_frames * (1.0 - overlap))))
-        self.pad_frames = self.window_frames - self.hop_frames
-        self.weights = crossfade_weights(self.window_frames, self.hop_frames)
         self.predict = predict_function(model)  # numpy [B, frames, bins, C] -> [B, frames, bins, K]
         self.windows_run = 0  # counts model windows, for benchmarks and tests
         self.head: str | None = None  # the output of a several-headed model directory this runs
@@ -164,13 +144,20 @@ class Enhancer:
         return enhancer
 
     @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
+    def config(self) -> SpectrogramConfig:
+        return self.geometry.config
 
-    def _layout(self, length: int) -> Layout:
-        """Where a signal of `length` samples goes: `pad_frames` of silence in front and enough windows
-        to cover it and as much silence behind; one centred window when it fits in one."""
-        return plan_layout(length, self.config, self.window_frames, self.hop_frames)
+    @property
+    def target(self) -> str:
+        return self.geometry.target
+
+    @property
+    def overlap(self) -> float:
+        return self.geometry.overlap
+
+    @property
+    def sample_rate(self) -> int:
+        return self.geometry.sample_rate
 
     def enhance(self, signal: np.ndarray) -> np.ndarray:
         """Enhances one signal at the model's rate: float32 [samples] or [samples, channels].
@@ -205,12 +192,12 @@ class Enhancer:
         """(key, float32 [samples, channels]) in, (key, enhanced of the same shape) out, in order."""
         def analyse(item: tuple[Any, np.ndarray]) -> list[tuple[Any, Frames]]:
             key, x = item
-            analysis = Analysis(self, x.shape[1])
+            analysis = Analysis(self.geometry, x.shape[1])
             blocks = [analysis.feed(x), analysis.close()]
             return [(key, block) for block in blocks if block is not None]
 
         def synthesise(blocks: list[Joined]) -> np.ndarray:
-            synthesis = Synthesis(self)
+            synthesis = Synthesis(self.geometry)
             return np.concatenate([synthesis.push(block) for block in blocks], axis=0)
 
         with Workers(self.workers) as pool:
@@ -241,7 +228,7 @@ class Enhancer:
         track: Track | None = None
         for key, item in items:
             if track is None:
-                track = Track(key, self)
+                track = Track(key, self.geometry)
                 in_flight.append(track)
             if isinstance(item, Exception):
                 track.dropped = True
@@ -282,11 +269,7 @@ class Enhancer:
 def predict_function(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """numpy [B, frames, bins, C] -> numpy [B, frames, bins, K] float32 (the model's channels); a
     callable that returns [B, frames, bins] is taken as giving one channel."""
-    if model is None:
-        def predict(x: np.ndarray) -> np.ndarray:
-            raise ValueError("this Enhancer was made without a model (model=None: the window geometry only) and "
-                             "cannot run one. Pass model= a Keras model or a numpy callable.")
-    elif hasattr(model, "predict_on_batch"):
+    if hasattr(model, "predict_on_batch"):
         def predict(x: np.ndarray) -> np.ndarray:
             return np.asarray(model.predict_on_batch(x), np.float32)
     else:

@@ -221,9 +221,9 @@ def _check_snmf_arguments(speech_dir: str | None, noise_dir: str | None, dataset
     # Learning from the held-out audio would score the SNMF on its own training data.
     for name, training in (("snmf_speech_dir", speech_dir), ("snmf_noise_dir", noise_dir)):
         for held_out in evaluation_dirs:
-            if training and held_out and (audio_io.same_location(training, held_out)
-                                          or audio_io.is_inside(training, held_out)
-                                          or audio_io.is_inside(held_out, training)):
+            if training and held_out and (paths.same_location(training, held_out)
+                                          or paths.is_inside(training, held_out)
+                                          or paths.is_inside(held_out, training)):
                 raise ValueError(f"{name} must not be, contain or lie inside an evaluation folder ({held_out!r}): "
                                  f"the SNMF would learn from the held-out audio. Received: {name}={training!r}")
     return True

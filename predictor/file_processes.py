@@ -2,7 +2,7 @@
 
 With `file_processes=N` (`speech-enhance predict --file-processes N`), N worker processes each take
 whole files: read and resample a block at a time, split off the high band, the STFT and the model's
-input windows (`predictor.folders._read_frames`, `Track`); and, once the model's outputs for those
+input windows (`predictor.file_stream.read_frames`, `Track`); and, once the model's outputs for those
 windows come back, their weighted overlap-add, the inverse STFT, resampling back, the high band
 and the atomic write (`Track`, `FileSink`). These are the functions the threaded path runs, so the
 outputs are the same to float rounding; only which windows share a model batch differs. The main
@@ -27,33 +27,25 @@ Workers are started with the 'spawn' method (never forked from a process where T
 may already run) and import numpy, scipy, soundfile and soxr only, never Keras, TensorFlow or
 JAX (each reports what it loaded when it starts). They ignore SIGINT: on KeyboardInterrupt or any
 error the main process tells them to stop, and they remove the temporaries of the files they were
-writing and exit; they also exit if the main process dies.
+writing and exit; they also exit if the main process dies (`predictor.file_worker`).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
-import queue
-import signal
-import sys
-import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from predictor.file_stream import FileJob
+from predictor.file_worker import POLL_SECONDS, STOP_SECONDS, WorkerSettings, _worker_main
+
 if TYPE_CHECKING:
     from predictor.enhance import Enhancer
-    from predictor.folders import FileJob, FileSink
-    from predictor.high_band import HighBandGain
-    from predictor.overlap_add import Track
-    from tfrecord_schema.config import SpectrogramConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +57,6 @@ MIN_CREDIT = 64
 BATCHES_IN_FLIGHT = 3
 # Files handed to a worker that it has not finished reading: the one it reads and the next.
 FILES_AHEAD = 2
-# Seconds between a blocked process's checks that the other side is still there.
-POLL_SECONDS = 0.5
-# Seconds the workers get to remove their temporaries and exit before they are terminated.
-STOP_SECONDS = 10.0
-# Modules that must never be imported by a worker.
-FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
 
 
 class FileProcessError(RuntimeError):
@@ -88,20 +74,6 @@ def check_file_processes(file_processes: Any) -> None:
         raise ValueError("file_processes must be an integer >= 0: the worker processes that read, transform and "
                          "write the files around the model (0: threads in this process instead), or "
                          f"FileProcesses. Received: file_processes={file_processes!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-    """What a worker needs to read and write files as `enhance_files` would (picklable)."""
-
-    config: SpectrogramConfig
-    target: str
-    overlap: float
-    downmix: bool
-    block_seconds: float
-    keep_model_rate: bool
-    high_band_gain: HighBandGain | None
-    credit: int
 
 
 def credit_per_worker(batch_size: int, processes: int) -> int:
@@ -301,8 +273,8 @@ class _Batcher:
         self.unfinished = len(jobs)
         self.pending: collections.deque[list] = collections.deque()  # [worker, file, windows, taken]
         self.pending_windows = 0
-        b = enhancer.batch_size
-        self.batch = np.zeros((b, enhancer.window_frames, enhancer.config.num_bins, enhancer.input_channels), np.float32)
+        g = enhancer.geometry
+        self.batch = np.zeros((enhancer.batch_size, g.window_frames, g.config.num_bins, g.input_channels), np.float32)
 
     def run(self) -> None:
         for w in range(self.pool.processes):
@@ -379,210 +351,3 @@ class _Batcher:
         enhancer.windows_run += n
         for w, index, a, b in segments:
             self._send(w, ("predictions", index, y[a:b]))
-
-
-@dataclasses.dataclass
-class _InFlight:
-    """A file in a worker: read, waiting for the model's outputs, or being written."""
-
-    job: FileJob
-    track: Track
-    reader: Any  # the `_read_frames` generator, None once read to its end
-    windows: collections.deque = dataclasses.field(default_factory=collections.deque)  # (channel, index) sent
-    sink: FileSink | None = None
-    failed: bool = False
-
-
-def _worker_main(w: int, tasks: Any, results: Any, stop: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
-    sender = _Sender(results)
-    try:
-        _Worker(w, tasks, sender, stop).run()
-    except Exception:  # reported to the main process, which raises it
-        sender.send(("error", w, traceback.format_exc()))
-    finally:
-        sender.close()
-
-
-class _Sender:
-    """Sends a worker's messages from a thread of its own, so that the worker computes on while the
-    main process is busy with the model and not reading (as a multiprocessing queue's feeder does,
-    but through the worker's own pipe)."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="predictor-sender", daemon=True)
-        self._thread.start()
-
-    def send(self, message: tuple) -> None:
-        self._queue.put(message)
-
-    def close(self) -> None:
-        """Sends what is queued (while the main process reads: it does until the workers have stopped)."""
-        self._queue.put(None)
-        self._thread.join(STOP_SECONDS)
-        self._connection.close()
-
-    def _run(self) -> None:
-        while (message := self._queue.get()) is not None:
-            try:
-                self._connection.send(message)
-            except OSError:  # the main process is gone
-                return
-
-
-class _Worker:
-    """One worker process: reads files into model windows, writes them from the model's outputs."""
-
-    def __init__(self, w: int, tasks: Any, results: Any, stop: Any) -> None:
-        self.w, self.tasks, self.results, self.stop = w, tasks, results, stop
-        self.settings: WorkerSettings | None = None  # the run's, with each "run" task
-        self.enhancer: Enhancer | None = None
-        self.files: dict[int, _InFlight] = {}
-        self.to_read: collections.deque[int] = collections.deque()
-        self.outstanding = 0  # windows sent whose model outputs have not come back
-        self.received = 0  # messages taken from `tasks`
-        self.last_progress = 0.0
-
-    def run(self) -> None:
-        # What every file needs, imported before saying ready, so that start-up is over when it does.
-        import predictor.enhance  # noqa: F401
-        import predictor.folders  # noqa: F401
-
-        frameworks = sorted(m for m in FRAMEWORKS if m in sys.modules)
-        self.results.send(("ready", self.w, os.getpid(), frameworks, time.time()))
-        try:
-            while not self.stop.is_set():
-                message = self._get(block=False)
-                if message is None:
-                    if self.to_read and self.outstanding < self.settings.credit:
-                        self._read_block()
-                        continue
-                    self.results.send(("waiting", self.w, self.received))
-                    message = self._get(block=True)
-                    if message is None:
-                        return
-                if message[0] == "stop":
-                    return
-                self._handle(message)
-        finally:
-            for state in self.files.values():  # stopped early: remove the temporaries, close the inputs
-                if state.sink is not None:
-                    state.sink.abort()
-                if state.reader is not None:
-                    state.reader.close()
-
-    def _get(self, block: bool) -> tuple | None:
-        """The next task; None when there is none (block=False), or when told to stop or orphaned."""
-        while True:
-            try:
-                message = self.tasks.get(block=block, timeout=POLL_SECONDS if block else None)
-                self.received += 1
-                return message
-            except queue.Empty:
-                if not block:
-                    return None
-            if self.stop.is_set() or not _parent_alive():
-                return None
-
-    def _handle(self, message: tuple) -> None:
-        from predictor.folders import _read_frames
-        from predictor.overlap_add import Track
-
-        kind = message[0]
-        if kind == "run":
-            from predictor.enhance import Enhancer
-
-            # What a run left: the windows of files that failed after the last file was done, which
-            # were never run (a run's last predictions come before the next "run" task).
-            for state in self.files.values():
-                if state.sink is not None:
-                    state.sink.abort()
-            self.files.clear()
-            self.to_read.clear()
-            self.outstanding = 0
-            self.settings = s = message[1]
-            # The run's window geometry, target and config; no model here.
-            self.enhancer = Enhancer(None, s.config, s.target, batch_size=1, overlap=s.overlap, workers=0)
-        elif kind == "file":
-            _, index, job = message
-            s = self.settings
-            reader = _read_frames(job, self.enhancer, s.downmix, s.block_seconds, s.high_band_gain)
-            self.files[index] = _InFlight(job, Track(index, self.enhancer), reader)
-            self.to_read.append(index)
-        elif kind == "predictions":
-            _, index, outputs = message
-            self.outstanding -= len(outputs)
-            state = self.files[index]
-            for prediction in outputs:
-                channel, window = state.windows.popleft()
-                state.track.add(channel, window, prediction)
-            if state.failed:
-                if not state.windows and state.reader is None:
-                    del self.files[index]
-                return
-            self._write(index, state)
-        else:
-            raise RuntimeError(f"internal error: unknown task {kind!r}")
-
-    def _read_block(self) -> None:
-        from predictor.audio_io import AudioError
-
-        index = self.to_read[0]
-        state = self.files[index]
-        job, item = next(state.reader)
-        if isinstance(item, AudioError):
-            self._finish_reading(state)
-            state.failed = True
-            if state.sink is not None:  # it failed part way through: drop what was written of it
-                state.sink.abort()
-                state.sink = None
-            self.results.send(("failed", self.w, index, item.reason, str(item), True))
-            if not state.windows:
-                del self.files[index]
-            return
-        ready = state.track.add_frames(item)
-        windows = None
-        if ready:
-            windows = np.stack([state.track.window(channel, window) for _, channel, window in ready])
-            state.windows.extend((channel, window) for _, channel, window in ready)
-            self.outstanding += len(ready)
-        last = item.layout is not None
-        if last:
-            self._finish_reading(state)
-        if windows is not None or last:
-            self.results.send(("windows", self.w, index, windows, last))
-        if not ready:  # frames that complete no window may still end a file whose windows have all run
-            self._write(index, state)
-
-    def _finish_reading(self, state: _InFlight) -> None:
-        self.to_read.popleft()
-        state.reader.close()  # closes the input file
-        state.reader = None
-
-    def _write(self, index: int, state: _InFlight) -> None:
-        """Writes what the windows run so far complete; the last block commits the file."""
-        from predictor.folders import FileSink
-
-        block = state.track.take_joined()
-        if block is None:
-            return
-        if state.sink is None:
-            state.sink = FileSink(state.job, self.enhancer, self.settings.keep_model_rate)
-            state.job.sink = state.sink  # the reader stops at the sink's first failed write (`_read_frames`)
-        error = state.sink.push(block)
-        job = state.job
-        if block.last:
-            del self.files[index]
-            self.results.send(("done", self.w, index, error, job.num_samples, job.sample_rate))
-            return
-        now = time.monotonic()
-        if now - self.last_progress > 1.0:
-            self.last_progress = now
-            self.results.send(("progress", self.w, index, state.sink.seconds_written, job.seconds))
-
-
-def _parent_alive() -> bool:
-    parent = multiprocessing.parent_process()
-    return parent is None or parent.is_alive()

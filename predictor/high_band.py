@@ -33,8 +33,7 @@ from predictor.audio_io import StreamResampler
 from trainer.targets import enhance_magnitude
 
 if TYPE_CHECKING:
-    from predictor.enhance import Enhancer
-    from predictor.overlap_add import Joined
+    from predictor.overlap_add import Joined, WindowGeometry
 
 HIGH_BAND_MODES = ("keep", "drop")
 WEIGHTINGS = ("magnitude", "power", "none")
@@ -123,9 +122,9 @@ class HighBandMixer:
     returns the rest, `length` samples in all.
     """
 
-    def __init__(self, enhancer: Enhancer, rate: int, channels: int, gain: HighBandGain = HighBandGain()) -> None:
-        cfg = enhancer.config
-        self._enhancer, self._gain, self.rate = enhancer, gain, rate
+    def __init__(self, geometry: WindowGeometry, rate: int, channels: int, gain: HighBandGain = HighBandGain()) -> None:
+        cfg = geometry.config
+        self._geometry, self._gain, self.rate = geometry, gain, rate
         nyquist = cfg.sample_rate / 2
         freqs = np.arange(cfg.num_bins) * cfg.sample_rate / cfg.n_fft
         self._bins = np.flatnonzero((freqs >= nyquist - gain.band_hz[0]) & (freqs <= nyquist - gain.band_hz[1]))
@@ -186,9 +185,9 @@ class HighBandMixer:
         return out.astype(np.float32, copy=False)
 
     def _add_frames(self, block: Joined) -> None:
-        cfg = self._enhancer.config
+        cfg = self._geometry.config
         noisy = np.abs(block.spectrogram[:, :, self._bins])
-        enhanced = enhance_magnitude(noisy, block.joined[:, :, self._bins, 0], self._enhancer.target, cfg)
+        enhanced = enhance_magnitude(noisy, block.joined[:, :, self._bins, 0], self._geometry.target, cfg)
         weighting = self._gain.weighting
         if weighting == "magnitude":
             num, den = enhanced.sum(axis=2), noisy.sum(axis=2)

@@ -29,23 +29,21 @@ signal at once, so the result does not depend on the block size (tested to float
 `enhance_files` reads, resamples, enhances and writes each file that way (blocks of
 `block_seconds`); `Enhancer.enhance` and `enhance_many` take signals already in memory.
 
-The classes here take the `predictor.enhance.Enhancer` that runs them, for its window geometry
-(`config`, `window_frames`, `hop_frames`, `pad_frames`, `weights`) and `target`.
+The classes here take a `WindowGeometry` (the model's config and target, and the overlap): all
+they need of the model that runs the windows, so the file processes and the Beam workers, which
+never run one, build them without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft
-from trainer.targets import enhance_spectrum, model_features
-
-if TYPE_CHECKING:
-    from predictor.enhance import Enhancer
+from trainer.targets import check_target, enhance_spectrum, input_channels, model_features, output_channels
 
 
 def crossfade_weights(num_frames: int, hop: int) -> np.ndarray:
@@ -90,6 +88,45 @@ def plan_layout(length: int, config: SpectrogramConfig, window_frames: int, hop_
     return Layout(lead_frames, num_windows, (num_windows - 1) * hop + W, length)
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowGeometry:
+    """How a model's fixed windows tile a signal: its `config` and `target`, and the `overlap` of
+    its windows (a fraction of a window, in [0, 1)). The other fields follow from these: windows of
+    `window_frames` frames start every `hop_frames`, after `pad_frames` of silence, and are joined
+    with `weights` [window_frames]; the model reads `input_channels` and gives `output_channels`
+    per bin. Picklable: the file processes and Beam workers receive it."""
+
+    config: SpectrogramConfig
+    target: str
+    overlap: float
+    window_frames: int = dataclasses.field(init=False)
+    hop_frames: int = dataclasses.field(init=False)
+    pad_frames: int = dataclasses.field(init=False)
+    weights: np.ndarray = dataclasses.field(init=False, compare=False, repr=False)
+    input_channels: int = dataclasses.field(init=False)
+    output_channels: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1) (a fraction of a window). Received: overlap={self.overlap!r}")
+        window = self.config.num_frames
+        hop = max(1, int(round(window * (1.0 - self.overlap))))
+        derived = {"overlap": float(self.overlap), "window_frames": window, "hop_frames": hop,
+                   "pad_frames": window - hop, "weights": crossfade_weights(window, hop),
+                   "input_channels": input_channels(self.target), "output_channels": output_channels(self.target)}
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def layout(self, length: int) -> Layout:
+        """Where a signal of `length` samples goes (`plan_layout`)."""
+        return plan_layout(length, self.config, self.window_frames, self.hop_frames)
+
+
 @dataclasses.dataclass
 class Frames:
     """Frames [start, start + n) of a signal's padded STFT, every channel; `Analysis` hands these on.
@@ -126,9 +163,9 @@ class Analysis:
     known to be longer than one window, or has ended: a shorter one is centred in its window.
     """
 
-    def __init__(self, enhancer: "Enhancer", channels: int) -> None:
-        self._enhancer = enhancer
-        self._config = enhancer.config
+    def __init__(self, geometry: WindowGeometry, channels: int) -> None:
+        self._geometry = geometry
+        self._config = geometry.config
         self.channels = channels
         self.received = 0  # samples per channel fed so far
         self.lead_frames: int | None = None
@@ -146,9 +183,9 @@ class Analysis:
         self.received += int(samples.shape[0])
         if self.lead_frames is None:
             self._early.append(samples)
-            if self._config.frames_for(self.received) <= self._enhancer.window_frames:
+            if self._config.frames_for(self.received) <= self._geometry.window_frames:
                 return None
-            self._place(self._enhancer.pad_frames)  # longer than one window, whatever follows
+            self._place(self._geometry.pad_frames)  # longer than one window, whatever follows
         else:
             self._samples = np.concatenate([self._samples, samples.T], axis=1)
         cfg = self._config
@@ -160,8 +197,7 @@ class Analysis:
         """Ends the signal: returns its remaining frames (up to the end of its last window) and layout."""
         if self.received == 0:
             raise ValueError("a signal needs at least one sample to be enhanced")
-        enhancer = self._enhancer
-        layout = plan_layout(self.received, self._config, enhancer.window_frames, enhancer.hop_frames)
+        layout = self._geometry.layout(self.received)
         if self.lead_frames is None:
             self._place(layout.lead_frames)
         frames = self._frames(layout.total_frames)
@@ -179,7 +215,7 @@ class Analysis:
         bins = cfg.num_bins
         if end <= start:
             empty = np.zeros((self.channels, 0, bins), np.complex64)
-            features = np.zeros((self.channels, 0, bins, self._enhancer.input_channels), np.float32)
+            features = np.zeros((self.channels, 0, bins, self._geometry.input_channels), np.float32)
             return Frames(start, empty, features, self.lead_frames)
         hop = cfg.hop_length
         first = (start - self._context) * hop  # padded sample at the stretch's start
@@ -191,8 +227,8 @@ class Analysis:
         if hi > lo:
             stretch[:, lo - first: hi - first] = self._samples[:, lo - have_from: hi - have_from]
         spectrogram = stft(stretch, cfg)[:, self._context: self._context + end - start]
-        phase = np.angle(spectrogram) if self._enhancer.input_channels > 1 else None  # only a complex mask reads it
-        features = model_features(np.abs(spectrogram), phase, self._enhancer.target, cfg)
+        phase = np.angle(spectrogram) if self._geometry.input_channels > 1 else None  # only a complex mask reads it
+        features = model_features(np.abs(spectrogram), phase, self._geometry.target, cfg)
         self._next_frame = end
         keep = (end - self._context) * hop  # the next stretch's start
         if keep > self._samples_start:
@@ -207,9 +243,9 @@ class Track:
     Holds only the frames that a window still to run needs or that are not joined yet.
     """
 
-    def __init__(self, key: Any, enhancer: "Enhancer") -> None:
+    def __init__(self, key: Any, geometry: WindowGeometry) -> None:
         self.key = key
-        self._enhancer = enhancer
+        self._geometry = geometry
         self.start = 0  # the first frame held
         self.frames_end = 0  # one past the last frame received
         self.lead_frames = 0
@@ -225,7 +261,7 @@ class Track:
             channels, _, bins = frames.spectrogram.shape
             self.spectrogram = np.zeros((channels, 0, bins), np.complex64)
             self.features = np.zeros((channels, 0, *frames.features.shape[2:]), np.float32)
-            self.output = np.zeros((channels, 0, bins, self._enhancer.output_channels), np.float32)
+            self.output = np.zeros((channels, 0, bins, self._geometry.output_channels), np.float32)
             self.weight_sum = np.zeros((channels, 0), np.float32)
             self.done = np.zeros(channels, np.int64)
         n = frames.spectrogram.shape[1]
@@ -237,7 +273,7 @@ class Track:
         self.frames_end += n
         self.lead_frames = frames.lead_frames
         self.layout = frames.layout or self.layout
-        W, hop = self._enhancer.window_frames, self._enhancer.hop_frames
+        W, hop = self._geometry.window_frames, self._geometry.hop_frames
         limit = self.layout.num_windows if self.layout else None
         ready = []
         while (limit is None or self.next_window < limit) and self.next_window * hop + W <= self.frames_end:
@@ -246,12 +282,12 @@ class Track:
         return ready
 
     def window(self, channel: int, index: int) -> np.ndarray:
-        start = index * self._enhancer.hop_frames - self.start
-        return self.features[channel, start: start + self._enhancer.window_frames]
+        start = index * self._geometry.hop_frames - self.start
+        return self.features[channel, start: start + self._geometry.window_frames]
 
     def add(self, channel: int, index: int, prediction: np.ndarray) -> None:
-        weights = self._enhancer.weights
-        start = index * self._enhancer.hop_frames - self.start
+        weights = self._geometry.weights
+        start = index * self._geometry.hop_frames - self.start
         self.output[channel, start: start + len(weights)] += weights[:, None, None] * prediction
         self.weight_sum[channel, start: start + len(weights)] += weights
         self.done[channel] += 1
@@ -263,7 +299,7 @@ class Track:
         finished = int(self.done.min())  # windows are run in order, per channel
         last = self.layout is not None and finished == self.layout.num_windows
         # Windows start every hop frames, so no window still to run reaches a frame before this.
-        end = self.layout.total_frames if last else finished * self._enhancer.hop_frames
+        end = self.layout.total_frames if last else finished * self._geometry.hop_frames
         if end <= self.joined_end:
             return None
         a, b = self.joined_end - self.start, end - self.start
@@ -285,16 +321,16 @@ class Synthesis:
     same overlap-add and window-envelope sums as in the inverse STFT of the whole signal.
     """
 
-    def __init__(self, enhancer: "Enhancer") -> None:
-        self._enhancer = enhancer
+    def __init__(self, geometry: WindowGeometry) -> None:
+        self._geometry = geometry
         self._frames: np.ndarray | None = None  # enhanced STFT frames from _start on
         self._start = 0
         self._position = 0  # the padded sample to return next
 
     def push(self, block: Joined) -> np.ndarray:
         """Returns the samples `block` completes, float32 [n, channels]; all that remain with the last."""
-        cfg = self._enhancer.config
-        frames = enhance_spectrum(block.spectrogram, block.joined, self._enhancer.target, cfg)
+        cfg = self._geometry.config
+        frames = enhance_spectrum(block.spectrogram, block.joined, self._geometry.target, cfg)
         if self._frames is None:
             self._frames, self._start, self._position = frames, block.start, block.lead_frames * cfg.hop_length
         else:
@@ -317,5 +353,5 @@ class Synthesis:
         return np.ascontiguousarray(waveform.T)
 
     def _first_frame_over(self, sample: int) -> int:
-        cfg = self._enhancer.config
+        cfg = self._geometry.config
         return max(0, (sample + cfg.n_fft // 2 - cfg.n_fft) // cfg.hop_length + 1)

@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 import scipy.special
 
+from beam_pipelines import audio as audio_lib
 from predictor import audio_io
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -259,8 +260,7 @@ def magnitudes_from_folder(folder: str, config: SpectrogramConfig, *, max_frames
     if not paths.is_remote(folder) and not paths.exists_folder(folder):
         raise FileNotFoundError(f"{argument} must be an existing folder of audio files. Received: "
                                 f"{argument}={folder!r}")
-    files = [rel for rel in paths.list_files(folder)
-             if audio_io.is_audio_file(rel) and not paths.basename(rel).startswith(".")]
+    files = audio_lib.list_audio(folder)
     if not files:
         raise FileNotFoundError(f"{argument} holds no wav/flac/ogg files to learn from. Received: "
                                 f"{argument}={folder!r}")

@@ -121,7 +121,8 @@ def test_a_unet_trained_as_a_complex_mask_improves_and_every_predictor_path_runs
     import soundfile as sf
 
     from predictor.beam_predict import run_predict
-    from predictor.enhance import Enhancer, enhance_files
+    from predictor.enhance import Enhancer
+    from predictor.folders import enhance_files
     from trainer.model_dir import load_model_dir
 
     model_dir, summary = trained

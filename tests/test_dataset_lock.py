@@ -16,7 +16,7 @@ import speech_enhance
 from beam_pipelines.cli import unknown_beam_args
 from conftest import REPO_ROOT
 from dataset_fixtures import kill_build_when, make_corpus
-from tfrecord_schema import paths
+from tfrecord_schema import locks, paths
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +111,12 @@ def test_ctrl_c_releases_the_lock(corpus, tmp_path):
 
 def test_the_lock_on_a_bucket_is_created_only_if_absent(gcs):
     path = gcs.url("locks/ds.incomplete.lock")
-    first, second = paths.FileLock(path, "output='gs://b/ds'"), paths.FileLock(path, "output='gs://b/ds'")
+    first, second = locks.FileLock(path, "output='gs://b/ds'"), locks.FileLock(path, "output='gs://b/ds'")
     first.acquire()
-    with pytest.raises(paths.LockHeld, match=rf"pid {os.getpid()} on host {socket.gethostname()}"):
+    with pytest.raises(locks.LockHeld, match=rf"pid {os.getpid()} on host {socket.gethostname()}"):
         second.acquire()
     with pytest.raises(FileExistsError):
-        paths.create_exclusive(path, b"{}")
+        locks.create_exclusive(path, b"{}")
     first.release()
     assert not paths.isfile(path)
     second.acquire()

@@ -18,8 +18,9 @@ import speech_enhance
 from beam_pipelines import synthetic
 from dataset_fixtures import make_corpus
 from predictor import evaluate
-from predictor.enhance import Enhancer, enhance_files
-from tfrecord_schema import paths
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
+from tfrecord_schema import paths, remote_fs
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir
 
@@ -157,7 +158,7 @@ def test_bucket_inputs_are_literal_and_never_overwritten(enhancer, inputs, gcs, 
             enhance_files(enhancer, source, output)
     with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(enhancer, paths.join(source, "x.wav"), source)
-    with pytest.raises(ValueError, match="Glob patterns work on local paths only.*input='gs://.*/\\*\\.wav'"):
+    with pytest.raises(ValueError, match="never a glob pattern.*input='gs://.*/\\*\\.wav'"):
         enhance_files(enhancer, paths.join(remote_in, "*.wav"), str(tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="neither a folder prefix with objects below it nor one object"):
         enhance_files(enhancer, gcs.url("safety/nothing"), str(tmp_path / "o"))
@@ -181,7 +182,7 @@ def test_block_reading_streams_through_either_remote_client(inputs, monkeypatch,
     from predictor.audio_io import AudioReader
 
     local_in, remote_in = inputs
-    monkeypatch.setenv(paths.REMOTE_FS_VARIABLE, client)
+    monkeypatch.setenv(remote_fs.REMOTE_FS_VARIABLE, client)
     for rel in OUTPUTS:
         with AudioReader(paths.join(remote_in, rel)) as reader:
             blocks = [block for block, _ in reader.blocks(1500)]

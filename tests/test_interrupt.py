@@ -32,9 +32,9 @@ def _write_noise(path, seconds, rate=8000, seed=0):
 
 
 def _temporaries(folder):
-    """Files named the way the commands name their temporaries (`.NAME.PID.tmp`, `NAME.incomplete-XXXX`)."""
+    """Files named the way the commands name their temporaries (`paths.temporary_name`: `.NAME.PID-XXXXXXXX.tmp`)."""
     names = [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files]
-    return [n for n in names if n.endswith(".tmp") or ".incomplete-" in os.path.basename(n)]
+    return [n for n in names if n.endswith(".tmp")]
 
 
 def _run_and_interrupt(args, busy, cwd, timeout_s=120.0):
@@ -181,7 +181,8 @@ def test_a_model_that_raises_in_the_threaded_path_ends_the_program_and_leaves_no
     _write_noise(str(tmp_path / "in" / "a.wav"), 60.0)
     script = textwrap.dedent("""
         import numpy as np
-        from predictor.enhance import Enhancer, enhance_files
+        from predictor.enhance import Enhancer
+        from predictor.folders import enhance_files
         from tfrecord_schema.config import SpectrogramConfig
 
         calls = 0

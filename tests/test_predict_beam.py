@@ -20,12 +20,17 @@ import soundfile
 
 import speech_enhance
 from beam_pipelines.testing import SMALL_CONFIG
-from predictor import beam_predict
-from predictor.beam_predict import MANIFEST_PREFIX, JobManifest, WindowModelHandler, run_predict
-from predictor.enhance import Enhancer, enhance_files
+from predictor.beam_predict import run_predict
+from predictor.job_manifest import MANIFEST_NAME, JobManifest
+from predictor.output_folder import plan_jobs
+from predictor.predict_stages import WindowModelHandler
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
 from tfrecord_schema import paths
 from trainer.model import build_unet
 from trainer.model_dir import save_model_dir
+
+MANIFEST_PREFIX = f".{MANIFEST_NAME}."  # `paths.temporary_name` of OUTPUT/predict-jobs: .predict-jobs.PID-XXXXXXXX.tmp
 
 BATCH = 4
 # (relative path, rate, channels, samples, subtype): windows of SMALL_CONFIG are 512 samples at 8 kHz.
@@ -156,7 +161,7 @@ def test_output_inside_the_input_folder_and_manifest_names_never_collide(model_d
     # An input folder named like a manifest is an input like any other, its output beside the manifest.
     source = tmp_path / "in2"
     shutil.copytree(inputs, source)
-    odd = source / f"{MANIFEST_PREFIX}1-0123abcd"
+    odd = source / f"{MANIFEST_PREFIX}1-0123abcd.tmp"
     odd.mkdir()
     shutil.copy(source / "a.wav", odd / "a.wav")
     out2 = tmp_path / "out2"
@@ -166,7 +171,7 @@ def test_output_inside_the_input_folder_and_manifest_names_never_collide(model_d
                                soundfile.read(os.path.join(reference, "a.wav"), dtype="float32")[0], atol=1e-6)
     assert sorted(n for n in os.listdir(out2) if n.startswith(".")) == [odd.name]
     # ... and a manifest that the outputs would fall in is refused before anything is written.
-    jobs, _ = beam_predict.plan_jobs(str(source), str(tmp_path / "out3"))
+    jobs, _ = plan_jobs(str(source), str(tmp_path / "out3"))
     with pytest.raises(ValueError, match=r"would fall in the job manifest's folder .*Rename the input folder"):
         JobManifest(str(tmp_path / "out3"), name=odd.name).write(jobs)
     assert not os.path.exists(tmp_path / "out3")
@@ -197,7 +202,7 @@ def test_a_killed_run_leaves_a_manifest_that_the_rerun_removes_and_finishes(mode
     [left] = [n for n in os.listdir(out) if n.startswith(MANIFEST_PREFIX)]
     assert left.startswith(f"{MANIFEST_PREFIX}{run.pid}-")
     # A manifest of a run still going (this process) is kept; a file of that name is not a manifest.
-    alive = out / f"{MANIFEST_PREFIX}{os.getpid()}-00000000"
+    alive = out / f"{MANIFEST_PREFIX}{os.getpid()}-00000000.tmp"
     alive.mkdir()
     (out / f"{MANIFEST_PREFIX}1-ffffffff.txt").write_text("mine")
 
@@ -255,8 +260,8 @@ def test_model_handler_pads_every_batch_to_one_shape():
 
 def test_a_file_missing_windows_is_listed_not_written(model_dir, inputs, tmp_path):
     # A runner that loses elements (docs/predict.md, Cluster) must not lead to a wrong output.
-    from predictor.beam_predict import AnalyseFile, FinishFile, account_for_files
-    from predictor.folders import FileJob
+    from predictor.predict_stages import AnalyseFile, FinishFile, account_for_files
+    from predictor.file_stream import FileJob
     from predictor.high_band import HighBandGain
 
     config = SMALL_CONFIG.to_dict()

@@ -11,7 +11,9 @@ from test_predictor import constant_model
 
 import speech_enhance
 from predictor import audio_io
-from predictor.enhance import Enhancer, HighBandGain, enhance_files
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
+from predictor.high_band import HighBandGain
 from predictor.high_band import Crossover
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir

@@ -1,4 +1,4 @@
-"""The job manifest of `predict --runner` (`beam_predict.JobManifest`, `ReadJobs`): what the launcher
+"""The job manifest of `predict --runner` (`job_manifest.JobManifest`, `ReadJobs`): what the launcher
 writes is what a real Beam pipeline reads, from any folder name; the planner's input-overwrite check
 (now resolving each folder once) still sees through links; and a run from a bucket (the local GCS
 emulator) to a bucket keeps its manifest there and removes it, with `predict`'s outputs."""
@@ -15,10 +15,12 @@ import soundfile
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.testing import SMALL_CONFIG
-from predictor import folders
-from predictor.beam_predict import MANIFEST_PREFIX, JobManifest, ReadJobs, run_predict
-from predictor.enhance import Enhancer, enhance_files
-from predictor.folders import FileJob, plan_jobs
+from predictor.beam_predict import run_predict
+from predictor.job_manifest import MANIFEST_NAME, JobManifest, ReadJobs
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
+from predictor.file_stream import FileJob
+from predictor.output_folder import plan_jobs
 from tfrecord_schema import paths
 from trainer.model import build_unet
 from trainer.model_dir import save_model_dir
@@ -39,7 +41,7 @@ def test_what_is_written_is_what_the_pipeline_reads(tmp_path):
     manifest = JobManifest(output)
     shards = manifest.write(jobs)
     assert len(shards) == 16 and all(os.path.dirname(path) == manifest.folder for path, _ in shards)
-    assert os.path.basename(manifest.folder).startswith(f"{MANIFEST_PREFIX}{os.getpid()}-")
+    assert os.path.basename(manifest.folder).startswith(f".{MANIFEST_NAME}.{os.getpid()}-")
     texts = [paths.read_text(path) for path, _ in shards]
     lines = [line for text in texts for line in text.splitlines()]
     assert [JobManifest.job_from_line(line) for line in lines] == jobs  # in order, shard after shard
@@ -92,7 +94,7 @@ def test_the_overwrite_check_still_resolves_links(tmp_path):
     cache = {}
     for path in [str(tmp_path / "link" / "sub" / "b.wav"), str(out / "sub" / "x.wav"), str(tmp_path / "dangling"),
                  str(tmp_path / "link" / "missing" / "y.wav"), "relative.wav", str(tmp_path / "link") + "/"]:
-        assert folders._location(path, cache) == os.path.realpath(path), path
+        assert paths.location(path, cache) == os.path.realpath(path), path
 
 
 @pytest.fixture(scope="module")

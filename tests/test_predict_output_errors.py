@@ -17,10 +17,12 @@ import pytest
 import soundfile
 
 import speech_enhance
-from predictor import audio_io, folders
-from predictor.enhance import Enhancer, enhance_files
+from predictor import audio_io, output_folder
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
 from test_predict_windows import CONFIG, speech_like
 from test_predictor import constant_model
+from tfrecord_schema import paths
 from trainer.model_dir import save_model_dir
 
 
@@ -42,7 +44,8 @@ def _mount(*args: str) -> bool:
 
 def _inject(monkeypatch, folder, code, only=None):
     """Makes writes below `folder` fail with `code` (ENOSPC, EROFS), where no filesystem can be mounted:
-    audio writes, and the files `folders` opens for writing (`only`: those whose name holds it)."""
+    audio writes, and the files the output folder's checks and the path layer open for writing (`only`:
+    those whose name holds it)."""
     folder = os.path.realpath(folder)
 
     def refused(path):
@@ -62,7 +65,8 @@ def _inject(monkeypatch, folder, code, only=None):
         return real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(audio_io.AtomicAudioWriter, "write", write)
-    monkeypatch.setattr(folders, "open", fake_open, raising=False)
+    monkeypatch.setattr(output_folder, "open", fake_open, raising=False)
+    monkeypatch.setattr(paths, "open", fake_open, raising=False)
 
 
 @contextlib.contextmanager
@@ -139,7 +143,7 @@ def test_the_list_of_failures_on_a_full_disk_is_one_line_and_leaves_no_temporary
     os.makedirs(src)
     soundfile.write(str(src / "good.wav"), 0.1 * speech_like(4074, 8000), 8000, subtype="PCM_16")
     (src / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
-    with small_disk(tmp_path / "disk", monkeypatch, free_bytes=8192, only=folders.FAILURES_FILE):
+    with small_disk(tmp_path / "disk", monkeypatch, free_bytes=8192, only=output_folder.FAILURES_FILE):
         code = speech_enhance.main(["predict", "--model", identity_dir, "--input", str(src), "--output", str(out)])
         assert code == 2
         one_line_error(capsys, "1 written, 0 skipped, 1 failed of 2 files", "failures.jsonl",

@@ -14,7 +14,8 @@ import pytest
 import soundfile
 
 import speech_enhance
-from predictor.enhance import PRETRAINED_DIR, Enhancer, enhance_files
+from predictor.enhance import PRETRAINED_DIR, Enhancer
+from predictor.folders import enhance_files
 from predictor.file_processes import FileProcesses
 from test_predict_windows import CONFIG, frame_model, speech_like
 from trainer.model_dir import save_model_dir

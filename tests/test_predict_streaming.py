@@ -16,7 +16,8 @@ import soundfile
 
 import speech_enhance
 from predictor import audio_io
-from predictor.enhance import Enhancer, enhance_files
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
 from test_predict_windows import CONFIG, frame_model, speech_like
 from test_predictor import constant_model
 from trainer.model_dir import save_model_dir
@@ -152,13 +153,13 @@ def test_temporaries_left_by_killed_runs_are_removed_and_nothing_else(identity_d
     os.makedirs(tmp_path / "in")
     soundfile.write(str(tmp_path / "in" / "a.wav"), speech_like(4000), 8000)
     pid = dead_pid()
-    # Temporaries are named .NAME.PID.tmp beside NAME (the killed-run test below checks that against
-    # what the writer really leaves).
-    stale = [str(out / f".a.wav.{pid}.tmp"), str(out / "sub" / f".b.FLAC.{pid}.tmp"),
-             str(out / f".failures.jsonl.{pid}.tmp")]
-    kept = [str(out / f".c.wav.{os.getpid()}.tmp"),  # a run that is still writing (this process)
+    # Temporaries are named .NAME.PID-XXXXXXXX.tmp beside NAME (the killed-run test below checks that
+    # against what the writer really leaves); any writer's, whatever NAME.
+    stale = [str(out / f".a.wav.{pid}-0123abcd.tmp"), str(out / "sub" / f".b.FLAC.{pid}-0123abcd.tmp"),
+             str(out / f".failures.jsonl.{pid}-0123abcd.tmp"), str(out / f".notes.txt.{pid}-0123abcd.tmp")]
+    kept = [str(out / f".c.wav.{os.getpid()}-0123abcd.tmp"),  # a run that is still writing (this process)
             str(out / ".a.wav.tmp"), str(out / "notes.tmp"), str(out / f".notes.txt.{pid}.tmp"),
-            str(out / f"a.wav.{pid}.tmp"), str(out / "sub" / "keep.wav")]
+            str(out / f"a.wav.{pid}-0123abcd.tmp"), str(out / "sub" / "keep.wav")]
     for path in stale + kept:
         with open(path, "wb") as f:
             f.write(b"partial")

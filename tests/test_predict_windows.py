@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from predictor.enhance import Enhancer, enhance_files
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft
 from trainer.model_dir import save_model_dir

@@ -11,7 +11,9 @@ import soundfile
 
 import speech_enhance
 from predictor import enhance
-from predictor.enhance import Enhancer, crossfade_weights, enhance_files
+from predictor.enhance import Enhancer
+from predictor.folders import enhance_files
+from predictor.overlap_add import crossfade_weights
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir
 
@@ -175,8 +177,6 @@ def test_never_overwrites_an_input(identity, tmp_path):
         enhance_files(identity, str(src), str(src))
     with pytest.raises(ValueError, match="output_dir must not be the input folder"):
         enhance_files(identity, path, str(src), output_format="wav")
-    with pytest.raises(ValueError, match="output_dir must not be the input folder"):
-        enhance_files(identity, str(tmp_path / "**" / "*.wav"), str(src), output_format="wav")
     assert open(path, "rb").read() == before
     # An output folder inside the input folder is fine, and its files are never taken as inputs.
     enhance_files(identity, str(src), str(src / "denoised"))
@@ -184,16 +184,21 @@ def test_never_overwrites_an_input(identity, tmp_path):
     assert (again.total, again.skipped) == (1, 1)
 
 
-def test_glob_input_and_format_option(identity, tmp_path):
+def test_input_is_literal_and_format_option(identity, tmp_path):
     write(str(tmp_path / "a" / "x.flac"), signal(3000), 8000)
     write(str(tmp_path / "b" / "c" / "y.flac"), signal(3000), 8000)
     write(str(tmp_path / "b" / "y.flac"), signal(3000), 8000)
     write(str(tmp_path / "b" / "y.wav"), signal(3000), 8000)
-    summary = enhance_files(identity, str(tmp_path / "*" / "**" / "*.flac"), str(tmp_path / "out"),
-                            output_format="wav")
-    assert summary.written == 3
+    # A path is never a pattern: one that names nothing and holds '*', '?' or '[' says so ...
+    with pytest.raises(ValueError, match=r"never a glob pattern.*input='.*\*\*/\*\.flac'.*names no file and no folder"):
+        enhance_files(identity, str(tmp_path / "*" / "**" / "*.flac"), str(tmp_path / "out"))
+    # ... and a folder whose name holds them is that folder.
+    literal = tmp_path / "take[1]*"
+    write(str(literal / "x.flac"), signal(3000), 8000)
+    summary = enhance_files(identity, str(literal), str(tmp_path / "out"), output_format="wav")
+    assert summary.written == 1
     assert sorted(os.path.relpath(os.path.join(d, f), tmp_path / "out")
-                  for d, _, fs in os.walk(tmp_path / "out") for f in fs) == ["a/x.wav", "b/c/y.wav", "b/y.wav"]
+                  for d, _, fs in os.walk(tmp_path / "out") for f in fs) == ["x.wav"]
     clash = enhance_files(identity, str(tmp_path / "b"), str(tmp_path / "out2"), output_format="wav")
     assert [f["reason"] for f in clash.failures] == ["duplicate output"]
 
@@ -203,8 +208,8 @@ def test_bad_arguments_are_refused(identity, tmp_path):
         Enhancer(lambda x: x, CONFIG, "noise", overlap=1.0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         Enhancer(lambda x: x, CONFIG, "noise", batch_size=0)
-    with pytest.raises(FileNotFoundError, match="No .* files match the input"):
-        enhance_files(identity, str(tmp_path / "missing" / "*.wav"), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="No .* files match the input: .* is neither a folder nor a file"):
+        enhance_files(identity, str(tmp_path / "missing" / "a.wav"), str(tmp_path / "out"))
 
 
 def test_default_batch_size_follows_the_device(monkeypatch):

@@ -4,159 +4,45 @@ Every stage reads and writes through these functions. Rules they keep:
 - A user's path is literal: `[`, `*` and `?` in a folder name are characters, never patterns.
 - A remote "folder" is a prefix: it exists through the objects below it (`exists_folder`), and
   deleting it deletes those objects (`delete_tree`).
-- Writes are atomic: locally a temporary name (`*.incomplete-XXXXXXXX`), then a rename; on a
-  bucket an upload is itself atomic (an object appears only when its upload completes), so objects
-  are written under their final name and a rename, a full copy there, is saved.
+- Two paths are compared as locations (`location`, `same_location`, `is_inside`): locally resolved
+  (absolute, links followed), remotely without trailing "/" (a bucket has no links and no "..").
+- Writes are atomic: locally a temporary name, then a rename; on a bucket an upload is itself
+  atomic (an object appears only when its upload completes), so objects are written under their
+  final name and a rename, a full copy there, is saved.
+- Every temporary file is named by `temporary_name` (`.NAME.PID-XXXXXXXX.tmp`, hidden beside
+  NAME, with the writer's process id), so `remove_stale_temporaries` removes what any writer that
+  no longer runs left, and nothing else.
 - Remote files are streamed (`open_read`), never downloaded whole first.
-- A file can be created only if absent (`create_exclusive`: O_EXCL locally, a generation
-  precondition on gs://), which is what `FileLock` (one build of a dataset at a time) rests on.
 
-Local paths go through `os`. Remote paths go through one of two clients, both able to talk to
-Google Cloud Storage: Apache Beam's `FileSystems` (what the dataset job's workers have; the `gcp`
-extra) or TensorFlow's `tf.io.gfile` (what a Colab trainer has). The first installed one is used;
-`SPEECH_ENHANCE_REMOTE_FS=beam|tensorflow` chooses. Neither is imported for local paths.
+Local paths go through `os`; remote paths through a client of `tfrecord_schema.remote_fs`, which
+is imported only for them. Files created only if absent, and the lock built on them, are in
+`tfrecord_schema.locks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import functools
-import json
+import errno
 import logging
 import os
 import posixpath
+import re
 import shutil
-import socket
-import sys
 import uuid
 from typing import BinaryIO, Iterable
 
+from tfrecord_schema.remote_fs import remote_client
+
 LOG = logging.getLogger(__name__)
 
-# Suffix of every temporary file this toolkit writes before renaming it into place.
-INCOMPLETE_MARK = ".incomplete-"
-REMOTE_FS_VARIABLE = "SPEECH_ENHANCE_REMOTE_FS"
+# A write that fails with one of these fails for every later write to that disk: it is full.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# `temporary_name`'s names: the final name, the writer's process id, a random part.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
 def is_remote(path: str) -> bool:
     return "://" in str(path)
-
-
-class _BeamClient:
-    """Remote files through Apache Beam's FileSystems (gcsio for gs://)."""
-
-    name = "beam"
-
-    def __init__(self) -> None:
-        from apache_beam.io.filesystems import FileSystems
-
-        self.fs = FileSystems
-
-    def list_files(self, prefix: str) -> list[str]:
-        return [m.path for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list]
-
-    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
-        return {m.path: (int(m.size_in_bytes), int(round((m.last_updated_in_seconds or 0) * 1e9)))
-                for m in self.fs.match([escape_glob(prefix) + "**"])[0].metadata_list}
-
-    def isfile(self, path: str) -> bool:
-        return self.fs.exists(path)
-
-    def size(self, path: str) -> int:
-        found = self.fs.match([escape_glob(path)])[0].metadata_list
-        if not found:
-            raise FileNotFoundError(f"{path}: no such file")
-        return found[0].size_in_bytes
-
-    def open_read(self, path: str) -> BinaryIO:
-        return self.fs.open(path)
-
-    def open_write(self, path: str) -> BinaryIO:
-        return self.fs.create(path)
-
-    def rename(self, sources: list[str], destinations: list[str]) -> None:
-        self.fs.rename(sources, destinations)
-
-    def delete(self, paths: list[str]) -> None:
-        self.fs.delete(paths)
-
-
-class _TensorFlowClient:
-    """Remote files through TensorFlow's own filesystem layer (tf.io.gfile)."""
-
-    name = "tensorflow"
-
-    def __init__(self) -> None:
-        import tensorflow as tf
-
-        self.gfile = tf.io.gfile
-
-    def list_files(self, prefix: str) -> list[str]:
-        base = prefix.rstrip("/")
-        out = []
-        if not self.gfile.isdir(base):
-            return out
-        for folder, _dirs, files in self.gfile.walk(base):
-            out += [posixpath.join(folder.rstrip("/"), name) for name in files]
-        return out
-
-    def list_identities(self, prefix: str) -> dict[str, tuple[int, int]]:
-        out = {}
-        for path in self.list_files(prefix):
-            stat = self.gfile.stat(path)
-            out[path] = (int(stat.length), int(stat.mtime_nsec))
-        return out
-
-    def isfile(self, path: str) -> bool:
-        return self.gfile.exists(path) and not self.gfile.isdir(path)
-
-    def size(self, path: str) -> int:
-        import tensorflow as tf
-
-        try:
-            return self.gfile.stat(path).length
-        except tf.errors.NotFoundError as err:
-            raise FileNotFoundError(f"{path}: no such file") from err
-
-    def open_read(self, path: str) -> BinaryIO:
-        return self.gfile.GFile(path, "rb")
-
-    def open_write(self, path: str) -> BinaryIO:
-        return self.gfile.GFile(path, "wb")
-
-    def rename(self, sources: list[str], destinations: list[str]) -> None:
-        for src, dst in zip(sources, destinations):
-            self.gfile.rename(src, dst, overwrite=True)
-
-    def delete(self, paths: list[str]) -> None:
-        for path in paths:
-            self.gfile.remove(path)
-
-
-@functools.lru_cache(maxsize=None)
-def _client_named(name: str):
-    return {"beam": _BeamClient, "tensorflow": _TensorFlowClient}[name]()
-
-
-def remote_client():
-    """The client used for remote paths (see the module docstring)."""
-    wanted = os.environ.get(REMOTE_FS_VARIABLE, "").strip().lower()
-    if wanted:
-        if wanted not in ("beam", "tensorflow"):
-            raise ValueError(f"{REMOTE_FS_VARIABLE} must be 'beam' or 'tensorflow'. Received: {wanted!r}")
-        return _client_named(wanted)
-    for name in ("beam", "tensorflow"):
-        try:
-            return _client_named(name)
-        except ImportError:
-            continue
-    raise ImportError("Remote paths (gs://...) need Apache Beam or TensorFlow: pip install 'speech-enhance[gcp]'.")
-
-
-def escape_glob(path: str) -> str:
-    """`path` as a pattern that matches exactly itself in `FileSystems.match` (and `glob`)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -276,11 +162,6 @@ def move_tree(src: str, dst: str, last: str | None = None) -> None:
     remote_client().rename([join(src, r) for r in rel], [join(dst, r) for r in rel])
 
 
-def temporary_name(path: str) -> str:
-    """A unique sibling name for writing `path` before renaming it into place."""
-    return f"{path}{INCOMPLETE_MARK}{uuid.uuid4().hex[:8]}"
-
-
 def rename(src: str, dst: str) -> None:
     """Renames one file (replacing `dst`)."""
     if is_remote(src):
@@ -327,7 +208,7 @@ def write_atomic(path: str, data: bytes) -> None:
         with open_write(tmp) as f:
             f.write(data)
         rename(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk: no `.incomplete-` file is left beside `path`
+    except BaseException:  # Ctrl-C or a full disk: no temporary is left beside `path`
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
@@ -389,66 +270,114 @@ def existing_ancestor(path: str) -> str:
     return probe
 
 
-def create_exclusive(path: str, data: bytes) -> None:
-    """Writes `data` to a new file `path`, in one step that fails with FileExistsError when a file of
-    that name exists, even against a writer on another machine at the same moment.
+def split_extension(path: str) -> tuple[str, str]:
+    """(`path` without its extension, the extension as written) for a local path or a remote URL."""
+    return (posixpath if is_remote(path) else os.path).splitext(path)
 
-    Locally `O_CREAT | O_EXCL`. On gs:// an upload with the precondition `ifGenerationMatch=0`
-    (google-cloud-storage, which Beam's gcp extra installs): Cloud Storage creates the object only
-    when none exists (the test suite's emulator ignores preconditions: there only the existence check
-    before the upload is exercised). Other remote schemes have no such precondition here: an existence check, then
-    a write, with a small window in which two writers both succeed.
+
+def location(path: str, resolved_folders: dict[str, str] | None = None) -> str:
+    """`path` normalised for comparing with another: resolved locally, without trailing "/" remotely.
+
+    `resolved_folders` caches resolved folders: a file's resolved path is its resolved folder joined with
+    its name, unless the name itself is a link (what `os.path.realpath` gives, with one `lstat`
+    per file instead of one per component of its path).
     """
-    if not is_remote(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-        except BaseException:
-            os.close(fd)
-            os.remove(path)
-            raise
-        os.close(fd)
-        return
-    if path.startswith("gs://"):
-        from google.api_core import exceptions
-
-        if isfile(path):  # the common case, at the cost of one request; the precondition covers the race
-            raise FileExistsError(f"{path}: exists")
-        bucket, _, name = path[len("gs://"):].partition("/")
-        try:
-            _gcs_client().bucket(bucket).blob(name).upload_from_string(data, if_generation_match=0)
-        except exceptions.PreconditionFailed as err:
-            raise FileExistsError(f"{path}: exists") from err
-        return
-    if isfile(path):
-        raise FileExistsError(f"{path}: exists")
-    LOG.debug("%s: no create-if-absent precondition for this scheme; checked, then written", path)
-    write_atomic(path, data)
+    if is_remote(path):
+        return path.rstrip("/")
+    if resolved_folders is None:
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if not name or name in (".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    resolved = resolved_folders.get(folder)
+    if resolved is None:
+        resolved = resolved_folders[folder] = os.path.realpath(folder)
+    return os.path.join(resolved, name)
 
 
-def _gcs_client():
-    # One client per endpoint: STORAGE_EMULATOR_HOST can change within a process (a user switching
-    # to an emulator, an emulator per test module), and a client keeps the endpoint it was made with.
-    return _gcs_client_for(os.environ.get("STORAGE_EMULATOR_HOST", ""))
+def _as_folder(path: str) -> str:
+    """`location(path)` with one trailing separator: what every path below it starts with."""
+    return location(path).rstrip("/" if is_remote(path) else os.sep) + ("/" if is_remote(path) else os.sep)
 
 
-@functools.lru_cache(maxsize=None)
-def _gcs_client_for(endpoint: str):
-    from google.cloud import storage
-
-    return storage.Client()
+def same_location(a: str, b: str) -> bool:
+    """Whether the local paths or remote prefixes `a` and `b` name the same file or folder."""
+    return is_remote(a) == is_remote(b) and _as_folder(a) == _as_folder(b)
 
 
-class LockHeld(FileExistsError):
-    """A lock file exists and its holder may still be running; `holder` is what it wrote."""
+def is_inside(path: str, folder: str) -> bool:
+    """Whether `path` lies strictly below `folder` (both local, or both remote)."""
+    if is_remote(path) != is_remote(folder):
+        return False
+    inside, top = _as_folder(path), _as_folder(folder)
+    return inside != top and inside.startswith(top)
 
-    def __init__(self, message: str, holder: dict | None = None) -> None:
-        super().__init__(message)
-        self.holder = holder or {}
+
+def is_no_space(err: BaseException) -> bool:
+    """True when `err`, or an error it was raised from, is a full disk: an OSError with an errno of
+    `NO_SPACE_ERRNOS` here, or, from a Beam worker (re-raised in the launcher as a RuntimeError
+    holding the worker's message), its text."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+            return True
+        if f"[Errno {errno.ENOSPC}]" in str(err) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
-def _process_start(pid: int) -> int | None:
+def temporary_name(path: str) -> str:
+    """The name `path` is written under before it is renamed into place: a hidden sibling that
+    carries this process's id and a random part (`.NAME.PID-XXXXXXXX.tmp`), so that
+    `remove_stale_temporaries` tells the leftovers of a writer that no longer runs from the files
+    of one still writing, and two writers of one name never share a temporary."""
+    folder, name = (posixpath if is_remote(path) else os.path).split(path)
+    return join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def final_name(path: str) -> str | None:
+    """The path that the temporary `path` (`temporary_name`'s) is written for; None for any other name."""
+    folder, name = (posixpath if is_remote(path) else os.path).split(path)
+    match = _TEMPORARY.match(name)
+    return None if match is None else join(folder, match.group("name"))
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Deletes the temporaries (`temporary_name`: files, or folders with all below them) under the
+    local `folder` (searched recursively) whose writer no longer runs; returns the paths deleted.
+
+    A run still writing keeps its temporaries, and nothing else is touched. Links are not followed.
+    For a remote `folder` nothing is deleted and [] is returned: a bucket cannot tell whether the
+    writer of a temporary object is still alive (its process may run on another machine), and
+    remote outputs are written under their final names (an upload is atomic) or staged on the
+    local disk.
+    """
+    if is_remote(folder):
+        return []
+    removed: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            match = _TEMPORARY.match(name)
+            path = os.path.join(root, name)
+            if not match or os.path.islink(path) or process_running(int(match.group("pid"))):
+                continue
+            if name in dirs:
+                dirs.remove(name)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another run cleaned it up first
+                    continue
+            removed.append(path)
+    if removed:
+        LOG.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), folder)
+    return removed
+
+
+def process_start(pid: int) -> int | None:
     """The start time of process `pid` in clock ticks since boot (Linux /proc), None where unknown:
     with the pid it names one process, even after the pid is reused."""
     try:
@@ -458,111 +387,16 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
-def _pid_running(pid: int, start: int | None) -> bool:
+def process_running(pid: int, start: int | None = None) -> bool:
+    """Whether process `pid` runs on this host; with `start` (its `process_start`), whether it is
+    still that process and not a later one given the same pid."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except PermissionError:  # it exists, run by another user
         pass
-    now = _process_start(pid)
+    except (OverflowError, ValueError):  # not a possible process id
+        return False
+    now = process_start(pid)
     return start is None or now is None or now == start
-
-
-class FileLock:
-    """A lock held by creating `path` exclusively (`create_exclusive`), locally or on a bucket.
-
-    The file holds who took it: pid, host, start time, command. `acquire` refuses a lock that is held
-    (LockHeld naming the holder) and takes over, with a warning, a lock whose holder is gone: one
-    left on this host by a process that no longer runs (killed, or its machine restarted), or any
-    lock when `break_lock` (for a holder on another host that crashed: this host cannot see it).
-    `release` removes the file only while it is still this holder's.
-    """
-
-    def __init__(self, path: str, what: str) -> None:
-        self.path, self.what = path, what
-        self.token = uuid.uuid4().hex
-        self.held = False
-
-    def _content(self) -> bytes:
-        return json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid()),
-            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:]),
-            "token": self.token}).encode()
-
-    def read(self) -> dict | None:
-        """What the lock file holds, None when there is none ({} when unreadable)."""
-        if is_remote(self.path) and not isfile(self.path):
-            return None
-        try:
-            data = read_bytes(self.path)
-        except FileNotFoundError:
-            return None
-        try:
-            holder = json.loads(data)
-        except ValueError:
-            return {}
-        return holder if isinstance(holder, dict) else {}
-
-    def _stale(self, holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        return not _pid_running(holder["pid"], holder.get("process_start"))
-
-    def describe(self, holder: dict) -> str:
-        return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-                f"{holder.get('started', '?')} ({holder.get('command', '?')!r})")
-
-    def acquire(self, break_lock: bool = False) -> None:
-        for _ in range(5):
-            try:
-                create_exclusive(self.path, self._content())
-                self.held = True
-                return
-            except FileExistsError:
-                pass
-            holder = self.read()
-            if holder is None:  # released in between: try again
-                continue
-            if not (break_lock or self._stale(holder)):
-                raise LockHeld(f"{self.what} is in use by another run: {self.describe(holder)}, which holds the "
-                               f"lock {self.path}. Wait for it to finish or stop it. If that run is gone (its "
-                               "machine crashed), pass break_lock=True to take the lock over.", holder)
-            LOG.warning("taking over the lock %s of %s: %s", self.path, self.describe(holder),
-                        "break_lock=True" if break_lock else "that process no longer runs")
-            self._remove_if_still(holder)
-        raise LockHeld(f"{self.what}: could not take the lock {self.path}: other runs keep taking it.", {})
-
-    def _remove_if_still(self, holder: dict) -> None:
-        """Removes the lock file if it still holds `holder` (another run may have replaced it since)."""
-        if is_remote(self.path):
-            delete_files([self.path])  # no rename on a bucket; the window between read and delete is small
-            return
-        moved = temporary_name(self.path)
-        try:
-            os.rename(self.path, moved)
-        except FileNotFoundError:
-            return
-        try:
-            with open(moved, "rb") as f:
-                now = json.loads(f.read() or b"{}")
-        except ValueError:
-            now = {}
-        if now.get("token") != holder.get("token"):
-            try:
-                os.link(moved, self.path)  # someone else's fresh lock: put it back (never over a newer one)
-            except OSError:
-                pass
-        os.remove(moved)
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        holder = self.read()
-        if holder and holder.get("token") == self.token:
-            delete_files([self.path])
-        else:
-            LOG.warning("the lock %s was taken over by %s while this run held it", self.path,
-                        self.describe(holder or {}))
