@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 # One reader for the whole toolkit: the dataset job decodes its inputs with the same function.
-from beam_pipelines.audio import FORMATS, AudioError, is_audio_file, list_audio, read_samples
+from beam_pipelines.audio import FORMATS, AudioError, list_audio, read_samples
 from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def find_audio_files(source: str, exclude: str | None = None) -> tuple[str, list
         base, rels = source, []
     if not rels:
         if paths.isfile(source):
-            if not is_audio_file(source):
+            if extension(source) not in FORMATS:  # named by the user: hidden or not
                 raise ValueError(f"--input must be a {_EXTENSIONS} file or a folder. Received: input={source!r}")
             base, rels = paths.dirname(source) if remote else (os.path.dirname(source) or "."), [paths.basename(source)]
         elif paths.exists_folder(source):  # a folder, but without audio

@@ -9,7 +9,7 @@ import pytest
 from beam_pipelines import generation as gen
 from beam_pipelines.pipeline import DatasetOptions, run_dataset
 from dataset_fixtures import add_bad_inputs, make_corpus
-from tfrecord_schema import decode
+from tfrecord_schema import decode, paths
 from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.records import read_records
 from tfrecord_schema.spectrogram import from_magnitude_phase
@@ -60,7 +60,7 @@ def test_counts_shards_and_info(built):
         assert sorted(r["example_id"] for r in records) == [f"{split}-{i:08d}" for i in range(s["num_examples"])]
         for shard in s["shards"]:
             assert os.path.getsize(os.path.join(out, shard["file"])) == shard["num_bytes"] <= SHARD
-    assert not [f for f in os.listdir(out) if "incomplete" in f or f == "_work"]
+    assert not [f for f in os.listdir(out) if "incomplete" in f or paths.final_name(f) or f == "_work"]
     assert info["seed"] == 0 and info["schema_version"] == 2
     assert sum(sum(c) for c in info["histograms"]["snr_db"]["counts"].values()) == 40
     assert len(os.listdir(os.path.join(out, "audio", "test", "noisy"))) == 4

@@ -132,7 +132,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_deleted_output(enhancer, inputs
     assert (first.written, first.skipped, len(first.failures)) == (2, 0, 1)
     before = {rel: (generation(paths.join(out, rel)), read(paths.join(out, rel))[0]) for rel in OUTPUTS}
     windows = enhancer.windows_run
-    with caplog.at_level(logging.INFO, logger="predictor.folders"):
+    with caplog.at_level(logging.INFO, logger="predictor"):
         second = enhance_files(enhancer, remote_in, out)
     assert (second.written, second.skipped, len(second.failures)) == (0, 2, 1)
     assert any("skipping 2 files whose output exists" in r.getMessage() for r in caplog.records)
@@ -146,7 +146,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_deleted_output(enhancer, inputs
     assert enhancer.windows_run > windows
     assert generation(paths.join(out, "a.wav")) == before["a.wav"][0]
     np.testing.assert_allclose(read(paths.join(out, "sub/b.flac"))[0], before["sub/b.flac"][1], rtol=0, atol=1e-6)
-    assert not [f for f in paths.list_files(out) if ".incomplete" in f]
+    assert not [f for f in paths.list_files(out) if paths.final_name(f)]
 
 
 def test_bucket_inputs_are_literal_and_never_overwritten(enhancer, inputs, gcs, tmp_path):
@@ -238,7 +238,7 @@ def test_evaluate_bucket_pairs_gives_the_local_numbers(model_dir, remote_model_d
     listed = paths.list_files(remote_report)
     assert {"results.json", "results.md", "si_sdri_vs_snr.png", "examples.png"} <= set(listed)
     assert len([f for f in listed if f.startswith("audio/") and f.endswith(".wav")]) == 2 * 5
-    assert not [f for f in listed if ".incomplete" in f]
+    assert not [f for f in listed if paths.final_name(f)]
     assert paths.read_bytes(paths.join(remote_report, "si_sdri_vs_snr.png"))[:8] == b"\x89PNG\r\n\x1a\n"
 
 

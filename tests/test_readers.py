@@ -19,7 +19,7 @@ from beam_pipelines.inspect_dataset import inspect_dataset  # noqa: E402
 from beam_pipelines.testing import read_raw_records, write_dataset  # noqa: E402
 from readers.grain_source import RecordSource  # noqa: E402
 from readers.torch_data import RecordDataset, StreamDataset  # noqa: E402
-from tfrecord_schema import shard_index  # noqa: E402
+from tfrecord_schema import paths, shard_index  # noqa: E402
 from tfrecord_schema.dataset_info import DatasetInfo  # noqa: E402
 from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS, decode  # noqa: E402
 from trainer.input_pipeline import make_dataset, raw_batches  # noqa: E402
@@ -293,7 +293,7 @@ def test_dataset_job_writes_the_indexes(tmp_path):
     shards = [s for e in info["splits"].values() for s in e["shards"]]
     assert len(shards) > 3 and all(os.path.isfile(os.path.join(out, s["index"])) for s in shards)
     assert all(s["index_bytes"] == 16 * s["num_examples"] for s in shards)
-    assert not [f for f in os.listdir(out) if ".incomplete-" in f]
+    assert not [f for f in os.listdir(out) if paths.final_name(f)]
     assert inspect_dataset(out, examples=0, verify=True)["problems"] == []
     records = RecordDataset(out, "train", raw=True)
     expected = [decode(r)["example_id"] for r in read_raw_records(out, info, "train")]
