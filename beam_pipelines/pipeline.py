@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np

@@ -233,7 +233,7 @@ def _keep_history_before(csv_path: str, epoch: int) -> list[dict[str, str]]:
 
 
 def _check_same_dataset(work_dir: str, previous: dict[str, Any], run_args: dict[str, Any]) -> None:
-    """Refuses to resume a run on another dataset than the one it started on (see `dataset_fingerprint`)."""
+    """Refuses to resume a run on another dataset than the one it started on (see `Dataset.fingerprint`)."""
     old, new = previous.get("dataset_fingerprint"), run_args["dataset_fingerprint"]
     old_dir, new_dir = previous.get("dataset_dir"), run_args["dataset_dir"]
     if old is None:  # run.json written before fingerprints were recorded
