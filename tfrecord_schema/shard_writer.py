@@ -55,11 +55,13 @@ class ShardWriter:
         self.path = paths.join(directory, file)
         self._raw, self._written = paths.open_write_atomic(self.path)
         self._out = _Counted(self._raw, self.path)
-        self._records = RecordWriter(self._out, compression)
+        self._records: RecordWriter | None = None  # made on the first record: a GZIP stream starts with its header
         self._lengths: list[int] = []
         self.shard: ShardInfo | None = None
 
     def write(self, record: bytes) -> None:
+        if self._records is None:
+            self._records = RecordWriter(self._out, self.compression)
         self._records.write(record)
         self._lengths.append(len(record) + FRAMING_BYTES)
 
@@ -74,7 +76,10 @@ class ShardWriter:
         written with `write_framed` (counted from the framing otherwise)."""
         if self.shard is not None:
             return self.shard
-        self._records.close()
+        if self._records is None and self._out.bytes == 0:
+            self._records = RecordWriter(self._out, self.compression)  # no record: an empty stream of its kind
+        if self._records is not None:
+            self._records.close()
         self._raw.close()
         count = len(self._lengths) if not self.compression or num_examples is None else num_examples
         if num_examples is not None and num_examples != count:
