@@ -12,12 +12,13 @@ The pipeline (`build_predict_pipeline`), stage by stage:
    **ReadJobs** (`ReadJobs`): the pipeline reads the manifest's shards, spread over the workers,
    line by line through the path layer, and reshuffles the files over the workers. The job graph
    holds the shards' paths only, never the list of files (Dataflow refuses graphs over ~10 MB).
-2. **AnalyseFiles** (`AnalyseFile`; the per-file stages are in `predictor.predict_stages`): each file is read, resampled to the model's rate (the band
-   above it split off for `high_band="keep"`) and turned into STFT frames by the same generator as
-   `enhance_files` (`file_stream.read_frames`: `Analysis`, `Crossover`); its model windows go out one by
-   one, keyed by file, channel and window index, and what the file needs to be put back together
-   (`FileState`: the noisy STFT, its layout, the high band, the input's rate, encoding and length)
-   goes out once. A file that cannot be used becomes a failure with its reason.
+2. **AnalyseFiles** (`AnalyseFile`; the stages on files and windows are in `predictor.predict_stages`):
+   each file is read, resampled to the model's rate (the band above it split off for
+   `high_band="keep"`) and turned into STFT frames by the same generator as `enhance_files`
+   (`file_stream.read_frames`: `Analysis`, `Crossover`); its model windows go out one by one, keyed
+   by file, channel and window index, and what the file needs to be put back together (`FileState`:
+   the noisy STFT, its layout, the high band, the input's rate, encoding and length) goes out once.
+   A file that cannot be used becomes a failure with its reason.
 3. **Enhance**: Beam's `RunInference` with `WindowModelHandler` (a model directory loaded with
    `trainer.model_dir.load_model_dir`, `head` supported). Windows of all files share fixed-size
    batches (`BatchElements` with min = max = `batch_size`; the last batch of a bundle is padded), so
