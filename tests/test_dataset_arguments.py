@@ -130,7 +130,7 @@ def test_evaluate_mixture_arguments_are_refused_naming_the_flag(corpus, tmp_path
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and "--duration nan" in line, line
     # The library names its argument (the command maps it to --seed, as --duration above).
-    from predictor.eval_items import make_mixtures
+    from predictor.evaluation.items import make_mixtures
 
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer. Received: seed=-1"):
         make_mixtures(voice_dir, noise_dir, num_mixtures=1, seed=-1)

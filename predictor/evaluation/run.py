@@ -1,14 +1,15 @@
-"""Scoring denoisers side by side on held-out audio: per item, per input-SNR bin, per noise class.
+"""`run_evaluation`: scoring denoisers side by side on held-out audio, per item, per input-SNR bin and
+per noise class.
 
-`run_evaluation` is the whole evaluation; its steps live in modules of their own and are
-importable from here too:
+Its steps live in the modules beside it:
 
-    eval_items    items from paired folders (`paired_items`) or seeded mixtures (`make_mixtures`),
-                  and the screening of items that cannot be scored (`degenerate_reason`)
-    eval_systems  the systems compared (`System`, `model_systems`, `baseline_systems`, `peer_systems`)
-    eval_scoring  `evaluate` (every system on every item, scored with `predictor.metrics`) and
-                  `aggregate` (means per system, SNR bin and noise class)
-    eval_report   `write_report`: results.json, results.md and PNG plots
+    items     items from paired folders (`paired_items`) or seeded mixtures (`make_mixtures`), and
+              the screening of items that cannot be scored (`degenerate_reason`)
+    systems   the systems compared (`System`, `model_systems`, `baseline_systems`, `snmf_system`,
+              `peer_systems`)
+    scoring   `evaluate` (every system on every item, scored with `metrics`) and `aggregate` (means
+              per system, SNR bin and noise class)
+    report    `write_report`: results.json, results.md and PNG plots
 
 Items that cannot be scored meaningfully (shorter than one model window, a silent clean reference,
 a noisy file that holds no noise) are skipped with a warning and listed with their reason in the
@@ -24,25 +25,20 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from beam_pipelines.mixing import PEAK_LIMIT
 from predictor import audio_io
-from predictor.eval_items import (DEFAULT_SNRS, MAX_INPUT_SNR_DB, MIN_CLEAN_DBFS, Item, degenerate_reason,
-                                  describe_source, input_snr, load_mono, make_mixtures, noise_classes, paired_items,
-                                  screen_items)
-from predictor.eval_report import markdown_report, pick_examples, write_report
-from predictor.eval_scoring import METRICS, aggregate, evaluate
-from predictor.eval_systems import System, baseline_systems, model_systems, peer_systems, snmf_system
+from predictor.evaluation.items import DEFAULT_SNRS, Item, degenerate_reason, make_mixtures, paired_items
+from predictor.evaluation.report import pick_examples, write_report
+from predictor.evaluation.scoring import evaluate
+from predictor.evaluation.systems import System, baseline_systems, model_systems, peer_systems, snmf_system
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from predictor.evaluation.snmf import SparseNMF
 
-__all__ = ["DEFAULT_SNRS", "MAX_INPUT_SNR_DB", "METRICS", "MIN_CLEAN_DBFS", "PEAK_LIMIT", "Item", "System",
-           "aggregate", "baseline_systems", "degenerate_reason", "describe_source", "evaluate", "input_snr",
-           "load_mono", "make_mixtures", "markdown_report", "model_systems", "noise_classes", "paired_items",
-           "peer_systems", "pick_examples", "run_evaluation", "screen_items", "write_report"]
+logger = logging.getLogger(__name__)
 
 
 def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, noisy_dir: str | None = None,
@@ -65,85 +61,44 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     estimated signals are written as wav under output_dir/audio/ITEM/. The input folders and
     `output_dir` may be local or remote (gs://...).
 
-    A sparse-NMF baseline (`predictor.snmf.SparseNMF`, system "snmf", scored after the classical
-    baselines and before the oracle) is added by one of: `snmf_speech_dir` + `snmf_noise_dir`
-    (learn from the audio of two training folders), `snmf_dataset` (learn from the train split of
-    a dataset directory) or `snmf_file` (an .npz saved earlier); `snmf_atoms` (per dictionary) and
-    `snmf_sparsity` override the defaults when learning. Nothing is chosen automatically, and a
-    training folder may not be, contain or lie inside an evaluation folder. The dictionaries used
-    are written to output_dir/snmf.npz, so the run can be repeated with `snmf_file`.
+    A sparse-NMF baseline (`predictor.evaluation.snmf.SparseNMF`, system "snmf", scored after the
+    classical baselines and before the oracle) is added by one of: `snmf_speech_dir` +
+    `snmf_noise_dir` (learn from the audio of two training folders), `snmf_dataset` (learn from the
+    train split of a dataset directory) or `snmf_file` (an .npz saved earlier); `snmf_atoms` (per
+    dictionary) and `snmf_sparsity` override the defaults when learning. Nothing is chosen
+    automatically, and a training folder may not be, contain or lie inside an evaluation folder. The
+    dictionaries used are written to output_dir/snmf.npz, so the run can be repeated with `snmf_file`.
 
-    `peers` adds learned denoisers from `predictor.peers` ("deepfilternet3", "rnnoise", or "all";
-    none by default), scored after the models: each runs at 48 kHz on the items resampled up, its
-    output resampled back to the evaluation rate and aligned with the input. They need the optional
-    extra: pip install 'speech-enhance[peers]'.
+    `peers` adds learned denoisers from `predictor.evaluation.peers` ("deepfilternet3", "rnnoise", or
+    "all"; none by default), scored after the models: each runs at 48 kHz on the items resampled up,
+    its output resampled back to the evaluation rate and aligned with the input. They need the
+    optional extra: pip install 'speech-enhance[peers]'.
     """
-    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 0:
-        raise ValueError("num_examples must be an integer >= 0 (items shown in examples.png; 0: none). "
-                         f"Received: num_examples={num_examples!r}")
-    # 0 used to pass as "not given" (8000 Hz), silently: a rate is positive or left out.
-    if sample_rate is not None and (not isinstance(sample_rate, int) or isinstance(sample_rate, bool)
-                                    or sample_rate <= 0):
-        raise ValueError("sample_rate must be a positive rate in Hz, or None (the models' rate; 8000 Hz without "
-                         f"models). Received: sample_rate={sample_rate!r}")
+    _check_counts(num_examples, sample_rate)
     if peers:
-        from predictor.peers import peer_names
+        from predictor.evaluation.peers import peer_names
 
         peers = peer_names(peers)  # an unknown name fails here, before any model or peer loads
     snmf_request = _check_snmf_arguments(snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
                                          snmf_sparsity, [noisy_dir, clean_dir, voice_dir, noise_dir])
-    paired = noisy_dir is not None or clean_dir is not None
-    mixed = voice_dir is not None or noise_dir is not None
-    if paired == mixed or (paired and not (noisy_dir and clean_dir)) or (mixed and not (voice_dir and noise_dir)):
-        raise ValueError("Give either noisy_dir and clean_dir (paired files) or voice_dir and noise_dir "
-                         f"(mixtures made here). Received: noisy_dir={noisy_dir!r}, clean_dir={clean_dir!r}, "
-                         f"voice_dir={voice_dir!r}, noise_dir={noise_dir!r}")
-    all_systems: list[System] = []
-    config = None
-    for name, directory in (models or {}).items():
-        found, model_config = model_systems(name, directory, batch_size=batch_size, overlap=overlap,
-                                            reference_recipe=reference_recipe)
-        if config is not None and model_config.sample_rate != config.sample_rate:
-            raise ValueError(f"All models must share one sample rate. Received: {config.sample_rate} Hz and "
-                             f"{model_config.sample_rate} Hz ({directory})")
-        config = config or model_config
-        all_systems += found
-    if config is None:
-        config = SpectrogramConfig.for_sample_rate(sample_rate or 8000)
-    elif sample_rate and sample_rate != config.sample_rate:
-        raise ValueError(f"sample_rate must be left out (None) or equal the models' rate, {config.sample_rate} Hz. "
-                         f"Received: sample_rate={sample_rate}. Leave it out to evaluate at the models' rate.")
-    base = baseline_systems(config)
+    paired = _check_sources(noisy_dir, clean_dir, voice_dir, noise_dir)
+    found, config = _model_systems(models or {}, sample_rate, batch_size=batch_size, overlap=overlap,
+                                   reference_recipe=reference_recipe)
     if peers:  # the peers that `systems` leaves out are not loaded
-        all_systems += peer_systems([p for p in peers if not systems or p in systems], config.sample_rate)
+        found += peer_systems([p for p in peers if not systems or p in systems], config.sample_rate)
     snmf_model = None
     if snmf_request and systems and "snmf" not in systems:
         logger.info("snmf arguments given but 'snmf' is not among systems=%s: not fitted", list(systems))
     elif snmf_request:
         snmf_model = _snmf_model(config, snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
                                  snmf_sparsity)
-        oracle_at = next((i for i, s in enumerate(base) if s.name == "oracle"), len(base))
-        base.insert(oracle_at, snmf_system(snmf_model))
-    all_systems = base[:1] + all_systems + base[1:]
-    if systems:
-        unknown = sorted(set(systems) - {s.name for s in all_systems})
-        if unknown:
-            raise ValueError(f"systems must name systems of this evaluation; {unknown} are not among them. "
-                             f"Received: systems={list(systems)}. Available: {[s.name for s in all_systems]}")
-        all_systems = [s for s in all_systems if s.name in set(systems)]
+    all_systems = _compared_systems(config, found, snmf_model, systems)
     rate = config.sample_rate
-    if mixed and duration * rate < config.window_samples:
-        # Every mixture would be shorter than one model window, and every one would be skipped.
-        window_seconds = config.window_samples / rate
-        raise ValueError(
-            f"duration must be at least one model window, {window_seconds:.3f} s at {rate} Hz: "
-            "shorter items cannot be scored (the reference recipe returns silence for them and PESQ/STOI need "
-            f"more audio). Received: duration={duration}. Use duration={math.ceil(window_seconds * 100) / 100:g} "
-            "or more.")
     if paired:
         items = paired_items(noisy_dir, clean_dir, sample_rate=rate, snr_bins=snrs)
         source = {"kind": "pairs", "noisy_dir": noisy_dir, "clean_dir": clean_dir, "snr_bins": list(snrs)}
     else:
+        _check_duration(duration, config)
         items = make_mixtures(voice_dir, noise_dir, snrs=snrs, num_mixtures=num_mixtures, duration=duration,
                               sample_rate=rate, seed=seed)
         source = {"kind": "mixtures", "voice_dir": voice_dir, "noise_dir": noise_dir, "snrs": list(snrs),
@@ -154,27 +109,116 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
                              num_examples)
     results = evaluate(items, all_systems, rate, with_pesq=with_pesq, with_stoi=with_stoi, keep_outputs=examples,
                        min_samples=config.window_samples)
-    model_names = [s.name for s in all_systems if s.name in (models or {})]
-    example_system = model_names[0] if model_names else ("oracle" if any(s.name == "oracle" for s in all_systems)
-                                                         else all_systems[-1].name)
     extra = {"source": source, "spectrogram": config.to_dict()}
     if snmf_model is not None:
         extra["snmf"] = {"hyper_parameters": snmf_model.hyper_parameters(), "training": snmf_model.training}
-    written = write_report(results, items, output_dir, config=config, example_system=example_system,
-                           num_examples=num_examples, extra=extra)
+    written = write_report(results, items, output_dir, config=config,
+                           example_system=_example_system(all_systems, models or {}), num_examples=num_examples,
+                           extra=extra)
     if snmf_model is not None:
         written["snmf"] = snmf_model.save(paths.join(output_dir, "snmf.npz"))
     if save_audio:
-        by_id = {it.item_id: it for it in items}
-        for item_id, estimates in results["outputs"].items():
-            folder = paths.join(output_dir, "audio", item_id)
-            signals = {"clean": by_id[item_id].clean, **estimates}
-            for name, signal in signals.items():
-                audio_io.write_audio_atomic(paths.join(folder, f"{name}.wav"), signal[:, None], rate, "FLOAT")
-        written["audio"] = paths.join(output_dir, "audio")
+        written["audio"] = _save_audio(results["outputs"], items, output_dir, rate)
     results = {k: v for k, v in results.items() if k != "outputs"}
     results["paths"] = written
     return results
+
+
+def _check_counts(num_examples: Any, sample_rate: Any) -> None:
+    """ValueError unless `num_examples` is an integer >= 0 and `sample_rate` a positive integer or None."""
+    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 0:
+        raise ValueError("num_examples must be an integer >= 0 (items shown in examples.png; 0: none). "
+                         f"Received: num_examples={num_examples!r}")
+    # 0 used to pass as "not given" (8000 Hz), silently: a rate is positive or left out.
+    if sample_rate is not None and (not isinstance(sample_rate, int) or isinstance(sample_rate, bool)
+                                    or sample_rate <= 0):
+        raise ValueError("sample_rate must be a positive rate in Hz, or None (the models' rate; 8000 Hz without "
+                         f"models). Received: sample_rate={sample_rate!r}")
+
+
+def _check_sources(noisy_dir: str | None, clean_dir: str | None, voice_dir: str | None,
+                   noise_dir: str | None) -> bool:
+    """Whether the items are paired files (else mixtures); ValueError unless exactly one pair of folders is given."""
+    paired = noisy_dir is not None or clean_dir is not None
+    mixed = voice_dir is not None or noise_dir is not None
+    if paired == mixed or (paired and not (noisy_dir and clean_dir)) or (mixed and not (voice_dir and noise_dir)):
+        raise ValueError("Give either noisy_dir and clean_dir (paired files) or voice_dir and noise_dir "
+                         f"(mixtures made here). Received: noisy_dir={noisy_dir!r}, clean_dir={clean_dir!r}, "
+                         f"voice_dir={voice_dir!r}, noise_dir={noise_dir!r}")
+    return paired
+
+
+def _model_systems(models: Mapping[str, str], sample_rate: int | None, *, batch_size: int | None, overlap: float,
+                   reference_recipe: bool) -> tuple[list[System], SpectrogramConfig]:
+    """The systems of every model, and the evaluation's STFT: the models' (which must agree), else
+    the default one at `sample_rate` (8000 Hz when None)."""
+    found: list[System] = []
+    config = None
+    for name, directory in models.items():
+        systems, model_config = model_systems(name, directory, batch_size=batch_size, overlap=overlap,
+                                              reference_recipe=reference_recipe)
+        if config is not None and model_config.sample_rate != config.sample_rate:
+            raise ValueError(f"All models must share one sample rate. Received: {config.sample_rate} Hz and "
+                             f"{model_config.sample_rate} Hz ({directory})")
+        config = config or model_config
+        found += systems
+    if config is None:
+        return found, SpectrogramConfig.for_sample_rate(sample_rate or 8000)
+    if sample_rate and sample_rate != config.sample_rate:
+        raise ValueError(f"sample_rate must be left out (None) or equal the models' rate, {config.sample_rate} Hz. "
+                         f"Received: sample_rate={sample_rate}. Leave it out to evaluate at the models' rate.")
+    return found, config
+
+
+def _compared_systems(config: SpectrogramConfig, found: list[System], snmf_model: SparseNMF | None,
+                      systems: Sequence[str] | None) -> list[System]:
+    """Every system in the order of the tables (the noisy input, the models and peers of `found`, the
+    classical baselines, the SNMF, the oracle), only those named in `systems` when it is given."""
+    base = baseline_systems(config)
+    if snmf_model is not None:
+        oracle_at = next((i for i, s in enumerate(base) if s.name == "oracle"), len(base))
+        base.insert(oracle_at, snmf_system(snmf_model))
+    every = base[:1] + found + base[1:]
+    if not systems:
+        return every
+    unknown = sorted(set(systems) - {s.name for s in every})
+    if unknown:
+        raise ValueError(f"systems must name systems of this evaluation; {unknown} are not among them. "
+                         f"Received: systems={list(systems)}. Available: {[s.name for s in every]}")
+    return [s for s in every if s.name in set(systems)]
+
+
+def _check_duration(duration: float, config: SpectrogramConfig) -> None:
+    """ValueError when mixtures of `duration` seconds would be shorter than one model window."""
+    rate = config.sample_rate
+    if duration * rate < config.window_samples:
+        # Every mixture would be shorter than one model window, and every one would be skipped.
+        window_seconds = config.window_samples / rate
+        raise ValueError(
+            f"duration must be at least one model window, {window_seconds:.3f} s at {rate} Hz: "
+            "shorter items cannot be scored (the reference recipe returns silence for them and PESQ/STOI need "
+            f"more audio). Received: duration={duration}. Use duration={math.ceil(window_seconds * 100) / 100:g} "
+            "or more.")
+
+
+def _example_system(systems: Sequence[System], models: Mapping[str, str]) -> str:
+    """The system whose estimates examples.png shows: the first model, else the oracle, else the last."""
+    model_names = [s.name for s in systems if s.name in models]
+    if model_names:
+        return model_names[0]
+    return "oracle" if any(s.name == "oracle" for s in systems) else systems[-1].name
+
+
+def _save_audio(outputs: Mapping[str, Mapping[str, Any]], items: Sequence[Item], output_dir: str, rate: int) -> str:
+    """Writes the clean signal and every kept estimate of each example item as output_dir/audio/ITEM/NAME.wav
+    (float wav at `rate` Hz); returns output_dir/audio."""
+    by_id = {it.item_id: it for it in items}
+    for item_id, estimates in outputs.items():
+        folder = paths.join(output_dir, "audio", item_id)
+        signals = {"clean": by_id[item_id].clean, **estimates}
+        for name, signal in signals.items():
+            audio_io.write_audio_atomic(paths.join(folder, f"{name}.wav"), signal[:, None], rate, "FLOAT")
+    return paths.join(output_dir, "audio")
 
 
 # SparseNMF's own argument names, as run_evaluation calls them (errors raised inside it are renamed).
@@ -230,9 +274,9 @@ def _check_snmf_arguments(speech_dir: str | None, noise_dir: str | None, dataset
 
 
 def _snmf_model(config: SpectrogramConfig, speech_dir: str | None, noise_dir: str | None, dataset: str | None,
-                file: str | None, atoms: int | None, sparsity: float | None):
+                file: str | None, atoms: int | None, sparsity: float | None) -> SparseNMF:
     """The SparseNMF the arguments ask for (fitted or loaded), at the evaluation's STFT."""
-    from predictor.snmf import SparseNMF, same_stft
+    from predictor.evaluation.snmf import SparseNMF, same_stft
 
     options = {k: v for k, v in (("atoms", atoms), ("sparsity", sparsity)) if v is not None}
     try:
