@@ -28,10 +28,6 @@ from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SNRS", "MAX_INPUT_SNR_DB", "MIN_CLEAN_DBFS", "Item", "degenerate_reason",
-           "describe_source", "input_snr", "load_mono", "make_mixtures", "noise_classes", "paired_items",
-           "screen_items"]
-
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 # Items are screened before scoring (see `degenerate_reason`).
 MIN_CLEAN_DBFS = -80.0  # mean power of the clean reference; quieter counts as silent (digital silence, dither)
