@@ -13,6 +13,7 @@ from beam_pipelines.mixing import PEAK_LIMIT
 from beam_pipelines.splits import noise_classes
 from predictor.evaluation import baselines, metrics
 from predictor.evaluation.items import make_mixtures, paired_items
+from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.run import run_evaluation
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import hann_window, stft
@@ -160,8 +161,9 @@ def test_paired_items_match_by_relative_path(tmp_path):
     assert [(it.item_id, it.snr_bin, it.noise_class) for it in items] == [
         ("set/0", -5.0, "set"), ("set/1", 10.0, "set")]
     assert items[0].snr_db == pytest.approx(-4.0, abs=0.05)
-    results = run_evaluation(str(tmp_path / "report"), noisy_dir=str(tmp_path / "noisy"),
-                             clean_dir=str(tmp_path / "clean"), systems=["noisy", "oracle"], with_pesq=False)
+    results = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "report"), noisy_dir=str(tmp_path / "noisy"),
+                                             clean_dir=str(tmp_path / "clean"), systems=["noisy", "oracle"],
+                                             with_pesq=False))
     overall = results["aggregates"]["overall"]
     assert overall["oracle"]["si_sdr"] > overall["noisy"]["si_sdr"]
     assert overall["noisy"]["si_sdri"] == pytest.approx(0.0, abs=1e-9)
@@ -170,9 +172,9 @@ def test_paired_items_match_by_relative_path(tmp_path):
 def test_evaluate_refuses_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="either noisy_dir and clean_dir .* or voice_dir and noise_dir .*"
                                          "Received: noisy_dir='a', clean_dir=None"):
-        run_evaluation(str(tmp_path), noisy_dir="a", voice_dir="b")
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", voice_dir="b"))
     with pytest.raises(ValueError, match="systems must name systems of this evaluation; \\['nope'\\]"):
-        run_evaluation(str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"])
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"]))
 
 
 def test_evaluate_command_names_its_flags(tmp_path, capsys):
@@ -180,7 +182,7 @@ def test_evaluate_command_names_its_flags(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert ("either --noisy-dir and --clean-dir (paired files) or --voice-dir and --noise-dir" in err
-            and "Received: --noisy-dir 'a', --clean-dir None" in err and "noisy_dir" not in err), err
+            and "Received: --noisy-dir 'a', --clean-dir none" in err and "noisy_dir" not in err), err
 
 
 def train_tiny_model(directory):

@@ -12,6 +12,7 @@ import tfrecord_schema.schema
 from beam_pipelines import synthetic
 from beam_pipelines.testing import SMALL_CONFIG, make_example, write_dataset
 from predictor.evaluation import metrics, nmf, snmf_data
+from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.run import run_evaluation
 from predictor.evaluation.snmf import SparseNMF
 from predictor.evaluation.systems import snmf_system
@@ -210,9 +211,10 @@ def test_from_folders_collects_a_seeded_frame_budget(folders):
 def test_evaluation_scores_an_snmf_system_and_saves_it(folders, tmp_path):
     common = dict(voice_dir=str(folders / "voices"), noise_dir=str(folders / "noises"), snrs=(0.0,),
                   num_mixtures=2, duration=2.0, sample_rate=RATE, with_pesq=False, with_stoi=False)
-    results = run_evaluation(str(tmp_path / "a"), snmf_speech_dir=str(folders / "train_speech"),
-                             snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=8,
-                             snmf_sparsity=0.5, **common)
+    results = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "a"),
+                                             snmf_speech_dir=str(folders / "train_speech"),
+                                             snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=8,
+                                             snmf_sparsity=0.5, **common))
     names = [s["name"] for s in results["systems"]]
     assert names[-2:] == ["snmf", "oracle"] and names.index("wiener") < names.index("snmf")
     description = results["systems"][names.index("snmf")]["description"]
@@ -224,7 +226,8 @@ def test_evaluation_scores_an_snmf_system_and_saves_it(folders, tmp_path):
     report = json.loads((tmp_path / "a" / "results.json").read_text())
     assert report["snmf"]["training"]["source"]["speech_dir"] == str(folders / "train_speech")
     # The saved dictionaries repeat the run exactly.
-    again = run_evaluation(str(tmp_path / "b"), snmf_file=saved, systems=["noisy", "snmf"], **common)
+    again = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "b"), snmf_file=saved, systems=["noisy", "snmf"],
+                                           **common))
     assert again["aggregates"]["overall"]["snmf"]["si_sdr"] == overall["snmf"]["si_sdr"]
     assert snmf_system(SparseNMF.load(saved)).name == "snmf"
 
@@ -234,19 +237,20 @@ def test_evaluation_refuses_bad_snmf_arguments(folders, tmp_path):
                   num_mixtures=1, duration=2.0, sample_rate=RATE, with_pesq=False, with_stoi=False)
     with pytest.raises(FileNotFoundError, match="snmf_speech_dir holds no wav/flac/ogg files.*Received: "
                                                 "snmf_speech_dir=.*empty"):
-        run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "empty"),
-                       snmf_noise_dir=str(folders / "train_noise"), **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "empty"),
+                                       snmf_noise_dir=str(folders / "train_noise"), **common))
     with pytest.raises(ValueError, match="one way to get the SNMF dictionaries, not snmf_speech_dir \\+ "
                                          "snmf_noise_dir and snmf_dataset"):
-        run_evaluation(str(tmp_path), snmf_speech_dir="a", snmf_noise_dir="b", snmf_dataset="c", **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir="a", snmf_noise_dir="b",
+                                       snmf_dataset="c", **common))
     with pytest.raises(ValueError, match="snmf_speech_dir and snmf_noise_dir go together"):
-        run_evaluation(str(tmp_path), snmf_speech_dir="a", **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir="a", **common))
     with pytest.raises(ValueError, match="snmf_noise_dir must not be, contain or lie inside an evaluation folder"):
-        run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
-                       snmf_noise_dir=str(folders / "noises"), **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
+                                       snmf_noise_dir=str(folders / "noises"), **common))
     with pytest.raises(ValueError, match="snmf_atoms must be a positive integer. Received: snmf_atoms=0"):
-        run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
-                       snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=0, **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
+                                       snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=0, **common))
     with pytest.raises(ValueError, match="beta must be a number in \\[0, 2\\].*Received: beta=3"):
         SparseNMF(CONFIG, beta=3)
     with pytest.raises(ValueError, match="speech_magnitudes must be magnitude frames \\[n >= 1, 128\\]"):

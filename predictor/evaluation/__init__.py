@@ -1,6 +1,7 @@
 """Evaluation: denoisers scored side by side on held-out audio (`speech-enhance evaluate`).
 
-    run        run_evaluation: the whole evaluation, from arguments to report
+    run        run_evaluation: the whole evaluation, from its options to the report
+    options    EvaluateOptions: every option of an evaluation (default, help, flag)
     items      evaluation items (paired files or seeded mixtures) and their screening
     systems    the systems compared (models, classical baselines, SNMF, peers, the oracle)
     scoring    scoring every system on every item, and the means per SNR bin and noise class

@@ -28,7 +28,8 @@ import re
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from predictor import audio_io
-from predictor.evaluation.items import DEFAULT_SNRS, Item, degenerate_reason, make_mixtures, paired_items
+from predictor.evaluation.items import Item, degenerate_reason, make_mixtures, paired_items
+from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.report import pick_examples, write_report
 from predictor.evaluation.scoring import evaluate
 from predictor.evaluation.systems import System, baseline_systems, model_systems, peer_systems, snmf_system
@@ -41,16 +42,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, noisy_dir: str | None = None,
-                   clean_dir: str | None = None, voice_dir: str | None = None, noise_dir: str | None = None,
-                   snrs: Sequence[float] = DEFAULT_SNRS, num_mixtures: int = 20, duration: float = 4.0,
-                   seed: int = 0, sample_rate: int | None = None, systems: Sequence[str] | None = None,
-                   reference_recipe: bool = True, with_pesq: bool = True, with_stoi: bool = True,
-                   batch_size: int | None = None, overlap: float = 0.5, num_examples: int = 3,
-                   save_audio: bool = False, snmf_speech_dir: str | None = None, snmf_noise_dir: str | None = None,
-                   snmf_dataset: str | None = None, snmf_file: str | None = None, snmf_atoms: int | None = None,
-                   snmf_sparsity: float | None = None, peers: Sequence[str] = ()) -> dict[str, Any]:
-    """Builds the items and systems, scores them and writes the report; returns the results.
+def run_evaluation(options: EvaluateOptions) -> dict[str, Any]:
+    """Builds the items and systems of `options`, scores them and writes the report; returns the results.
 
     Items come from `noisy_dir` + `clean_dir` or from `voice_dir` + `noise_dir` (see `paired_items`,
     `make_mixtures`). `models` maps a system name to a model directory; all models must share one
@@ -74,54 +67,64 @@ def run_evaluation(output_dir: str, *, models: Mapping[str, str] | None = None, 
     its output resampled back to the evaluation rate and aligned with the input. They need the
     optional extra: pip install 'speech-enhance[peers]'.
     """
-    _check_counts(num_examples, sample_rate)
+    if not isinstance(options, EvaluateOptions):
+        raise TypeError(f"options must be an EvaluateOptions. Received: options={options!r}")
+    o = options
+    _check_counts(o.num_examples, o.sample_rate)
+    peers = o.peers
     if peers:
         from predictor.evaluation.peers import peer_names
 
         peers = peer_names(peers)  # an unknown name fails here, before any model or peer loads
-    snmf_request = _check_snmf_arguments(snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
-                                         snmf_sparsity, [noisy_dir, clean_dir, voice_dir, noise_dir])
-    paired = _check_sources(noisy_dir, clean_dir, voice_dir, noise_dir)
-    found, config = _model_systems(models or {}, sample_rate, batch_size=batch_size, overlap=overlap,
-                                   reference_recipe=reference_recipe)
+    snmf_request = _check_snmf_arguments(o.snmf_speech_dir, o.snmf_noise_dir, o.snmf_dataset, o.snmf_file,
+                                         o.snmf_atoms, o.snmf_sparsity, [o.noisy_dir, o.clean_dir, o.voice_dir,
+                                                                         o.noise_dir])
+    paired = _check_sources(o.noisy_dir, o.clean_dir, o.voice_dir, o.noise_dir)
+    found, config = _model_systems(o.models or {}, o.sample_rate, batch_size=o.batch_size, overlap=o.overlap,
+                                   reference_recipe=o.reference_recipe)
     if peers:  # the peers that `systems` leaves out are not loaded
-        found += peer_systems([p for p in peers if not systems or p in systems], config.sample_rate)
+        found += peer_systems([p for p in peers if not o.systems or p in o.systems], config.sample_rate)
     snmf_model = None
-    if snmf_request and systems and "snmf" not in systems:
-        logger.info("snmf arguments given but 'snmf' is not among systems=%s: not fitted", list(systems))
+    if snmf_request and o.systems and "snmf" not in o.systems:
+        logger.info("snmf arguments given but 'snmf' is not among systems=%s: not fitted", list(o.systems))
     elif snmf_request:
-        snmf_model = _snmf_model(config, snmf_speech_dir, snmf_noise_dir, snmf_dataset, snmf_file, snmf_atoms,
-                                 snmf_sparsity)
-    all_systems = _compared_systems(config, found, snmf_model, systems)
+        snmf_model = _snmf_model(config, o.snmf_speech_dir, o.snmf_noise_dir, o.snmf_dataset, o.snmf_file,
+                                 o.snmf_atoms, o.snmf_sparsity)
+    all_systems = _compared_systems(config, found, snmf_model, o.systems)
+    items, source = _items(o, paired, config)
     rate = config.sample_rate
-    if paired:
-        items = paired_items(noisy_dir, clean_dir, sample_rate=rate, snr_bins=snrs)
-        source = {"kind": "pairs", "noisy_dir": noisy_dir, "clean_dir": clean_dir, "snr_bins": list(snrs)}
-    else:
-        _check_duration(duration, config)
-        items = make_mixtures(voice_dir, noise_dir, snrs=snrs, num_mixtures=num_mixtures, duration=duration,
-                              sample_rate=rate, seed=seed)
-        source = {"kind": "mixtures", "voice_dir": voice_dir, "noise_dir": noise_dir, "snrs": list(snrs),
-                  "num_mixtures": num_mixtures, "duration": duration, "seed": seed}
     logger.info("evaluating %d systems on %d items (%.1f s of audio at %d Hz)", len(all_systems), len(items),
                 sum(it.noisy.shape[0] for it in items) / rate, rate)
     examples = pick_examples([it for it in items if degenerate_reason(it, rate, config.window_samples) is None],
-                             num_examples)
-    results = evaluate(items, all_systems, rate, with_pesq=with_pesq, with_stoi=with_stoi, keep_outputs=examples,
-                       min_samples=config.window_samples)
+                             o.num_examples)
+    results = evaluate(items, all_systems, rate, with_pesq=o.with_pesq, with_stoi=o.with_stoi,
+                       keep_outputs=examples, min_samples=config.window_samples)
     extra = {"source": source, "spectrogram": config.to_dict()}
     if snmf_model is not None:
         extra["snmf"] = {"hyper_parameters": snmf_model.hyper_parameters(), "training": snmf_model.training}
-    written = write_report(results, items, output_dir, config=config,
-                           example_system=_example_system(all_systems, models or {}), num_examples=num_examples,
+    written = write_report(results, items, o.output_dir, config=config,
+                           example_system=_example_system(all_systems, o.models or {}), num_examples=o.num_examples,
                            extra=extra)
     if snmf_model is not None:
-        written["snmf"] = snmf_model.save(paths.join(output_dir, "snmf.npz"))
-    if save_audio:
-        written["audio"] = _save_audio(results["outputs"], items, output_dir, rate)
+        written["snmf"] = snmf_model.save(paths.join(o.output_dir, "snmf.npz"))
+    if o.save_audio:
+        written["audio"] = _save_audio(results["outputs"], items, o.output_dir, rate)
     results = {k: v for k, v in results.items() if k != "outputs"}
     results["paths"] = written
     return results
+
+
+def _items(options: EvaluateOptions, paired: bool, config: SpectrogramConfig) -> tuple[list[Item], dict[str, Any]]:
+    """The items of `options` at the evaluation's rate, and their source as the report records it."""
+    o, rate = options, config.sample_rate
+    if paired:
+        items = paired_items(o.noisy_dir, o.clean_dir, sample_rate=rate, snr_bins=o.snrs)
+        return items, {"kind": "pairs", "noisy_dir": o.noisy_dir, "clean_dir": o.clean_dir, "snr_bins": list(o.snrs)}
+    _check_duration(o.duration, config)
+    items = make_mixtures(o.voice_dir, o.noise_dir, snrs=o.snrs, num_mixtures=o.num_mixtures, duration=o.duration,
+                          sample_rate=rate, seed=o.seed)
+    return items, {"kind": "mixtures", "voice_dir": o.voice_dir, "noise_dir": o.noise_dir, "snrs": list(o.snrs),
+                   "num_mixtures": o.num_mixtures, "duration": o.duration, "seed": o.seed}
 
 
 def _check_counts(num_examples: Any, sample_rate: Any) -> None:
