@@ -1,9 +1,9 @@
 """history.csv, the per-epoch log of a training run: written, cut back for a resumed run and read here.
 
     history = HistoryCsv(paths.join(work_dir, "history.csv"))
-    history.write(rows)                                            # after every epoch, all rows
-    rows = history.keep_before(epoch)                              # resuming after `epoch` epochs
-    columns = history.columns()                                    # {"epoch": [0.0], "loss": [0.1], ...}
+    history.write(rows)                 # after every epoch: every row so far
+    rows = history.keep_before(epoch)   # resuming after `epoch` epochs
+    columns = history.columns()         # {"epoch": [0.0, 1.0], "loss": [0.12, 0.09], ...}
 
 The layout is what Keras' `CSVLogger` writes (a header, then one row per epoch: "epoch", then the
 logs' keys sorted). The whole file is rewritten through the path layer at every change (an atomic

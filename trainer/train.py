@@ -191,8 +191,8 @@ def _plan(dataset_dir: str, config: TrainConfig) -> _Run:
         validation_steps = min(validation_steps or full, full)
     options = dict(config.to_dict(), steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
     monitor = f"val_{family.monitor}" if validation_split is not None else family.monitor
-    return _Run(dataset_dir, info, spectrogram, family, train_split, validation_split, n_train, used_splits, steps_per_epoch,
-                validation_steps, drop_remainder, monitor, options)
+    return _Run(dataset_dir, info, spectrogram, family, train_split, validation_split, n_train, used_splits,
+                steps_per_epoch, validation_steps, drop_remainder, monitor, options)
 
 
 def _tf_data(run: _Run, config: TrainConfig):
