@@ -10,8 +10,8 @@ script with KERAS_BACKEND set. Both train the same U-Net (`--preset`, default gp
 bfloat16, compiled train step: XLA on jax, torch.compile on torch) with `trainer.train.train` for
 `--steps` steps of one epoch without validation, as `speech-enhance train --backend jax|torch` does:
     jax     tf.data (`trainer.input_pipeline.make_dataset`), TensorFlow kept off the GPU
-    torch   `trainer.train._torch_data`: `readers.torch_data.StreamDataset` in a DataLoader (worker
-            processes and pinned memory on CUDA, decoding threads on CPU)
+    torch   `readers.torch_training.training_loaders`: `readers.torch_data.StreamDataset` in a
+            DataLoader (worker processes and pinned memory on CUDA, decoding threads on CPU)
 A callback times the steps after `--warmup-steps` (compilation, pipeline start-up), waiting for the
 device at both ends. The torch child also times its loader alone, without a model
 (`--loader-batches` batches after 5 untimed ones, on the host and copied to the training device),
@@ -101,15 +101,16 @@ def _device(backend: str) -> str:
     return "cpu"
 
 
-def _loader_alone(dataset_dir: str, info: dict, config: TrainConfig, batches: int) -> dict:
+def _loader_alone(dataset_dir: str, config: TrainConfig, batches: int) -> dict:
     """examples/s of the torch training loader by itself: host batches, then host batches copied to the
     training device as Keras copies them."""
     import torch
 
-    from trainer import train
+    from readers.torch_training import training_loaders
+    from tfrecord_schema.dataset import Dataset
 
     cuda = torch.cuda.is_available()
-    loader, _ = train._torch_data(dataset_dir, info, config, "unet", None, None)
+    loader, _ = training_loaders(Dataset.open(dataset_dir), config, "unet", None, None)
     out = {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
            "threads": getattr(loader.dataset, "threads", None), "batches": batches}
     iterator = iter(loader)
@@ -137,21 +138,22 @@ def run_child(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from trainer import input_pipeline, train
+    from readers.torch_training import training_loaders
+    from trainer import train
 
     config = train_config(args)
-    info = input_pipeline.read_dataset_info(args.dataset)
     result = {"backend": keras.backend.backend(), "status": "ok", "device": _device(backend),
               "precision": config.precision, "batch_size": config.batch_size, "jit_compile": config.jit_compile,
               "model": {"base_filters": config.base_filters, "depth": config.depth}}
     if backend == "torch" and args.loader_batches:
-        result["loader_alone"] = _loader_alone(args.dataset, info, config, args.loader_batches)
+        result["loader_alone"] = _loader_alone(args.dataset, config, args.loader_batches)
 
     def timed_train(config: TrainConfig) -> dict:
         work = tempfile.mkdtemp(prefix=f"train-backends-{backend}-")
         try:
             timer = step_timer(args.warmup_steps, args.steps)
-            summary = train.train(args.dataset, os.path.join(work, "model"), config, callbacks=[timer], verbose=0)
+            summary = train.train(args.dataset, os.path.join(work, "model"), config, callbacks=[timer], verbose=0,
+                                  torch_inputs=training_loaders)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {**timer.rate(config.batch_size), "parameters": summary["parameters"],

@@ -9,7 +9,7 @@ import pytest
 from beam_pipelines import generation as gen
 from beam_pipelines.pipeline import DatasetOptions, run_dataset
 from dataset_fixtures import add_bad_inputs, make_corpus
-from tfrecord_schema import decode
+from tfrecord_schema.schema import decode
 from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.records import read_records
 from tfrecord_schema.spectrogram import from_magnitude_phase
