@@ -21,9 +21,9 @@ from beam_pipelines import augmentation as aug
 from beam_pipelines.histograms import histogram
 from beam_pipelines.mixing import active_level, blend, is_silent, rms
 from beam_pipelines.planning import ChunkSpec, MixOptions
-from tfrecord_schema import encode
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS
+from tfrecord_schema.schema import encode
 from tfrecord_schema.spectrogram import phase as spectral_phase
 from tfrecord_schema.spectrogram import stft
 

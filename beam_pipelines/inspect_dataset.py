@@ -9,101 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from tfrecord_schema import decode, paths, shard_index
-from tfrecord_schema.dataset_info import DatasetInfo, shard_files, shard_sizes
-from tfrecord_schema.records import read_records
+from tfrecord_schema import paths
+from tfrecord_schema.dataset import Dataset
 
 LOG = logging.getLogger(__name__)
-MAGNITUDE_KEYS = ("noisy_magnitude", "clean_magnitude")
-
-
-def load_info(dataset: str) -> dict[str, Any]:
-    """The checked contents of `dataset`'s dataset_info.json, as a dict (see `DatasetInfo`)."""
-    return DatasetInfo.read(dataset).to_dict()
-
-
-def check_shard_sizes(dataset: str, info: dict) -> list[str]:
-    """One message per shard that is missing or whose size differs from dataset_info.json (cheap: no read)."""
-    problems = []
-    for _, shard, path, actual in shard_sizes(info, dataset, list(info["splits"])):
-        if actual is None:
-            problems.append(f"{path}: missing")
-        elif actual != shard["num_bytes"]:
-            problems.append(f"{path}: {actual} bytes, dataset_info.json says {shard['num_bytes']} "
-                            f"({'truncated' if actual < shard['num_bytes'] else 'longer than written'})")
-    return problems
-
-
-def verify_dataset(dataset: str, info: dict) -> tuple[list[str], int]:
-    """Reads every record of every shard: both CRCs, the record schema, the per-shard and per-split counts,
-    examples whose magnitudes are all zero, and each shard's record index (when dataset_info.json lists
-    one) against the records as read.
-
-    Returns (one message per damaged shard or index, records read).
-    """
-    problems = check_shard_sizes(dataset, info)
-    damaged = {p.split(": ")[0] for p in problems}
-    records = 0
-    for split, s in info["splits"].items():
-        for shard, path in zip(s["shards"], shard_files(info, dataset, split)):
-            if path in damaged:
-                continue
-            count, lengths, empty = 0, [], []
-            try:
-                with paths.open_read(path) as f:
-                    for record in read_records(f, info.get("compression", ""), name=path):
-                        example = decode(record)
-                        if not all(np.any(example[key]) for key in MAGNITUDE_KEYS):
-                            empty.append(example["example_id"])
-                        lengths.append(len(record) + shard_index.FRAMING_BYTES)
-                        count += 1
-            except (ValueError, OSError, EOFError) as err:
-                problems.append(f"{path}: {err}" if path in str(err) else f"{path}: record {count}: {err}")
-                continue
-            records += count
-            if empty:
-                # Readable records with nothing in them: the mixture level underflowed the store's
-                # dtype (a dataset built before `--loudness-dbfs` was checked against it).
-                problems.append(f"{path}: {len(empty)} of {count} examples hold an all-zero magnitude spectrogram "
-                                f"(first: {empty[0]}); their audio underflowed {info['spectrogram']['dtype']}. "
-                                "Rebuild with a louder --loudness-dbfs.")
-            if count != shard["num_examples"]:
-                problems.append(f"{path}: {count} records, dataset_info.json says {shard['num_examples']}")
-            if shard.get("index"):
-                problems.extend(_check_index(dataset, shard, lengths))
-    return problems, records
-
-
-def _check_index(dataset: str, shard: dict, lengths: list[int]) -> list[str]:
-    """Problems of a shard's index against the framed lengths of the records read from the shard."""
-    index_path = paths.join(dataset, shard["index"])
-    try:
-        index = shard_index.read_index(dataset, shard)
-    except (ValueError, FileNotFoundError) as err:
-        return [f"{index_path}: {err}" if index_path not in str(err) else str(err)]
-    expected = shard_index.index_from_lengths(lengths)
-    if index.shape != expected.shape:
-        return [f"{index_path}: {len(index)} entries, the shard holds {len(expected)} records"]
-    wrong = [int(i) for i in (index != expected).any(axis=1).nonzero()[0]]
-    if wrong:
-        return [f"{index_path}: {len(wrong)} entries do not match the records read (first: record {wrong[0]}, index "
-                f"says offset {int(index[wrong[0], 0])} length {int(index[wrong[0], 1])}, the shard has offset "
-                f"{int(expected[wrong[0], 0])} length {int(expected[wrong[0], 1])}). Rewrite the index with "
-                f"`speech-enhance index --overwrite {dataset}`."]
-    return []
-
-
-def read_examples(dataset: str, info: dict, split: str, count: int) -> list[dict]:
-    out: list[dict] = []
-    if split not in info["splits"]:
-        return out
-    for path in shard_files(info, dataset, split):
-        with paths.open_read(path) as f:
-            for record in read_records(f, info.get("compression", ""), name=path):
-                out.append(decode(record))
-                if len(out) >= count:
-                    return out
-    return out
 
 
 def _bars(edges: list[float], counts: list[int], width: int = 40, group: int = 1) -> list[str]:
@@ -119,30 +28,31 @@ def _bars(edges: list[float], counts: list[int], width: int = 40, group: int = 1
     return lines
 
 
-def summarize(info: dict) -> dict[str, Any]:
+def summarize(dataset: Dataset) -> dict[str, Any]:
     rows = {}
-    for split, s in info["splits"].items():
-        sizes = [sh["num_bytes"] for sh in s["shards"]]
-        rows[split] = {
-            "examples": s["num_examples"], "shards": len(sizes), "mebibytes": s["num_bytes"] / 2**20,
-            "bytes_per_example": s["num_bytes"] / max(1, s["num_examples"]),
+    for name, split in dataset.splits.items():
+        sizes = [shard.num_bytes for shard in split.shards]
+        rows[name] = {
+            "examples": split.num_examples, "shards": len(sizes), "mebibytes": split.num_bytes / 2**20,
+            "bytes_per_example": split.num_bytes / max(1, split.num_examples),
             "shard_mib_min": min(sizes) / 2**20, "shard_mib_max": max(sizes) / 2**20,
-            "snr_db": s.get("snr_db", {}),
+            "snr_db": split.extra.get("snr_db", {}),
         }
-    return {"splits": rows, "rejects": info.get("rejects", {}), "seed": info.get("seed"),
-            "spectrogram": info["spectrogram"], "compression": info.get("compression", ""),
-            "augmentation": (info.get("augmentation") or {}).get("counts", {})}
+    info = dataset.info
+    return {"splits": rows, "rejects": info.rejects or {}, "seed": info.seed,
+            "spectrogram": info.spectrogram.to_dict(), "compression": info.compression,
+            "augmentation": (info.augmentation or {}).get("counts", {})}
 
 
 def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_path: str | None = None,
                     json_path: str | None = None, verify: bool = False) -> dict[str, Any]:
     """Prints a summary of the dataset, plots a few examples and checks its shards: their sizes always,
     every record (CRCs, schema, counts) with `verify`. The summary's "problems" lists what is damaged."""
-    info = load_info(dataset)
-    summary = summarize(info)
-    cfg = info["spectrogram"]
-    lines = [f"dataset {dataset}: schema v{info['schema_version']}, {cfg['sample_rate']} Hz, window "
-             f"{cfg['window_samples']} samples, n_fft {cfg['n_fft']}, hop {cfg['hop_length']}, {cfg['dtype']}, "
+    opened = Dataset.open(dataset)
+    summary = summarize(opened)
+    cfg = opened.config
+    lines = [f"dataset {dataset}: schema v{opened.info.schema_version}, {cfg.sample_rate} Hz, window "
+             f"{cfg.window_samples} samples, n_fft {cfg.n_fft}, hop {cfg.hop_length}, {cfg.dtype}, "
              f"compression {summary['compression'] or 'none'}, seed {summary['seed']}",
              f"{'split':<6} {'examples':>9} {'shards':>6} {'MiB':>9} {'bytes/ex':>9} {'shard MiB min-max':>17} {'SNR dB min/mean/max':>21}"]
     for name, r in summary["splits"].items():
@@ -155,18 +65,19 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
     augmented = summary["augmentation"]
     if augmented:
         lines.append("augmentation (examples): " + ", ".join(f"{k} {v}" for k, v in augmented.items()))
-    hist = info.get("histograms", {})
+    hist = opened.info.histograms or {}
     for key, title, group in (("snr_db", "realised SNR (dB), all splits", 2), ("noise_level", "noise level", 2)):
         if key in hist:
             counts = np.sum([hist[key]["counts"][s] for s in hist[key]["counts"]], axis=0).tolist()
             lines.append(f"{title}:")
             lines.extend(_bars(hist[key]["edges"], counts, group=group))
     if verify:
-        problems, records = verify_dataset(dataset, info)
+        found, records = opened.verify()
         checked = f"read all {records} records: CRCs, schema, counts, all-zero examples and record indexes"
     else:
-        problems = check_shard_sizes(dataset, info)
+        found = opened.check_sizes()
         checked = "shard sizes only; --verify reads every record"
+    problems = [str(problem) for problem in found]
     summary["problems"] = problems
     if problems:
         lines.append(f"DAMAGED: {len(problems)} problem(s) found ({checked}):")
@@ -179,7 +90,7 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
     if plot_path is None:
         plot_path = paths.join(dataset, "inspect.png")
     if plot_path and examples > 0 and not problems:
-        items = read_examples(dataset, info, split, examples)
+        items = opened.examples(split, examples)
         if items:
             _plot(items, hist, plot_path)
             print(f"plot: {plot_path}")

@@ -21,12 +21,13 @@ the dataset grows. `launcher.run_dataset` plans the job (`planning`) and runs th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -38,9 +39,9 @@ from beam_pipelines import generation as gen
 from beam_pipelines import runners
 from beam_pipelines.mixing import active_level, is_silent, rms
 from beam_pipelines.planning import ChunkSpec, DatasetOptions, Plan, WorkItem
-from tfrecord_schema import SCHEMA_VERSION, paths, shard_index
+from tfrecord_schema import paths, shard_index, shard_writer
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, shard_name
+from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, ShardInfo, SplitInfo, shard_name
 from tfrecord_schema.records import RecordWriter
 from tfrecord_schema.malloc import tune_malloc
 
@@ -206,39 +207,33 @@ class AssembleShard(beam.DoFn):
             raise RuntimeError(f"shard {split} {shard}: chunks {[p['chunk'] for p in parts]} are incomplete")
         name = shard_name(split, shard, num_shards)
         path = paths.join(self.output, name)
-        # Uncompressed shards get a record index (shard_index): written before the shard, so a shard
-        # that exists has its index, except one left by a build from before indexes existed.
-        indexed = not self.compression
-        index_path = paths.join(self.output, shard_index.index_name(name))
+        stats = gen.ChunkStats.merge([p["stats"] for p in parts])
         if paths.isfile(path):
             # Written by an earlier attempt (a retried bundle, or an interrupted run of the same build
-            # resumed): a shard appears only when whole.
-            size = paths.size(path)
-            if indexed and not paths.isfile(index_path):
-                with paths.open_read(path) as f:
-                    paths.write_atomic(index_path, shard_index.to_bytes(shard_index.scan_index(f)))
+            # resumed): a shard appears only when whole. Uncompressed shards get a record index, written
+            # before the shard, so a shard that exists has its index, except one left by a build from
+            # before indexes existed.
+            entry = ShardInfo(name, stats["count"], paths.size(path))
+            if not self.compression:
+                index = paths.join(self.output, shard_index.index_name(name))
+                entry = shard_writer.index_shard(self.output, entry) if not paths.isfile(index) else \
+                    dataclasses.replace(entry, index=shard_index.index_name(name),
+                                        index_bytes=stats["count"] * shard_index.ENTRY_BYTES)
             paths.delete_files([p["part"] for p in parts if paths.isfile(p["part"])])
         else:
-            out, written = paths.open_write_atomic(path)
-            size, lengths = 0, []
-            with out:
+            writer = shard_writer.ShardWriter(self.output, name, self.compression)
+            try:
                 for p in parts:
-                    data = paths.read_bytes(p["part"])
-                    if indexed:
-                        lengths += shard_index.record_lengths(data)
-                    out.write(data)
-                    size += len(data)
-            if indexed:
-                paths.write_atomic(index_path, shard_index.to_bytes(shard_index.index_from_lengths(lengths)))
-            paths.finish_atomic(written, path)
+                    writer.write_framed(paths.read_bytes(p["part"]))
+                entry = writer.close(stats["count"])
+            except BaseException:
+                writer.abort()
+                raise
             paths.delete_files([p["part"] for p in parts])
         Metrics.counter(NAMESPACE, "shards_written").inc()
-        stats = gen.ChunkStats.merge([p["stats"] for p in parts])
-        LOG.info("wrote %s (%d examples, %.1f MiB)", name, stats["count"], size / 2**20)
-        index = {"index": shard_index.index_name(name), "index_bytes": stats["count"] * shard_index.ENTRY_BYTES} \
-            if indexed else {}
-        yield {"split": split, "shard": shard, "file": name, "num_examples": stats["count"], "num_bytes": size,
-               **index, "stats": stats, "chunks_reused": sum(1 for p in parts if p["reused"])}
+        LOG.info("wrote %s (%d examples, %.1f MiB)", name, stats["count"], entry.num_bytes / 2**20)
+        yield {"split": split, "shard": shard, "entry": entry, "stats": stats,
+               "chunks_reused": sum(1 for p in parts if p["reused"])}
 
 
 def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int]) -> list[str]:
@@ -275,23 +270,17 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
                  "noises": {n["file"]: n["split"] for n in plan.noises}}
     paths.write_atomic(paths.join(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
 
-    splits_info: dict[str, Any] = {}
+    splits_info: dict[str, SplitInfo] = {}
     snr_hist, level_hist = {}, {}
     for split in SPLITS:
         mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["shard"])
         if not mine:
             continue
-        splits_info[split] = {
-            "num_examples": sum(s["num_examples"] for s in mine),
-            "num_bytes": sum(s["num_bytes"] for s in mine),
-            "shards": [{k: s[k] for k in ("file", "num_examples", "num_bytes", "index", "index_bytes") if k in s}
-                       for s in mine],
-        }
         stats = gen.ChunkStats.merge([s["stats"] for s in mine])
         snr_hist[split] = stats["snr_hist"]
         level_hist[split] = stats["level_hist"]
-        splits_info[split]["snr_db"] = {"min": stats["snr_min"], "mean": gen.ChunkStats.mean_snr(stats),
-                                        "max": stats["snr_max"]}
+        splits_info[split] = SplitInfo(split, tuple(s["entry"] for s in mine), extra={"snr_db": {
+            "min": stats["snr_min"], "mean": gen.ChunkStats.mean_snr(stats), "max": stats["snr_max"]}})
     usable = {role: sorted((s for s in sources if s["role"] == role), key=lambda s: s["file"])
               for role in ("voice", "noise")}
     reasons: dict[str, int] = {}
@@ -300,7 +289,6 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     rate = opts.config.sample_rate
     info = DatasetInfo(
         name=paths.basename(opts.output),
-        schema_version=SCHEMA_VERSION,
         spectrogram=opts.config,
         compression=opts.compression,
         seed=opts.mix.seed,

@@ -3,17 +3,18 @@
 Each example is derived from audio made on the spot: a "voice" (a gliding harmonic tone with a
 syllable-like envelope) and a noise (white, brown-ish or a hum), mixed at a drawn SNR, then turned
 into magnitude/phase spectrograms with the toolkit's own STFT. Examples are encoded with
-`tfrecord_schema.encode`, framed with `RecordWriter` into TFDS-named shards, and described by a
+`tfrecord_schema.schema.encode`, written by `ShardWriter` into TFDS-named shards, and described by a
 `dataset_info.json` in the documented layout, so the trainer reads them exactly as it would read
 the Beam job's output.
 
     from beam_pipelines.testing import SMALL_CONFIG, write_dataset
-    info = write_dataset(tmp_path / "ds", config=SMALL_CONFIG, splits={"train": 16, "valid": 8})
+    dataset = write_dataset(tmp_path / "ds", config=SMALL_CONFIG, splits={"train": 16, "valid": 8})
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import zlib
 from typing import Any, Iterator, Mapping
@@ -23,11 +24,11 @@ import numpy as np
 import tfrecord_schema.schema as schema_module
 from beam_pipelines import synthetic
 from beam_pipelines.augmentation import NO_AUGMENTATION
-from tfrecord_schema import shard_index
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import DatasetInfo, shard_name
-from tfrecord_schema.records import RecordWriter
+from tfrecord_schema.dataset import Dataset
+from tfrecord_schema.dataset_info import DatasetInfo, SplitInfo, shard_name
 from tfrecord_schema.schema import SCHEMA_VERSION, encode
+from tfrecord_schema.shard_writer import ShardWriter
 from tfrecord_schema.spectrogram import magnitude_phase
 
 # 32 frames x 32 bins (64 ms windows at 8 kHz): big enough for a depth-3 U-Net, small enough that
@@ -93,8 +94,8 @@ def _record_schema_version(version: int | None) -> Iterator[None]:
 def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = SMALL_CONFIG,
                   splits: Mapping[str, int] | None = None, num_shards: int = 2, compression: str = "",
                   seed: int = 0, info_schema_version: int = SCHEMA_VERSION,
-                  record_schema_version: int | None = None, index: bool = True) -> dict[str, Any]:
-    """Writes a dataset directory (shards + dataset_info.json); returns the info dict.
+                  record_schema_version: int | None = None, index: bool = True) -> Dataset:
+    """Writes a dataset directory (shards + dataset_info.json); returns it as a `Dataset`.
 
     Examples are dealt round-robin over `num_shards` shards per split (fewer when a split is
     smaller). `info_schema_version` / `record_schema_version` write data that claims another
@@ -105,33 +106,25 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
     splits = dict(splits or {"train": 16, "valid": 8})
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    info_splits: dict[str, Any] = {}
+    info_splits: dict[str, SplitInfo] = {}
     with _record_schema_version(record_schema_version):
         for split, count in splits.items():
             shards = max(1, min(num_shards, count))
-            names = [shard_name(split, i, shards) for i in range(shards)]
-            files = [open(os.path.join(directory, name), "wb") for name in names]
-            writers = [RecordWriter(f, compression) for f in files]
+            writers = [ShardWriter(directory, shard_name(split, i, shards), compression) for i in range(shards)]
             try:
                 for number in range(count):
                     writers[number % shards].write(encode(make_example(config, split, number, seed), config))
-            finally:
-                for writer, f in zip(writers, files):
-                    writer.close()
-                    f.close()
-            entries = [{"file": name, "num_examples": writer.records,
-                        "num_bytes": os.path.getsize(os.path.join(directory, name))}
-                       for name, writer in zip(names, writers)]
-            if index and not compression:
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            entries = [writer.close() for writer in writers]
+            if not index:  # as built before indexes existed
                 for entry in entries:
-                    # As the dataset job does: the record index beside each uncompressed shard.
-                    with open(os.path.join(directory, entry["file"]), "rb") as f:
-                        data = shard_index.to_bytes(shard_index.build_index(f.read()))
-                    entry["index"], entry["index_bytes"] = shard_index.index_name(entry["file"]), len(data)
-                    with open(os.path.join(directory, entry["index"]), "wb") as f:
-                        f.write(data)
-            info_splits[split] = {"num_examples": count, "num_bytes": sum(e["num_bytes"] for e in entries),
-                                  "shards": entries}
+                    if entry.index:
+                        os.remove(os.path.join(directory, entry.index))
+                entries = [dataclasses.replace(e, index=None, index_bytes=None) for e in entries]
+            info_splits[split] = SplitInfo(split, tuple(entries))
     info = DatasetInfo(
         schema_version=info_schema_version,
         spectrogram=config,
@@ -150,16 +143,9 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
                    "num_examples": sum(splits.values()), "seed": seed},
     )
     info.write(directory)
-    return info.to_dict()
+    return Dataset(directory, info)
 
 
-def read_raw_records(directory: str | os.PathLike, info: Mapping[str, Any], split: str) -> list[bytes]:
+def read_raw_records(dataset: Dataset, split: str) -> list[bytes]:
     """Every serialized record of a split, shard by shard, read without TensorFlow."""
-    from tfrecord_schema.records import read_records
-
-    out = []
-    for shard in info["splits"][split]["shards"]:
-        path = os.path.join(os.fspath(directory), shard["file"])
-        with open(path, "rb") as f:
-            out.extend(read_records(f, info.get("compression", ""), name=path))
-    return out
+    return list(dataset.records(split))

@@ -80,14 +80,14 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
     import tensorflow as tf
 
     from trainer import input_pipeline
-    from tfrecord_schema.dataset_info import shard_files, spectrogram_config
+    from tfrecord_schema.dataset import Dataset
 
-    info = input_pipeline.read_dataset_info(dataset_dir)
-    config = spectrogram_config(info)
-    files = shard_files(info, dataset_dir, split)
+    dataset = Dataset.open(dataset_dir)
+    config = dataset.config
+    files = dataset.shard_paths(split)
     total_bytes = sum(tf.io.gfile.stat(f).length for f in files)
-    count = input_pipeline.num_examples(info, split)
-    compression = info.get("compression", "")
+    count = dataset.num_examples(split)
+    compression = dataset.compression
 
     def file_read():
         for path in files:
@@ -101,14 +101,14 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
 
     def batched_only():
         ds, _ = input_pipeline._batched_records(
-            dataset_dir, split, batch_size, info=info, shuffle=True, shuffle_buffer=shuffle_buffer, seed=0,
+            dataset, split, batch_size, shuffle=True, shuffle_buffer=shuffle_buffer, seed=0,
             repeat=False, drop_remainder=False, deterministic=False, cycle_length=cycle_length)
         n = sum(int(b.shape[0]) for b in ds.prefetch(tf.data.AUTOTUNE))
         assert n == count, (n, count)
 
     def parsed():
         ds, _ = input_pipeline._batched_records(
-            dataset_dir, split, batch_size, info=info, shuffle=True, shuffle_buffer=shuffle_buffer, seed=0,
+            dataset, split, batch_size, shuffle=True, shuffle_buffer=shuffle_buffer, seed=0,
             repeat=False, drop_remainder=False, deterministic=False, cycle_length=cycle_length)
         keys = ("noisy_magnitude", "clean_magnitude")
         ds = ds.map(lambda s: input_pipeline.parse_batch(s, config, keys), num_parallel_calls=tf.data.AUTOTUNE,
@@ -117,9 +117,8 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
         assert n == count, (n, count)
 
     def full():
-        ds = input_pipeline.make_dataset(dataset_dir, split, batch_size=batch_size, target=target, shuffle=True,
-                                         shuffle_buffer=shuffle_buffer, seed=0, cycle_length=cycle_length,
-                                         info=info)
+        ds = input_pipeline.make_dataset(dataset, split, batch_size=batch_size, target=target, shuffle=True,
+                                         shuffle_buffer=shuffle_buffer, seed=0, cycle_length=cycle_length)
         n = sum(int(x.shape[0]) for x, _ in ds)
         assert n == count, (n, count)
 

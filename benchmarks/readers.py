@@ -50,25 +50,25 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
     import torch.utils.data
 
     from readers.torch_data import RecordDataset, StreamDataset
-    from tfrecord_schema.dataset_info import shard_files, spectrogram_config
+    from tfrecord_schema.dataset import Dataset
     from trainer import input_pipeline
 
-    info = input_pipeline.read_dataset_info(dataset_dir)
-    config = spectrogram_config(info)
-    files = shard_files(info, dataset_dir, split)
-    count = input_pipeline.num_examples(info, split)
+    dataset = Dataset.open(dataset_dir)
+    config = dataset.config
+    files = dataset.shard_paths(split)
+    count = dataset.num_examples(split)
     total_bytes = sum(os.path.getsize(f) for f in files)
     passes = {"n": 0}
 
     def tf_data():
-        ds = input_pipeline.make_dataset(dataset_dir, split, batch_size=batch_size, shuffle=True,
-                                         shuffle_buffer=shuffle_buffer, seed=passes["n"], info=info)
+        ds = input_pipeline.make_dataset(dataset, split, batch_size=batch_size, shuffle=True,
+                                         shuffle_buffer=shuffle_buffer, seed=passes["n"])
         return sum(int(x.shape[0]) for x, _ in ds)
 
     def torch_stream(threads: int, num_workers: int):
         def run_pass():
-            stream = StreamDataset(dataset_dir, split, batch_size=batch_size, shuffle=True,
-                                   shuffle_buffer=shuffle_buffer, seed=0, epoch=passes["n"], threads=threads, info=info)
+            stream = StreamDataset(dataset, split, batch_size=batch_size, shuffle=True,
+                                   shuffle_buffer=shuffle_buffer, seed=0, epoch=passes["n"], threads=threads)
             loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
                                                  prefetch_factor=4 if num_workers else None)
             return sum(int(x.shape[0]) for x, _ in loader)
@@ -76,7 +76,7 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
 
     def torch_map(threads: int, num_workers: int, whole_batches: bool = True):
         def run_pass():
-            records = RecordDataset(dataset_dir, split, threads=threads, info=info)
+            records = RecordDataset(dataset, split, threads=threads)
             generator = torch.Generator().manual_seed(passes["n"])
             workers = dict(num_workers=num_workers, prefetch_factor=4 if num_workers else None)
             if whole_batches:  # the sampler's index lists as items: each batch decoded whole
@@ -101,7 +101,7 @@ def run(dataset_dir: str, split: str, batch_size: int, repeats: int, shuffle_buf
         from readers.grain_source import RecordSource
 
         def grain_source():
-            ds = grain.MapDataset.source(RecordSource(dataset_dir, split, info=info)).shuffle(seed=passes["n"])
+            ds = grain.MapDataset.source(RecordSource(dataset, split)).shuffle(seed=passes["n"])
             ds = ds.batch(batch_size).to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=4))
             return sum(int(np.shape(x)[0]) for x, _ in ds)
 

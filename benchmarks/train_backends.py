@@ -101,15 +101,16 @@ def _device(backend: str) -> str:
     return "cpu"
 
 
-def _loader_alone(dataset_dir: str, info: dict, config: TrainConfig, batches: int) -> dict:
+def _loader_alone(dataset_dir: str, config: TrainConfig, batches: int) -> dict:
     """examples/s of the torch training loader by itself: host batches, then host batches copied to the
     training device as Keras copies them."""
     import torch
 
+    from tfrecord_schema.dataset import Dataset
     from trainer import train
 
     cuda = torch.cuda.is_available()
-    loader, _ = train._torch_data(dataset_dir, info, config, "unet", None, None)
+    loader, _ = train._torch_data(Dataset.open(dataset_dir), config, "unet", None, None)
     out = {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
            "threads": getattr(loader.dataset, "threads", None), "batches": batches}
     iterator = iter(loader)
@@ -137,15 +138,14 @@ def run_child(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from trainer import input_pipeline, train
+    from trainer import train
 
     config = train_config(args)
-    info = input_pipeline.read_dataset_info(args.dataset)
     result = {"backend": keras.backend.backend(), "status": "ok", "device": _device(backend),
               "precision": config.precision, "batch_size": config.batch_size, "jit_compile": config.jit_compile,
               "model": {"base_filters": config.base_filters, "depth": config.depth}}
     if backend == "torch" and args.loader_batches:
-        result["loader_alone"] = _loader_alone(args.dataset, info, config, args.loader_batches)
+        result["loader_alone"] = _loader_alone(args.dataset, config, args.loader_batches)
 
     def timed_train(config: TrainConfig) -> dict:
         work = tempfile.mkdtemp(prefix=f"train-backends-{backend}-")

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from tfrecord_schema.dataset_info import spectrogram_config
+    from tfrecord_schema.dataset import Dataset
     from trainer import input_pipeline
     from trainer.model import build_unet
 
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     with given_or_built(args.dataset, "bench-train-", args.num_examples, split=args.split) as dataset_dir:
         precision = _PRECISIONS[args.precision]
         jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-        info = input_pipeline.read_dataset_info(dataset_dir)
-        config = spectrogram_config(info)
+        dataset = Dataset.open(dataset_dir)
+        config = dataset.config
 
         def pipeline():
-            return input_pipeline.make_dataset(dataset_dir, args.split, batch_size=args.batch_size, target=args.target,
+            return input_pipeline.make_dataset(dataset, args.split, batch_size=args.batch_size, target=args.target,
                                                shuffle=True, shuffle_buffer=args.shuffle_buffer, seed=0, repeat=True,
-                                               drop_remainder=True, info=info)
+                                               drop_remainder=True)
 
         def timed_fit(dataset):
             keras.utils.set_random_seed(0)

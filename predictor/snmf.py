@@ -47,6 +47,7 @@ import scipy.special
 from predictor import audio_io
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.spectrogram import istft, stft
 
 logger = logging.getLogger(__name__)
@@ -292,17 +293,13 @@ def magnitudes_from_folder(folder: str, config: SpectrogramConfig, *, max_frames
     return out
 
 
-def _dataset_records(dataset_dir: str, split: str, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-    from tfrecord_schema.dataset_info import DatasetInfo
-    from tfrecord_schema.records import read_records
+def _dataset_records(dataset: Dataset, split: str, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
     from tfrecord_schema.schema import decode
 
-    info = DatasetInfo.read(dataset_dir)
-    shards = info.shard_files(dataset_dir, split)
+    shards = dataset.shard_paths(split)
     for index in rng.permutation(len(shards)):
-        with paths.open_read(shards[index]) as f:
-            for record in read_records(f, info.compression, name=shards[index]):
-                yield decode(record)
+        for record in dataset.shard_records(shards[index]):
+            yield decode(record)
 
 
 def magnitudes_from_dataset(dataset_dir: str, split: str = "train", *, max_frames: int = DEFAULT_MAX_FRAMES,
@@ -314,15 +311,14 @@ def magnitudes_from_dataset(dataset_dir: str, split: str = "train", *, max_frame
     are met. The noise magnitude is |noisy - clean| of the complex spectrograms
     (noisy_mag e^{j noisy_phase} - clean_mag e^{j clean_phase}). Near-silent frames are dropped.
     """
-    from tfrecord_schema.dataset_info import DatasetInfo
-
     _check_positive_int("max_frames", max_frames)
     if not isinstance(dataset_dir, str) or not dataset_dir:
         raise ValueError(f"dataset_dir must be a dataset directory. Received: dataset_dir={dataset_dir!r}")
-    config = DatasetInfo.read(dataset_dir).spectrogram
+    dataset = Dataset.open(dataset_dir)
+    config = dataset.config
     rng = np.random.default_rng([seed, 1])
     clean_parts, noise_parts, clean_total, noise_total, records = [], [], 0, 0, 0
-    for example in _dataset_records(dataset_dir, split, rng):
+    for example in _dataset_records(dataset, split, rng):
         records += 1
         clean_mag = example["clean_magnitude"].astype(np.float32)
         noisy = example["noisy_magnitude"].astype(np.float32) * np.exp(1j * example["noisy_phase"].astype(np.float32))

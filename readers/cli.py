@@ -16,10 +16,10 @@ def register(subparsers) -> None:
 
 
 def run_index_command(args, extra) -> int:
-    from tfrecord_schema.shard_index import index_dataset
+    from tfrecord_schema.shard_writer import index_dataset
 
-    info = index_dataset(args.dataset, overwrite=args.overwrite)
-    shards = sum(len(entry["shards"]) for entry in info["splits"].values())
+    dataset = index_dataset(args.dataset, overwrite=args.overwrite)
+    shards = sum(len(split.shards) for split in dataset.splits.values())
     print(f"indexed {args.dataset}: {shards} shard(s), "
-          f"{sum(entry['num_examples'] for entry in info['splits'].values())} records")
+          f"{sum(split.num_examples for split in dataset.splits.values())} records")
     return 0

@@ -17,11 +17,12 @@ wherever grain is not installed. Item i is record i of the split (shard by shard
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from readers.store import ALL_KEYS, IndexedSplit, check_reader_loss, decode_batch, model_io, model_keys
+from tfrecord_schema.dataset import Dataset
 from trainer.targets import check_loss_weighting, check_target
 
 OUTPUTS = ("model", "raw", "bytes")
@@ -31,7 +32,7 @@ class RecordSource:
     """grain `RandomAccessDataSource` over one split of an indexed, uncompressed dataset.
 
     Args:
-        dataset_dir: dataset directory (local or gs://).
+        dataset: dataset directory (local or gs://), or its open `Dataset`.
         split: "train", "valid" or "test".
         output: "model" for (x, y) float32 [frames, bins, 1] (or (x, y, weights) with
             loss_weighting="magnitude"); "raw" for a dict of every feature (numpy arrays and
@@ -39,15 +40,13 @@ class RecordSource:
         target, loss_weighting: as `trainer.input_pipeline.make_dataset` (U-Net family).
         loss: "huber", or a waveform loss ("snr", "si-sdr"): y is then the packed spectra [frames,
             bins, 4] (`readers.torch_data.RecordDataset`'s `loss`).
-        info: an already-read dataset_info dict.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, output: str = "model",
-                 target: str = "noise", loss_weighting: str = "none", loss: str = "huber",
-                 info: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, dataset: str | os.PathLike | Dataset, split: str = "train", *, output: str = "model",
+                 target: str = "noise", loss_weighting: str = "none", loss: str = "huber") -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
-        self.records = IndexedSplit(dataset_dir, split, info=info)
+        self.records = IndexedSplit(dataset, split)
         self.output, self.target, self.loss_weighting = output, check_target(target), check_loss_weighting(loss_weighting)
         self.loss = check_reader_loss(loss)
 

@@ -1,7 +1,7 @@
 """Random access to a dataset's records without TensorFlow: the shard indexes, record reads by
 offset, batch decoding in numpy and the model's inputs and targets.
 
-    split = IndexedSplit("data/demo", "train")        # reads dataset_info.json and the indexes
+    split = IndexedSplit("data/demo", "train")        # opens the Dataset and reads the indexes
     len(split); record = split.read(123)              # one serialized record (CRCs checked)
     batch = decode_batch([split.read(i) for i in range(32)], split.config)   # {key: [B, ...] arrays}
     x, y = model_io(batch, split.config, target="noise")                     # float32 [B, frames, bins, 1]
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import operator
 import os
-import struct
 import threading
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -29,9 +28,9 @@ import numpy as np
 
 from tfrecord_schema import paths, shard_index, wire
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import DatasetInfo, shard_files
+from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.malloc import tune_malloc
-from tfrecord_schema.records import _masked_crc
+from tfrecord_schema.records import FRAMING_BYTES, FramingError, unframe
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, check_schema_version
 from trainer.targets import (check_loss_weighting, check_target, loss_weight, model_features, model_target,
                              target_spectrograms)
@@ -40,6 +39,10 @@ from trainer.waveform_loss import WAVEFORM_LOSSES, packed_spectra
 # What training the U-Net reads; `raw=True` readers decode every feature.
 ALL_KEYS = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
 _NUMPY_KIND = {"bytes": np.str_, "int": np.int64, "float": np.float32}
+# What the shard holds at an indexed offset, by `records.FramingError.problem`.
+_FRAMING_PROBLEMS = {"size": "holds a {length}-byte record where the index says {indexed}",
+                     "length CRC": "has no record header there (length CRC mismatch)",
+                     "data CRC": "holds a corrupt record there (data CRC mismatch)"}
 
 
 class _Files:
@@ -81,33 +84,31 @@ class IndexedSplit:
     0..len-1 (shard by shard, in record order: the order `raw_batches(shuffle=False)` reads).
 
     Args:
-        dataset_dir: the dataset directory (local or gs://) with dataset_info.json, shards and indexes.
+        dataset: the dataset directory (local or gs://) with dataset_info.json, shards and indexes, or
+            the already-open `Dataset`.
         split: "train", "valid" or "test".
-        info: an already-read dataset_info dict, to skip reading it again.
         check_crc: check both CRCs of every record read (cheap: CRC-32C is hardware accelerated).
 
     Raises ValueError for a GZIP dataset or one without indexes (`speech-enhance index DATASET`
     adds them), and for an index that does not match dataset_info.json.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, info: Mapping[str, Any] | None = None,
-                 check_crc: bool = True) -> None:
-        self.dataset_dir = os.fspath(dataset_dir)
+    def __init__(self, dataset: str | os.PathLike | Dataset, split: str = "train", *, check_crc: bool = True) -> None:
+        self.dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+        self.dataset_dir = self.dataset.directory
         self.split = split
-        self.info = dict(info) if info is not None else DatasetInfo.read(self.dataset_dir).to_dict()
-        if self.info.get("compression"):
-            raise ValueError(f"{self.dataset_dir} is {self.info['compression']}-compressed: records cannot be read at "
+        if self.dataset.compression:
+            raise ValueError(f"{self.dataset_dir} is {self.dataset.compression}-compressed: records cannot be read at "
                              "their offsets. Read it with the tf.data pipeline, or rebuild it uncompressed.")
-        self.config = SpectrogramConfig.from_dict(self.info["spectrogram"])
+        self.config = self.dataset.config
         self.check_crc = check_crc
-        self.files = shard_files(self.info, self.dataset_dir, split)
-        entries = self.info["splits"][split]["shards"]
+        self.files = self.dataset.shard_paths(split)
         offsets, lengths, shards = [], [], []
-        for number, entry in enumerate(entries):
-            index = shard_index.read_index(self.dataset_dir, entry)
+        for number, entry in enumerate(self.dataset.split(split).shards):
+            index = self.dataset.read_index(entry)
             # Cheap checks without reading the shard: one entry per record, the records tiling it.
-            problems = shard_index.check_index(index, int(entry["num_bytes"]), int(entry["num_examples"]),
-                                               paths.join(self.dataset_dir, entry["index"]))
+            problems = shard_index.check_index(index, int(entry.num_bytes), int(entry.num_examples),
+                                               self.dataset.index_path(entry))
             if problems:
                 # The index was checked against dataset_info.json's size; the file itself may differ
                 # (a replaced or swapped shard), and then rewriting the index cannot help.
@@ -115,9 +116,9 @@ class IndexedSplit:
                 if not paths.isfile(shard_path):
                     raise FileNotFoundError(f"{shard_path}: the shard listed in dataset_info.json is missing. "
                                             "Restore it, or build the dataset again.")
-                mismatch = shard_index.shard_mismatch(shard_path, entry, self.dataset_dir, paths.size(shard_path))
+                mismatch = self.dataset.check_size(split, entry)
                 if mismatch:
-                    raise ValueError(mismatch)
+                    raise ValueError(mismatch.not_as_built(self.dataset_dir))
                 raise ValueError(f"{problems[0]}: the index is damaged. Rewrite it with "
                                  f"`speech-enhance index --overwrite {self.dataset_dir}`.")
             offsets.append(index[:, 0].astype(np.int64))
@@ -190,17 +191,11 @@ class IndexedSplit:
         return out
 
     def _payload(self, framed: memoryview, i: int) -> bytes:
-        (length,) = struct.unpack_from("<Q", framed, 0)
-        if length + shard_index.FRAMING_BYTES != len(framed):
-            raise ValueError(self._bad(i, f"holds a {length}-byte record where the index says "
-                                          f"{len(framed) - shard_index.FRAMING_BYTES}"))
-        payload = bytes(framed[12: 12 + length])
-        if self.check_crc:
-            if struct.unpack_from("<I", framed, 8)[0] != _masked_crc(bytes(framed[:8])):
-                raise ValueError(self._bad(i, "has no record header there (length CRC mismatch)"))
-            if struct.unpack_from("<I", framed, 12 + length)[0] != _masked_crc(payload):
-                raise ValueError(self._bad(i, "holds a corrupt record there (data CRC mismatch)"))
-        return payload
+        try:
+            return unframe(framed, self.check_crc)
+        except FramingError as err:
+            raise ValueError(self._bad(i, _FRAMING_PROBLEMS[err.problem].format(
+                length=err.length, indexed=len(framed) - FRAMING_BYTES))) from None
 
     def _bad(self, i: int, what: str) -> str:
         path = self.files[self.shards[i]]
@@ -212,62 +207,30 @@ class IndexedSplit:
         self._files.close()
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    if byte < 0x80:  # the common case: one byte
-        return byte, pos + 1
-    return wire.read_varint(buf, pos)
-
-
-def _length_delimited(buf: bytes, pos: int) -> tuple[int, int, int]:
-    """(field number, start, end) of the length-delimited field at `pos`; every field of
-    Example, Features, their map entries and a bytes Feature is one."""
-    tag, pos = _varint(buf, pos)
-    if tag & 7 != 2:
-        raise ValueError(f"Not a tf.train.Example: wire type {tag & 7} where a length-delimited field belongs")
-    length, pos = _varint(buf, pos)
-    if pos + length > len(buf):
-        raise ValueError("Not a tf.train.Example: a field runs past the end of the record")
-    return tag >> 3, pos, pos + length
+def _bytes_value(serialized: bytes, start: int, end: int, name: str) -> tuple[int, int]:
+    """(offset, length) of the first value of the bytes Feature in `serialized[start:end]`."""
+    for kind, wire_type, a, b in wire.fields(serialized, start, end):
+        if kind == 1 and wire_type == 2:  # Feature.bytes_list
+            for number, value_type, c, d in wire.fields(serialized, a, b):
+                if number == 1 and value_type == 2:
+                    return c, d - c
+        break
+    raise ValueError(f"Not a record of this schema: {name} is not a bytes feature")
 
 
 def _features(serialized: bytes, wanted: Mapping[bytes, str]) -> dict[str, Any]:
     """{key: value} of the wanted features of one serialized tf.train.Example. A spectrogram's value
     is the (offset, length) of its bytes in `serialized` (read without a copy); other values are
-    lists. A walk over the message that skips the features it does not want (`wire.parse_message`
-    parses them all)."""
+    lists. The features it does not want are skipped, not parsed (`wire.parse_message` parses them all)."""
     out: dict[str, Any] = {}
-    pos, end = 0, len(serialized)
-    while pos < end:
-        number, start, pos = _length_delimited(serialized, pos)
-        if number != 1:  # Example.features
+    for key, key_end, value, value_end in wire.entries(serialized):
+        name = wanted.get(serialized[key:key_end]) if key >= 0 and value >= 0 else None
+        if name is None:
             continue
-        at = start
-        while at < pos:
-            number, entry, at = _length_delimited(serialized, at)
-            if number != 1:  # Features.feature (a map entry)
-                continue
-            key = value = None
-            inner = entry
-            while inner < at:
-                number, a, inner = _length_delimited(serialized, inner)
-                if number == 1:
-                    key = serialized[a:inner]
-                elif number == 2:
-                    value = (a, inner)
-            if key is None or value is None:
-                continue
-            name = wanted.get(key)
-            if name is None:
-                continue
-            if name in SPECTROGRAM_KEYS:
-                kind, a, b = _length_delimited(serialized, value[0])  # Feature.bytes_list
-                number, a, b = _length_delimited(serialized, a) if kind == 1 and a < b else (0, 0, 0)
-                if kind != 1 or number != 1:
-                    raise ValueError(f"Not a record of this schema: {name} is not a bytes feature")
-                out[name] = (a, b - a)
-            else:
-                out[name] = wire.parse_feature(memoryview(serialized)[value[0]:value[1]])
+        if name in SPECTROGRAM_KEYS:
+            out[name] = _bytes_value(serialized, value, value_end, name)
+        else:
+            out[name] = wire.parse_feature(serialized, value, value_end)
     return out
 
 

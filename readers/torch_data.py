@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from readers.store import (
     stream_runs,
 )
 from tfrecord_schema import paths
+from tfrecord_schema.dataset import Dataset
 from trainer.targets import check_loss_weighting, check_target
 
 logger = logging.getLogger(__name__)
@@ -296,14 +297,13 @@ class RecordDataset(torch.utils.data.Dataset):
     """Map-style dataset: item i is record i of `split`, read by offset through the shard index.
 
     Args:
-        dataset_dir: dataset directory (local or gs://), uncompressed and indexed.
+        dataset: dataset directory (local or gs://), uncompressed and indexed, or its open `Dataset`.
         split: "train", "valid" or "test".
         target, loss_weighting: as `trainer.input_pipeline.make_dataset` (U-Net family).
         loss: "huber" (default), or "snr" / "si-sdr": y is then the packed noisy and clean spectra
             [frames, bins, 4] the waveform losses score (`trainer.waveform_loss`).
         raw: return a dict of every feature instead of (x, y).
         threads: read and decode each sampled batch (`__getitems__`) on this many threads.
-        info: an already-read dataset_info dict.
 
     `__getitems__` decodes a sampler's whole batch at once (DataLoader calls it when present) and
     returns its examples. A list of indices as the item (`DataLoader(ds, sampler=BatchSampler(...),
@@ -311,10 +311,9 @@ class RecordDataset(torch.utils.data.Dataset):
     no collation (in a DataLoader worker, straight into the shared memory it leaves by).
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, target: str = "noise",
-                 loss_weighting: str = "none", loss: str = "huber", raw: bool = False, threads: int = 0,
-                 info: Mapping[str, Any] | None = None) -> None:
-        self.records = IndexedSplit(dataset_dir, split, info=info)
+    def __init__(self, dataset: str | os.PathLike | Dataset, split: str = "train", *, target: str = "noise",
+                 loss_weighting: str = "none", loss: str = "huber", raw: bool = False, threads: int = 0) -> None:
+        self.records = IndexedSplit(dataset, split)
         self.outputs = _Outputs(self.records.config, target, loss_weighting, raw, loss)
         self.threads = _check_threads(threads)
         self._pool = _ThreadPool(max(1, self.threads))
@@ -370,7 +369,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
     batch counts of ranks may then differ by one.
 
     Args:
-        dataset_dir, split, target, loss_weighting, loss, raw, info: as `RecordDataset`.
+        dataset, split, target, loss_weighting, loss, raw: as `RecordDataset`.
         batch_size: examples per yielded batch (decoded at once); None yields single examples.
         shuffle: shuffle the run order by (seed, epoch) and the records through a buffer.
         shuffle_buffer: records held in the shuffle buffer (per consumer); for local shards the
@@ -392,14 +391,13 @@ class StreamDataset(torch.utils.data.IterableDataset):
     memory for every batch, as torch would send it, costs about as much as decoding the batch.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int | None = None,
+    def __init__(self, dataset: str | os.PathLike | Dataset, split: str = "train", *, batch_size: int | None = None,
                  shuffle: bool = False, shuffle_buffer: int = 2048, seed: int = 0, epoch: int = 0,
                  repeat: bool = False, drop_remainder: bool = False, target: str = "noise",
                  loss_weighting: str = "none", loss: str = "huber", raw: bool = False, rank: int | None = None,
-                 world_size: int | None = None, run_length: int = 32, threads: int = 0,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 world_size: int | None = None, run_length: int = 32, threads: int = 0) -> None:
         super().__init__()
-        self.records = IndexedSplit(dataset_dir, split, info=info)
+        self.records = IndexedSplit(dataset, split)
         self.outputs = _Outputs(self.records.config, target, loss_weighting, raw, loss)
         self.batch_size = None if batch_size is None else check_positive("batch_size", batch_size)
         self.shuffle_buffer = check_positive("shuffle_buffer", shuffle_buffer)

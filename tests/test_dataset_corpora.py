@@ -8,7 +8,7 @@ import pytest
 import speech_enhance
 from beam_pipelines.planning import DatasetOptions, corpus_tags
 from dataset_fixtures import add_bad_inputs, make_corpus
-from tfrecord_schema import decode
+from tfrecord_schema.schema import decode
 from tfrecord_schema.records import read_records
 
 

@@ -9,8 +9,8 @@ import pytest
 from beam_pipelines.launcher import run_dataset
 from beam_pipelines.planning import DatasetOptions, MixOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
-from tfrecord_schema import decode
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.schema import decode
 from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.records import read_records
 from tfrecord_schema.spectrogram import from_magnitude_phase

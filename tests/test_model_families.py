@@ -227,11 +227,11 @@ def test_pipeline_mel_features_equal_the_exported_models(dataset):
     info = json.load(open(os.path.join(dataset, "dataset_info.json")))
     family = get_family("mel-autoencoder")
     batch = next(iter(make_dataset(dataset, "valid", batch_size=4, shuffle=False, deterministic=True,
-                                   keys=family.keys, info=info,
+                                   keys=family.keys,
                                    model_io=lambda b: (b["noisy_magnitude"], b["clean_magnitude"]))))
     noisy = batch[0].numpy().astype(np.float32)
     x, y = next(iter(make_dataset(dataset, "valid", batch_size=4, shuffle=False, deterministic=True,
-                                  keys=family.keys, model_io=family.model_io(SMALL_CONFIG, config, info), info=info)))
+                                  keys=family.keys, model_io=family.model_io(SMALL_CONFIG, config, info))))
     layer = mel_autoencoder.ScaledMel.for_config(SMALL_CONFIG, TINY["mel_bands"])
     in_model = keras.ops.convert_to_numpy(layer(model_input(noisy, SMALL_CONFIG)[..., None]))
     np.testing.assert_allclose(in_model, x.numpy(), atol=1e-4)
@@ -254,7 +254,7 @@ def test_sce_sources_come_from_the_training_split_and_unknown_ones_get_no_label(
     config = TrainConfig(architecture="blstm-sce", **TINY)
     family = get_family("blstm-sce")
     ds = make_dataset(dataset, "valid", batch_size=8, shuffle=False, deterministic=True, keys=family.keys,
-                      model_io=family.model_io(SMALL_CONFIG, config, info), info=info)
+                      model_io=family.model_io(SMALL_CONFIG, config, info))
     x, y = next(iter(ds))
     speakers = [m for m in (f"speaker-{i % 3}" for i in range(8))]
     labels = y["embedding"].numpy()

@@ -19,7 +19,8 @@ from beam_pipelines.inspect_dataset import inspect_dataset  # noqa: E402
 from beam_pipelines.testing import read_raw_records, write_dataset  # noqa: E402
 from readers.grain_source import RecordSource  # noqa: E402
 from readers.torch_data import RecordDataset, StreamDataset  # noqa: E402
-from tfrecord_schema import shard_index  # noqa: E402
+from tfrecord_schema import shard_index, shard_writer  # noqa: E402
+from tfrecord_schema.dataset import Dataset  # noqa: E402
 from tfrecord_schema.dataset_info import DatasetInfo  # noqa: E402
 from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS, decode  # noqa: E402
 from trainer.input_pipeline import make_dataset, raw_batches  # noqa: E402
@@ -219,8 +220,7 @@ def test_grain_source_matches_tf_data(dataset, tf_records):
 
 def test_verify_checks_the_index_and_readers_detect_a_corrupt_one(tmp_path, capsys):
     path = str(tmp_path / "ds")
-    info = write_dataset(path, splits={"train": 6}, num_shards=2)
-    shard = info["splits"]["train"]["shards"][1]
+    shard = write_dataset(path, splits={"train": 6}, num_shards=2).info.splits["train"]["shards"][1]
     assert shard["index"] == shard["file"] + ".index" and shard["index_bytes"] == 16 * shard["num_examples"]
     index = np.fromfile(os.path.join(path, shard["index"]), "<u8").reshape(-1, 2)
     assert index[0, 0] == 0 and index[-1].sum() == shard["num_bytes"]
@@ -278,7 +278,7 @@ def test_index_command_indexes_an_unindexed_dataset(tmp_path, capsys):
     assert speech_enhance.main(["index", gzip_path]) == 2
     assert "GZIP-compressed" in capsys.readouterr().err
     with pytest.raises(ValueError, match="GZIP-compressed"):
-        shard_index.index_dataset(gzip_path)
+        shard_writer.index_dataset(gzip_path)
 
 
 def test_dataset_job_writes_the_indexes(tmp_path):
@@ -297,19 +297,18 @@ def test_dataset_job_writes_the_indexes(tmp_path):
     assert not [f for f in os.listdir(out) if ".incomplete-" in f]
     assert inspect_dataset(out, examples=0, verify=True)["problems"] == []
     records = RecordDataset(out, "train", raw=True)
-    expected = [decode(r)["example_id"] for r in read_raw_records(out, info, "train")]
+    expected = [decode(r)["example_id"] for r in read_raw_records(Dataset.open(out), "train")]
     assert [records[i]["example_id"] for i in range(len(records))] == expected and len(set(expected)) > 3
 
 
 def test_readers_make_the_waveform_losses_spectra_as_tf_data_does(dataset):
     """With a waveform loss the readers decode both phases and give tf.data's packed spectra."""
-    from tfrecord_schema.dataset_info import spectrogram_config
-    from trainer.input_pipeline import WAVEFORM_KEYS, read_dataset_info, waveform_model_io
+    from trainer.input_pipeline import WAVEFORM_KEYS, waveform_model_io
 
     order = [_text(i) for b in raw_batches(dataset, "train", batch_size=5).as_numpy_iterator() for i in b["example_id"]]
-    info = read_dataset_info(dataset)
-    tf_batches = make_dataset(dataset, "train", batch_size=5, shuffle=False, deterministic=True, info=info,
-                              keys=WAVEFORM_KEYS, model_io=waveform_model_io(spectrogram_config(info)))
+    opened = Dataset.open(dataset)
+    tf_batches = make_dataset(opened, "train", batch_size=5, shuffle=False, deterministic=True,
+                              keys=WAVEFORM_KEYS, model_io=waveform_model_io(opened.config))
     by_id = dict(zip(order, np.concatenate([y for _, y in tf_batches.as_numpy_iterator()])))
     ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
     want = np.stack([by_id[i] for i in ids])
@@ -328,13 +327,12 @@ def test_readers_make_the_waveform_losses_spectra_as_tf_data_does(dataset):
 
 def test_readers_make_the_complex_masks_input_as_tf_data_does(dataset):
     """For target "cmask" the model input holds the noisy phase too (three channels)."""
-    from tfrecord_schema.dataset_info import spectrogram_config
-    from trainer.input_pipeline import WAVEFORM_KEYS, read_dataset_info, waveform_model_io
+    from trainer.input_pipeline import WAVEFORM_KEYS, waveform_model_io
 
     order = [_text(i) for b in raw_batches(dataset, "train", batch_size=5).as_numpy_iterator() for i in b["example_id"]]
-    info = read_dataset_info(dataset)
-    tf_batches = make_dataset(dataset, "train", batch_size=5, shuffle=False, deterministic=True, info=info,
-                              keys=WAVEFORM_KEYS, model_io=waveform_model_io(spectrogram_config(info), "cmask"))
+    opened = Dataset.open(dataset)
+    tf_batches = make_dataset(opened, "train", batch_size=5, shuffle=False, deterministic=True,
+                              keys=WAVEFORM_KEYS, model_io=waveform_model_io(opened.config, "cmask"))
     by_id = dict(zip(order, np.concatenate([x for x, _ in tf_batches.as_numpy_iterator()])))
     ids = [RecordDataset(dataset, "train", raw=True)[i]["example_id"] for i in range(N_TRAIN)]
     want = np.stack([by_id[i] for i in ids])
@@ -402,7 +400,6 @@ def test_torch_backend_training_loader_with_worker_processes(dataset, tf_records
     worker processes, pinned memory asked for, shuffle buffer shared out): tf.data's examples, each
     record at most once per epoch, epoch after epoch."""
     from trainer.config import TrainConfig
-    from trainer.input_pipeline import read_dataset_info
     from trainer.train import _torch_data, _torch_loader_settings
 
     gpu_box = _torch_loader_settings(True, 16)
@@ -413,7 +410,7 @@ def test_torch_backend_training_loader_with_worker_processes(dataset, tf_records
     _, model = tf_records
     expected = list(model.values())
     config = TrainConfig(batch_size=4, shuffle_buffer=8, loss_weighting="magnitude")
-    loader, validation = _torch_data(dataset, read_dataset_info(dataset), config, "unet", "valid", 1,
+    loader, validation = _torch_data(Dataset.open(dataset), config, "unet", "valid", 1,
                                      accelerator=True)
     assert loader.num_workers >= 1 and loader.dataset.threads == 0
     assert loader.dataset.shuffle_buffer == 8 // loader.num_workers
@@ -473,8 +470,8 @@ def test_worker_batches_travel_in_reused_shared_memory_and_stay_intact(dataset):
 
 def test_index_refuses_swapped_or_extended_shards_by_name_and_readers_quote_the_real_size(tmp_path, capsys):
     path = str(tmp_path / "ds")
-    info = write_dataset(path, splits={"train": 8}, num_shards=2)  # two shards of 4 records, sizes differ
-    first, second = info["splits"]["train"]["shards"]
+    dataset = write_dataset(path, splits={"train": 8}, num_shards=2)  # two shards of 4 records, sizes differ
+    first, second = dataset.info.splits["train"]["shards"]
     a, b = os.path.join(path, first["file"]), os.path.join(path, second["file"])
     assert first["num_examples"] == second["num_examples"] and first["num_bytes"] != second["num_bytes"]
     os.rename(a, a + ".swap")
@@ -519,7 +516,7 @@ def test_index_refuses_swapped_or_extended_shards_by_name_and_readers_quote_the_
         json.dump(raw, f)
     with pytest.raises(ValueError, match=rf"^{b}: truncated TFRecord header at byte {second['num_bytes']} "
                                          r"\(record 4\): the shard is damaged"):
-        shard_index.index_dataset(path, overwrite=True)
+        shard_writer.index_dataset(path, overwrite=True)
 
 
 def _read_only_view(source, target):
@@ -542,7 +539,7 @@ def test_index_on_a_read_only_dataset_is_one_clear_line(tmp_path, capsys, monkey
             def read_only(path, data):
                 raise OSError(errno_module.EROFS, os.strerror(errno_module.EROFS), path)
 
-            monkeypatch.setattr(shard_index.paths, "write_atomic", read_only)
+            monkeypatch.setattr(shard_writer.paths, "write_atomic", read_only)
             views = {"old": unindexed, "new": indexed}
         assert speech_enhance.main(["index", views["old"]]) == 2  # was a raw OSError traceback
         err = capsys.readouterr().err

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecord_schema import SCHEMA_VERSION, SPECTROGRAM_KEYS, SchemaVersionError, SpectrogramConfig, decode, encode, tf_feature_spec
 from tfrecord_schema import schema as schema_lib
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.schema import SCHEMA_VERSION, SPECTROGRAM_KEYS, SchemaVersionError, decode, encode, tf_feature_spec
 
 
 def make_example(config, rng):
@@ -82,7 +83,8 @@ def test_encode_checks_shape_and_keys():
 def test_dataset_info_round_trip(tmp_path):
     import json
 
-    from tfrecord_schema import DatasetInfo
+    from tfrecord_schema.dataset import Dataset
+    from tfrecord_schema.dataset_info import DatasetInfo, ShardInfo, SplitInfo
 
     splits = {"train": {"num_examples": 3, "num_bytes": 30,
                         "shards": [{"file": "train.tfrecord-00000-of-00001", "num_examples": 3, "num_bytes": 30}]}}
@@ -95,11 +97,14 @@ def test_dataset_info_round_trip(tmp_path):
                                       "splits", "build_seconds", "future_key"]
     back = DatasetInfo.read(tmp_path)
     assert back == info and DatasetInfo.from_dict(info.to_dict()) == info
-    assert back.shard_files(str(tmp_path), "train") == [f"{tmp_path}/train.tfrecord-00000-of-00001"]
+    dataset = Dataset.open(tmp_path)
+    assert dataset.shard_paths("train") == [f"{tmp_path}/train.tfrecord-00000-of-00001"]
+    assert dataset.splits["train"] == SplitInfo("train", (ShardInfo("train.tfrecord-00000-of-00001", 3, 30),))
+    assert dataset.splits["train"].to_dict() == splits["train"] and dataset.num_examples("test") == 0
 
 
 def test_dataset_info_refuses_bad_files(tmp_path):
-    from tfrecord_schema import DatasetInfo
+    from tfrecord_schema.dataset_info import DatasetInfo
 
     with pytest.raises(FileNotFoundError, match="holds no dataset_info.json: it is not a dataset directory"):
         DatasetInfo.read(tmp_path)

@@ -23,7 +23,7 @@ def dataset(request, tmp_path_factory):
 
 
 def _decoded_by_id(directory, info, split):
-    decoded = [decode(r) for r in read_raw_records(directory, info, split)]
+    decoded = [decode(r) for r in read_raw_records(info, split)]
     return {d["example_id"]: d for d in decoded}
 
 

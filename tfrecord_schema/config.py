@@ -143,7 +143,3 @@ def from_known_keys(cls, values: Mapping[str, Any]):
         raise ValueError(f"Unknown {cls.__name__} keys {unknown}: written by a newer version of this toolkit, or "
                          f"a typo; upgrade it, or fix the keys. Known keys: {sorted(known)}")
     return cls(**dict(values))
-
-
-def db_to_amplitude(db: float) -> float:
-    return math.pow(10.0, db / 20.0)

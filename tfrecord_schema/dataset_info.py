@@ -30,11 +30,10 @@ the dataset directory. "index"/"index_bytes" name each uncompressed shard's reco
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -52,12 +51,65 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One shard entry of a split in dataset_info.json: its file name (relative to the dataset
+    directory), records, size in bytes, and for an uncompressed shard its record index's file name
+    and size (None: not listed, as in a dataset built before indexes existed)."""
+
+    file: str
+    num_examples: int
+    num_bytes: int | None = None
+    index: str | None = None
+    index_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON entry, keys in file order; None fields left out."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ShardInfo":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    """One split of dataset_info.json: its name, shards in order, and the statistics written beside
+    them (`extra`, e.g. "snr_db"). `num_examples`/`num_bytes` are the sums over the shards unless given."""
+
+    name: str
+    shards: tuple[ShardInfo, ...]
+    num_examples: int | None = None
+    num_bytes: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shards", tuple(self.shards))
+        if self.num_examples is None:
+            object.__setattr__(self, "num_examples", sum(s.num_examples for s in self.shards))
+        if self.num_bytes is None:
+            object.__setattr__(self, "num_bytes", sum(s.num_bytes or 0 for s in self.shards))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON entry: {"num_examples", "num_bytes", "shards": [...], **extra}."""
+        return {"num_examples": self.num_examples, "num_bytes": self.num_bytes,
+                "shards": [s.to_dict() for s in self.shards], **self.extra}
+
+    @classmethod
+    def from_dict(cls, name: str, values: Mapping[str, Any]) -> "SplitInfo":
+        extra = {k: v for k, v in values.items() if k not in ("num_examples", "num_bytes", "shards")}
+        return cls(name, tuple(ShardInfo.from_dict(s) for s in values.get("shards", ())),
+                   values.get("num_examples"), values.get("num_bytes"), extra)
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset directory holds: spectrogram config, schema version, splits and their shards,
     seed, build arguments, sources, rejects and statistics.
 
     Optional fields left as None are not written. Keys this version does not know are kept in
-    `extra` and written back after the known ones.
+    `extra` and written back after the known ones. `splits` holds each split's JSON entry (given
+    as a `SplitInfo` or its dict); `tfrecord_schema.dataset.Dataset` reads them as `SplitInfo`s.
     """
 
     spectrogram: SpectrogramConfig
@@ -86,6 +138,9 @@ class DatasetInfo:
                              f"Received: spectrogram={self.spectrogram!r}")
         if not isinstance(self.splits, Mapping):
             raise ValueError(f"DatasetInfo.splits must be a dict of split name -> entry. Received: splits={self.splits!r}")
+        # Entries given as SplitInfo are kept as the JSON they write.
+        object.__setattr__(self, "splits", {name: entry.to_dict() if isinstance(entry, SplitInfo) else entry
+                                            for name, entry in self.splits.items()})
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown:
             raise ValueError(f"DatasetInfo.splits names unknown splits {unknown}; split names are {SPLITS}.")
@@ -154,56 +209,3 @@ class DatasetInfo:
                 f"{directory!r} holds no {INFO_FILE}: it is not a dataset directory (or an unfinished one). Build "
                 "one with `speech-enhance dataset --output DIR` (or `make dataset`) and pass that DIR.")
         return cls.from_json(paths.read_text(path), where=path)
-
-    def shard_files(self, directory: str, split: str) -> list[str]:
-        """Paths (local or gs://) of a split's shards in `directory`, in order."""
-        return shard_files(self, directory, split)
-
-
-def parse_dataset_info(text: str, where: str = INFO_FILE) -> dict[str, Any]:
-    """The checked dict of a `dataset_info.json`'s text (`DatasetInfo.from_json(...).to_dict()`)."""
-    return DatasetInfo.from_json(text, where).to_dict()
-
-
-def spectrogram_config(info: DatasetInfo | Mapping[str, Any]) -> SpectrogramConfig:
-    """The SpectrogramConfig of a DatasetInfo or of its dict."""
-    if isinstance(info, DatasetInfo):
-        return info.spectrogram
-    return SpectrogramConfig.from_dict(info["spectrogram"])
-
-
-def shard_files(info: DatasetInfo | Mapping[str, Any], dataset_dir: str, split: str) -> list[str]:
-    """Absolute paths (local or gs://) of a split's shards, in order; `info` is a DatasetInfo or its dict."""
-    splits = info.splits if isinstance(info, DatasetInfo) else info["splits"]
-    if split not in splits:
-        raise ValueError(f"The dataset in {dataset_dir} has no split {split!r}. It has: {sorted(splits)}")
-    base = dataset_dir.rstrip("/")
-    return [f"{base}/{shard['file']}" for shard in splits[split]["shards"]]
-
-
-def index_files(info: DatasetInfo | Mapping[str, Any], dataset_dir: str, split: str) -> list[str | None]:
-    """Absolute paths of a split's shard indexes, in shard order; None for a shard listed without one."""
-    splits = info.splits if isinstance(info, DatasetInfo) else info["splits"]
-    if split not in splits:
-        raise ValueError(f"The dataset in {dataset_dir} has no split {split!r}. It has: {sorted(splits)}")
-    base = dataset_dir.rstrip("/")
-    return [f"{base}/{shard['index']}" if shard.get("index") else None for shard in splits[split]["shards"]]
-
-
-def shard_sizes(info: DatasetInfo | Mapping[str, Any], dataset_dir: str,
-                splits: Sequence[str]) -> list[tuple[str, dict[str, Any], str, int | None]]:
-    """(split, shard entry, path, size on disk in bytes or None when missing) of every shard of
-    `splits`, in order. Sizes are read in parallel: on gs:// each one is a request."""
-    table = info.splits if isinstance(info, DatasetInfo) else info["splits"]
-    shards = [(split, entry, path) for split in splits
-              for entry, path in zip(table[split]["shards"], shard_files(info, dataset_dir, split))]
-
-    def size(path: str) -> int | None:
-        try:
-            return paths.size(path)
-        except FileNotFoundError:
-            return None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        sizes = list(pool.map(size, [path for _, _, path in shards]))
-    return [(split, entry, path, actual) for (split, entry, path), actual in zip(shards, sizes)]

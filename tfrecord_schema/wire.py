@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from typing import Iterator
 
 import numpy as np
 
@@ -41,7 +42,11 @@ def feature(kind: str, values: list) -> bytes:
     return field(3, field(1, b"".join(varint(int(v)) for v in values)))
 
 
-def read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at `pos`."""
+    byte = buf[pos]
+    if byte < 0x80:  # the common case: one byte
+        return byte, pos + 1
     result = shift = 0
     while True:
         byte = buf[pos]
@@ -52,47 +57,75 @@ def read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(buf: memoryview):
-    """Yields (field number, wire type, value) of one message; value is a memoryview for wire type 2."""
-    pos, end = 0, len(buf)
+_FIXED = {5: 4, 1: 8}  # wire type -> bytes of a fixed32 / fixed64 field
+
+
+def fields(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, start, end) of each field of the message in `buf[start:end]`: the
+    bytes of a length-delimited field's payload (wire type 2), of a varint (0) or of a fixed32/64
+    (5/1) value. Positions index `buf`, so a caller reads a value without a copy. The one walk over
+    the protobuf wire format (`parse_message`, and the readers' batch decoder)."""
+    pos, end = start, len(buf) if end is None else end
     while pos < end:
         tag, pos = read_varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
+        wire = tag & 7
         if wire == 2:
             length, pos = read_varint(buf, pos)
-            yield number, wire, buf[pos: pos + length]
-            pos += length
+            at = pos
         elif wire == 0:
-            value, pos = read_varint(buf, pos)
-            yield number, wire, value
-        elif wire == 5:
-            yield number, wire, buf[pos: pos + 4]
-            pos += 4
-        elif wire == 1:
-            yield number, wire, buf[pos: pos + 8]
-            pos += 8
+            at, (_, pos) = pos, read_varint(buf, pos)
+            length = pos - at
+        elif wire in _FIXED:
+            at, length = pos, _FIXED[wire]
         else:
             raise ValueError(f"Not a tf.train.Example: unsupported protobuf wire type {wire}")
+        if at + length > end:
+            raise ValueError("Not a tf.train.Example: a field runs past the end of the record")
+        pos = at + length
+        yield tag >> 3, wire, at, pos
 
 
-def parse_feature(buf: memoryview) -> list:
-    for kind, _, body in fields(buf):
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def parse_feature(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> list:
+    """The values of the serialized Feature in `buf[start:end]`: bytes, floats or ints."""
+    for kind, _, body, body_end in fields(buf, start, end):
         values: list = []
-        for _, wire, item in fields(body):
+        for _, wire, a, b in fields(buf, body, body_end):
             if kind == 1:
-                values.append(bytes(item))
+                values.append(bytes(buf[a:b]))
             elif kind == 2:
-                values.extend(np.frombuffer(item, "<f4").tolist() if wire == 2 else [struct.unpack("<f", item)[0]])
+                values.extend(np.frombuffer(buf, "<f4", (b - a) // 4, a).tolist() if wire == 2
+                              else struct.unpack_from("<f", buf, a))
             elif kind == 3:
                 if wire == 0:
-                    values.append(item - (1 << 64) if item >= 1 << 63 else item)
+                    values.append(_int64(read_varint(buf, a)[0]))
                 else:
-                    p = 0
-                    while p < len(item):
-                        v, p = read_varint(item, p)
-                        values.append(v - (1 << 64) if v >= 1 << 63 else v)
+                    while a < b:
+                        v, a = read_varint(buf, a)
+                        values.append(_int64(v))
         return values
     return []
+
+
+def entries(buf: bytes | memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(key start, key end, Feature start, Feature end) of each feature of a serialized
+    `tf.train.Example` (Example.features -> Features.feature map entries); -1 for a part an entry lacks."""
+    for number, _, start, end in fields(buf):
+        if number != 1:  # Example.features
+            continue
+        for number, _, entry, entry_end in fields(buf, start, end):
+            if number != 1:  # Features.feature (a map entry)
+                continue
+            key = value = (-1, -1)
+            for n, _, a, b in fields(buf, entry, entry_end):
+                if n == 1:
+                    key = (a, b)
+                elif n == 2:
+                    value = (a, b)
+            yield (*key, *value)
 
 
 def message(features: dict[str, bytes]) -> bytes:
@@ -104,16 +137,8 @@ def message(features: dict[str, bytes]) -> bytes:
 def parse_message(serialized: bytes) -> dict[str, list]:
     """{key: list of values} of a serialized `tf.train.Example`; bytes values stay bytes."""
     raw: dict[str, list] = {}
-    for number, _, features in fields(memoryview(serialized)):
-        if number != 1:
-            continue
-        for _, _, entry in fields(features):
-            key = value = None
-            for n, _, item in fields(entry):
-                if n == 1:
-                    key = bytes(item).decode("utf-8")
-                elif n == 2:
-                    value = parse_feature(item)
-            if key is not None:
-                raw[key] = value if value is not None else []
+    for key, key_end, value, value_end in entries(serialized):
+        if key >= 0:
+            raw[bytes(serialized[key:key_end]).decode("utf-8")] = parse_feature(serialized, value, value_end) \
+                if value >= 0 else []
     return raw

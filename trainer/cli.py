@@ -13,68 +13,21 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 
+from tfrecord_schema import options
 from trainer.config import ARCHITECTURE_PRESETS, PRESETS, TrainConfig, preset_overrides
 
 BACKENDS = ("tensorflow", "jax", "torch")
 _GROUPS = {"data": "data and outputs", "optimisation": "optimisation", "model": "model", "hardware": "hardware"}
-_NONE = "none"  # how a flag spells None for an option with choices (--distribution none)
 # Library argument names that are not TrainConfig fields, and their flags.
 _PATH_FLAGS = {"dataset_dir": "--dataset", "model_dir": "--model-dir", "work_dir": "--work-dir"}
-
-
-def _cli_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]]
-
-
-def _flag(name: str) -> str:
-    return _PATH_FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-def _flag_value(name: str, value: str) -> str:
-    if value in ("True", "False") and name not in _PATH_FLAGS:
-        return _flag(name) if value == "True" else "--no-" + _flag(name)[2:]
-    return f"{_flag(name)} {_NONE if value == 'None' else value}"
+FLAGS = options.flag_names(TrainConfig, extra=_PATH_FLAGS)
 
 
 def flag_terms(text: str) -> str:
-    """`text` (a library message) with field names shown as this command's flags.
-
-    "Received: batch_size=0" -> "Received: --batch-size 0"; "resume=False" -> "--no-resume";
-    "batch_size must ..." -> "--batch-size must ...".
-    """
-    names = sorted({f.name for f in dataclasses.fields(TrainConfig)} | set(_PATH_FLAGS), key=len, reverse=True)
-    words = "|".join(map(re.escape, names))
-    text = re.sub(rf"(?<![\w.-])({words})=('[^']*'|[^\s,;)]*[^\s,;).])",
-                  lambda m: _flag_value(m.group(1), m.group(2)), text)
-    # Bare names: always when they contain "_", else only as the subject of "must".
-    return re.sub(rf"(?<![\w.'-])({words})(?=\s+must\b)|(?<![\w.'-])({'|'.join(n for n in names if '_' in n)})\b",
-                  lambda m: _flag(m.group(1) or m.group(2)), text)
-
-
-def _default_text(field: dataclasses.Field) -> str:
-    default = field.default
-    if isinstance(default, bool):
-        return f" (default {_flag(field.name) if default else '--no-' + _flag(field.name)[2:]})"
-    if default is None:
-        return f" (default {_NONE})" if field.metadata["choices"] else ""
-    return f" (default {default})"
-
-
-def _add_option(group, field: dataclasses.Field) -> None:
-    help_text = flag_terms(field.metadata["help"] + _default_text(field)).replace("%", "%%")
-    kwargs = {"dest": field.name, "default": None, "help": help_text}
-    kind = str(field.type).split(" ")[0]
-    choices = field.metadata["choices"]
-    if kind == "bool":  # jit_compile ("auto" unless a flag says otherwise), resume
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif choices:
-        kwargs["choices"] = ((_NONE,) if field.default is None else ()) + tuple(choices)
-    elif kind in ("int", "float"):
-        kwargs["type"] = int if kind == "int" else float
-    group.add_argument(_flag(field.name), **kwargs)
+    """`text` (a library message) with TrainConfig field names shown as this command's flags."""
+    return options.flag_terms(text, FLAGS)
 
 
 def _preset_help() -> str:
@@ -111,19 +64,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         help=f"Keras backend; the input pipeline is tf.data on tensorflow and jax, the PyTorch reader of the "
              f"shard indexes on torch (U-Net only; needs torch installed and an indexed dataset) (default "
              f"{BACKENDS[0]}, or $KERAS_BACKEND when set)")
-    for field in _cli_fields():
-        _add_option(groups[field.metadata["group"]], field)
+    options.add_flags(p, TrainConfig, groups=groups, names=FLAGS)
     p.set_defaults(func=run)
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """(TrainConfig, Keras backend) from the defaults, then the preset, then every flag given explicitly."""
-    flags = {f.name: getattr(args, f.name) for f in _cli_fields() if getattr(args, f.name, None) is not None}
+    flags = options.given(TrainConfig, args)
     preset = getattr(args, "preset", None)
     base = TrainConfig.from_preset(preset, architecture=flags.get("architecture", "unet")) if preset else TrainConfig()
-    if flags.get("distribution") == _NONE:
-        flags["distribution"] = None
     environment = os.environ.get("KERAS_BACKEND")
     backend = getattr(args, "backend", None) or (environment if environment in BACKENDS else BACKENDS[0])
     return dataclasses.replace(base, **flags), backend

@@ -7,9 +7,9 @@
 choices, help) from the fields below, and `run.json` / model.json's "training" block are
 `TrainConfig.to_dict()`. This module imports neither Keras nor TensorFlow, so `--help` stays fast.
 
-Each field's metadata holds its help text ("help"), its choices ("choices"), whether a resumed run
-must use the same value ("resume": it changes what the backup holds), the CLI flag group ("group")
-and, for the few options without a flag, "cli": False.
+Each field is a `tfrecord_schema.options.option` (help, choices, CLI flag group, "cli": False for the
+few options without a flag) that also records whether a resumed run must use the same value
+("resume": it changes what the backup holds).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from tfrecord_schema.config import from_known_keys
+from tfrecord_schema.options import option
 from trainer.targets import COMPLEX_TARGETS, LOSS_WEIGHTINGS, TARGETS
 
 # The U-Net's losses: "huber" on the target of every bin, or one on the waveform
@@ -41,8 +42,7 @@ ARCHITECTURES = tuple(ARCHITECTURE_ARGS)
 
 def _option(default: Any, help: str, *, group: str, choices: tuple | None = None, resume: bool = False,
             cli: bool = True) -> Any:
-    return dataclasses.field(default=default, metadata={
-        "help": help, "group": group, "choices": choices, "resume": resume, "cli": cli})
+    return option(default, help, group=group, choices=choices, resume=resume, cli=cli)
 
 
 @dataclasses.dataclass(frozen=True)

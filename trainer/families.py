@@ -23,11 +23,12 @@ so the predictor runs every family the same way. A family with several outputs n
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import keras
 
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.dataset_info import DatasetInfo
 from trainer import blstm, mel_autoencoder
 from trainer.config import TrainConfig
 from trainer.model import build_unet
@@ -37,10 +38,11 @@ from trainer.waveform_loss import CAP_DB, MIX_WEIGHT, WAVEFORM_LOSSES, waveform_
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")
 
 
-def source_vocabulary(info: dict[str, Any], split: str = "train") -> list[str]:
+def source_vocabulary(info: DatasetInfo | Mapping[str, Any], split: str = "train") -> list[str]:
     """The sources the SCE loss learns a vector for: "speaker:ID" for every speaker and "noise:CLASS"
-    for every noise class of `split` in dataset_info.json's sources, sorted within each kind."""
-    sources = info.get("sources") or {}
+    for every noise class of `split` in dataset_info.json's sources (`info`: a DatasetInfo or the
+    file's dict), sorted within each kind."""
+    sources = (info.sources if isinstance(info, DatasetInfo) else info.get("sources")) or {}
     speakers = sorted({v["speaker_id"] for v in sources.get("voices", []) if v.get("split") == split})
     classes = sorted({n["noise_class"] for n in sources.get("noises", []) if n.get("split") == split})
     if not speakers or not classes:

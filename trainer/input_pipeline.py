@@ -13,8 +13,6 @@ the complex mask, `trainer.targets.model_features`); see `trainer.targets`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -24,7 +22,8 @@ import tensorflow as tf
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import INFO_FILE, DatasetInfo, shard_files, shard_sizes, spectrogram_config
+from tfrecord_schema.dataset import Dataset
+from tfrecord_schema.dataset_info import INFO_FILE
 from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
 from trainer.targets import (check_loss_weighting, check_target, input_channels, target_spectrograms, tf_loss_weight,
                              tf_model_features, tf_model_input, tf_model_target)
@@ -42,27 +41,22 @@ def target_keys(target: str) -> tuple[str, ...]:
 _REMOTE_READ_BUFFER_BYTES = 8 << 20
 
 
-def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads and checks `dataset_dir/dataset_info.json` (local path or gs://) through `DatasetInfo.read`;
-    returns its dict.
+def open_dataset(dataset: str | os.PathLike | Dataset) -> Dataset:
+    """`dataset` itself when already open, else `Dataset.open(dataset)` (local path or gs://).
 
     Raises FileNotFoundError when there is no dataset there, and `SchemaVersionError` (a
     ValueError) when it was written under another schema version.
     """
-    if not isinstance(dataset_dir, (str, os.PathLike)) or not os.fspath(dataset_dir):
-        raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset_dir!r}")
-    return DatasetInfo.read(dataset_dir).to_dict()
+    if isinstance(dataset, Dataset):
+        return dataset
+    if not isinstance(dataset, (str, os.PathLike)) or not os.fspath(dataset):
+        raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset!r}")
+    return Dataset.open(dataset)
 
 
-def num_examples(info: dict[str, Any], split: str) -> int:
-    """Examples in `split` according to dataset_info (0 when the split is absent)."""
-    entry = info["splits"].get(split)
-    return int(entry["num_examples"]) if entry else 0
-
-
-def steps_per_epoch(info: dict[str, Any], split: str, batch_size: int, drop_remainder: bool) -> int:
+def steps_per_epoch(dataset: Dataset, split: str, batch_size: int, drop_remainder: bool) -> int:
     """Batches in one pass over `split`: floor when the last partial batch is dropped, else ceil."""
-    count = num_examples(info, split)
+    count = dataset.num_examples(split)
     steps = count // batch_size if drop_remainder else math.ceil(count / batch_size)
     if steps < 1:
         raise ValueError(
@@ -77,17 +71,19 @@ def _check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
-def _existing_shards(info: dict[str, Any], dataset_dir: str, split: str) -> list[str]:
-    files = shard_files(info, dataset_dir, split)
-    if not files:
-        raise ValueError(f"Split {split!r} of {dataset_dir!r} lists no shards; rebuild the dataset.")
+def _no_shards(dataset: Dataset, split: str) -> None:
+    if not dataset.split(split).shards:
+        raise ValueError(f"Split {split!r} of {dataset.directory!r} lists no shards; rebuild the dataset.")
+
+
+def _existing_shards(dataset: Dataset, split: str) -> list[str]:
+    _no_shards(dataset, split)
     # One listing instead of one request per shard (cheap on GCS too).
-    listed = set(paths.list_files(dataset_dir))
-    names = [shard["file"] for shard in info["splits"][split]["shards"]]
-    missing = [path for name, path in zip(names, files) if name not in listed]
+    listed = set(paths.list_files(dataset.directory))
+    missing = [dataset.path(shard.file) for shard in dataset.split(split).shards if shard.file not in listed]
     if missing:
-        raise _missing_shards(missing, dataset_dir)
-    return files
+        raise _missing_shards(missing, dataset.directory)
+    return dataset.shard_paths(split)
 
 
 def _missing_shards(missing: list[str], dataset_dir: str) -> FileNotFoundError:
@@ -105,84 +101,40 @@ def _verify_hint(dataset_dir: str) -> str:
             "shard again from where the dataset was built, or rebuild the dataset.")
 
 
-def check_shard_sizes(info: dict[str, Any], dataset_dir: str | os.PathLike, splits: Sequence[str]) -> None:
-    """Compares each shard of `splits` with its size in dataset_info.json (`num_bytes`).
+def refuse_damaged_shards(dataset: Dataset, splits: Sequence[str]) -> None:
+    """Refuses to train on a dataset whose shards of `splits` fail `Dataset.check_sizes`, so that an
+    interrupted copy is refused before training starts rather than hours into it.
 
-    Raises FileNotFoundError for a missing shard and `CorruptShardError` naming the first shard
-    whose size differs (with the expected and the actual size), so that an interrupted copy is
-    refused before training starts rather than hours into it. Shards without a recorded size
-    are not checked. Sizes are read in parallel: on gs:// each one is a request.
+    Raises FileNotFoundError for missing shards and `CorruptShardError` naming the first shard whose
+    size differs (with the expected and the actual size).
     """
-    dataset_dir = os.fspath(dataset_dir)
     for split in splits:
-        if not info["splits"][split]["shards"]:
-            raise ValueError(f"Split {split!r} of {dataset_dir!r} lists no shards; rebuild the dataset.")
-    found = shard_sizes(info, dataset_dir, splits)
-    missing = [path for _, _, path, actual in found if actual is None]
+        _no_shards(dataset, split)
+    problems = dataset.check_sizes(splits)
+    missing = [p.path for p in problems if p.actual is None]
     if missing:
-        raise _missing_shards(missing, dataset_dir)
-    for split, entry, path, actual in found:
-        if entry.get("num_bytes") is not None and actual != int(entry["num_bytes"]):
-            raise CorruptShardError(
-                f"Shard {path} ({split!r} split) is {actual} bytes on disk, but {INFO_FILE} expects "
-                f"{int(entry['num_bytes'])} bytes: it was cut short (an interrupted copy?) or rewritten after the "
-                f"dataset was built. {_verify_hint(dataset_dir)}")
+        raise _missing_shards(missing, dataset.directory)
+    for p in problems:
+        raise CorruptShardError(
+            f"Shard {p.path} ({p.split!r} split) is {p.actual} bytes on disk, but {INFO_FILE} expects "
+            f"{p.expected} bytes: it was cut short (an interrupted copy?) or rewritten after the "
+            f"dataset was built. {_verify_hint(dataset.directory)}")
 
 
-def find_corrupt_shards(info: dict[str, Any], dataset_dir: str | os.PathLike,
-                        splits: Sequence[str]) -> list[tuple[str, str]]:
-    """Reads every shard of `splits` on its own; returns (path, TensorFlow's error) for each that fails.
-
-    tf.data reports a bad record as "corrupted record at <offset>" without the file, since the
-    shards are interleaved; reading them one by one finds it. This reads the whole split.
-    """
-    dataset_dir = os.fspath(dataset_dir)
-    compression = info.get("compression", "")
-    corrupt = []
-    for split in splits:
-        for path in shard_files(info, dataset_dir, split):
-            try:
-                for _ in tf.data.TFRecordDataset(path, compression_type=compression).batch(1024):
-                    pass
-            except tf.errors.OpError as err:
-                corrupt.append((path, err.message.strip().splitlines()[0]))
-    return corrupt
-
-
-def raise_for_corrupt_shards(info: dict[str, Any], dataset_dir: str | os.PathLike, splits: Sequence[str],
-                             cause: BaseException) -> None:
+def raise_for_corrupt_shards(dataset: Dataset, splits: Sequence[str], cause: BaseException) -> None:
     """After tf.data failed with `cause` (a DataLossError), raises `CorruptShardError` naming the
-    corrupt shards of `splits`; returns when every shard reads back cleanly (a transient error)."""
-    dataset_dir = os.fspath(dataset_dir)
-    logger.error("reading %s failed (%s); reading its shards one by one to find the corrupt one", dataset_dir,
+    corrupt shards of `splits` (`Dataset.verify`: tf.data reports a bad record as "corrupted record
+    at <offset>" without the file, since the shards are interleaved); returns when every shard reads
+    back cleanly (a transient error). This reads the whole of `splits`."""
+    logger.error("reading %s failed (%s); reading its shards one by one to find the corrupt one", dataset.directory,
                  getattr(cause, "message", str(cause)).strip().splitlines()[0])
-    corrupt = find_corrupt_shards(info, dataset_dir, splits)
+    corrupt, _ = dataset.verify(splits)
     if not corrupt:
         return
-    listed = "; ".join(f"{path}: {error}" for path, error in corrupt[:5])
+    listed = "; ".join(str(problem) for problem in corrupt[:5])
     more = f"; and {len(corrupt) - 5} more" if len(corrupt) > 5 else ""
-    raise CorruptShardError(f"{len(corrupt)} shard(s) of {dataset_dir} are corrupt: {listed}{more}. "
-                            f"{_verify_hint(dataset_dir)}") from cause
-
-
-def dataset_fingerprint(info: dict[str, Any]) -> str:
-    """A short hash of what makes a dataset itself, read from its dataset_info.json.
-
-    It covers the schema, spectrogram config, compression, seed, the build arguments and sources,
-    and every split's shard list (file, examples, bytes); not the directory, so a copy of a
-    dataset (local or gs://) has the same fingerprint and a rebuilt or different one does not.
-    """
-    identity = {
-        "schema_version": info.get("schema_version"),
-        "spectrogram": info.get("spectrogram"),
-        "compression": info.get("compression", ""),
-        "seed": info.get("seed"),
-        "arguments": info.get("arguments"),
-        "sources": info.get("sources"),
-        "splits": {split: [[s.get("file"), s.get("num_examples"), s.get("num_bytes")] for s in entry["shards"]]
-                   for split, entry in sorted(info["splits"].items())},
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+    raise CorruptShardError(f"{len(corrupt)} shard(s) of {dataset.directory} are corrupt: {listed}{more}. "
+                            f"{_verify_hint(dataset.directory)}") from cause
 
 
 def _records(files: Sequence[str], compression: str, *, shuffle: bool, seed: int | None,
@@ -235,17 +187,15 @@ def parse_batch(serialized: tf.Tensor, config: SpectrogramConfig,
     return out
 
 
-def _batched_records(dataset_dir: str, split: str, batch_size: int, *, info: dict[str, Any] | None,
-                     shuffle: bool, shuffle_buffer: int, seed: int | None, repeat: bool,
+def _batched_records(dataset: str | os.PathLike | Dataset, split: str, batch_size: int, *, shuffle: bool, shuffle_buffer: int, seed: int | None, repeat: bool,
                      drop_remainder: bool, deterministic: bool, cycle_length: int | None,
-                     ) -> tuple[tf.data.Dataset, dict[str, Any]]:
+                     ) -> tuple[tf.data.Dataset, Dataset]:
     _check_batch_size(batch_size)
-    dataset_dir = os.fspath(dataset_dir)
     if shuffle and (not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
         raise ValueError(f"shuffle_buffer must be a positive integer. Received: shuffle_buffer={shuffle_buffer!r}")
-    info = info if info is not None else read_dataset_info(dataset_dir)
-    files = _existing_shards(info, dataset_dir, split)
-    ds = _records(files, info.get("compression", ""), shuffle=shuffle, seed=seed,
+    dataset = open_dataset(dataset)
+    files = _existing_shards(dataset, split)
+    ds = _records(files, dataset.compression, shuffle=shuffle, seed=seed,
                   cycle_length=cycle_length, deterministic=deterministic)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -257,8 +207,8 @@ def _batched_records(dataset_dir: str, split: str, batch_size: int, *, info: dic
         # A known length gives Keras its progress bar and validation length, and checks the shards
         # against the counts of dataset_info.json while reading.
         ds = ds.apply(tf.data.experimental.assert_cardinality(
-            steps_per_epoch(info, split, batch_size, drop_remainder)))
-    return ds, info
+            steps_per_epoch(dataset, split, batch_size, drop_remainder)))
+    return ds, dataset
 
 
 def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
@@ -308,11 +258,10 @@ def waveform_model_io(config: SpectrogramConfig, target: str = "mask") -> Callab
     return model_io
 
 
-def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int, target: str = "noise",
-                 shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
+def make_dataset(dataset: str | os.PathLike | Dataset, split: str = "train", *, batch_size: int,
+                 target: str = "noise", shuffle: bool = True, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, deterministic: bool = False,
-                 cycle_length: int | None = None, info: dict[str, Any] | None = None,
-                 loss_weighting: str = "none", keys: Sequence[str] | None = None,
+                 cycle_length: int | None = None, loss_weighting: str = "none", keys: Sequence[str] | None = None,
                  model_io: Callable[[dict[str, tf.Tensor]], Any] | None = None) -> tf.data.Dataset:
     """Batches (model input, target) for training or evaluation, both float32 [B, frames, bins, 1].
 
@@ -320,7 +269,7 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
     the per-bin sample weights Keras applies to the loss (see `trainer.targets.tf_loss_weight`).
 
     Args:
-        dataset_dir: directory (or gs:// URL) holding dataset_info.json and the shards.
+        dataset: directory (or gs:// URL) holding dataset_info.json and the shards, or its open `Dataset`.
         split: "train", "valid" or "test".
         batch_size: examples per batch (the global batch under a distribution strategy).
         target: "noise", "mask" or "psa" (see `trainer.targets`).
@@ -330,7 +279,6 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
         drop_remainder: drop the last partial batch, so every batch has a static size (TPU).
         deterministic: keep the interleave and parallel maps in order (tests); slower.
         cycle_length: shards read concurrently (default: min(16, number of shards)).
-        info: an already-read dataset_info dict, to skip reading it again.
         loss_weighting: "none" or "magnitude" (see above).
         keys, model_io: for the other model families (`trainer.families`): the record features to
             parse, and a TensorFlow function from the dict of parsed batch tensors to the model's
@@ -338,11 +286,11 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
     """
     check_target(target)
     check_loss_weighting(loss_weighting)
-    ds, info = _batched_records(dataset_dir, split, batch_size, info=info, shuffle=shuffle,
-                                shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
-                                drop_remainder=drop_remainder, deterministic=deterministic,
-                                cycle_length=cycle_length)
-    config = spectrogram_config(info)
+    ds, dataset = _batched_records(dataset, split, batch_size, shuffle=shuffle,
+                                   shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
+                                   drop_remainder=drop_remainder, deterministic=deterministic,
+                                   cycle_length=cycle_length)
+    config = dataset.config
 
     if model_io is None:
         keys, model_io = target_keys(target), target_model_io(config, target, loss_weighting)
@@ -356,20 +304,20 @@ def make_dataset(dataset_dir: str | os.PathLike, split: str = "train", *, batch_
     return _with_options(ds.prefetch(AUTOTUNE), deterministic)
 
 
-def raw_batches(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int = 32, shuffle: bool = False,
-                shuffle_buffer: int = 2048, seed: int | None = None, drop_remainder: bool = False,
-                deterministic: bool = True, cycle_length: int | None = None,
-                info: dict[str, Any] | None = None) -> tf.data.Dataset:
+def raw_batches(dataset: str | os.PathLike | Dataset, split: str = "train", *, batch_size: int = 32,
+                shuffle: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
+                drop_remainder: bool = False, deterministic: bool = True,
+                cycle_length: int | None = None) -> tf.data.Dataset:
     """Batches of every parsed feature, for tests and inspection (one pass, no shuffle by default).
 
     Each element is a dict: the four spectrograms as `config.dtype` [B, frames, bins], the
     metadata of `METADATA_FEATURES` [B] (strings as bytes), `schema_version` [B] and `shape` [B, 2].
     """
-    ds, info = _batched_records(dataset_dir, split, batch_size, info=info, shuffle=shuffle,
-                                shuffle_buffer=shuffle_buffer, seed=seed, repeat=False,
-                                drop_remainder=drop_remainder, deterministic=deterministic,
-                                cycle_length=cycle_length)
-    config = spectrogram_config(info)
+    ds, dataset = _batched_records(dataset, split, batch_size, shuffle=shuffle,
+                                   shuffle_buffer=shuffle_buffer, seed=seed, repeat=False,
+                                   drop_remainder=drop_remainder, deterministic=deterministic,
+                                   cycle_length=cycle_length)
+    config = dataset.config
     keys = (*SPECTROGRAM_KEYS, *METADATA_FEATURES)
     ds = ds.map(lambda s: parse_batch(s, config, keys=keys), num_parallel_calls=AUTOTUNE,
                 deterministic=deterministic)

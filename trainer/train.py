@@ -49,7 +49,7 @@ import keras
 import tensorflow as tf
 
 from tfrecord_schema import paths
-from tfrecord_schema.dataset_info import spectrogram_config
+from tfrecord_schema.dataset import Dataset
 from trainer import input_pipeline
 from trainer.config import RESUME_KEYS, TrainConfig
 from trainer.families import get_family
@@ -233,7 +233,7 @@ def _keep_history_before(csv_path: str, epoch: int) -> list[dict[str, str]]:
 
 
 def _check_same_dataset(work_dir: str, previous: dict[str, Any], run_args: dict[str, Any]) -> None:
-    """Refuses to resume a run on another dataset than the one it started on (see `dataset_fingerprint`)."""
+    """Refuses to resume a run on another dataset than the one it started on (see `Dataset.fingerprint`)."""
     old, new = previous.get("dataset_fingerprint"), run_args["dataset_fingerprint"]
     old_dir, new_dir = previous.get("dataset_dir"), run_args["dataset_dir"]
     if old is None:  # run.json written before fingerprints were recorded
@@ -331,17 +331,16 @@ def _learning_rate(schedule: str, learning_rate: float, total_steps: int, warmup
         warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
 
 
-def _training_data_summary(dataset_dir: str, info: dict[str, Any], train_split: str,
-                           validation_split: str | None) -> dict[str, Any]:
-    arguments = info.get("arguments") or {}
+def _training_data_summary(dataset: Dataset, train_split: str, validation_split: str | None) -> dict[str, Any]:
+    arguments = dataset.info.arguments or {}
     return {
-        "dataset": dataset_dir,
-        "fingerprint": input_pipeline.dataset_fingerprint(info),
-        "schema_version": info["schema_version"],
-        "compression": info.get("compression", ""),
-        "seed": info.get("seed"),
-        "num_examples": {split: int(entry.get("num_examples", 0)) for split, entry in info["splits"].items()},
-        "num_bytes": {split: int(entry.get("num_bytes", 0)) for split, entry in info["splits"].items()},
+        "dataset": dataset.directory,
+        "fingerprint": dataset.fingerprint(),
+        "schema_version": dataset.info.schema_version,
+        "compression": dataset.compression,
+        "seed": dataset.info.seed,
+        "num_examples": {name: int(split.num_examples or 0) for name, split in dataset.splits.items()},
+        "num_bytes": {name: int(split.num_bytes or 0) for name, split in dataset.splits.items()},
         "train_split": train_split,
         "validation_split": validation_split,
         "mixing": {k: v for k, v in arguments.items() if any(word in k.lower() for word in _MIXING_KEYWORDS)},
@@ -417,7 +416,7 @@ def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: 
     }
 
 
-def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, architecture: str,
+def _torch_data(dataset: Dataset, config: TrainConfig, architecture: str,
                 validation_split: str | None, validation_steps: int | None, *, accelerator: bool | None = None):
     """(training DataLoader, validation DataLoader or None) from the PyTorch readers, for Keras on the
     torch backend: the same batches as the tf.data pipeline, from `readers.torch_data`. Training
@@ -437,16 +436,16 @@ def _torch_data(dataset_dir: str, info: dict[str, Any], config: TrainConfig, arc
         accelerator = torch.cuda.is_available()
     settings = _torch_loader_settings(accelerator, _usable_cpus())
     workers = settings["loader"]["num_workers"]
-    common = dict(target=config.target, loss_weighting=config.loss_weighting, loss=config.loss, info=info)
+    common = dict(target=config.target, loss_weighting=config.loss_weighting, loss=config.loss)
     train_loader = torch.utils.data.DataLoader(
-        StreamDataset(dataset_dir, config.train_split, batch_size=config.batch_size, shuffle=True,
+        StreamDataset(dataset, config.train_split, batch_size=config.batch_size, shuffle=True,
                       # One buffer's worth in all, as tf.data holds, shared by the workers.
                       shuffle_buffer=max(1, config.shuffle_buffer // max(1, workers)), seed=config.seed,
                       repeat=True, drop_remainder=True, threads=settings["threads"], **common),
         batch_size=None, **settings["loader"])
     if validation_split is None:
         return train_loader, None
-    records = RecordDataset(dataset_dir, validation_split, **common)
+    records = RecordDataset(dataset, validation_split, **common)
     first = torch.utils.data.Subset(records, range(min(len(records), validation_steps * config.batch_size)))
     return train_loader, torch.utils.data.DataLoader(first, batch_size=config.batch_size, shuffle=False,
                                                      collate_fn=_stack, pin_memory=settings["loader"]["pin_memory"])
@@ -514,20 +513,20 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     work_dir = os.fspath(work_dir) if work_dir is not None else _join(model_dir, "training")
     _check_finished_model(model_dir, work_dir, config.overwrite)
     _keep_tensorflow_off_accelerators()
-    info = input_pipeline.read_dataset_info(dataset_dir)
-    spectrogram = spectrogram_config(info)
+    dataset = input_pipeline.open_dataset(dataset_dir)
+    info, spectrogram = dataset.info, dataset.config
     family = get_family(config.architecture)
     family.build_training_model(spectrogram, config, info)  # checks the architecture against the data early
     drop_remainder = config.distribution in ("tpu", "jax-data-parallel")
 
     train_split, validation_split, batch_size = config.train_split, config.validation_split, config.batch_size
-    if validation_split is not None and input_pipeline.num_examples(info, validation_split) == 0:
+    if validation_split is not None and dataset.num_examples(validation_split) == 0:
         logger.warning("the dataset has no %r examples: monitoring the training loss instead", validation_split)
         validation_split = None
-    n_train = input_pipeline.num_examples(info, train_split)
+    n_train = dataset.num_examples(train_split)
     if n_train == 0:
         raise ValueError(f"train(): the dataset in {dataset_dir!r} has no {train_split!r} examples. "
-                         f"Splits: { {s: input_pipeline.num_examples(info, s) for s in info['splits']} }")
+                         f"Splits: { {s: dataset.num_examples(s) for s in dataset.splits} }")
     if batch_size > n_train:
         # The repeated, shuffled split would fill each batch with copies of the same examples.
         raise ValueError(
@@ -535,19 +534,19 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
             f"{dataset_dir!r}, or every batch repeats examples (and a large one runs out of memory). "
             f"Received: batch_size={batch_size}. Use --batch-size {n_train} or less, or a bigger dataset.")
     used_splits = [train_split] + ([validation_split] if validation_split is not None else [])
-    input_pipeline.check_shard_sizes(info, dataset_dir, used_splits)
+    input_pipeline.refuse_damaged_shards(dataset, used_splits)
     steps_per_epoch, validation_steps = config.steps_per_epoch, config.validation_steps
     if steps_per_epoch is None:
-        steps_per_epoch = input_pipeline.steps_per_epoch(info, train_split, batch_size, drop_remainder=False)
+        steps_per_epoch = input_pipeline.steps_per_epoch(dataset, train_split, batch_size, drop_remainder=False)
     if validation_split is not None:
-        full = input_pipeline.steps_per_epoch(info, validation_split, batch_size, drop_remainder)
+        full = input_pipeline.steps_per_epoch(dataset, validation_split, batch_size, drop_remainder)
         validation_steps = min(validation_steps or full, full)
     # The options as run: what run.json records (resume checks) and model.json's "training" block holds.
     options = dict(config.to_dict(), steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
     monitor = f"val_{family.monitor}" if validation_split is not None else family.monitor
 
     run_args = {**options, "dataset_dir": dataset_dir, "model_dir": model_dir, "work_dir": work_dir,
-                "dataset_fingerprint": input_pipeline.dataset_fingerprint(info)}
+                "dataset_fingerprint": dataset.fingerprint()}
     initial_epoch, best_so_far = _prepare_work_dir(work_dir, run_args, config.resume, monitor)
     history_csv, loss_png = _join(work_dir, "history.csv"), _join(work_dir, "loss.png")
     best_weights = _join(work_dir, "checkpoints", "best.weights.h5")
@@ -556,20 +555,20 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     keras.utils.set_random_seed(config.seed)
     logger.info("training on %s: %d train examples, %s validation examples, %d steps/epoch x %d epochs, "
                 "batch %d, backend %s, precision %s, distribution %s", dataset_dir, n_train,
-                input_pipeline.num_examples(info, validation_split) if validation_split else 0, steps_per_epoch,
+                dataset.num_examples(validation_split) if validation_split else 0, steps_per_epoch,
                 config.epochs, batch_size, keras.backend.backend(), config.precision, config.distribution or "none")
 
     if keras.backend.backend() == "torch":
-        train_ds, val_ds = _torch_data(dataset_dir, info, config, family.name, validation_split, validation_steps)
+        train_ds, val_ds = _torch_data(dataset, config, family.name, validation_split, validation_steps)
     else:
-        data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length, info=info,
+        data_args = dict(batch_size=batch_size, cycle_length=config.cycle_length,
                          keys=family.record_keys(config), model_io=family.model_io(spectrogram, config, info))
         train_ds = input_pipeline.make_dataset(
-            dataset_dir, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+            dataset, train_split, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=config.seed,
             repeat=True, drop_remainder=True, deterministic=config.deterministic, **data_args)
         val_ds = None
         if validation_split is not None:
-            val_ds = input_pipeline.make_dataset(dataset_dir, validation_split, shuffle=False, deterministic=True,
+            val_ds = input_pipeline.make_dataset(dataset, validation_split, shuffle=False, deterministic=True,
                                                  drop_remainder=drop_remainder, **data_args).take(validation_steps)
 
     title = f"{family.describe(config)} on {dataset_dir}"
@@ -592,7 +591,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
                                     steps_per_epoch=steps_per_epoch, callbacks=callback_list, verbose=verbose,
                                     shuffle=False)
         except tf.errors.DataLossError as err:  # "corrupted record at N", naming no file: find the shard
-            input_pipeline.raise_for_corrupt_shards(info, dataset_dir, used_splits, err)
+            input_pipeline.raise_for_corrupt_shards(dataset, used_splits, err)
             raise
         trained_weights = model.get_weights()
     duration = time.time() - started
@@ -616,7 +615,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     plot_history(history, loss_png, title)
     save_model_dir(export, model_dir, config=spectrogram, target=family.target(config), heads=family.heads,
                    model_args=config.model_args(),
-                   training_data=_training_data_summary(dataset_dir, info, train_split, validation_split),
+                   training_data=_training_data_summary(dataset, train_split, validation_split),
                    training=summary)
     best_epoch = summary["best_epoch"]
     logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, best_epoch, monitor,
