@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from beam_pipelines.histograms import histogram
+
 LOG = logging.getLogger(__name__)
 
 # Room shapes of the bank: width and length 3-10 m, height 2.4-4 m; sources and microphone at least
@@ -276,8 +278,6 @@ def lowpass(noise: np.ndarray, cutoff_hz: float, sample_rate: int) -> np.ndarray
 
 def stats_of(metadata: Sequence[dict]) -> dict:
     """Counts and histograms of the augmentation metadata of a chunk's examples."""
-    from beam_pipelines.generation import histogram
-
     def values(key):
         return [m[key] for m in metadata]
 

@@ -226,8 +226,8 @@ def run_dataset_command(args, extra) -> int:
 
 
 def _run_dataset(args, extra) -> int:
-    from beam_pipelines import generation as gen
-    from beam_pipelines.pipeline import DatasetOptions, run_dataset
+    from beam_pipelines.launcher import run_dataset
+    from beam_pipelines.planning import DatasetOptions, MixOptions
     from beam_pipelines.splits import parse_fractions
     from tfrecord_schema.config import SpectrogramConfig
 
@@ -245,11 +245,11 @@ def _run_dataset(args, extra) -> int:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
     config = SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype)
     if args.snr_db is not None:
-        mix = gen.MixOptions(seed=args.seed, level_range=None, snr_range_db=args.snr_db,
-                            loudness_range_dbfs=args.loudness_dbfs)
+        mix = MixOptions(seed=args.seed, level_range=None, snr_range_db=args.snr_db,
+                         loudness_range_dbfs=args.loudness_dbfs)
     else:
-        mix = gen.MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
-                            loudness_range_dbfs=args.loudness_dbfs)
+        mix = MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
+                         loudness_range_dbfs=args.loudness_dbfs)
     opts = DatasetOptions(
         voice_dir=voice_dir, noise_dir=noise_dir, output=args.output, num_examples=args.num_examples,
         config=config, mix=mix, augment=augment_options(args), split_fractions=parse_fractions(args.split_fractions), splits_file=args.splits_file,

@@ -10,8 +10,8 @@ import soundfile
 
 import speech_enhance
 from beam_pipelines import augmentation as aug
-from beam_pipelines import generation as gen
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.planning import DatasetOptions, MixOptions
 from test_dataset_pipeline import read_split
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import METADATA_FEATURES
@@ -48,7 +48,7 @@ def build(corpus, output, augment, workers=1, snr_db=(-10.0, -10.0), num_example
     voice_dir, noise_dir = corpus
     opts = DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(output), num_examples=num_examples,
                           split_fractions=(1.0, 0.0, 0.0), chunk_size=7, max_shard_bytes=3 << 20, augment=augment,
-                          mix=gen.MixOptions(level_range=None, snr_range_db=snr_db))
+                          mix=MixOptions(level_range=None, snr_range_db=snr_db))
     info = run_dataset(opts, workers=workers)
     return info, read_split(str(output), info, "train")
 
