@@ -20,7 +20,8 @@ import numpy as np
 from beam_pipelines import augmentation as aug
 from beam_pipelines.histograms import histogram
 from beam_pipelines.mixing import active_level, blend, is_silent, rms
-from beam_pipelines.planning import ChunkSpec, MixOptions
+from beam_pipelines.options import AugmentOptions, MixOptions
+from beam_pipelines.planning import ChunkSpec
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.schema import encode
@@ -167,7 +168,7 @@ class ChunkResult:
 
 def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, options: MixOptions,
                    config: SpectrogramConfig, keep_audio: bool = False,
-                   augment: aug.AugmentOptions | None = None) -> ChunkResult:
+                   augment: AugmentOptions | None = None) -> ChunkResult:
     """Generates the `spec.count` examples of a chunk, in example-index order, as encoded records.
 
     `augment` (default: none) adds reverberation, babble, speed and noise colour; its draws come from
@@ -240,7 +241,7 @@ def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, o
     return result
 
 
-def _augment(rng: np.random.Generator, options: aug.AugmentOptions, seed: int, voice_src: Source, voice_offset: int,
+def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice_src: Source, voice_offset: int,
              voice: np.ndarray, noise: np.ndarray, sources: SplitSources, cache: SourceCache,
              config: SpectrogramConfig) -> dict:
     """One example's augmentation. Each kind draws from its own child of `rng` (which leaves `rng`'s
@@ -277,7 +278,7 @@ def _augment(rng: np.random.Generator, options: aug.AugmentOptions, seed: int, v
     return out
 
 
-def _babble(rng: np.random.Generator, options: aug.AugmentOptions, target_speaker: str, sources: SplitSources,
+def _babble(rng: np.random.Generator, options: AugmentOptions, target_speaker: str, sources: SplitSources,
             cache: SourceCache, config: SpectrogramConfig) -> tuple[np.ndarray, list[str]]:
     """(sum of excerpts of k other speakers of the split, each at its active level +- babble_level_db,
     ["file@offset", ...]); k is drawn from babble_talkers and capped at the speakers available. No

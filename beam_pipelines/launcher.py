@@ -16,7 +16,8 @@ from typing import Sequence
 from beam_pipelines import output_layout as layout
 from beam_pipelines import runners
 from beam_pipelines.pipeline import PROBLEMS_FILE, build_pipeline
-from beam_pipelines.planning import DatasetOptions, estimate_bytes, make_plan
+from beam_pipelines.options import DatasetOptions
+from beam_pipelines.planning import estimate_bytes, make_plan
 from tfrecord_schema import paths
 from tfrecord_schema.dataset_info import DatasetInfo
 

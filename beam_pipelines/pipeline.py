@@ -38,7 +38,8 @@ from beam_pipelines import augmentation as aug
 from beam_pipelines import generation as gen
 from beam_pipelines import runners
 from beam_pipelines.mixing import active_level, is_silent, rms
-from beam_pipelines.planning import ChunkSpec, DatasetOptions, Plan, WorkItem
+from beam_pipelines.options import DatasetOptions
+from beam_pipelines.planning import ChunkSpec, Plan, WorkItem
 from tfrecord_schema import paths, shard_index, shard_writer
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, ShardInfo, SplitInfo, shard_name

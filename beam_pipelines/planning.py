@@ -1,7 +1,7 @@
-"""Planning the dataset job, in the launcher before any worker starts: the options, the split of
-inputs and examples, the work items, and the size the dataset will take.
+"""Planning the dataset job, in the launcher before any worker starts: the split of inputs and
+examples, the work items, and the size the dataset will take, for the job's `DatasetOptions`
+(`beam_pipelines.options`).
 
-    MixOptions, DatasetOptions   what the job is asked for, checked when built
     make_plan -> Plan            the inputs listed and assigned to splits (speakers and noise files
                                  never cross splits), the examples per split (`split_counts`) and
                                  the work (`plan_work`: shards cut into chunks, handed out as
@@ -19,149 +19,15 @@ import logging
 import math
 from typing import Sequence
 
-import numpy as np
-
 from beam_pipelines import audio as audio_lib
-from beam_pipelines import augmentation as aug
-from beam_pipelines import output_layout as layout
 from beam_pipelines import splits as splits_lib
+from beam_pipelines.options import DatasetOptions
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, shard_name
 
 LOG = logging.getLogger(__name__)
 METADATA_BYTES = 1000  # serialized metadata and framing per record, for shard sizing (babble lists up to 6+ files)
-# The SNRs a training example can mean anything at: at -60 dB the voice is a thousandth of the noise;
-# at +100 dB the noise lies below 16-bit audio's quantisation (-96 dBFS). Wider values only overflow
-# (1e300, inf) or give examples that are all noise or all voice.
-SNR_LIMITS_DB = (-60.0, 100.0)
-LEVEL_LIMITS = (10.0 ** (-SNR_LIMITS_DB[1] / 20.0), 10.0 ** (-SNR_LIMITS_DB[0] / 20.0))  # noise/voice RMS ratio
-
-
-def _check_range(flag: str, unit: str, given: tuple[float, float], limits: tuple[float, float], example: str) -> None:
-    """Refuses a LOW:HIGH range that is not finite, not ordered, or outside `limits` (inclusive)."""
-    lo, hi = given
-    low, high = limits
-    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
-        raise ValueError(f"{flag} takes LOW:HIGH{unit} with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
-                         f"e.g. {example}. Received: {lo}:{hi}")
-
-
-@dataclasses.dataclass(frozen=True)
-class MixOptions:
-    """How examples are drawn. Exactly one of `level_range` and `snr_range_db` is used."""
-
-    seed: int = 0
-    level_range: tuple[float, float] | None = (0.2, 0.8)
-    snr_range_db: tuple[float, float] | None = None
-    loudness_range_dbfs: tuple[float, float] = (-35.0, -15.0)
-    max_window_retries: int = 20
-
-    def __post_init__(self) -> None:
-        if (self.level_range is None) == (self.snr_range_db is None):
-            raise ValueError("MixOptions needs exactly one of level_range and snr_range_db")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            # numpy's SeedSequence takes non-negative integers only.
-            raise ValueError(f"--seed takes a non-negative integer, e.g. 0. Received: {self.seed!r}")
-        if self.level_range is not None:
-            _check_range("--noise-level", "", self.level_range, LEVEL_LIMITS, "0.2:0.8")
-        if self.snr_range_db is not None:
-            _check_range("--snr-db", " in dB", self.snr_range_db, SNR_LIMITS_DB, "-5:15")
-        lo, hi = self.loudness_range_dbfs
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi <= 0):
-            raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0 (finite), e.g. -35:-15. "
-                             f"Received: {lo}:{hi}")
-
-    def draw_level(self, rng: np.random.Generator) -> float:
-        if self.level_range is not None:
-            return float(rng.uniform(*self.level_range))
-        return float(10.0 ** (-rng.uniform(*self.snr_range_db) / 20.0))
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetOptions:
-    """Everything the job needs besides Beam's own options.
-
-    `voice_dir` and `noise_dir` are a folder each, or several (a tuple): e.g. LibriSpeech and another
-    read-speech corpus. With several, files are named `TAG/relative path` and speaker ids `TAG:id`,
-    TAG being the folder's base name, so that speakers of different corpora never merge.
-    """
-
-    voice_dir: str | tuple[str, ...]
-    noise_dir: str | tuple[str, ...]
-    output: str
-    num_examples: int
-    config: SpectrogramConfig = SpectrogramConfig()
-    mix: MixOptions = MixOptions()
-    augment: aug.AugmentOptions = aug.AugmentOptions()
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    splits_file: str | None = None
-    noise_classes_file: str | None = None
-    max_shard_bytes: int = 200 << 20
-    chunk_size: int = 100
-    compression: str = ""
-    write_audio: tuple[str, ...] = ()
-    overwrite: bool = False
-    cache_bytes: int = 2 << 30
-
-    def __post_init__(self) -> None:
-        for name in ("voice_dir", "noise_dir"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                value = tuple(str(v) for v in value)
-                if not value:
-                    raise ValueError(f"{name} needs at least one folder. Received: {name}=()")
-                if len(set(value)) < len(value):
-                    raise ValueError(f"{name} names a folder more than once. Received: {name}={value!r}")
-                # One folder is given as itself: the same names, ids and dataset_info as ever.
-                object.__setattr__(self, name, value[0] if len(value) == 1 else value)
-        if self.num_examples <= 0:
-            raise ValueError(f"num_examples must be positive. Received: num_examples={self.num_examples}")
-        if self.max_shard_bytes <= 0:
-            raise ValueError(f"max_shard_bytes must be positive. Received: max_shard_bytes={self.max_shard_bytes}")
-        if self.chunk_size <= 0:
-            raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
-        self.augment.check_sample_rate(self.config.sample_rate)
-        quietest = self.config.quietest_loudness_dbfs
-        if self.mix.loudness_range_dbfs[0] < quietest:
-            lo, hi = self.mix.loudness_range_dbfs
-            raise ValueError(f"--loudness-dbfs {lo:g}:{hi:g} is too quiet for {self.config.dtype} spectrograms: below "
-                             f"{quietest:.1f} dBFS the magnitudes underflow the store (all zeros, or below the "
-                             f"{self.config.log_floor_db:g} dB floor the model clips to). Use LOW >= {quietest:.1f}, "
-                             "e.g. -35:-15.")
-        _check_distinct_folders({"voice_dir": self.voice_dirs, "noise_dir": self.noise_dirs})
-        for split in self.write_audio:
-            if split not in SPLITS:
-                raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
-
-    @property
-    def voice_dirs(self) -> tuple[str, ...]:
-        return (self.voice_dir,) if isinstance(self.voice_dir, str) else self.voice_dir
-
-    @property
-    def noise_dirs(self) -> tuple[str, ...]:
-        return (self.noise_dir,) if isinstance(self.noise_dir, str) else self.noise_dir
-
-
-def _check_distinct_folders(folders: dict[str, Sequence[str]]) -> None:
-    """Refuses input folders that overlap: one folder under two spellings (`vox`, `vox/`, relative and
-    absolute, a symbolic link), a folder and one of its subfolders, or a folder given both as voice and
-    noise. Their files would be read twice: counted twice, listed in two splits, drawn more often."""
-    given = [(name, folder) for name, values in folders.items() for folder in values]
-    for i, (name_a, a) in enumerate(given):
-        for name_b, b in given[i + 1:]:
-            if layout.same_or_inside(a, b) and layout.same_or_inside(b, a):
-                what = "the same folder"
-            elif layout.same_or_inside(a, b) or layout.same_or_inside(b, a):
-                what = "a folder and a folder inside it"
-            else:
-                continue
-            cross = name_a != name_b
-            raise ValueError(f"{name_a}={a!r} and {name_b}={b!r} are {what}: its files would be read twice"
-                             f"{' (as voice and as noise)' if cross else ''}. Give each folder once"
-                             f"{', and keep voice and noise folders apart' if cross else ''}.")
-
-
 # --- sizing ---------------------------------------------------------------------------------------
 
 def bytes_per_example(config: SpectrogramConfig) -> int:

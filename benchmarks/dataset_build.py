@@ -34,7 +34,8 @@ sys.path.insert(0, ROOT)
 def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     from beam_pipelines import audio as audio_lib
     from beam_pipelines import generation as gen
-    from beam_pipelines.planning import ChunkSpec, MixOptions
+    from beam_pipelines.options import MixOptions
+    from beam_pipelines.planning import ChunkSpec
     from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.records import RecordWriter
     from tfrecord_schema.malloc import tune_malloc

@@ -40,7 +40,8 @@ def synthetic_listing() -> tuple[list[str], list[str], dict[str, str]]:
 def plan_once(num_examples: int) -> dict:
     from beam_pipelines import generation as gen
     from beam_pipelines import splits as splits_lib
-    from beam_pipelines.planning import DatasetOptions, Plan, plan_work, split_counts
+    from beam_pipelines.options import DatasetOptions
+    from beam_pipelines.planning import Plan, plan_work, split_counts
 
     opts = DatasetOptions(voice_dir="gs://bucket/voices", noise_dir="gs://bucket/noises", output="gs://bucket/ds",
                           num_examples=num_examples)

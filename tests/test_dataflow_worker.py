@@ -20,7 +20,8 @@ import pytest
 
 from beam_pipelines.launcher import run_dataset
 from beam_pipelines.pipeline import AssembleShard, DecodeSource, WriteChunk, check_sources, finalize, select
-from beam_pipelines.planning import ChunkSpec, DatasetOptions, MixOptions, Plan, WorkItem
+from beam_pipelines.options import DatasetOptions, MixOptions
+from beam_pipelines.planning import ChunkSpec, Plan, WorkItem
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -135,7 +136,7 @@ def test_package_from_setup_file_runs_the_job_in_a_bare_worker_environment(corpu
     script = (
         "import json, sys, beam_pipelines\n"
         f"assert beam_pipelines.__file__.startswith({str(venv)!r}), beam_pipelines.__file__\n"
-        "from beam_pipelines.launcher import run_dataset\nfrom beam_pipelines.planning import DatasetOptions\n"
+        "from beam_pipelines.launcher import run_dataset\nfrom beam_pipelines.options import DatasetOptions\n"
         "opts = DatasetOptions(**json.loads(sys.argv[1]))\n"
         "info = run_dataset(opts, workers=1)\n"
         "print(json.dumps(info['rejects']))\n")

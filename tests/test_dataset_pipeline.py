@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from beam_pipelines.launcher import run_dataset
-from beam_pipelines.planning import DatasetOptions, MixOptions
+from beam_pipelines.options import DatasetOptions, MixOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import decode

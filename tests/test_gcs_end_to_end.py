@@ -12,7 +12,7 @@ import pytest
 
 import speech_enhance
 from beam_pipelines.launcher import run_dataset
-from beam_pipelines.planning import DatasetOptions
+from beam_pipelines.options import DatasetOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema import paths
 

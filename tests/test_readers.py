@@ -284,7 +284,7 @@ def test_index_command_indexes_an_unindexed_dataset(tmp_path, capsys):
 def test_dataset_job_writes_the_indexes(tmp_path):
     pytest.importorskip("apache_beam")
     from beam_pipelines.launcher import run_dataset
-    from beam_pipelines.planning import DatasetOptions
+    from beam_pipelines.options import DatasetOptions
     from dataset_fixtures import make_corpus
 
     voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=4, utterances=1, noises_per_kind=1)
