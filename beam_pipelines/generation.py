@@ -1,5 +1,5 @@
-"""The per-example work of the dataset job, free of Beam: plan shards and chunks, draw windows,
-blend, compute spectrograms and encode records.
+"""The per-example work of the dataset job, free of Beam: draw windows, blend, compute spectrograms
+and encode records, chunk by chunk (`generate_chunk`, for a `planning.ChunkSpec`).
 
 Every example's randomness comes from a `numpy.random.Generator` seeded with
 (seed, split, example index), so the same arguments give the same examples on any runner, with any
@@ -18,62 +18,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from beam_pipelines import augmentation as aug
+from beam_pipelines.histograms import histogram
 from beam_pipelines.mixing import active_level, blend, is_silent, rms
+from beam_pipelines.options import AugmentOptions, MixOptions
+from beam_pipelines.planning import ChunkSpec
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset_info import SPLITS, shard_name
+from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.schema import encode
 from tfrecord_schema.spectrogram import phase as spectral_phase
 from tfrecord_schema.spectrogram import stft
 
 SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
-METADATA_BYTES = 1000  # serialized metadata and framing per record, for shard sizing (babble lists up to 6+ files)
 SNR_EDGES = [float(v) for v in range(-30, 51)]  # 1 dB bins; values outside are clamped into the ends
 LEVEL_EDGES = [round(0.05 * i, 2) for i in range(0, 41)]  # 0.00 .. 2.00
-# The SNRs a training example can mean anything at: at -60 dB the voice is a thousandth of the noise;
-# at +100 dB the noise lies below 16-bit audio's quantisation (-96 dBFS). Wider values only overflow
-# (1e300, inf) or give examples that are all noise or all voice.
-SNR_LIMITS_DB = (-60.0, 100.0)
-LEVEL_LIMITS = (10.0 ** (-SNR_LIMITS_DB[1] / 20.0), 10.0 ** (-SNR_LIMITS_DB[0] / 20.0))  # noise/voice RMS ratio
-
-
-def _check_range(flag: str, unit: str, given: tuple[float, float], limits: tuple[float, float], example: str) -> None:
-    """Refuses a LOW:HIGH range that is not finite, not ordered, or outside `limits` (inclusive)."""
-    lo, hi = given
-    low, high = limits
-    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
-        raise ValueError(f"{flag} takes LOW:HIGH{unit} with {low:g} <= LOW <= HIGH <= {high:g} (finite), "
-                         f"e.g. {example}. Received: {lo}:{hi}")
-
-
-@dataclasses.dataclass(frozen=True)
-class MixOptions:
-    """How examples are drawn. Exactly one of `level_range` and `snr_range_db` is used."""
-
-    seed: int = 0
-    level_range: tuple[float, float] | None = (0.2, 0.8)
-    snr_range_db: tuple[float, float] | None = None
-    loudness_range_dbfs: tuple[float, float] = (-35.0, -15.0)
-    max_window_retries: int = 20
-
-    def __post_init__(self) -> None:
-        if (self.level_range is None) == (self.snr_range_db is None):
-            raise ValueError("MixOptions needs exactly one of level_range and snr_range_db")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            # numpy's SeedSequence takes non-negative integers only.
-            raise ValueError(f"--seed takes a non-negative integer, e.g. 0. Received: {self.seed!r}")
-        if self.level_range is not None:
-            _check_range("--noise-level", "", self.level_range, LEVEL_LIMITS, "0.2:0.8")
-        if self.snr_range_db is not None:
-            _check_range("--snr-db", " in dB", self.snr_range_db, SNR_LIMITS_DB, "-5:15")
-        lo, hi = self.loudness_range_dbfs
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi <= 0):
-            raise ValueError(f"--loudness-dbfs takes LOW:HIGH with LOW <= HIGH <= 0 (finite), e.g. -35:-15. "
-                             f"Received: {lo}:{hi}")
-
-    def draw_level(self, rng: np.random.Generator) -> float:
-        if self.level_range is not None:
-            return float(rng.uniform(*self.level_range))
-        return float(10.0 ** (-rng.uniform(*self.snr_range_db) / 20.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,107 +46,6 @@ class Source:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkSpec:
-    """`count` consecutive examples of a split, starting at example index `start`, that form part
-    `chunk` of shard `shard` (of `num_shards`)."""
-
-    split: str
-    shard: int
-    num_shards: int
-    chunk: int
-    num_chunks: int
-    start: int
-    count: int
-
-    @property
-    def shard_file(self) -> str:
-        return shard_name(self.split, self.shard, self.num_shards)
-
-
-def bytes_per_example(config: SpectrogramConfig) -> int:
-    frames, bins = config.shape
-    return 4 * frames * bins * config.bytes_per_value + METADATA_BYTES
-
-
-def split_counts(num_examples: int, fractions: Sequence[float]) -> dict[str, int]:
-    """Examples per split: rounded shares of `num_examples`, test takes the remainder."""
-    train = int(round(num_examples * fractions[0]))
-    valid = int(round(num_examples * fractions[1]))
-    return {"train": train, "valid": valid, "test": max(0, num_examples - train - valid)}
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkItem:
-    """Chunks `chunk_lo` to `chunk_hi` (exclusive) of one shard: the unit the launcher hands out.
-
-    The shard holds `count` examples of `split` from example index `start`, cut into `num_chunks`
-    chunks of at most `chunk_size`; `chunks()` expands the item on a worker, so the launcher never
-    holds one record per chunk.
-    """
-
-    split: str
-    shard: int
-    num_shards: int
-    start: int
-    count: int
-    chunk_size: int
-    chunk_lo: int
-    chunk_hi: int
-
-    @property
-    def num_chunks(self) -> int:
-        return max(1, math.ceil(self.count / self.chunk_size))
-
-    def chunks(self) -> list[ChunkSpec]:
-        n = self.num_chunks
-        base, extra = divmod(self.count, n)
-        return [ChunkSpec(self.split, self.shard, self.num_shards, c, n,
-                          self.start + c * base + min(c, extra), base + (1 if c < extra else 0))
-                for c in range(self.chunk_lo, self.chunk_hi)]
-
-
-# Work items the launcher hands out at most; above it, an item covers several chunks of a shard.
-MAX_WORK_ITEMS = 20_000
-
-
-def plan_work(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int, chunk_size: int,
-              max_items: int = MAX_WORK_ITEMS) -> list[WorkItem]:
-    """Shards of at most `max_shard_bytes`, as even as possible, each cut into chunks of at most
-    `chunk_size` examples (the unit of parallel work), handed out as at most about `max_items` work
-    items: one chunk each for up to `max_items` chunks, else runs of consecutive chunks of a shard.
-    The size of the plan grows with the number of shards, not of examples."""
-    if max_shard_bytes <= 0 or chunk_size <= 0:
-        raise ValueError(f"shard size and chunk size must be positive. Received: {max_shard_bytes}, {chunk_size}")
-    per_shard = max(1, max_shard_bytes // bytes_per_example(config))
-    shards = []
-    for split in SPLITS:
-        n = counts.get(split, 0)
-        if n == 0:
-            continue
-        num_shards = math.ceil(n / per_shard)
-        base, extra = divmod(n, num_shards)
-        start = 0
-        for shard in range(num_shards):
-            size = base + (1 if shard < extra else 0)
-            shards.append((split, shard, num_shards, start, size))
-            start += size
-    total_chunks = sum(max(1, math.ceil(size / chunk_size)) for *_, size in shards)
-    per_item = max(1, math.ceil(total_chunks / max_items))
-    items = []
-    for split, shard, num_shards, start, size in shards:
-        num_chunks = max(1, math.ceil(size / chunk_size))
-        for lo in range(0, num_chunks, per_item):
-            items.append(WorkItem(split, shard, num_shards, start, size, chunk_size, lo, min(lo + per_item, num_chunks)))
-    return items
-
-
-def plan_chunks(counts: dict[str, int], config: SpectrogramConfig, max_shard_bytes: int,
-                chunk_size: int) -> list[ChunkSpec]:
-    """Every chunk of `plan_work`, in order (for small plans and tests)."""
-    return [spec for item in plan_work(counts, config, max_shard_bytes, chunk_size) for spec in item.chunks()]
 
 
 class ChunkStats:
@@ -312,7 +168,7 @@ class ChunkResult:
 
 def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, options: MixOptions,
                    config: SpectrogramConfig, keep_audio: bool = False,
-                   augment: aug.AugmentOptions | None = None) -> ChunkResult:
+                   augment: AugmentOptions | None = None) -> ChunkResult:
     """Generates the `spec.count` examples of a chunk, in example-index order, as encoded records.
 
     `augment` (default: none) adds reverberation, babble, speed and noise colour; its draws come from
@@ -385,7 +241,7 @@ def generate_chunk(spec: ChunkSpec, sources: SplitSources, cache: SourceCache, o
     return result
 
 
-def _augment(rng: np.random.Generator, options: aug.AugmentOptions, seed: int, voice_src: Source, voice_offset: int,
+def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice_src: Source, voice_offset: int,
              voice: np.ndarray, noise: np.ndarray, sources: SplitSources, cache: SourceCache,
              config: SpectrogramConfig) -> dict:
     """One example's augmentation. Each kind draws from its own child of `rng` (which leaves `rng`'s
@@ -422,7 +278,7 @@ def _augment(rng: np.random.Generator, options: aug.AugmentOptions, seed: int, v
     return out
 
 
-def _babble(rng: np.random.Generator, options: aug.AugmentOptions, target_speaker: str, sources: SplitSources,
+def _babble(rng: np.random.Generator, options: AugmentOptions, target_speaker: str, sources: SplitSources,
             cache: SourceCache, config: SpectrogramConfig) -> tuple[np.ndarray, list[str]]:
     """(sum of excerpts of k other speakers of the split, each at its active level +- babble_level_db,
     ["file@offset", ...]); k is drawn from babble_talkers and capped at the speakers available. No
@@ -445,9 +301,3 @@ def _babble(rng: np.random.Generator, options: aug.AugmentOptions, target_speake
         babble += excerpt * np.float32(gain)
         names.append(f"{src.file}@{offset}")
     return babble, names
-
-
-def histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
-    """Counts per bin; values beyond the edges are counted in the first or last bin."""
-    clipped = np.clip(np.asarray(values, np.float64), edges[0], np.nextafter(edges[-1], -np.inf))
-    return np.histogram(clipped, bins=np.asarray(edges))[0].tolist()

@@ -7,7 +7,7 @@ ITU-T P.56), the noise by its plain RMS. A level of 0.2-0.8 is thus an active-sp
 if the mixture would clip, scaled down further; the factor is recorded as the gain. The recorded
 `snr_db` is what was realised over the written window: 10 log10(sum clean^2 / sum noise^2).
 
-`mix_at_snr` is the other way to mix, used by `predictor.evaluate`: the noise scaled to an exact
+`mix_at_snr` is the other way to mix, used by `predictor.evaluation`: the noise scaled to an exact
 SNR (by plain energy), no loudness target. Both share the peak limit (`PEAK_LIMIT`,
 `peak_limited_gain`). Their arithmetic differs on purpose (active level vs energy; one gain for
 the mixture vs one per part) and each is kept as it was, so datasets and evaluation items

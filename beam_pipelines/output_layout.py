@@ -17,7 +17,6 @@ import time
 from typing import Sequence
 
 from tfrecord_schema import locks, paths
-from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import INFO_FILE, SPLITS
 
 LOG = logging.getLogger(__name__)
@@ -89,18 +88,6 @@ def check_output(output: str, overwrite: bool, inputs: dict[str, str | Sequence[
         what = "a dataset" if INFO_FILE in existing else "an unfinished dataset (no dataset_info.json)"
         raise FileExistsError(f"output={output!r} already holds {what}. Pass overwrite=True to "
                               "replace it once the new build has finished, or choose another folder.")
-
-
-def estimate_bytes(num_examples: int, config: SpectrogramConfig, split_fractions: tuple[float, float, float],
-                   write_audio: tuple[str, ...], compression: str) -> int:
-    """Bytes the finished dataset will take: shards (uncompressed size, an upper bound with GZIP) plus
-    the wav pairs of `write_audio` splits (float32)."""
-    from beam_pipelines.generation import bytes_per_example, split_counts
-
-    total = num_examples * bytes_per_example(config)
-    counts = split_counts(num_examples, split_fractions)
-    total += sum(counts.get(s, 0) for s in write_audio) * 2 * (config.window_samples * 4 + 44)
-    return int(total)
 
 
 def check_space(output: str, estimate: int, assume_yes: bool) -> None:

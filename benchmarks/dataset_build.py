@@ -34,6 +34,8 @@ sys.path.insert(0, ROOT)
 def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     from beam_pipelines import audio as audio_lib
     from beam_pipelines import generation as gen
+    from beam_pipelines.options import MixOptions
+    from beam_pipelines.planning import ChunkSpec
     from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.records import RecordWriter
     from tfrecord_schema.malloc import tune_malloc
@@ -56,8 +58,8 @@ def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     t0 = time.perf_counter()
     with open(os.path.join(out_dir, "tight.tfrecord"), "wb") as f, RecordWriter(f) as writer:
         for start in range(0, n, 100):
-            spec = gen.ChunkSpec("train", 0, 1, 0, 1, start, min(100, n - start))
-            for record in gen.generate_chunk(spec, table, cache, gen.MixOptions(), config).records:
+            spec = ChunkSpec("train", 0, 1, 0, 1, start, min(100, n - start))
+            for record in gen.generate_chunk(spec, table, cache, MixOptions(), config).records:
                 writer.write(record)
     gen_s = time.perf_counter() - t0
     return {"examples": n, "decode_seconds": decode_s, "generate_seconds": gen_s, "examples_per_s": n / gen_s}

@@ -40,7 +40,8 @@ def synthetic_listing() -> tuple[list[str], list[str], dict[str, str]]:
 def plan_once(num_examples: int) -> dict:
     from beam_pipelines import generation as gen
     from beam_pipelines import splits as splits_lib
-    from beam_pipelines.pipeline import DatasetOptions, Plan
+    from beam_pipelines.options import DatasetOptions
+    from beam_pipelines.planning import Plan, plan_work, split_counts
 
     opts = DatasetOptions(voice_dir="gs://bucket/voices", noise_dir="gs://bucket/noises", output="gs://bucket/ds",
                           num_examples=num_examples)
@@ -50,8 +51,8 @@ def plan_once(num_examples: int) -> dict:
     classes = {f: splits_lib.noise_class_of(f, table) for f in noises}
     speaker_split = splits_lib.assign_groups(speakers.values(), opts.split_fractions, salt="voice")
     noise_split = splits_lib.assign_groups(noises, opts.split_fractions, salt="noise", strata=classes)
-    counts = gen.split_counts(opts.num_examples, opts.split_fractions)
-    work = gen.plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
+    counts = split_counts(opts.num_examples, opts.split_fractions)
+    work = plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     plan = Plan([{"file": f, "path": f"gs://bucket/voices/{f}", "group": speakers[f],
                   "split": speaker_split[speakers[f]]} for f in voices],
                 [{"file": f, "path": f"gs://bucket/noises/{f}", "group": classes[f], "split": noise_split[f]}

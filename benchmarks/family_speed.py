@@ -94,8 +94,8 @@ def main(argv=None) -> int:
         rows.append({"system": "predictor floor (no model)", "parameters": 0, "seconds": seconds,
                      "audio_seconds": summary.audio_seconds, "rtf": seconds / summary.audio_seconds})
         if args.snmf:
-            from predictor.eval_items import load_mono
-            from predictor.snmf import SparseNMF
+            from predictor.evaluation.items import load_mono
+            from predictor.evaluation.snmf import SparseNMF
             from tfrecord_schema import paths
 
             snmf = SparseNMF.load(args.snmf)

@@ -13,7 +13,7 @@ together so nothing clips. They are written as 16 kHz float wav files and denois
                with predict's defaults
 
 Each output is scored against the clean 16 kHz speech with wide-band PESQ (P.862.2) and SI-SDR
-(`predictor.metrics`). Choose designs on one seed and report on another:
+(`predictor.evaluation.metrics`). Choose designs on one seed and report on another:
 
     python benchmarks/high_band.py --seed 1 --designs all --json benchmarks/results/high_band_tuning.json
     python benchmarks/high_band.py --seed 0 --json benchmarks/results/high_band.json
@@ -41,9 +41,9 @@ sys.path.insert(0, ROOT)
 
 from predictor import audio_io
 from predictor.enhance import Enhancer
+from predictor.evaluation.metrics import pesq_score, si_sdr
 from predictor.folders import enhance_files
 from predictor.high_band import HighBandGain
-from predictor.metrics import pesq_score, si_sdr
 
 RATE = 16000
 PEAK = 0.9

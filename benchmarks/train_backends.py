@@ -10,8 +10,8 @@ script with KERAS_BACKEND set. Both train the same U-Net (`--preset`, default gp
 bfloat16, compiled train step: XLA on jax, torch.compile on torch) with `trainer.train.train` for
 `--steps` steps of one epoch without validation, as `speech-enhance train --backend jax|torch` does:
     jax     tf.data (`trainer.input_pipeline.make_dataset`), TensorFlow kept off the GPU
-    torch   `trainer.train._torch_data`: `readers.torch_data.StreamDataset` in a DataLoader (worker
-            processes and pinned memory on CUDA, decoding threads on CPU)
+    torch   `readers.torch_training.training_loaders`: `readers.torch_data.StreamDataset` in a
+            DataLoader (worker processes and pinned memory on CUDA, decoding threads on CPU)
 A callback times the steps after `--warmup-steps` (compilation, pipeline start-up), waiting for the
 device at both ends. The torch child also times its loader alone, without a model
 (`--loader-batches` batches after 5 untimed ones, on the host and copied to the training device),
@@ -106,11 +106,11 @@ def _loader_alone(dataset_dir: str, config: TrainConfig, batches: int) -> dict:
     training device as Keras copies them."""
     import torch
 
+    from readers.torch_training import training_loaders
     from tfrecord_schema.dataset import Dataset
-    from trainer import train
 
     cuda = torch.cuda.is_available()
-    loader, _ = train._torch_data(Dataset.open(dataset_dir), config, "unet", None, None)
+    loader, _ = training_loaders(Dataset.open(dataset_dir), config, "unet", None, None)
     out = {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
            "threads": getattr(loader.dataset, "threads", None), "batches": batches}
     iterator = iter(loader)
@@ -138,6 +138,7 @@ def run_child(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from readers.torch_training import training_loaders
     from trainer import train
 
     config = train_config(args)
@@ -151,7 +152,8 @@ def run_child(args) -> dict:
         work = tempfile.mkdtemp(prefix=f"train-backends-{backend}-")
         try:
             timer = step_timer(args.warmup_steps, args.steps)
-            summary = train.train(args.dataset, os.path.join(work, "model"), config, callbacks=[timer], verbose=0)
+            summary = train.train(args.dataset, os.path.join(work, "model"), config, callbacks=[timer], verbose=0,
+                                  torch_inputs=training_loaders)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {**timer.rate(config.batch_size), "parameters": summary["parameters"],

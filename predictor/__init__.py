@@ -9,15 +9,8 @@
     file_processes  the file side in worker processes (file_worker: one worker)
     beam_predict    predict --runner (predict_stages: its stages; job_manifest: the files to do)
     audio_io        finding, reading, resampling and atomically writing wav/flac/ogg
-    metrics       SI-SDR, SI-SDR improvement, PESQ, STOI
-    baselines     spectral subtraction, Wiener filter, spectral gating, oracle, the reference's recipe
-    evaluate      run_evaluation; re-exports the steps below
-    eval_items    evaluation items (paired files or seeded mixtures) and their screening
-    eval_systems  the systems compared
-    eval_scoring  scoring and aggregation
-    eval_report   results.json, results.md and plots
-    plots         the evaluation's PNGs
-    cli           `speech-enhance predict` and `speech-enhance evaluate`
+    evaluation      `speech-enhance evaluate`: scoring models against baselines, SNMF and peers
+    cli             `speech-enhance predict` (and the registration of `evaluate`)
 
 docs/predict.md and docs/evaluation.md describe both commands.
 """

@@ -18,9 +18,10 @@ import time
 import apache_beam
 import pytest
 
-from beam_pipelines import generation as gen
-from beam_pipelines.pipeline import (AssembleShard, DatasetOptions, DecodeSource, Plan, WriteChunk, check_sources,
-                                     finalize, run_dataset, select)
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.pipeline import AssembleShard, DecodeSource, WriteChunk, check_sources, finalize, select
+from beam_pipelines.options import DatasetOptions, MixOptions
+from beam_pipelines.planning import ChunkSpec, Plan, WorkItem
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -71,12 +72,12 @@ def picklers():
 def test_dofns_options_and_functions_pickle_by_reference(tmp_path):
     opts = DatasetOptions(voice_dir="gs://b/voices", noise_dir="/data/noises", output=str(tmp_path / "o"),
                           num_examples=50, config=SpectrogramConfig(sample_rate=16000, dtype="float32"),
-                          mix=gen.MixOptions(seed=3, level_range=None, snr_range_db=(-5.0, 15.0)),
+                          mix=MixOptions(seed=3, level_range=None, snr_range_db=(-5.0, 15.0)),
                           write_audio=("test",), compression="GZIP")
     plan = Plan(voices=[{"file": "a/1-2-3.flac", "path": "gs://b/voices/a/1-2-3.flac", "group": "1", "split": "train"}],
-                noises=[], work=[gen.WorkItem("train", 0, 2, 0, 10, 4, 1, 3)], counts={"train": 5}, classes_source="x")
-    objects = [opts, opts.config, opts.mix, plan, gen.ChunkSpec("train", 0, 2, 1, 3, 10, 5),
-               gen.WorkItem("train", 0, 2, 0, 10, 4, 1, 3),
+                noises=[], work=[WorkItem("train", 0, 2, 0, 10, 4, 1, 3)], counts={"train": 5}, classes_source="x")
+    objects = [opts, opts.config, opts.mix, plan, ChunkSpec("train", 0, 2, 1, 3, 10, 5),
+               WorkItem("train", 0, 2, 0, 10, 4, 1, 3),
                DecodeSource("voice", "/w", opts.config), WriteChunk(opts, "/w", "/b"),
                AssembleShard("/b")]
     for name, (dumps, loads) in picklers().items():
@@ -135,7 +136,7 @@ def test_package_from_setup_file_runs_the_job_in_a_bare_worker_environment(corpu
     script = (
         "import json, sys, beam_pipelines\n"
         f"assert beam_pipelines.__file__.startswith({str(venv)!r}), beam_pipelines.__file__\n"
-        "from beam_pipelines.pipeline import DatasetOptions, run_dataset\n"
+        "from beam_pipelines.launcher import run_dataset\nfrom beam_pipelines.options import DatasetOptions\n"
         "opts = DatasetOptions(**json.loads(sys.argv[1]))\n"
         "info = run_dataset(opts, workers=1)\n"
         "print(json.dumps(info['rejects']))\n")

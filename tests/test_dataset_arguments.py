@@ -7,7 +7,8 @@ import os
 import pytest
 
 import speech_enhance
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.options import DatasetOptions
 from dataset_fixtures import make_corpus, small_filesystem
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -75,7 +76,7 @@ def test_inspect_verify_reports_all_zero_examples(corpus, tmp_path, capsys, monk
     # A dataset such as builds made before the level check wrote: every magnitude flushed to zero.
     monkeypatch.setattr(SpectrogramConfig, "quietest_loudness_dbfs", -1000.0, raising=False)
     out = tmp_path / "ds"
-    from beam_pipelines.generation import MixOptions
+    from beam_pipelines.options import MixOptions
 
     info = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(out), num_examples=10,
                                       mix=MixOptions(loudness_range_dbfs=(-400.0, -400.0))), workers=1)
@@ -130,7 +131,7 @@ def test_evaluate_mixture_arguments_are_refused_naming_the_flag(corpus, tmp_path
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and "--duration nan" in line, line
     # The library names its argument (the command maps it to --seed, as --duration above).
-    from predictor.eval_items import make_mixtures
+    from predictor.evaluation.items import make_mixtures
 
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer. Received: seed=-1"):
         make_mixtures(voice_dir, noise_dir, num_mixtures=1, seed=-1)

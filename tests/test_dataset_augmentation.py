@@ -10,8 +10,8 @@ import soundfile
 
 import speech_enhance
 from beam_pipelines import augmentation as aug
-from beam_pipelines import generation as gen
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.options import AugmentOptions, DatasetOptions, MixOptions
 from test_dataset_pipeline import read_split
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import METADATA_FEATURES
@@ -20,7 +20,7 @@ from tfrecord_schema.spectrogram import from_magnitude_phase
 RATE = 8000
 TONES = {"301": 300.0, "302": 420.0, "303": 560.0, "304": 700.0, "305": 860.0}  # speaker -> Hz
 ROOMS = 8
-ALL_ON = aug.AugmentOptions(reverb_probability=0.3, room_count=ROOMS, babble_probability=0.4, babble_talkers=(1, 3),
+ALL_ON = AugmentOptions(reverb_probability=0.3, room_count=ROOMS, babble_probability=0.4, babble_talkers=(1, 3),
                             speed_probability=0.5, speed_range=(0.9, 1.1), noise_tilt_db=6.0,
                             noise_lowpass_probability=0.4, noise_lowpass_hz=(1000.0, 2000.0))
 CONFIG = SpectrogramConfig()
@@ -48,7 +48,7 @@ def build(corpus, output, augment, workers=1, snr_db=(-10.0, -10.0), num_example
     voice_dir, noise_dir = corpus
     opts = DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(output), num_examples=num_examples,
                           split_fractions=(1.0, 0.0, 0.0), chunk_size=7, max_shard_bytes=3 << 20, augment=augment,
-                          mix=gen.MixOptions(level_range=None, snr_range_db=snr_db))
+                          mix=MixOptions(level_range=None, snr_range_db=snr_db))
     info = run_dataset(opts, workers=workers)
     return info, read_split(str(output), info, "train")
 
@@ -169,7 +169,7 @@ def test_noise_tilt_and_lowpass_shape_the_noise_spectrum(augmented):
 
 
 def test_reverberation_target_keeps_early_reflections_and_late_energy_follows_rt60(corpus, tmp_path):
-    reverb_only = aug.AugmentOptions(reverb_probability=0.7, room_count=ROOMS)
+    reverb_only = AugmentOptions(reverb_probability=0.7, room_count=ROOMS)
     info, records = build(corpus, tmp_path / "rev", reverb_only, snr_db=(40.0, 40.0), num_examples=24)
     rooms = aug.room_bank(0, RATE, reverb_only.rt60_range, ROOMS)
     wet = [r for r in records if r["rt60"] > 0]
@@ -216,7 +216,7 @@ def test_room_bank_rt60_is_the_measured_decay_of_its_responses():
 
 
 def test_options_off_leave_records_unaugmented(corpus, augmented, tmp_path):
-    info, records = build(corpus, tmp_path / "off", aug.AugmentOptions(), snr_db=(0.0, 10.0), num_examples=12)
+    info, records = build(corpus, tmp_path / "off", AugmentOptions(), snr_db=(0.0, 10.0), num_examples=12)
     assert info["augmentation"]["counts"] == {"examples": 12, "reverberant": 0, "babble": 0, "speed": 0,
                                               "noise_tilt": 0, "noise_lowpass": 0}
     _, _, augmented_records = augmented
@@ -228,7 +228,7 @@ def test_options_off_leave_records_unaugmented(corpus, augmented, tmp_path):
         assert abs(measured - r["snr_db"]) < 0.1
     # Augmentation draws come from children of the example's generator: the windows it picks are
     # those of an unaugmented build with the same seed (speed may move a window back at a file's end).
-    off = {r["example_id"]: r for r in build(corpus, tmp_path / "off-same", aug.AugmentOptions())[1]}
+    off = {r["example_id"]: r for r in build(corpus, tmp_path / "off-same", AugmentOptions())[1]}
     for r in augmented_records:
         assert r["speaker_id"] == off[r["example_id"]]["speaker_id"]
         if r["speed_factor"] == 1.0:
@@ -238,16 +238,16 @@ def test_options_off_leave_records_unaugmented(corpus, augmented, tmp_path):
 def test_bad_values_are_refused_naming_the_argument(corpus, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"reverb_probability must be a probability between 0 and 1. "
                                          r"Received: reverb_probability=1.5"):
-        aug.AugmentOptions(reverb_probability=1.5)
+        AugmentOptions(reverb_probability=1.5)
     with pytest.raises(ValueError, match=r"babble_talkers takes whole numbers .* Received: babble_talkers=3:1"):
-        aug.AugmentOptions(babble_talkers=(3, 1))
+        AugmentOptions(babble_talkers=(3, 1))
     with pytest.raises(ValueError, match=r"speed_range takes factors .* Received: speed_range=0.1:1.1"):
-        aug.AugmentOptions(speed_range=(0.1, 1.1))
+        AugmentOptions(speed_range=(0.1, 1.1))
     with pytest.raises(ValueError, match=r"rt60_range takes seconds .* Received: rt60_range=0.9:0.1"):
-        aug.AugmentOptions(rt60_range=(0.9, 0.1))
+        AugmentOptions(rt60_range=(0.9, 0.1))
     with pytest.raises(ValueError, match=r"noise_lowpass_hz must stay below the Nyquist frequency \(4000 Hz"):
         DatasetOptions(voice_dir=corpus[0], noise_dir=corpus[1], output=str(tmp_path / "x"), num_examples=4,
-                       augment=aug.AugmentOptions(noise_lowpass_probability=0.5, noise_lowpass_hz=(1000, 5000)))
+                       augment=AugmentOptions(noise_lowpass_probability=0.5, noise_lowpass_hz=(1000, 5000)))
     base = ["dataset", "--voice-dir", corpus[0], "--noise-dir", corpus[1], "--output", str(tmp_path / "y")]
     for flags, message in ((["--reverb-probability", "2"], "Received: --reverb-probability 2.0"),
                            (["--augment", "--babble-talkers", "0:4"], "Received: --babble-talkers 0:4"),

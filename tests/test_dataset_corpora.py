@@ -6,7 +6,8 @@ import os
 import pytest
 
 import speech_enhance
-from beam_pipelines.pipeline import DatasetOptions, corpus_tags
+from beam_pipelines.options import DatasetOptions
+from beam_pipelines.planning import corpus_tags
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.schema import decode
 from tfrecord_schema.records import read_records

@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from beam_pipelines import generation as gen
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.options import DatasetOptions, MixOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema import paths
+from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import decode
 from tfrecord_schema.dataset_info import SPLITS
 from tfrecord_schema.records import read_records
@@ -97,7 +98,7 @@ def test_speakers_and_noise_files_are_disjoint_across_splits(built):
 
 def test_recorded_snr_matches_the_written_example(built):
     out, info = built
-    config = gen.SpectrogramConfig.from_dict(info["spectrogram"])
+    config = SpectrogramConfig.from_dict(info["spectrogram"])
     for split in info["splits"]:
         for r in read_split(out, info, split):
             noisy = from_magnitude_phase(r["noisy_magnitude"], r["noisy_phase"], config, config.window_samples)
@@ -121,7 +122,7 @@ def test_same_seed_gives_identical_records_with_one_and_two_workers(corpus, buil
             assert a.read() == b.read(), name
     # A different seed gives different examples.
     out3 = str(tmp_path / "other")
-    run_dataset(options(voice_dir, noise_dir, out3, num_examples=10, mix=gen.MixOptions(seed=1),
+    run_dataset(options(voice_dir, noise_dir, out3, num_examples=10, mix=MixOptions(seed=1),
                         max_shard_bytes=8 << 20), workers=1)
     with open(os.path.join(out1, files[0]), "rb") as a, open(os.path.join(out3, "train.tfrecord-00000-of-00001"), "rb") as c:
         assert a.read(1000) != c.read(1000)
@@ -131,8 +132,8 @@ def test_snr_range_gzip_and_float32(corpus, tmp_path):
     voice_dir, noise_dir, _ = corpus
     out = str(tmp_path / "snr")
     info = run_dataset(options(voice_dir, noise_dir, out, num_examples=12, compression="GZIP",
-                               config=gen.SpectrogramConfig(dtype="float32"),
-                               mix=gen.MixOptions(level_range=None, snr_range_db=(-5.0, 15.0))), workers=1)
+                               config=SpectrogramConfig(dtype="float32"),
+                               mix=MixOptions(level_range=None, snr_range_db=(-5.0, 15.0))), workers=1)
     records = read_split(out, info, "train")
     assert records[0]["noisy_magnitude"].dtype == np.float32
     assert all(10 ** (-15 / 20) - 1e-6 <= r["noise_level"] <= 10 ** (5 / 20) + 1e-6 for r in records)

@@ -12,7 +12,8 @@ import pytest
 
 import speech_enhance
 from beam_pipelines.cli import unknown_beam_args
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.options import DatasetOptions
 from dataset_fixtures import kill_build_when, make_corpus, read_tree
 
 SHARD = int(0.6 * 2**20)

@@ -14,7 +14,12 @@ import pytest
 import soundfile
 
 import speech_enhance
-from predictor import evaluate, metrics
+from predictor.evaluation import metrics
+from predictor.evaluation.items import paired_items
+from predictor.evaluation.options import EvaluateOptions
+from predictor.evaluation.run import run_evaluation
+from predictor.evaluation.scoring import evaluate
+from predictor.evaluation.systems import baseline_systems
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import save_model_dir
 from beam_pipelines.synthetic import chirp as synth_voice
@@ -79,9 +84,10 @@ def test_degenerate_pairs_are_skipped_by_name_and_the_rest_is_scored(pairs, tmp_
     out = tmp_path / "report"
     with caplog.at_level(logging.WARNING, logger="predictor"):
         # The reference recipe returns silence for the 0.3 s item, which made PESQ raise and lost the run.
-        results = evaluate.run_evaluation(
-            str(out), models={"tiny": model_dir}, noisy_dir=str(pairs / "noisy"), clean_dir=str(pairs / "clean"),
-            systems=["noisy", "tiny", "tiny-reference-recipe", "oracle"], with_stoi=False, num_examples=1)
+        results = run_evaluation(EvaluateOptions(
+            output_dir=str(out), models={"tiny": model_dir}, noisy_dir=str(pairs / "noisy"),
+            clean_dir=str(pairs / "clean"), systems=["noisy", "tiny", "tiny-reference-recipe", "oracle"],
+            with_stoi=False, num_examples=1))
 
     assert [r["id"] for r in results["items"]] == ["good-a", "good-b"] and results["num_items"] == 2
     reasons = {s["id"]: s["reason"] for s in results["skipped"]}
@@ -151,11 +157,12 @@ def test_mixtures_shorter_than_a_window_are_refused_or_skipped(corpus, tmp_path,
                   snrs=(0.0,), with_pesq=False, with_stoi=False)
     with pytest.raises(ValueError, match=r"duration must be at least one model window, 1\.008 s at "
                                          r"8000 Hz.*Received: duration=0\.5\. Use duration=1\.01 or more"):
-        evaluate.run_evaluation(str(tmp_path / "a"), duration=0.5, **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "a"), duration=0.5, **common))
     assert not os.path.exists(tmp_path / "a")
 
     with caplog.at_level(logging.WARNING, logger="predictor"):
-        results = evaluate.run_evaluation(str(tmp_path / "b"), duration=2.0, num_mixtures=6, seed=1, **common)
+        results = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "b"), duration=2.0, num_mixtures=6, seed=1,
+                                                 **common))
     skipped = results["skipped"]
     assert skipped and results["num_items"] == 6 - len(skipped) > 0
     assert all(s["source"]["voice_file"] == "short.wav" and s["reason"].startswith("0.500 s long") for s in skipped)
@@ -164,12 +171,12 @@ def test_mixtures_shorter_than_a_window_are_refused_or_skipped(corpus, tmp_path,
 
 
 def test_when_every_item_is_degenerate_the_error_names_them(pairs, tmp_path):
-    items = evaluate.paired_items(str(pairs / "noisy"), str(pairs / "clean"), sample_rate=RATE)
+    items = paired_items(str(pairs / "noisy"), str(pairs / "clean"), sample_rate=RATE)
     bad = [it for it in items if not it.item_id.startswith("good")]
-    systems = evaluate.baseline_systems(CONFIG)[:1]
+    systems = baseline_systems(CONFIG)[:1]
     with pytest.raises(ValueError, match=r"All 3 items were skipped, so there is nothing to score, e.g. same: the "
                                          r"noisy input is \(nearly\) identical"):
-        evaluate.evaluate(bad, systems, RATE, with_pesq=False, with_stoi=False, min_samples=CONFIG.window_samples)
+        evaluate(bad, systems, RATE, with_pesq=False, with_stoi=False, min_samples=CONFIG.window_samples)
 
 
 def test_stoi_is_nan_rather_than_a_fake_score_when_there_is_too_little_speech():
@@ -220,11 +227,12 @@ def test_an_unreadable_noisy_file_is_skipped_and_listed_by_the_command(tmp_path,
 
 def test_a_library_error_of_any_signature_is_renamed_to_flags_keeping_its_type():
     from beam_pipelines.audio import AudioError
-    from predictor import cli
+    from predictor.evaluation.cli import FLAGS
+    from tfrecord_schema.options import with_flags
 
     err = AudioError("not_finite", "noisy_dir holds x.wav: the audio holds NaN or infinite samples")
-    renamed = cli._with_flags(err, cli._EVALUATE_FLAGS)
+    renamed = with_flags(err, FLAGS)
     assert type(renamed) is AudioError and renamed.reason == "not_finite"
     assert str(renamed) == "--noisy-dir holds x.wav: the audio holds NaN or infinite samples"
-    missing = cli._with_flags(FileNotFoundError("clean_dir='x' does not exist"), cli._EVALUATE_FLAGS)
+    missing = with_flags(FileNotFoundError("clean_dir='x' does not exist"), FLAGS)
     assert type(missing) is FileNotFoundError and str(missing) == "--clean-dir 'x' does not exist"

@@ -9,7 +9,12 @@ import pytest
 import soundfile
 
 import speech_enhance
-from predictor import baselines, evaluate, metrics
+from beam_pipelines.mixing import PEAK_LIMIT
+from beam_pipelines.splits import noise_classes
+from predictor.evaluation import baselines, metrics
+from predictor.evaluation.items import make_mixtures, paired_items
+from predictor.evaluation.options import EvaluateOptions
+from predictor.evaluation.run import run_evaluation
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import hann_window, stft
 from trainer.model_dir import save_model_dir
@@ -105,7 +110,7 @@ def corpus(tmp_path_factory):
 
 def test_noise_classes_from_tsv_then_folder_then_unknown(corpus):
     files = ["hum.wav", "white.wav", "traffic/rumble.wav", "loose.wav"]
-    classes = evaluate.noise_classes(str(corpus / "noises"), files)
+    classes = noise_classes(str(corpus / "noises"), files)
     assert classes == {"hum.wav": "hum", "white.wav": "hiss", "traffic/rumble.wav": "traffic", "loose.wav": "unknown"}
 
 
@@ -120,9 +125,9 @@ def test_esc50_categories_label_the_mixtures(tmp_path):
         "filename,fold,target,category,esc10,src_file,take\n"
         "1-100032-A-0.wav,1,0,dog,True,100032,A\n1-17367-A-10.wav,1,10,rain,True,17367,A\n")
     files = ["audio/1-100032-A-0.wav", "audio/1-17367-A-10.wav"]
-    assert evaluate.noise_classes(str(tmp_path / "ESC-50"), files) == dict(zip(files, ["dog", "rain"]))
-    items = evaluate.make_mixtures(str(tmp_path / "voices"), str(tmp_path / "ESC-50"), snrs=(0.0,), num_mixtures=6,
-                                   duration=1.5, sample_rate=RATE)
+    assert noise_classes(str(tmp_path / "ESC-50"), files) == dict(zip(files, ["dog", "rain"]))
+    items = make_mixtures(str(tmp_path / "voices"), str(tmp_path / "ESC-50"), snrs=(0.0,), num_mixtures=6,
+                          duration=1.5, sample_rate=RATE)
     assert {it.noise_class for it in items} == {"dog", "rain"}
     for it in items:
         assert it.noise_class == {"audio/1-100032-A-0.wav": "dog", "audio/1-17367-A-10.wav": "rain"}[
@@ -131,8 +136,8 @@ def test_esc50_categories_label_the_mixtures(tmp_path):
 
 def test_mixtures_are_deterministic_and_at_the_asked_snr(corpus):
     kwargs = dict(snrs=(-5.0, 5.0), num_mixtures=4, duration=2.0, sample_rate=RATE, seed=3)
-    items = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
-    again = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
+    items = make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
+    again = make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **kwargs)
     assert [it.item_id for it in items] == [f"snr{s:+g}-{i:04d}" for s in (-5, 5) for i in range(4)]
     for a, b in zip(items, again):
         np.testing.assert_array_equal(a.noisy, b.noisy)
@@ -140,9 +145,9 @@ def test_mixtures_are_deterministic_and_at_the_asked_snr(corpus):
     for it in items:
         assert it.snr_db == pytest.approx(it.snr_bin, abs=0.01)
         assert it.noisy.shape == it.clean.shape and it.noisy.shape[0] <= 2 * RATE
-        assert np.max(np.abs(it.noisy)) <= evaluate.PEAK_LIMIT + 1e-6
+        assert np.max(np.abs(it.noisy)) <= PEAK_LIMIT + 1e-6
         assert it.noise_class in {"hum", "hiss", "traffic", "unknown"}
-    other = evaluate.make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **{**kwargs, "seed": 4})
+    other = make_mixtures(str(corpus / "voices"), str(corpus / "noises"), **{**kwargs, "seed": 4})
     assert any(not np.array_equal(a.noisy, b.noisy) for a, b in zip(items, other))
 
 
@@ -152,12 +157,13 @@ def test_paired_items_match_by_relative_path(tmp_path):
         write(str(tmp_path / "clean" / "set" / f"{i}.flac"), clean, RATE)
         write(str(tmp_path / "noisy" / "set" / f"{i}.wav"), noisy, RATE)
     write(str(tmp_path / "noisy" / "orphan.wav"), clean, RATE)
-    items = evaluate.paired_items(str(tmp_path / "noisy"), str(tmp_path / "clean"), sample_rate=RATE)
+    items = paired_items(str(tmp_path / "noisy"), str(tmp_path / "clean"), sample_rate=RATE)
     assert [(it.item_id, it.snr_bin, it.noise_class) for it in items] == [
         ("set/0", -5.0, "set"), ("set/1", 10.0, "set")]
     assert items[0].snr_db == pytest.approx(-4.0, abs=0.05)
-    results = evaluate.run_evaluation(str(tmp_path / "report"), noisy_dir=str(tmp_path / "noisy"),
-                                      clean_dir=str(tmp_path / "clean"), systems=["noisy", "oracle"], with_pesq=False)
+    results = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "report"), noisy_dir=str(tmp_path / "noisy"),
+                                             clean_dir=str(tmp_path / "clean"), systems=["noisy", "oracle"],
+                                             with_pesq=False))
     overall = results["aggregates"]["overall"]
     assert overall["oracle"]["si_sdr"] > overall["noisy"]["si_sdr"]
     assert overall["noisy"]["si_sdri"] == pytest.approx(0.0, abs=1e-9)
@@ -166,9 +172,9 @@ def test_paired_items_match_by_relative_path(tmp_path):
 def test_evaluate_refuses_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="either noisy_dir and clean_dir .* or voice_dir and noise_dir .*"
                                          "Received: noisy_dir='a', clean_dir=None"):
-        evaluate.run_evaluation(str(tmp_path), noisy_dir="a", voice_dir="b")
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", voice_dir="b"))
     with pytest.raises(ValueError, match="systems must name systems of this evaluation; \\['nope'\\]"):
-        evaluate.run_evaluation(str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"])
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", clean_dir="b", systems=["nope"]))
 
 
 def test_evaluate_command_names_its_flags(tmp_path, capsys):
@@ -176,7 +182,7 @@ def test_evaluate_command_names_its_flags(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert ("either --noisy-dir and --clean-dir (paired files) or --voice-dir and --noise-dir" in err
-            and "Received: --noisy-dir 'a', --clean-dir None" in err and "noisy_dir" not in err), err
+            and "Received: --noisy-dir 'a', --clean-dir none" in err and "noisy_dir" not in err), err
 
 
 def train_tiny_model(directory):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import speech_enhance
-from beam_pipelines.pipeline import DatasetOptions, run_dataset
+from beam_pipelines.launcher import run_dataset
+from beam_pipelines.options import DatasetOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema import paths
 

@@ -17,7 +17,7 @@ import soundfile
 import speech_enhance
 from beam_pipelines import synthetic
 from dataset_fixtures import make_corpus
-from predictor import evaluate
+from predictor.evaluation.items import make_mixtures
 from predictor.enhance import Enhancer
 from predictor.folders import enhance_files
 from tfrecord_schema import paths, remote_fs
@@ -248,8 +248,8 @@ def test_mixtures_from_bucket_folders_equal_the_local_ones(gcs, tmp_path):
     upload_tree(voice_dir, paths.join(remote, "voices"))
     upload_tree(noise_dir, paths.join(remote, "noises"))
     kwargs = dict(snrs=(0.0, 5.0), num_mixtures=2, duration=1.2, sample_rate=8000, seed=3)
-    local = evaluate.make_mixtures(voice_dir, noise_dir, **kwargs)
-    bucket = evaluate.make_mixtures(paths.join(remote, "voices"), paths.join(remote, "noises"), **kwargs)
+    local = make_mixtures(voice_dir, noise_dir, **kwargs)
+    bucket = make_mixtures(paths.join(remote, "voices"), paths.join(remote, "noises"), **kwargs)
     assert [(it.item_id, it.noise_class, it.source) for it in bucket] == [
         (it.item_id, it.noise_class, it.source) for it in local]
     assert {it.noise_class for it in bucket} <= {"clock", "alarm", "vacuum", "traffic"}  # from classes.tsv

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from predictor import metrics
+from predictor.evaluation import metrics
 from beam_pipelines.synthetic import chirp as synth_voice
 
 

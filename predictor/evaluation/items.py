@@ -24,15 +24,11 @@ from beam_pipelines.mixing import SILENCE_DBFS, energy, mix_at_snr
 from beam_pipelines.splits import noise_classes
 from beam_pipelines.audio import AudioError
 from predictor import audio_io
+from predictor.evaluation.options import DEFAULT_SNRS
 from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SNRS", "MAX_INPUT_SNR_DB", "MIN_CLEAN_DBFS", "Item", "degenerate_reason",
-           "describe_source", "input_snr", "load_mono", "make_mixtures", "noise_classes", "paired_items",
-           "screen_items"]
-
-DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 # Items are screened before scoring (see `degenerate_reason`).
 MIN_CLEAN_DBFS = -80.0  # mean power of the clean reference; quieter counts as silent (digital silence, dither)
 MAX_INPUT_SNR_DB = 60.0  # a noisy input closer to the clean than this holds no noise to remove

@@ -1,0 +1,87 @@
+"""The batches Keras trains on with the torch backend: DataLoaders over the PyTorch readers of the
+shards (`readers.torch_data`), for `trainer.train.train`'s `torch_inputs`.
+
+    os.environ["KERAS_BACKEND"] = "torch"
+    from readers.torch_training import training_loaders
+    from trainer.train import train
+    train("data/demo", "models/demo", torch_inputs=training_loaders)
+
+`speech-enhance train --backend torch` passes them the same way. torch is imported on the first
+call, not with this module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tfrecord_schema.dataset import Dataset
+from trainer.config import TrainConfig
+
+
+def training_loaders(dataset: Dataset, config: TrainConfig, architecture: str,
+                     validation_split: str | None, validation_steps: int | None, *,
+                     accelerator: bool | None = None):
+    """(training DataLoader, validation DataLoader or None) from the PyTorch readers, for Keras on the
+    torch backend: the same batches as the tf.data pipeline, from `readers.torch_data`. Training
+    streams the repeated, shuffled split (seeded by `config.seed`) as `loader_settings` says:
+    on a CUDA machine through DataLoader worker processes into pinned memory, on CPU on threads of
+    this process. Validation reads the first `validation_steps` batches of its split in order.
+    `accelerator`: whether batches go to a CUDA device
+    (default: `torch.cuda.is_available()`)."""
+    if architecture != "unet":
+        raise ValueError(f"train(): the torch backend reads data through readers.torch_data, which makes the "
+                         f"U-Net's inputs and targets only. Received: architecture={architecture!r}. Use "
+                         "--backend tensorflow or jax for the other families.")
+    import torch.utils.data
+
+    from readers.torch_data import RecordDataset, StreamDataset
+
+    if accelerator is None:
+        accelerator = torch.cuda.is_available()
+    settings = loader_settings(accelerator, usable_cpus())
+    workers = settings["loader"]["num_workers"]
+    common = dict(target=config.target, loss_weighting=config.loss_weighting, loss=config.loss)
+    train_loader = torch.utils.data.DataLoader(
+        StreamDataset(dataset, config.train_split, batch_size=config.batch_size, shuffle=True,
+                      # One buffer's worth in all, as tf.data holds, shared by the workers.
+                      shuffle_buffer=max(1, config.shuffle_buffer // max(1, workers)), seed=config.seed,
+                      repeat=True, drop_remainder=True, threads=settings["threads"], **common),
+        batch_size=None, **settings["loader"])
+    if validation_split is None:
+        return train_loader, None
+    records = RecordDataset(dataset, validation_split, **common)
+    first = torch.utils.data.Subset(records, range(min(len(records), validation_steps * config.batch_size)))
+    return train_loader, torch.utils.data.DataLoader(first, batch_size=config.batch_size, shuffle=False,
+                                                     collate_fn=_stack, pin_memory=settings["loader"]["pin_memory"])
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_settings(accelerator: bool, cpus: int) -> dict[str, Any]:
+    """How the torch backend's training batches are made: {"threads": decoding threads of the
+    training process (StreamDataset's `threads`), "loader": DataLoader keyword arguments}.
+
+    With an accelerator, DataLoader worker processes decode (one per CPU, less two kept for the
+    training loop and the pin-memory thread; at most 16), each batch lands in pinned memory (a
+    faster, DMA copy to the GPU) and the workers stay between epochs. On CPU the training step needs
+    the cores itself: up to 4 threads of this process decode ahead instead, in the gaps (numpy
+    releases the GIL), with no processes to start."""
+    if accelerator:
+        workers = max(1, min(16, cpus - 2))
+        return {"threads": 0, "loader": {"num_workers": workers, "pin_memory": True, "persistent_workers": True,
+                                         "prefetch_factor": 4}}
+    return {"threads": min(4, max(1, cpus)), "loader": {"num_workers": 0, "pin_memory": False}}
+
+
+def _stack(examples: list[tuple]) -> tuple:
+    """Collates (x, y[, w]) examples into a tuple of batched tensors (default_collate makes a list)."""
+    import torch
+
+    return tuple(torch.stack(column) for column in zip(*examples))
