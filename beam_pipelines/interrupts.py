@@ -15,7 +15,10 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator
+
+from tfrecord_schema import paths
 
 
 class _DropWorkerModeNote(logging.Filter):
@@ -114,14 +117,14 @@ def interruptions_recorded() -> Iterator[Interruption]:
 WORKER_GRACE_SECONDS = 2.0  # what an interrupted run's local workers get to finish their bundles
 
 
-def stop_local_workers() -> None:
-    """Sends SIGTERM to this process's local Beam SDK worker processes (`local_runner`'s), found
-    through /proc (Linux; elsewhere Beam stops them when their bundles end)."""
-    me = os.getpid()
+def _local_workers() -> list[int]:
+    """This process's local Beam SDK worker processes (`local_runner`'s) that have not ended, found
+    through /proc (Linux; elsewhere none are found)."""
+    me, workers = os.getpid(), []
     try:
         threads = os.listdir(f"/proc/{me}/task")
     except OSError:
-        return
+        return []
     for tid in threads:
         try:
             with open(f"/proc/{me}/task/{tid}/children") as f:
@@ -131,7 +134,28 @@ def stop_local_workers() -> None:
         for child in children:
             try:
                 with open(f"/proc/{child}/cmdline", "rb") as f:
-                    if b"sdk_worker_main" in f.read():
-                        os.kill(child, signal.SIGTERM)
+                    if b"sdk_worker_main" in f.read() and paths.process_running(child):
+                        workers.append(child)
             except OSError:  # ended meanwhile
                 continue
+    return workers
+
+
+def stop_local_workers() -> None:
+    """Sends SIGTERM to this process's local Beam SDK worker processes (elsewhere than Linux, Beam
+    stops them when their bundles end)."""
+    for pid in _local_workers():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:  # ended meanwhile
+            continue
+
+
+def wait_for_local_workers(timeout: float) -> bool:
+    """Waits up to `timeout` seconds for this process's local Beam workers to end; whether they did."""
+    deadline = time.monotonic() + timeout
+    while _local_workers():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -14,7 +14,7 @@ import time
 from typing import Sequence
 
 from beam_pipelines import output_layout as layout
-from beam_pipelines import runners
+from beam_pipelines import interrupts, runners
 from beam_pipelines.pipeline import PROBLEMS_FILE, build_pipeline
 from beam_pipelines.options import DatasetOptions
 from beam_pipelines.planning import estimate_bytes, make_plan
@@ -118,6 +118,9 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
             # launcher may see their KeyboardInterrupt as a RuntimeError before its own.
             # `speech-enhance` says so in its one line; no other line while the command stops.
             LOG.debug("interrupted: the same command resumes the build, reusing what %s holds", build_dir)
+            # A worker stopped in the middle of a file leaves its temporary: removed once it has ended.
+            interrupts.wait_for_local_workers(interrupts.WORKER_GRACE_SECONDS + 1.0)
+            paths.remove_stale_temporaries(build_dir, log=False)
             if isinstance(err, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt() from err

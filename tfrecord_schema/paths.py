@@ -344,7 +344,7 @@ def final_name(path: str) -> str | None:
     return None if match is None else join(folder, match.group("name"))
 
 
-def remove_stale_temporaries(folder: str) -> list[str]:
+def remove_stale_temporaries(folder: str, log: bool = True) -> list[str]:
     """Deletes the temporaries (`temporary_name`: files, or folders with all below them) under the
     local `folder` (searched recursively) whose writer no longer runs; returns the paths deleted.
 
@@ -352,7 +352,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     For a remote `folder` nothing is deleted and [] is returned: a bucket cannot tell whether the
     writer of a temporary object is still alive (its process may run on another machine), and
     remote outputs are written under their final names (an upload is atomic) or staged on the
-    local disk.
+    local disk. `log`: say how many were removed (an interrupted command stopping says nothing).
     """
     if is_remote(folder):
         return []
@@ -372,18 +372,26 @@ def remove_stale_temporaries(folder: str) -> list[str]:
                 except FileNotFoundError:  # another run cleaned it up first
                     continue
             removed.append(path)
-    if removed:
+    if removed and log:
         LOG.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), folder)
     return removed
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (Linux), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def process_start(pid: int) -> int | None:
     """The start time of process `pid` in clock ticks since boot (Linux /proc), None where unknown:
     with the pid it names one process, even after the pid is reused."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int(_stat(pid)[19])
+    except (TypeError, ValueError, IndexError):
         return None
 
 
@@ -397,6 +405,9 @@ def process_running(pid: int, start: int | None = None) -> bool:
     except PermissionError:  # it exists, run by another user
         pass
     except (OverflowError, ValueError):  # not a possible process id
+        return False
+    stat = _stat(pid)
+    if stat and stat[0] == b"Z":  # ended, not yet reaped by its parent: it writes nothing any more
         return False
     now = process_start(pid)
     return start is None or now is None or now == start
