@@ -30,8 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 def test_flags_carry_the_declared_defaults_types_and_choices():
     parser = _parser()
     text = " ".join(parser.format_help().split())
-    assert "--input DIR" in text and "(default 0.5)" in text and "(default -5.0 0.0)" in text
-    assert "(default --no-overwrite)" in text and "--seed" not in text
+    assert "--input DIR" in text and "(default: 0.5)" in text and "(default: -5.0 0.0)" in text
+    assert "(default: --no-overwrite)" in text and "--seed" not in text
     options = from_args(_Options, parser.parse_args(["--input", "a", "--batch-size", "4", "--head", "none",
                                                       "--snrs", "1", "2", "--overwrite"]))
     assert options == _Options(source="a", batch_size=4, head=None, snrs=[1.0, 2.0], overwrite=True)

@@ -72,7 +72,7 @@ def test_flags_take_their_defaults_choices_and_help_from_train_config():
             none = {"none"} if field.default is None else set()
             assert set(action.choices) == set(field.metadata["choices"]) | none, field.name
         if not isinstance(field.default, bool) and field.default not in (None, "auto"):
-            assert f"(default {field.default})" in action.help, field.name
+            assert f"(default: {field.default})" in action.help, field.name
 
 
 def test_library_errors_are_shown_with_flag_names():

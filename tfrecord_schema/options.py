@@ -35,7 +35,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
 
     `flag` overrides `--field-name`; `parse` turns the flag's text into the value (argparse's `type`;
     bools get `--x/--no-x`); `cli=False` keeps the field out of the command line; `default_text`
-    replaces the "(default ...)" that the help ends with. Other keywords land in the field's metadata
+    replaces the "(default: ...)" that the help ends with. Other keywords land in the field's metadata
     (e.g. `resume=True`).
     """
     return dataclasses.field(default=default, default_factory=default_factory, metadata={
@@ -67,17 +67,17 @@ def _default(field: dataclasses.Field) -> Any:
 
 def _default_text(field: dataclasses.Field) -> str:
     if field.metadata.get("default_text") is not None:
-        return f" (default {field.metadata['default_text']})" if field.metadata["default_text"] else ""
+        return f" (default: {field.metadata['default_text']})" if field.metadata["default_text"] else ""
     default = _default(field)
     if default is dataclasses.MISSING:
         return ""
     if isinstance(default, bool):
-        return f" (default {flag_of(field) if default else '--no-' + flag_of(field)[2:]})"
+        return f" (default: {flag_of(field) if default else '--no-' + flag_of(field)[2:]})"
     if default is None:
-        return f" (default {NONE})" if field.metadata.get("choices") else ""
+        return f" (default: {NONE})" if field.metadata.get("choices") else ""
     if isinstance(default, (tuple, list)):
-        return f" (default {' '.join(map(str, default))})"
-    return f" (default {default})"
+        return f" (default: {' '.join(map(str, default))})"
+    return f" (default: {default})"
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, groups: Mapping[str, Any] | None = None,
