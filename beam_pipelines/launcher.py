@@ -19,7 +19,7 @@ from beam_pipelines.pipeline import PROBLEMS_FILE, build_pipeline
 from beam_pipelines.options import DatasetOptions
 from beam_pipelines.planning import estimate_bytes, make_plan
 from tfrecord_schema import locks, paths
-from tfrecord_schema.dataset_info import DatasetInfo
+from tfrecord_schema.dataset import Dataset
 
 LOG = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def _interrupted(err: BaseException) -> bool:
 
 
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
-                arguments: dict | None = None, assume_yes: bool = False, break_lock: bool = False) -> dict:
-    """Builds the dataset described by `opts`; returns its dataset_info (also written to disk).
+                arguments: dict | None = None, assume_yes: bool = False, break_lock: bool = False) -> Dataset:
+    """Builds the dataset described by `opts`; returns it opened (its dataset_info.json written beside the shards).
 
     The job writes into a sibling build folder (`OUTPUT.incomplete`); only a finished dataset replaces
     what `opts.output` held, so a failed or killed build leaves an existing dataset as it was.
@@ -96,7 +96,7 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
 
 
 def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, arguments: dict, estimate: int,
-           started: float) -> dict:
+           started: float) -> Dataset:
     plan = make_plan(opts)
     LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %s", len(plan.voices),
              len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
@@ -136,11 +136,11 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
         if paths.is_no_space(err):
             raise layout.no_space(opts.output, build_dir) from None
         raise
-    info = DatasetInfo.read(opts.output).to_dict()
+    dataset = Dataset.open(opts.output)
+    rejects, reused = dataset.info.rejects, dataset.info.chunks_reused
     # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).
     LOG.info("dataset written to %s in %.1f s: %s; %d inputs rejected%s%s", opts.output, time.time() - started,
-             {k: v["num_examples"] for k, v in info["splits"].items()}, info["rejects"]["count"],
-             f" {info['rejects']['by_reason']}" if info["rejects"]["count"] else "",
-             f"; {info['chunks_reused']} of {plan.num_chunks} chunks reused from an interrupted run"
-             if info.get("chunks_reused") else "")
-    return info
+             {name: dataset.num_examples(name) for name in dataset.splits}, rejects["count"],
+             f" {rejects['by_reason']}" if rejects["count"] else "",
+             f"; {reused} of {plan.num_chunks} chunks reused from an interrupted run" if reused else "")
+    return dataset

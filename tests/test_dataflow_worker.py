@@ -94,7 +94,7 @@ def test_dofns_options_and_functions_pickle_by_reference(tmp_path):
 
 def test_job_runs_with_each_pickle_library_on_worker_processes(corpus, tmp_path):
     # Two workers: the DoFns travel pickled to SDK worker processes of their own (fresh interpreters).
-    reference = run_dataset(options(corpus, tmp_path / "inproc"), workers=1)
+    reference = run_dataset(options(corpus, tmp_path / "inproc"), workers=1).info.to_dict()
     assert sum(s["num_examples"] for s in reference["splits"].values()) == 18
     for library in ("cloudpickle", "default"):
         out = tmp_path / library
@@ -138,7 +138,7 @@ def test_package_from_setup_file_runs_the_job_in_a_bare_worker_environment(corpu
         f"assert beam_pipelines.__file__.startswith({str(venv)!r}), beam_pipelines.__file__\n"
         "from beam_pipelines.launcher import run_dataset\nfrom beam_pipelines.options import DatasetOptions\n"
         "opts = DatasetOptions(**json.loads(sys.argv[1]))\n"
-        "info = run_dataset(opts, workers=1)\n"
+        "info = run_dataset(opts, workers=1).info.to_dict()\n"
         "print(json.dumps(info['rejects']))\n")
     kwargs = {"voice_dir": corpus[0], "noise_dir": corpus[1], "output": str(out), "num_examples": 18,
               "max_shard_bytes": SHARD, "chunk_size": 3}

@@ -79,7 +79,7 @@ def test_inspect_verify_reports_all_zero_examples(corpus, tmp_path, capsys, monk
     from beam_pipelines.options import MixOptions
 
     info = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(out), num_examples=10,
-                                      mix=MixOptions(loudness_range_dbfs=(-400.0, -400.0))), workers=1)
+                                      mix=MixOptions(loudness_range_dbfs=(-400.0, -400.0))), workers=1).info.to_dict()
     capsys.readouterr()
     assert speech_enhance.main(["inspect", str(out), "--verify", "--examples", "0"]) == 1
     text = capsys.readouterr().out

@@ -49,7 +49,7 @@ def build(corpus, output, augment, workers=1, snr_db=(-10.0, -10.0), num_example
     opts = DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(output), num_examples=num_examples,
                           split_fractions=(1.0, 0.0, 0.0), chunk_size=7, max_shard_bytes=3 << 20, augment=augment,
                           mix=MixOptions(level_range=None, snr_range_db=snr_db))
-    info = run_dataset(opts, workers=workers)
+    info = run_dataset(opts, workers=workers).info.to_dict()
     return info, read_split(str(output), info, "train")
 
 

@@ -46,7 +46,7 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     voice_dir, noise_dir, _ = corpus
     out = str(tmp_path_factory.mktemp("one") / "ds")
-    info = run_dataset(options(voice_dir, noise_dir, out, write_audio=("test",)), workers=1)
+    info = run_dataset(options(voice_dir, noise_dir, out, write_audio=("test",)), workers=1).info.to_dict()
     return out, info
 
 
@@ -114,7 +114,7 @@ def test_same_seed_gives_identical_records_with_one_and_two_workers(corpus, buil
     voice_dir, noise_dir, _ = corpus
     out1, info1 = built
     out2 = str(tmp_path / "two")
-    info2 = run_dataset(options(voice_dir, noise_dir, out2, write_audio=("test",)), workers=2)
+    info2 = run_dataset(options(voice_dir, noise_dir, out2, write_audio=("test",)), workers=2).info.to_dict()
     files = [s["file"] for split in info1["splits"].values() for s in split["shards"]]
     assert files == [s["file"] for split in info2["splits"].values() for s in split["shards"]]
     for name in files:
@@ -133,7 +133,7 @@ def test_snr_range_gzip_and_float32(corpus, tmp_path):
     out = str(tmp_path / "snr")
     info = run_dataset(options(voice_dir, noise_dir, out, num_examples=12, compression="GZIP",
                                config=SpectrogramConfig(dtype="float32"),
-                               mix=MixOptions(level_range=None, snr_range_db=(-5.0, 15.0))), workers=1)
+                               mix=MixOptions(level_range=None, snr_range_db=(-5.0, 15.0))), workers=1).info.to_dict()
     records = read_split(out, info, "train")
     assert records[0]["noisy_magnitude"].dtype == np.float32
     assert all(10 ** (-15 / 20) - 1e-6 <= r["noise_level"] <= 10 ** (5 / 20) + 1e-6 for r in records)

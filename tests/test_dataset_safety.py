@@ -65,7 +65,7 @@ def test_glob_characters_in_paths_are_literal(corpus, tmp_path):
     run_dataset(options(voice_dir, noise_dir, sibling), workers=1)
     sibling_files = read_tree(sibling)
     # `ds[1]` as a pattern matches `ds1`: it must not touch it.
-    info = run_dataset(options(voice_dir, noise_dir, group / "ds[1]"), workers=1)
+    info = run_dataset(options(voice_dir, noise_dir, group / "ds[1]"), workers=1).info.to_dict()
     run_dataset(options(voice_dir, noise_dir, group / "ds[1]", overwrite=True), workers=1)
     assert read_tree(sibling) == sibling_files
     assert info["name"] == "ds[1]"
@@ -74,7 +74,7 @@ def test_glob_characters_in_paths_are_literal(corpus, tmp_path):
     odd_voices = tmp_path / "voices[take 1]"
     os.rename(voice_dir, odd_voices)
     try:
-        star = run_dataset(options(odd_voices, noise_dir, tmp_path / "run*x"), workers=1)
+        star = run_dataset(options(odd_voices, noise_dir, tmp_path / "run*x"), workers=1).info.to_dict()
     finally:
         os.rename(odd_voices, voice_dir)
     assert sum(s["num_examples"] for s in star["splits"].values()) == 12
@@ -170,7 +170,7 @@ def test_absurd_sizes_are_refused_before_planning(corpus, tmp_path, capsys):
 def test_inspect_verify_names_truncated_and_corrupt_shards(corpus, tmp_path, capsys):
     voice_dir, noise_dir = corpus
     out = tmp_path / "ds"
-    info = run_dataset(options(voice_dir, noise_dir, out, num_examples=20), workers=1)
+    info = run_dataset(options(voice_dir, noise_dir, out, num_examples=20), workers=1).info.to_dict()
     assert speech_enhance.main(["inspect", str(out), "--verify", "--examples", "0"]) == 0
     assert "healthy (read all 20 records" in capsys.readouterr().out
     shards = [s for split in info["splits"].values() for s in split["shards"]]

@@ -48,8 +48,8 @@ def corpus(gcs, tmp_path_factory):
 def datasets(gcs, corpus, tmp_path_factory):
     local_out = str(tmp_path_factory.mktemp("local") / "ds")
     remote_out = gcs.url("out/ds")
-    local = run_dataset(options(*corpus["local"], local_out, write_audio=("test",)), workers=2)
-    remote = run_dataset(options(*corpus["remote"], remote_out, write_audio=("test",)), workers=2)
+    local = run_dataset(options(*corpus["local"], local_out, write_audio=("test",)), workers=2).info.to_dict()
+    remote = run_dataset(options(*corpus["remote"], remote_out, write_audio=("test",)), workers=2).info.to_dict()
     return local_out, local, remote_out, remote
 
 
@@ -77,7 +77,7 @@ def test_overwrite_on_a_bucket_replaces_the_old_dataset(corpus, gcs):
     old_files = set(paths.list_files(out))
     with pytest.raises(FileExistsError, match="already holds a dataset"):
         run_dataset(options(*corpus["remote"], out, num_examples=12), workers=1)
-    info = run_dataset(options(*corpus["remote"], out, num_examples=12, overwrite=True), workers=1)
+    info = run_dataset(options(*corpus["remote"], out, num_examples=12, overwrite=True), workers=1).info.to_dict()
     new_files = set(paths.list_files(out))
     shards = {name for split in info["splits"].values() for s in split["shards"] for name in (s["file"], s["index"])}
     assert new_files == shards | {"dataset_info.json", "rejects.jsonl", "splits.json"}
