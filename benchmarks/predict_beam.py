@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.beam_predict import run_predict
     from predictor.enhance import Enhancer, resolve_model_dir
     from predictor.folders import enhance_files
+    from predictor.predict_options import PredictOptions
 
     model_dir = resolve_model_dir(args.model)
     work = tempfile.mkdtemp(prefix="predict_beam_")
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"what": "predict (one process)", "processes": 1, "seconds": seconds})
 
         start = time.perf_counter()
-        summary = run_predict(source, os.path.join(work, "beam"), model_dir=model_dir, runner="fnapi",
-                              workers=args.workers, batch_size=args.batch_size)
+        summary = run_predict(PredictOptions(source=source, output_dir=os.path.join(work, "beam"),
+                                             model_dir=model_dir, runner="fnapi", workers=args.workers,
+                                             batch_size=args.batch_size))
         seconds = time.perf_counter() - start
         runs.append({"what": f"predict --runner fnapi --workers {args.workers}", "processes": args.workers,
                      "seconds": seconds, "written": summary.written, "failures": summary.failures})

@@ -65,6 +65,7 @@ from predictor.high_band import HighBandGain, check_high_band
 from predictor.job_manifest import JobManifest, ReadJobs
 from predictor.output_folder import (FAILURES_FILE, PredictSummary, finish_run, plan_jobs, unwritable,
                                      write_failures)
+from predictor.predict_options import CPU_BATCH_SIZE, PredictOptions
 from predictor.predict_stages import (FILES_PER_GROUP, AnalyseFile, FinishFile, PadToBatches, WindowModelHandler,
                                       account_for_files)
 from tfrecord_schema import paths
@@ -140,24 +141,24 @@ def beam_args_for(runner: str, beam_args: Sequence[str] = (), dask_address: str 
     return args
 
 
-def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, head: str | None = None,
-                runner: str = "fnapi", beam_args: Sequence[str] = (), workers: int | None = None,
-                dask_address: str | None = None, batch_size: int | None = None, overlap: float = 0.5,
-                overwrite: bool = False, output_format: str | None = None, keep_model_rate: bool = False,
-                downmix: bool = False, high_band: str = "keep", high_band_gain: HighBandGain = HighBandGain(),
+def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
+                high_band_gain: HighBandGain = HighBandGain(),
                 block_seconds: float = DEFAULT_BLOCK_SECONDS) -> PredictSummary:
-    """Denoises `source` into `output_dir` as `enhance_files` does, on a Beam runner.
+    """Denoises `options.source` into `options.output_dir` as `enhance_files` does, on a Beam runner.
 
-    `runner`: "fnapi" (Beam's FnApiRunner, `workers` processes; default one per core), "dask" (Beam's
-    DaskRunner on the cluster at `dask_address`, or on a LocalCluster of `workers` processes), or
-    any Beam runner name, e.g. "DataflowRunner", with its options in `beam_args`. `batch_size`:
-    windows per model call (default: 8, `predictor.enhance.CPU_BATCH_SIZE`; use 64 or more on GPU
-    workers). The other arguments are `enhance_files`'s. Returns the summary; its failures are
-    also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
+    `options.runner`: "fnapi" (Beam's FnApiRunner, `workers` processes; default one per core; also
+    when `runner` is None), "dask" (Beam's DaskRunner on the cluster at `dask_address`, or on a
+    LocalCluster of `workers` processes), or any Beam runner name, e.g. "DataflowRunner", with its
+    options in `beam_args`. `batch_size`: windows per model call (default: `CPU_BATCH_SIZE`; use 64
+    or more on GPU workers). The other options, `high_band_gain` and `block_seconds` are
+    `enhance_files`'s; `file_processes` and `progress_interval` are not used. Returns the summary; its
+    failures are also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
-    from predictor.enhance import CPU_BATCH_SIZE, resolve_model_dir
+    from predictor.enhance import resolve_model_dir
     from trainer.model_dir import read_model_info, select_head
 
+    source, output_dir, head, overlap = options.source, options.output_dir, options.head, options.overlap
+    workers, high_band, keep_model_rate = options.workers, options.high_band, options.keep_model_rate
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be positive. Received: block_seconds={block_seconds!r}")
     if not 0.0 <= overlap < 1.0:
@@ -165,17 +166,19 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer (processes). Received: workers={workers!r}")
     check_high_band(high_band)
-    batch_size = CPU_BATCH_SIZE if batch_size is None else batch_size
+    batch_size = CPU_BATCH_SIZE if options.batch_size is None else options.batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-    model_dir = resolve_model_dir(model_dir)
+    model_dir = resolve_model_dir(options.model_dir)
     info = read_model_info(model_dir)
     select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     started = time.perf_counter()
     workers = workers or os.cpu_count() or 1
-    args, launcher = runners.dask_client_name(beam_args_for(runner, beam_args, dask_address))
-    jobs, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
+    args, launcher = runners.dask_client_name(beam_args_for(options.runner or "fnapi", beam_args,
+                                                            options.dask_address))
+    jobs, summary = plan_jobs(source, output_dir, overwrite=options.overwrite,
+                              output_format=options.output_format)
     num_jobs = len(jobs)
     logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", num_jobs, source,
                 output_dir, runners.runner_of(args) or f"FnApiRunner ({workers} processes)", batch_size, 100 * overlap)
@@ -193,7 +196,7 @@ def run_predict(source: str, output_dir: str, *, model_dir: str | None = None, h
                 lambda p: build_predict_pipeline(
                     p, shards, num_jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"],
                     head=head, batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate,
-                    downmix=downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
+                    downmix=options.downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
                     earlier_failures=summary.earlier_failures + summary.failures,
                     pad_bundles=runners.is_dask(args), launcher=launcher),
                 args, workers)

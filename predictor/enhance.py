@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from predictor.overlap_add import Analysis, Frames, Joined, Synthesis, Track, WindowGeometry
+from predictor.predict_options import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE, DEFAULT_OVERLAP, MAX_DEFAULT_WORKERS
 from predictor.workers import Workers, done_in_order
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.malloc import tune_malloc
@@ -34,16 +35,7 @@ PRETRAINED_16K_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "p
 # is the default; the 16 kHz one is for input at 16 kHz and above (docs/predict.md compares them).
 SHIPPED_MODELS = {"shipped:8k": PRETRAINED_DIR, "shipped:16k": PRETRAINED_16K_DIR}
 _SHIPPED_PREFIX = "shipped:"
-# Windows per model call when none is given. On a CPU small batches are faster (the full U-Net on
-# two AMD EPYC cores: 16.6 ms per window at 8, 19.9 at 32, 21.2 at 64; a batch of 8 keeps its
-# activations in cache); an accelerator wants large ones.
-CPU_BATCH_SIZE = 8
-ACCELERATOR_BATCH_SIZE = 64
-DEFAULT_OVERLAP = 0.5
-# Threads for the numpy and file work around the model (reading, resampling, STFT, inverse STFT,
-# writing). numpy, scipy.fft, soxr and libsndfile release the GIL, so this work overlaps the
-# model's and, on a machine with many cores, keeps a GPU fed. `predict --workers` help quotes the cap.
-MAX_DEFAULT_WORKERS = 16
+# Threads for the numpy and file work around the model (`predict_options.MAX_DEFAULT_WORKERS`).
 DEFAULT_WORKERS = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from predictor.audio_io import StreamResampler
+from predictor.predict_options import HIGH_BAND_MODES
 from trainer.targets import enhance_magnitude
 
 if TYPE_CHECKING:
     from predictor.overlap_add import Joined, WindowGeometry
 
-HIGH_BAND_MODES = ("keep", "drop")
 WEIGHTINGS = ("magnitude", "power", "none")
 
 

@@ -123,6 +123,7 @@ def test_a_unet_trained_as_a_complex_mask_improves_and_every_predictor_path_runs
     from predictor.beam_predict import run_predict
     from predictor.enhance import Enhancer
     from predictor.folders import enhance_files
+    from predictor.predict_options import PredictOptions
     from trainer.model_dir import load_model_dir
 
     model_dir, summary = trained
@@ -149,7 +150,8 @@ def test_a_unet_trained_as_a_complex_mask_improves_and_every_predictor_path_runs
         summary = enhance_files(Enhancer.from_model_dir(model_dir, batch_size=2, workers=0), str(inputs), folder,
                                 file_processes=processes)
         assert summary.written == 1
-    run_predict(str(inputs), str(outputs / "beam"), model_dir=model_dir, batch_size=2, workers=1)
+    run_predict(PredictOptions(source=str(inputs), output_dir=str(outputs / "beam"),
+                               model_dir=model_dir, batch_size=2, workers=1))
     for folder in ("0", "1", "beam"):
         got, _ = sf.read(outputs / folder / "a.wav", dtype="float32")
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=folder)

@@ -21,6 +21,7 @@ import soundfile
 import speech_enhance
 from beam_pipelines.testing import SMALL_CONFIG
 from predictor.beam_predict import run_predict
+from predictor.predict_options import PredictOptions
 from predictor.job_manifest import MANIFEST_NAME, JobManifest
 from predictor.output_folder import plan_jobs
 from predictor.predict_stages import WindowModelHandler
@@ -130,12 +131,14 @@ def test_fnapi_with_two_workers_equals_predict_and_resumes(model_dir, inputs, re
     marker = np.full(100, 0.25, np.float32)
     soundfile.write(str(out / "a.wav"), marker, 8000, subtype="FLOAT")
     os.remove(out / "c.wav")
-    summary = run_predict(inputs, str(out), model_dir=model_dir, batch_size=BATCH, workers=1)
+    summary = run_predict(PredictOptions(source=inputs, output_dir=str(out),
+                                         model_dir=model_dir, batch_size=BATCH, workers=1))
     assert (summary.total, summary.skipped, summary.written, len(summary.failures)) == (6, 3, 1, 2)
     np.testing.assert_array_equal(soundfile.read(str(out / "a.wav"), dtype="float32")[0], marker)
     assert_same_outputs(str(out), reference, rels=["c.wav"])
 
-    summary = run_predict(inputs, str(out), model_dir=model_dir, batch_size=BATCH, workers=1, overwrite=True)
+    summary = run_predict(PredictOptions(source=inputs, output_dir=str(out),
+                                         model_dir=model_dir, batch_size=BATCH, workers=1, overwrite=True))
     assert (summary.skipped, summary.written) == (0, 4)
     assert_same_outputs(str(out), reference)
     # The rerun's manifest held the one file to redo; every manifest is gone.
@@ -149,10 +152,12 @@ def test_output_inside_the_input_folder_and_manifest_names_never_collide(model_d
     source = tmp_path / "in"
     shutil.copytree(inputs, source)
     out = source / "denoised"
-    summary = run_predict(str(source), str(out), model_dir=model_dir, batch_size=BATCH, workers=1)
+    summary = run_predict(PredictOptions(source=str(source), output_dir=str(out),
+                                         model_dir=model_dir, batch_size=BATCH, workers=1))
     assert (summary.total, summary.written, len(summary.failures)) == (6, 4, 2)
     assert_same_outputs(str(out), reference)
-    again = run_predict(str(source), str(out), model_dir=model_dir, batch_size=BATCH, workers=1)
+    again = run_predict(PredictOptions(source=str(source), output_dir=str(out),
+                                       model_dir=model_dir, batch_size=BATCH, workers=1))
     assert (again.total, again.skipped, again.written) == (6, 4, 0)  # outputs never became inputs
     assert manifest_jobs(manifests[1][1]) == ["d.wav", "f.wav"]
     assert sorted(os.listdir(source)) == sorted(os.listdir(inputs) + ["denoised"])
@@ -165,7 +170,8 @@ def test_output_inside_the_input_folder_and_manifest_names_never_collide(model_d
     odd.mkdir()
     shutil.copy(source / "a.wav", odd / "a.wav")
     out2 = tmp_path / "out2"
-    summary = run_predict(str(source), str(out2), model_dir=model_dir, batch_size=BATCH, workers=1)
+    summary = run_predict(PredictOptions(source=str(source), output_dir=str(out2),
+                                         model_dir=model_dir, batch_size=BATCH, workers=1))
     assert (summary.total, summary.written) == (7, 5)
     np.testing.assert_allclose(soundfile.read(str(out2 / odd.name / "a.wav"), dtype="float32")[0],
                                soundfile.read(os.path.join(reference, "a.wav"), dtype="float32")[0], atol=1e-6)
@@ -206,7 +212,8 @@ def test_a_killed_run_leaves_a_manifest_that_the_rerun_removes_and_finishes(mode
     alive.mkdir()
     (out / f"{MANIFEST_PREFIX}1-ffffffff.txt").write_text("mine")
 
-    summary = run_predict(inputs, str(out), model_dir=model_dir, batch_size=BATCH, workers=2)
+    summary = run_predict(PredictOptions(source=inputs, output_dir=str(out),
+                                         model_dir=model_dir, batch_size=BATCH, workers=2))
     assert (summary.total, summary.written + summary.skipped, len(summary.failures)) == (6, 4, 2)
     assert_same_outputs(str(out), reference)
     assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [f"{MANIFEST_PREFIX}1-ffffffff.txt",

@@ -16,6 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.testing import SMALL_CONFIG
 from predictor.beam_predict import run_predict
+from predictor.predict_options import PredictOptions
 from predictor.job_manifest import MANIFEST_NAME, JobManifest, ReadJobs
 from predictor.enhance import Enhancer
 from predictor.folders import enhance_files
@@ -124,7 +125,8 @@ def test_bucket_to_bucket_run_keeps_its_manifest_in_the_bucket_and_removes_it(mo
         return shards
 
     monkeypatch.setattr(JobManifest, "write", spy)
-    summary = run_predict(remote_in, remote_out, model_dir=model_dir, batch_size=4, workers=2)
+    summary = run_predict(PredictOptions(source=remote_in, output_dir=remote_out,
+                                         model_dir=model_dir, batch_size=4, workers=2))
     assert (summary.total, summary.written, summary.failures) == (3, 3, [])
     [texts] = seen
     assert sorted(json.loads(line)["source"] for text in texts for line in text.splitlines()) == [
@@ -140,5 +142,6 @@ def test_bucket_to_bucket_run_keeps_its_manifest_in_the_bucket_and_removes_it(mo
         np.testing.assert_allclose(y, x, atol=1e-6, err_msg=rel)
 
     # A rerun skips all three: nothing to hand the pipeline, so no manifest at all.
-    again = run_predict(remote_in, remote_out, model_dir=model_dir, batch_size=4, workers=2)
+    again = run_predict(PredictOptions(source=remote_in, output_dir=remote_out,
+                                       model_dir=model_dir, batch_size=4, workers=2))
     assert (again.skipped, again.written, len(seen)) == (3, 0, 1)

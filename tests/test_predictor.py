@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 import speech_enhance
-from predictor import enhance
+from predictor import enhance, predict_options
 from predictor.enhance import Enhancer
 from predictor.folders import enhance_files
 from predictor.overlap_add import crossfade_weights
@@ -214,9 +214,9 @@ def test_bad_arguments_are_refused(identity, tmp_path):
 
 def test_default_batch_size_follows_the_device(monkeypatch):
     monkeypatch.setattr(enhance, "has_accelerator", lambda: False)
-    assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == enhance.CPU_BATCH_SIZE == 8
+    assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == predict_options.CPU_BATCH_SIZE == 8
     monkeypatch.setattr(enhance, "has_accelerator", lambda: True)
-    assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == enhance.ACCELERATOR_BATCH_SIZE == 64
+    assert Enhancer(lambda x: x, CONFIG, "noise").batch_size == predict_options.ACCELERATOR_BATCH_SIZE == 64
 
 
 def test_shipped_model_names_resolve_and_a_missing_one_is_named(tmp_path, monkeypatch):
