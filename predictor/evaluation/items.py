@@ -24,7 +24,7 @@ from beam_pipelines.mixing import SILENCE_DBFS, energy, mix_at_snr
 from beam_pipelines.splits import noise_classes
 from beam_pipelines.audio import AudioError
 from predictor import audio_io
-from predictor.evaluation.options import DEFAULT_SNRS
+from predictor.evaluation.options import EvaluateOptions
 from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,9 @@ def input_snr(clean: np.ndarray, noisy: np.ndarray) -> float:
     return float(10.0 * np.log10(max(energy(clean), 1e-20) / max(energy(noisy - clean), 1e-20)))
 
 
-def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = DEFAULT_SNRS, num_mixtures: int = 20,
-                  duration: float = 4.0, sample_rate: int = 8000, seed: int = 0) -> list[Item]:
+def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = EvaluateOptions.snrs,
+                  num_mixtures: int = EvaluateOptions.num_mixtures, duration: float = EvaluateOptions.duration,
+                  sample_rate: int = 8000, seed: int = EvaluateOptions.seed) -> list[Item]:
     """`num_mixtures` mixtures per SNR in `snrs` (dB) from the files of `voice_dir` and `noise_dir`.
 
     Item `snr{snr:+g}-{i}` draws, from a generator seeded with (seed, crc32 of its id): a voice file
@@ -134,7 +135,7 @@ def _draw_noise(rng, root, files, length, rate, item_id, tries=10):
 
 
 def paired_items(noisy_dir: str, clean_dir: str, *, sample_rate: int = 8000,
-                 snr_bins: Sequence[float] = DEFAULT_SNRS) -> list[Item]:
+                 snr_bins: Sequence[float] = EvaluateOptions.snrs) -> list[Item]:
     """Items from noisy files and the clean files at the same relative path (any audio extension).
 
     Both are downmixed to mono and resampled to `sample_rate`; lengths are cut to the shorter one.

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import scipy.special
 
+from predictor.evaluation.options import DEFAULT_SPARSITY
+
 logger = logging.getLogger(__name__)
 
 EPS = 1e-12  # floor of Lambda and of column norms, in units of the (mean-normalised) data
-DEFAULT_SPARSITY = 1.0
 
 
 # --- argument checks (also SparseNMF's) ----------------------------------------------------------------

@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from predictor.predict_options import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE, DEFAULT_OVERLAP
 from tfrecord_schema.options import option
 
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)  # dB
+# The sparse-NMF baseline's size and sparsity (`predictor.evaluation.snmf.SparseNMF`'s defaults).
+DEFAULT_ATOMS = 128
+DEFAULT_SPARSITY = 1.0
 SNMF_GROUP = "snmf"
 
 
@@ -33,7 +37,7 @@ class EvaluateOptions:
         metavar="DIR")
     snrs: tuple[float, ...] = option(
         DEFAULT_SNRS, "input SNRs (dB) to mix at, or bin centres for paired files", nargs="+", parse=float,
-        metavar="DB", default_text="-5 0 5 10 15")
+        metavar="DB", default_text=" ".join(f"{snr:g}" for snr in DEFAULT_SNRS))
     num_mixtures: int = option(20, "mixtures per SNR")
     duration: float = option(
         4.0, "longest mixture, at least one model window (about 1 s); shorter voice files give shorter "
@@ -48,9 +52,9 @@ class EvaluateOptions:
     with_stoi: bool = option(True, "compute STOI", flag="--stoi")
     batch_size: int | None = option(
         None, "model windows per batch; windows of several files share a batch",
-        default_text="8 on a CPU, 64 on a GPU or TPU")
+        default_text=f"{CPU_BATCH_SIZE} on a CPU, {ACCELERATOR_BATCH_SIZE} on a GPU or TPU")
     overlap: float = option(
-        0.5, "fraction of a window shared with the next, in [0, 1); windows are joined by weighted overlap-add")
+        DEFAULT_OVERLAP, "fraction of a window shared with the next, in [0, 1); windows are joined by weighted overlap-add")
     num_examples: int = option(3, "items shown in examples.png", flag="--examples", metavar="N")
     save_audio: bool = option(
         False, "also write the example items' clean, noisy and enhanced audio under OUTPUT/audio/")
@@ -68,10 +72,10 @@ class EvaluateOptions:
         "learning", flag="--snmf-model", metavar="FILE", group=SNMF_GROUP)
     snmf_atoms: int | None = option(
         None, "atoms per dictionary, speech and noise alike, when learning", metavar="N", group=SNMF_GROUP,
-        default_text="128")
+        default_text=str(DEFAULT_ATOMS))
     snmf_sparsity: float | None = option(
         None, "L1 weight on the activations, for learning and enhancing, on spectrograms normalised to mean 1 "
-        "(0: plain NMF)", metavar="X", group=SNMF_GROUP, default_text="1.0")
+        "(0: plain NMF)", metavar="X", group=SNMF_GROUP, default_text=str(DEFAULT_SPARSITY))
     peers: tuple[str, ...] = option(
         (), "also score learned denoisers a user could pick instead: deepfilternet3 (DeepFilterNet3), rnnoise "
         "(RNNoise), or all. Each runs at 48 kHz on the items resampled up, with a fresh state per item and its "

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from predictor.evaluation.nmf import (DEFAULT_SPARSITY, EPS, check_beta, check_positive_int, check_sparsity,
+from predictor.evaluation.nmf import (EPS, check_beta, check_positive_int, check_sparsity,
                                       learn_dictionary, normalise_columns, solve_activations)
+from predictor.evaluation.options import DEFAULT_ATOMS, DEFAULT_SPARSITY
 from predictor.evaluation.snmf_data import DEFAULT_MAX_FRAMES, magnitudes_from_dataset, magnitudes_from_folder
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 FILE_FORMAT = "speech-enhance-snmf"
 FILE_VERSION = 1
-DEFAULT_ATOMS = 128
 
 
 class SparseNMF:
