@@ -8,7 +8,7 @@ import math
 from beam_pipelines.options import (AUGMENTATION, EXECUTION, INPUTS, MIXING, OUTPUT, RECOMMENDED, AugmentOptions,
                                     DatasetOptions, MixOptions, parse_range)
 from tfrecord_schema import options
-from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.config import DTYPES, SpectrogramConfig
 
 DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards.
 
@@ -129,7 +129,7 @@ def register(subparsers) -> None:
     compression = {v: k for k, v in COMPRESSION.items()}[_default(DatasetOptions, "compression")]
     out.add_argument("--compression", choices=list(COMPRESSION), default=compression,
                      help=_help(DatasetOptions, "compression"))
-    out.add_argument("--dtype", choices=["float16", "float32"], default=SpectrogramConfig.dtype,
+    out.add_argument("--dtype", choices=DTYPES, default=SpectrogramConfig.dtype,
                      help="spectrogram storage dtype")
     out.add_argument("--sample-rate", type=int, default=SpectrogramConfig.sample_rate,
                      help="model sample rate in Hz; STFT geometry is derived for multiples of 8000 (default: %(default)s)")

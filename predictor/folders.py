@@ -24,7 +24,7 @@ from predictor.high_band import HighBandGain, check_high_band
 from predictor.output_folder import (OUTPUT_ERRNOS, PredictSummary, add_failure, finish_run, plan_jobs,
                                      stop_on_full_output)
 from predictor.overlap_add import Frames
-from predictor.predict_options import DEFAULT_PROGRESS_INTERVAL
+from predictor.predict_options import DEFAULT_PROGRESS_INTERVAL, PredictOptions
 from predictor.workers import Readahead, Workers, done_in_order, run_after
 from tfrecord_schema import paths
 
@@ -75,7 +75,7 @@ def check_progress_interval(progress_interval: float) -> None:
 
 def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
                   output_format: str | None = None, keep_model_rate: bool = False, downmix: bool = False,
-                  high_band: str = "keep", high_band_gain: HighBandGain = HighBandGain(),
+                  high_band: str = PredictOptions.high_band, high_band_gain: HighBandGain = HighBandGain(),
                   progress_interval: float = DEFAULT_PROGRESS_INTERVAL, block_seconds: float = DEFAULT_BLOCK_SECONDS,
                   file_processes: int | FileProcesses = 0) -> PredictSummary:
     """Denoises every wav/flac/ogg file of `source` (a folder or one file) into `output_dir`.

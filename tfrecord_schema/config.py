@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 _BASE_RATE = 8000
 _BASE = {"window_samples": 8064, "n_fft": 255, "hop_length": 63}
-_DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32")  # how spectrograms may be stored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,8 @@ class SpectrogramConfig:
             raise ValueError(
                 "SpectrogramConfig.hop_length must not exceed n_fft (frames would skip samples). "
                 f"Received: hop_length={self.hop_length}, n_fft={self.n_fft}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"SpectrogramConfig.dtype must be one of {_DTYPES}. Received: dtype={self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"SpectrogramConfig.dtype must be one of {DTYPES}. Received: dtype={self.dtype!r}")
         if self.input_scale_db <= 0 or self.target_scale_db <= 0:
             raise ValueError(
                 "SpectrogramConfig.input_scale_db and target_scale_db must be positive. Received: "
