@@ -72,13 +72,13 @@ class Family:
         return self.keys
 
     def build_training_model(self, spectrogram: SpectrogramConfig, config: TrainConfig,
-                             info: dict[str, Any] | None = None) -> keras.Model:
+                             info: DatasetInfo | None = None) -> keras.Model:
         raise NotImplementedError
 
     def compile_args(self, config: TrainConfig, spectrogram: SpectrogramConfig) -> dict[str, Any]:
         raise NotImplementedError
 
-    def model_io(self, spectrogram: SpectrogramConfig, config: TrainConfig, info: dict[str, Any]) -> Callable:
+    def model_io(self, spectrogram: SpectrogramConfig, config: TrainConfig, info: DatasetInfo) -> Callable:
         """A TensorFlow function: a dict of parsed batch tensors -> (x, y) or (x, y, sample weights)."""
         raise NotImplementedError
 
