@@ -102,6 +102,15 @@ def _level_default() -> str:
     return f"{lo:g}:{hi:g}, about {-20 * math.log10(lo):.0f} to {-20 * math.log10(hi):.0f} dB SNR"
 
 
+def _recommended_set_help() -> str:
+    r = RECOMMENDED
+    return (f"the recommended set: reverb {r.reverb_probability:g} (RT60 {r.rt60_range[0]:g}:{r.rt60_range[1]:g}), "
+            f"babble {r.babble_probability:g} ({r.babble_talkers[0]}:{r.babble_talkers[1]} talkers), speed "
+            f"{r.speed_probability:g} ({r.speed_range[0]:g}:{r.speed_range[1]:g}), noise tilt +-{r.noise_tilt_db:g} "
+            f"dB/octave, noise low-pass {r.noise_lowpass_probability:g} ({r.noise_lowpass_hz[0]:g}:"
+            f"{r.noise_lowpass_hz[1]:g} Hz)")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("dataset", help="build a spectrogram dataset (Apache Beam job)", description=DATASET_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,8 +161,7 @@ def register(subparsers) -> None:
         "All off by default. --augment turns on the recommended set (docs/dataset.md, Augmentation); each flag "
         "below overrides its part of it. Every draw is deterministic from --seed and the example.")
     groups[AUGMENTATION].add_argument(
-        "--augment", action="store_true", help="the recommended set: reverb 0.3 (RT60 0.1:0.9), babble 0.15 (1:6 "
-        "talkers), speed 0.3 (0.9:1.1), noise tilt +-6 dB/octave, noise low-pass 0.2 (1000:3500 Hz)")
+        "--augment", action="store_true", help=_recommended_set_help())
     options.add_flags(p, AugmentOptions, groups=groups, names=FLAGS)
     groups[EXECUTION] = p.add_argument_group("execution")
     groups[EXECUTION].add_argument(

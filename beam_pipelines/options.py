@@ -98,10 +98,16 @@ def _probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a probability between 0 and 1. Received: {name}={value}")
 
 
-def _share(default: float, help: str, recommended: str) -> Any:
-    """A per-example probability flag, whose help names its value in the recommended set."""
-    return option(default, help, metavar="P", group=AUGMENTATION, default_text=f"{default:g}, or {recommended} "
-                  "with --augment")
+# The recommended set (`--augment`, `RECOMMENDED`): a moderate share of every kind, most examples
+# keep clean, dry recorded noise, so the model still learns the common case.
+_RECOMMENDED = dict(reverb_probability=0.3, rt60_range=(0.1, 0.9), babble_probability=0.15, babble_talkers=(1, 6),
+                    speed_probability=0.3, speed_range=(0.9, 1.1), noise_tilt_db=6.0, noise_lowpass_probability=0.2)
+
+
+def _share(default: float, help: str, name: str) -> Any:
+    """A per-example probability flag `name`, whose help names its value in the recommended set."""
+    return option(default, help, metavar="P", group=AUGMENTATION,
+                  default_text=f"{default:g}, or {_RECOMMENDED[name]:g} with --augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +124,7 @@ class AugmentOptions:
     reverb_probability: float = _share(
         0.0, "share of examples whose voice and noise are convolved with a simulated room's impulse responses "
              "(pyroomacoustics image-source method); the clean target keeps the direct path and early reflections",
-        "0.3")
+        "reverb_probability")
     rt60_range: tuple[float, float] = range_option(
         (0.1, 0.9), "RT60 range of the simulated rooms in seconds", flag="--rt60", group=AUGMENTATION)
     early_reflections_ms: float = option(
@@ -127,20 +133,20 @@ class AugmentOptions:
                              flag="--rooms", metavar="N", group=AUGMENTATION)
     babble_probability: float = _share(
         0.0, "share of examples whose noise is babble: excerpts of other speakers of the same split, noise class "
-             "'babble'", "0.15")
+             "'babble'", "babble_probability")
     babble_talkers: tuple[int, int] = range_option(
         (1, 6), "number of babble talkers, whole numbers", group=AUGMENTATION)
     babble_level_db: float = option(
         3.0, "each babble talker's level is drawn within +- DB of the others", metavar="DB", group=AUGMENTATION)
     speed_probability: float = _share(
-        0.0, "share of examples whose voice is resampled by a speed factor, changing tempo and pitch", "0.3")
+        0.0, "share of examples whose voice is resampled by a speed factor, changing tempo and pitch", "speed_probability")
     speed_range: tuple[float, float] = range_option(
         (0.9, 1.1), "speed factor range, >1 faster and higher", group=AUGMENTATION)
     noise_tilt_db: float = option(
         0.0, "tilt every noise's spectrum by a random slope within +-DB dB/octave around 1 kHz", metavar="DB",
-        group=AUGMENTATION, default_text="0 = off, or 6 with --augment")
+        group=AUGMENTATION, default_text=f"0 = off, or {_RECOMMENDED['noise_tilt_db']:g} with --augment")
     noise_lowpass_probability: float = _share(
-        0.0, "share of examples whose noise is low-passed at a random cut-off", "0.2")
+        0.0, "share of examples whose noise is low-passed at a random cut-off", "noise_lowpass_probability")
     noise_lowpass_hz: tuple[float, float] = range_option(
         (1000.0, 3500.0), "low-pass cut-off range in Hz, below half the sample rate", group=AUGMENTATION)
     def __post_init__(self) -> None:
@@ -193,11 +199,7 @@ class AugmentOptions:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-# The recommended set (`--augment`): a moderate share of every kind, most examples keep clean, dry
-# recorded noise, so the model still learns the common case.
-RECOMMENDED = AugmentOptions(reverb_probability=0.3, rt60_range=(0.1, 0.9), babble_probability=0.15,
-                             babble_talkers=(1, 6), speed_probability=0.3, speed_range=(0.9, 1.1),
-                             noise_tilt_db=6.0, noise_lowpass_probability=0.2)
+RECOMMENDED = AugmentOptions(**_RECOMMENDED)
 
 
 
