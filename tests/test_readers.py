@@ -289,11 +289,11 @@ def test_dataset_job_writes_the_indexes(tmp_path):
 
     voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=4, utterances=1, noises_per_kind=1)
     out = str(tmp_path / "ds")
-    info = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=out, num_examples=12,
-                                      max_shard_bytes=int(0.4 * 2**20), chunk_size=2), workers=1)
-    shards = [s for e in info["splits"].values() for s in e["shards"]]
-    assert len(shards) > 3 and all(os.path.isfile(os.path.join(out, s["index"])) for s in shards)
-    assert all(s["index_bytes"] == 16 * s["num_examples"] for s in shards)
+    built = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=out, num_examples=12,
+                                       max_shard_bytes=int(0.4 * 2**20), chunk_size=2), workers=1)
+    shards = [shard for split in built.splits.values() for shard in split.shards]
+    assert len(shards) > 3 and all(os.path.isfile(built.index_path(shard)) for shard in shards)
+    assert all(shard.index_bytes == 16 * shard.num_examples for shard in shards)
     assert not [f for f in os.listdir(out) if paths.final_name(f)]
     assert inspect_dataset(out, examples=0, verify=True)["problems"] == []
     records = RecordDataset(out, "train", raw=True)
