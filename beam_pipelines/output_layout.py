@@ -114,6 +114,13 @@ def start_build(output: str, fingerprint: str, inputs: dict[str, list[int]] | No
     build = build_dir_for(output)
     inputs_path = paths.join(build, INPUTS_FILE)
     leftover = paths.list_files(build) if paths.exists_folder(build) else []
+    if leftover and BUILD_MARKER not in leftover and all(
+            (paths.final_name(rel) or rel) in (INPUTS_FILE, BUILD_MARKER) for rel in leftover):
+        # What this function writes before its marker: a build stopped as it started (its lock is
+        # ours now), with nothing worth keeping.
+        LOG.info("removing %s, left by a build stopped as it started", build)
+        paths.delete_tree(build)
+        leftover = []
     if leftover:
         if BUILD_MARKER not in leftover or not all(is_dataset_file(rel) for rel in leftover):
             raise FileExistsError(f"{build!r} exists and was not left by a dataset build; the build folder of "

@@ -44,6 +44,8 @@ import numpy as np
 from predictor.file_stream import FileJob
 from predictor.file_worker import POLL_SECONDS, STOP_SECONDS, WorkerSettings, _worker_main
 
+INTERRUPTED_STOP_SECONDS = 2.0  # what the workers get to stop after Ctrl-C before they are terminated
+
 if TYPE_CHECKING:
     from predictor.enhance import Enhancer
 
@@ -168,19 +170,25 @@ class FileProcesses:
             for w in range(self.processes):
                 self._send(w, ("run", settings))
             _Batcher(self, enhancer, jobs, on_failed, on_done, on_progress).run()
+        except KeyboardInterrupt:
+            # Ctrl-C: the command stops at once and quietly; what a terminated worker was writing is
+            # removed by the caller's clean-up of dead writers' temporaries.
+            self.close(grace=INTERRUPTED_STOP_SECONDS, quiet=True)
+            raise
         except BaseException:
             self.close()
             raise
 
-    def close(self) -> None:
-        """Stops the workers (they remove their temporaries) and waits for them; terminates stragglers."""
+    def close(self, grace: float = STOP_SECONDS, quiet: bool = False) -> None:
+        """Stops the workers (they remove their temporaries) and waits `grace` seconds for them;
+        terminates stragglers (with a warning, unless `quiet`)."""
         if self.closed:
             return
         self.closed = True
         self._stop.set()  # seen between tasks
         for q in self._tasks:
             q.put(("stop",))  # wakes a worker that waits for a task
-        deadline = time.monotonic() + STOP_SECONDS
+        deadline = time.monotonic() + grace
         running = [worker for worker in self._workers if worker.pid is not None]
         while time.monotonic() < deadline and any(worker.is_alive() for worker in running):
             # Read what they still send, so that none waits on a full pipe instead of stopping.
@@ -193,7 +201,8 @@ class FileProcesses:
                         del self._open[reader]
         for worker in self._workers:
             if worker.is_alive():
-                logger.warning("file process %s did not stop in %.0f s: terminating it", worker.name, STOP_SECONDS)
+                logger.log(logging.DEBUG if quiet else logging.WARNING, "file process %s did not stop in %.0f s: "
+                           "terminating it", worker.name, grace)
                 worker.terminate()
                 worker.join(2.0)
                 if worker.is_alive():

@@ -131,7 +131,7 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
         except BaseException:
             # The workers are stopped (they removed their temporaries) or dead: a killed one could not,
             # and its process no longer runs, so its temporary goes as a killed run's would.
-            paths.remove_stale_temporaries(output_dir)
+            paths.remove_stale_temporaries(output_dir, log=False)
             raise
     else:
         _enhance_with_threads(enhancer, todo, summary, progress, start, stopped, downmix=downmix,

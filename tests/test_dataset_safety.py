@@ -191,3 +191,29 @@ def test_inspect_verify_names_truncated_and_corrupt_shards(corpus, tmp_path, cap
     text = capsys.readouterr().out
     assert "DAMAGED: 2 problem(s)" in text
     assert f"{flipped}: corrupt data CRC at record" in text
+
+
+def test_a_build_folder_stopped_before_its_marker_is_started_over_and_any_other_folder_refused(tmp_path):
+    """A build killed between creating its folder and writing its marker leaves only what
+    `start_build` writes first: that is removed; a folder holding anything else is never deleted."""
+    from beam_pipelines import output_layout as layout
+    from tfrecord_schema import paths
+
+    out = str(tmp_path / "ds")
+    build = layout.build_dir_for(out)
+    os.makedirs(os.path.join(build, "_work"))
+    with open(os.path.join(build, "_work", "inputs.json"), "w") as f:
+        f.write("{}")
+    with open(paths.temporary_name(os.path.join(build, layout.BUILD_MARKER)).replace(str(os.getpid()), "99999999"),
+              "w") as f:
+        f.write("{")
+    assert layout.start_build(out, "fingerprint") == build
+    assert sorted(os.listdir(build)) == [layout.BUILD_MARKER]
+
+    other = str(tmp_path / "other")
+    os.makedirs(layout.build_dir_for(other))
+    with open(os.path.join(layout.build_dir_for(other), "notes.txt"), "w") as f:
+        f.write("mine")
+    with pytest.raises(FileExistsError, match="was not left by a dataset build"):
+        layout.start_build(other, "fingerprint")
+    assert os.listdir(layout.build_dir_for(other)) == ["notes.txt"]
