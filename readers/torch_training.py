@@ -13,10 +13,11 @@ call, not with this module.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tfrecord_schema.dataset import Dataset
-from trainer.config import TrainConfig
+if TYPE_CHECKING:  # `speech-enhance` imports this module for every command: annotations only
+    from tfrecord_schema.dataset import Dataset
+    from trainer.config import TrainConfig
 
 
 def training_loaders(dataset: Dataset, config: TrainConfig, architecture: str,
