@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     # predictor/pretrained and pretrained_16k hold the shipped models (data, no code): listed so their
     # files install too.
-    packages=find_packages(include=["beam_pipelines*", "tfrecord_schema*", "trainer*", "predictor*", "readers*"])
+    packages=find_packages(include=["beam_pipelines*", "mixing*", "tfrecord_schema*", "trainer*", "predictor*", "readers*"])
     + ["predictor.pretrained", "predictor.pretrained_16k"],
     py_modules=["speech_enhance"],
     package_data={name: ["*.keras", "*.json", "*.md"] for name in ("predictor.pretrained", "predictor.pretrained_16k")},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from beam_pipelines.options import (AUGMENTATION, EXECUTION, INPUTS, MIXING, OUTPUT, RECOMMENDED, AugmentOptions,
-                                    DatasetOptions, MixOptions, parse_range)
+from beam_pipelines.options import EXECUTION, INPUTS, OUTPUT, DatasetOptions
+from mixing.options import AUGMENTATION, MIXING, RECOMMENDED, AugmentOptions, MixOptions, parse_range
 from tfrecord_schema import options
 from tfrecord_schema.config import DTYPES, SpectrogramConfig
 

@@ -34,13 +34,14 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_pipelines import audio as audio_lib
-from beam_pipelines import augmentation as aug
 from beam_pipelines import generation as gen
 from beam_pipelines import runners
-from beam_pipelines.mixing import active_level, is_silent, rms
 from beam_pipelines.options import DatasetOptions
 from beam_pipelines.planning import ChunkSpec, Plan, WorkItem
-from tfrecord_schema import locks, paths, shard_index, shard_writer
+from mixing import augmentation as aug
+from mixing import draw
+from mixing.levels import active_level, is_silent, rms
+from tfrecord_schema import paths, shard_index, shard_writer
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, DatasetInfo, ShardInfo, SplitInfo, shard_name
 from tfrecord_schema.records import RecordWriter
@@ -58,7 +59,7 @@ NOISE_SILENCE_RMS = 1e-4  # -80 dBFS
 
 
 class DecodeSource(beam.DoFn):
-    """Decodes one input file into one record: {"kind": "source", ...} (an `gen.Source`, its samples
+    """Decodes one input file into one record: {"kind": "source", ...} (an `draw.Source`, its samples
     cached as .npy in the scratch folder) or {"kind": "reject", role, file, split, reason, message}.
 
     Idempotent: the record is also written beside the samples, and a second call for the same file
@@ -99,7 +100,7 @@ class DecodeSource(beam.DoFn):
                     "reason": err.reason, "message": str(err)}
         paths.write_atomic(key, gen.dump_npy(samples))
         self.decoded.inc()
-        return {"kind": SOURCE, **gen.Source(role=self.role, file=entry["file"], group=entry["group"],
+        return {"kind": SOURCE, **draw.Source(role=self.role, file=entry["file"], group=entry["group"],
                                             split=entry["split"], num_samples=int(samples.shape[0]),
                                             key=key).to_dict()}
 
@@ -135,15 +136,15 @@ class WriteChunk(beam.DoFn):
         self.cache = gen.SourceCache(lambda key: gen.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")
-        self._tables: dict[str, gen.SplitSources | None] = {}
+        self._tables: dict[str, draw.SplitSources | None] = {}
 
     def process(self, spec: ChunkSpec, sources: Sequence[dict]):
         runners.stop_if_launcher_gone(self.launcher, _not_written(self.build_dir))
         if spec.split not in self._tables:
             try:
-                self._tables[spec.split] = gen.SplitSources([gen.Source(**s) for s in sources], spec.split,
+                self._tables[spec.split] = draw.SplitSources([draw.Source(**s) for s in sources], spec.split,
                                                            self.opts.config.window_samples)
-            except gen.NoUsableSources:
+            except draw.NoUsableSources:
                 self._tables[spec.split] = None  # named, with its rejects, by CheckSources
         table = self._tables[spec.split]
         if table is None:

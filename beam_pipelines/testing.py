@@ -23,7 +23,7 @@ import numpy as np
 
 import tfrecord_schema.schema as schema_module
 from beam_pipelines import synthetic
-from beam_pipelines.augmentation import NO_AUGMENTATION
+from mixing.augmentation import NO_AUGMENTATION
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.dataset_info import DatasetInfo, SplitInfo, shard_name

@@ -34,7 +34,8 @@ sys.path.insert(0, ROOT)
 def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
     from beam_pipelines import audio as audio_lib
     from beam_pipelines import generation as gen
-    from beam_pipelines.options import MixOptions
+    from mixing import draw
+    from mixing.options import MixOptions
     from beam_pipelines.planning import ChunkSpec
     from tfrecord_schema.config import SpectrogramConfig
     from tfrecord_schema.records import RecordWriter
@@ -51,9 +52,9 @@ def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
             if role == "voice" and samples.shape[0] < config.window_samples:
                 continue
             arrays[path] = samples
-            sources.append(gen.Source(role, rel, "g", "train", int(samples.shape[0]), path))
+            sources.append(draw.Source(role, rel, "g", "train", int(samples.shape[0]), path))
     decode_s = time.perf_counter() - t0
-    table = gen.SplitSources(sources, "train", config.window_samples)
+    table = draw.SplitSources(sources, "train", config.window_samples)
     cache = gen.SourceCache(arrays.__getitem__)
     t0 = time.perf_counter()
     with open(os.path.join(out_dir, "tight.tfrecord"), "wb") as f, RecordWriter(f) as writer:

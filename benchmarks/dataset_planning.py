@@ -39,6 +39,7 @@ def synthetic_listing() -> tuple[list[str], list[str], dict[str, str]]:
 
 def plan_once(num_examples: int) -> dict:
     from beam_pipelines import generation as gen
+    from mixing import draw
     from beam_pipelines import splits as splits_lib
     from beam_pipelines.options import DatasetOptions
     from beam_pipelines.planning import Plan, plan_work, split_counts
@@ -60,10 +61,10 @@ def plan_once(num_examples: int) -> dict:
     plan.fingerprint(opts)
     seconds = time.perf_counter() - started
     # Side inputs as workers receive them: one record per usable source, one summary per shard.
-    sources = [gen.Source(role="voice", file=v["file"], group=v["group"], split=v["split"], num_samples=120_000,
+    sources = [draw.Source(role="voice", file=v["file"], group=v["group"], split=v["split"], num_samples=120_000,
                          key=f"gs://bucket/ds.incomplete/_work/audio/voice-{i:032x}.npy").to_dict()
                for i, v in enumerate(plan.voices)]
-    sources += [gen.Source(role="noise", file=n["file"], group=n["group"], split=n["split"], num_samples=40_000,
+    sources += [draw.Source(role="noise", file=n["file"], group=n["group"], split=n["split"], num_samples=40_000,
                           key=f"gs://bucket/ds.incomplete/_work/audio/noise-{i:032x}.npy").to_dict()
                 for i, n in enumerate(plan.noises)]
     shards = {(w.split, w.shard, w.num_shards) for w in work}

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBRARY_PACKAGES = ("tfrecord_schema", "beam_pipelines", "trainer", "readers", "predictor")
+LIBRARY_PACKAGES = ("tfrecord_schema", "mixing", "beam_pipelines", "trainer", "readers", "predictor")
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 100
 

@@ -17,10 +17,11 @@ _spec.loader.exec_module(architecture)
 # What each package may import (docs/architecture.md): each layer only from the layers below it.
 ALLOWED = {
     "tfrecord_schema": set(),
-    "beam_pipelines": {"tfrecord_schema"},
-    "trainer": {"tfrecord_schema"},
-    "readers": {"tfrecord_schema", "trainer"},
-    "predictor": {"tfrecord_schema", "beam_pipelines", "trainer", "readers"},
+    "mixing": {"tfrecord_schema"},
+    "beam_pipelines": {"tfrecord_schema", "mixing"},
+    "trainer": {"tfrecord_schema", "mixing"},
+    "readers": {"tfrecord_schema", "mixing", "trainer"},
+    "predictor": {"tfrecord_schema", "mixing", "beam_pipelines", "trainer", "readers"},
 }
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from beam_pipelines.launcher import run_dataset
 from beam_pipelines.pipeline import AssembleShard, DecodeSource, WriteChunk, check_sources, finalize, select
-from beam_pipelines.options import DatasetOptions, MixOptions
+from beam_pipelines.options import DatasetOptions
+from mixing.options import MixOptions
 from beam_pipelines.planning import ChunkSpec, Plan, WorkItem
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema.config import SpectrogramConfig

@@ -76,7 +76,7 @@ def test_inspect_verify_reports_all_zero_examples(corpus, tmp_path, capsys, monk
     # A dataset such as builds made before the level check wrote: every magnitude flushed to zero.
     monkeypatch.setattr(SpectrogramConfig, "quietest_loudness_dbfs", -1000.0, raising=False)
     out = tmp_path / "ds"
-    from beam_pipelines.options import MixOptions
+    from mixing.options import MixOptions
 
     info = run_dataset(DatasetOptions(voice_dir=voice_dir, noise_dir=noise_dir, output=str(out), num_examples=10,
                                       mix=MixOptions(loudness_range_dbfs=(-400.0, -400.0))), workers=1).info.to_dict()

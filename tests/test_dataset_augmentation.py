@@ -9,9 +9,10 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines import augmentation as aug
+from mixing import augmentation as aug
 from beam_pipelines.launcher import run_dataset
-from beam_pipelines.options import AugmentOptions, DatasetOptions, MixOptions
+from beam_pipelines.options import DatasetOptions
+from mixing.options import AugmentOptions, MixOptions
 from test_dataset_pipeline import read_split
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import METADATA_FEATURES

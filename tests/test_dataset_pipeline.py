@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from beam_pipelines.launcher import run_dataset
-from beam_pipelines.options import DatasetOptions, MixOptions
+from beam_pipelines.options import DatasetOptions
+from mixing.options import MixOptions
 from dataset_fixtures import add_bad_inputs, make_corpus
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig

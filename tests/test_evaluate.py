@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines.mixing import PEAK_LIMIT
+from mixing.levels import PEAK_LIMIT
 from beam_pipelines.splits import noise_classes
 from predictor.evaluation import baselines, metrics
 from predictor.evaluation.items import make_mixtures, paired_items

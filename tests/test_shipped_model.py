@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines.mixing import active_level, blend, is_silent
+from mixing.levels import active_level, blend, is_silent
 from predictor import audio_io
 from predictor.enhance import PRETRAINED_16K_DIR, PRETRAINED_DIR, resolve_model_dir
 from predictor.evaluation.metrics import si_sdr_improvement
@@ -77,7 +77,7 @@ def heldout_mixtures(seed: int = 0, rate: int = RATE) -> list[tuple[np.ndarray, 
     """NUM_MIXTURES (clean, noisy) pairs of SECONDS at `rate` from held-out speakers and noise files.
 
     Voices from LibriSpeech test-other (speakers the model never heard), mixed with
-    `beam_pipelines.mixing.blend` (the dataset job's mixing) at SNRS_DB, from one seeded generator.
+    `mixing.levels.blend` (the dataset job's mixing) at SNRS_DB, from one seeded generator.
     """
     rng = np.random.default_rng(seed)
     voice_root = os.path.join(SHARED_DATA, "speech", "librispeech", "test-other")

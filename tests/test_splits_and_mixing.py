@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from beam_pipelines import planning
-from beam_pipelines.mixing import PEAK_LIMIT, active_level, blend, mix_at_snr, peak_limited_gain
+from mixing.levels import PEAK_LIMIT, active_level, blend, mix_at_snr, peak_limited_gain
 from beam_pipelines.splits import (assign_groups, noise_class_of, noise_classes, parse_fractions, read_class_table,
                                    speaker_of)
 from tfrecord_schema.config import SpectrogramConfig

@@ -40,7 +40,7 @@ METADATA_FEATURES: dict[str, str] = {
     "noise_level": "float",  # noise RMS / voice active-speech level, before loudness scaling
     "snr_db": "float",  # 10 log10(sum clean^2 / sum noise^2) over the written window
     "gain": "float",  # factor applied to both voice and noise for loudness, never clipping
-    # Augmentation (schema 2; beam_pipelines.augmentation). The defaults mean "none".
+    # Augmentation (schema 2; mixing.augmentation). The defaults mean "none".
     "rt60": "float",  # s, measured on the room response of the voice; 0 = dry
     "early_reflections_ms": "float",  # ms of reflections after the direct path kept in the clean target; 0 = dry
     "babble_talkers": "int",  # other speakers summed as the noise (noise_class "babble"); 0 = recorded noise

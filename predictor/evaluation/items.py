@@ -1,7 +1,7 @@
 """Evaluation items: paired noisy/clean files, or seeded mixtures of held-out voices and noises.
 
 `paired_items` matches noisy and clean files by relative path; `make_mixtures` mixes voices and
-noises at given SNRs with `beam_pipelines.mixing.mix_at_snr`, each item from its own seeded
+noises at given SNRs with `mixing.levels.mix_at_snr`, each item from its own seeded
 generator, so the set depends only on the folders and the seed. Noise classes come from
 `beam_pipelines.splits.noise_classes`, the dataset job's lookup (classes.tsv, ESC-50's
 meta/esc50.csv, else the parent folder). `screen_items` sets aside items that cannot be scored
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from beam_pipelines.mixing import SILENCE_DBFS, energy, mix_at_snr
+from mixing.levels import SILENCE_DBFS, energy, mix_at_snr
 from beam_pipelines.splits import noise_classes
 from beam_pipelines.audio import AudioError
 from predictor import audio_io
@@ -81,7 +81,7 @@ def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = Eva
     and a segment of at most `duration` seconds, a noise file and a segment of the same length
     (looped if the noise is shorter). The noise is scaled so that 10 log10(sum clean^2 / sum noise^2)
     equals the SNR exactly and, if the mixture would clip, both are scaled down together
-    (`beam_pipelines.mixing.mix_at_snr`). Voice segments quieter than -60 dBFS are redrawn.
+    (`mixing.levels.mix_at_snr`). Voice segments quieter than -60 dBFS are redrawn.
     """
     if num_mixtures < 1 or not (math.isfinite(duration) and duration > 0):
         raise ValueError(f"num_mixtures and duration must be positive (and finite). Received: "

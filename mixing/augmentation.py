@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from beam_pipelines.histograms import histogram
-from beam_pipelines.options import MAX_BABBLE_TALKERS, AugmentOptions
+from mixing.histograms import histogram
+from mixing.options import MAX_BABBLE_TALKERS, AugmentOptions
 
 LOG = logging.getLogger(__name__)
 
