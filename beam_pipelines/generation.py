@@ -11,17 +11,16 @@ call `generate_chunk`.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import io
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from beam_pipelines.planning import ChunkSpec
 from mixing import augmentation as aug
-from mixing.draw import SplitSources, draw_example
+from mixing.draw import SourceCache, SplitSources, draw_example
 from mixing.histograms import histogram
 from mixing.options import AugmentOptions, MixOptions
 from tfrecord_schema.config import SpectrogramConfig
@@ -76,29 +75,6 @@ class ChunkStats:
     @staticmethod
     def mean_snr(stats: dict) -> float:
         return math.fsum(stats["snr_sums"]) / max(1, stats["count"])
-
-
-class SourceCache:
-    """Least-recently-used cache of decoded source arrays, bounded in bytes."""
-
-    def __init__(self, load: Callable[[str], np.ndarray], max_bytes: int = 2 << 30) -> None:
-        self._load = load
-        self._max = max_bytes
-        self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: str) -> np.ndarray:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-            return item
-        item = self._load(key)
-        self._items[key] = item
-        self._bytes += item.nbytes
-        while self._bytes > self._max and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
-        return item
 
 
 def load_npy(data: bytes) -> np.ndarray:

@@ -133,7 +133,7 @@ class WriteChunk(beam.DoFn):
 
     def setup(self) -> None:
         tune_malloc()
-        self.cache = gen.SourceCache(lambda key: gen.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
+        self.cache = draw.SourceCache(lambda key: gen.load_npy(audio_lib.read_bytes(key)), self.opts.cache_bytes)
         self.examples = Metrics.counter(NAMESPACE, "examples_written")
         self.silent = Metrics.counter(NAMESPACE, "silent_voice_windows_skipped")
         self._tables: dict[str, draw.SplitSources | None] = {}

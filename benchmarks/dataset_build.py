@@ -55,7 +55,7 @@ def tight_loop(voice_dir: str, noise_dir: str, n: int, out_dir: str) -> dict:
             sources.append(draw.Source(role, rel, "g", "train", int(samples.shape[0]), path))
     decode_s = time.perf_counter() - t0
     table = draw.SplitSources(sources, "train", config.window_samples)
-    cache = gen.SourceCache(arrays.__getitem__)
+    cache = draw.SourceCache(arrays.__getitem__)
     t0 = time.perf_counter()
     with open(os.path.join(out_dir, "tight.tfrecord"), "wb") as f, RecordWriter(f) as writer:
         for start in range(0, n, 100):

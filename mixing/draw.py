@@ -13,8 +13,9 @@ source store's segments held in memory.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -28,6 +29,29 @@ SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
 
 class AudioSource(Protocol):
     def get(self, key: str) -> np.ndarray: ...
+
+
+class SourceCache:
+    """Least-recently-used cache of decoded source arrays, bounded in bytes."""
+
+    def __init__(self, load: Callable[[str], np.ndarray], max_bytes: int = 2 << 30) -> None:
+        self._load = load
+        self._max = max_bytes
+        self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> np.ndarray:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+            return item
+        item = self._load(key)
+        self._items[key] = item
+        self._bytes += item.nbytes
+        while self._bytes > self._max and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+        return item
 
 
 @dataclasses.dataclass(frozen=True)
