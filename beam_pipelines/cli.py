@@ -229,6 +229,12 @@ def _run_dataset(args, extra) -> int:
     if args.sample_rate is None:
         args.sample_rate = SOURCES_DEFAULT_RATE if args.kind == SOURCES else SpectrogramConfig.sample_rate
     args.dtype = args.dtype or SpectrogramConfig.dtype
+    if args.kind == SOURCES:
+        from tfrecord_schema.sources import RATES
+
+        if args.sample_rate not in RATES:
+            raise ValueError(f"A source store's sample_rate is one of {RATES} Hz. Received: --sample-rate "
+                             f"{args.sample_rate}")
     levels = {"level_range": None, "snr_range_db": args.snr_db} if args.snr_db is not None else \
         {"level_range": args.noise_level} if args.noise_level is not None else {}
     opts = options.from_args(
