@@ -180,3 +180,31 @@ def test_dask_build_equals_fnapi_build(cluster, corpus, store_dir, tmp_path):
     assert build(corpus, tmp_path / "store", "--runner", "DaskRunner",
                  "--dask_client_address", cluster.scheduler_address) == 0
     assert comparable(read_tree(tmp_path / "store")) == comparable(read_tree(store_dir))
+
+
+def test_a_store_built_from_a_bucket_into_a_bucket_equals_the_local_build(gcs, corpus, store_dir):
+    from tfrecord_schema import paths
+
+    remote = gcs.url("sources")
+    names = ("voices", "noises", "rirs")
+    for folder, name in zip(corpus[:3], names):
+        for rel in paths.list_files(folder):
+            paths.upload_atomic(os.path.join(folder, rel), paths.join(remote, name, rel))
+    output = paths.join(remote, "out", "store")
+    assert speech_enhance.main(["dataset", "--kind", "sources", *(
+        arg for flag, name in zip(("--voice-dir", "--noise-dir", "--rir-dir"), names)
+        for arg in (flag, paths.join(remote, name))), "--output", output, "--shard-size-mb", "0.2",
+        "--workers", "2"]) == 0
+    local = comparable(read_tree(store_dir))
+    got = comparable({rel: paths.read_bytes(paths.join(output, rel)) for rel in paths.list_files(output)})
+    # The same store, but for the input folders the info names.
+    local_info, got_info = json.loads(local.pop("dataset_info.json")), json.loads(got.pop("dataset_info.json"))
+    assert {k: v for k, v in got_info.items() if k != "sources"} == {k: v for k, v in local_info.items()
+                                                                      if k != "sources"}
+    # Reject messages name the file where it was read.
+    rejects = [{k: v for k, v in json.loads(line).items() if k != "message"}
+               for data in (got.pop("rejects.jsonl"), local.pop("rejects.jsonl")) for line in data.splitlines()]
+    assert rejects[:len(rejects) // 2] == rejects[len(rejects) // 2:]
+    assert got == local
+    assert SourceStore.open(output).verify() == ([], sum(local_info["splits"][s]["num_examples"]
+                                                        for s in local_info["splits"]))
