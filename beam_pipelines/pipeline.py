@@ -354,6 +354,23 @@ def select(record: dict, kind: str):
         yield {k: v for k, v in record.items() if k != "kind"}
 
 
+def decode_inputs(p: beam.Pipeline, plan: Plan, work_dir: str, config: SpectrogramConfig):
+    """The stages that list and decode the plan's voices, noises and room impulse responses (none:
+    no stage); returns (the usable sources, the rejects), two PCollections of small records."""
+    decoded = []
+    for role, label, entries in (("voice", "Voices", plan.voices), ("noise", "Noises", plan.noises),
+                                 ("rir", "Rirs", plan.rirs)):
+        if not entries:  # no room impulse responses given: no empty Create, which not every runner takes
+            continue
+        decoded.append(
+            p
+            | f"List{label}" >> beam.Create(entries)
+            | f"Spread{label}" >> beam.Reshuffle()
+            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, config)))
+    inputs = decoded | "AllInputs" >> beam.Flatten()
+    return inputs | "Sources" >> beam.FlatMap(select, SOURCE), inputs | "Rejects" >> beam.FlatMap(select, REJECT)
+
+
 def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float,
                    build_dir: str, launcher: str | None = None):
     """The job's graph; everything it writes goes under `build_dir`. Returns the leaf (Finalize's
@@ -361,17 +378,7 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
     needs (Beam's DaskRunner) still runs everything. `launcher`: on DaskRunner, the launcher's Dask
     client name; the writing stages stop once it has left (`runners.launcher_gone`)."""
     work_dir = paths.join(build_dir, WORK_DIR)
-    decoded = []
-    for role, entries in (("voice", plan.voices), ("noise", plan.noises)):
-        label = "Voices" if role == "voice" else "Noises"
-        decoded.append(
-            p
-            | f"List{label}" >> beam.Create(entries)
-            | f"Spread{label}" >> beam.Reshuffle()
-            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, opts.config)))
-    inputs = decoded | "AllInputs" >> beam.Flatten()
-    sources = inputs | "Sources" >> beam.FlatMap(select, SOURCE)
-    rejects = inputs | "Rejects" >> beam.FlatMap(select, REJECT)
+    sources, rejects = decode_inputs(p, plan, work_dir, opts.config)
     shards = (
         p
         | "ListWork" >> beam.Create(plan.work)

@@ -31,9 +31,8 @@ from beam_pipelines import audio as audio_lib
 from beam_pipelines import generation as gen
 from beam_pipelines import runners
 from beam_pipelines.options import DatasetOptions
-from beam_pipelines.pipeline import (NAMESPACE, REJECT, REJECTS_FILE, SOURCE, WORK_DIR, DecodeSource, check_sources,
-                                     not_written, select, write_inputs_record, written_shard,
-                                     wrote_problems)
+from beam_pipelines.pipeline import (NAMESPACE, REJECTS_FILE, WORK_DIR, check_sources, decode_inputs, not_written,
+                                     write_inputs_record, written_shard, wrote_problems)
 from beam_pipelines.planning import Plan
 from mixing.levels import active_level, rms
 from tfrecord_schema import paths
@@ -42,7 +41,6 @@ from tfrecord_schema.shard_writer import ShardWriter
 from tfrecord_schema.sources import Segment, SourcesInfo, encode_segment, from_pcm16, to_pcm16
 
 LOG = logging.getLogger(__name__)
-ROLE_LABELS = {"voice": "Voices", "noise": "Noises", "rir": "Rirs"}
 # Bytes of one record besides its samples (metadata and framing), for sizing shards only.
 SEGMENT_OVERHEAD_BYTES = 300
 LEVEL_FLOOR_DBFS = -200.0  # the level written for a segment that is all zeros
@@ -173,19 +171,7 @@ def build_source_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, ar
     """The source store job's graph (see the module docstring); everything it writes goes under
     `build_dir`. Returns the leaf (Finalize's output), on which every other stage depends."""
     work_dir = paths.join(build_dir, WORK_DIR)
-    decoded = []
-    for role, entries in (("voice", plan.voices), ("noise", plan.noises), ("rir", plan.rirs)):
-        if not entries:  # no room impulse responses given: no empty Create, which not every runner takes
-            continue
-        label = ROLE_LABELS[role]
-        decoded.append(
-            p
-            | f"List{label}" >> beam.Create(entries)
-            | f"Spread{label}" >> beam.Reshuffle()
-            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, opts.config)))
-    inputs = decoded | "AllInputs" >> beam.Flatten()
-    sources = inputs | "Sources" >> beam.FlatMap(select, SOURCE)
-    rejects = inputs | "Rejects" >> beam.FlatMap(select, REJECT)
+    sources, rejects = decode_inputs(p, plan, work_dir, opts.config)
     several = {"voice": len(opts.voice_dirs) > 1, "noise": len(opts.noise_dirs) > 1, "rir": len(opts.rir_dirs) > 1}
     shards = (
         p
