@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 
-from beam_pipelines.options import EXECUTION, INPUTS, OUTPUT, DatasetOptions
+from beam_pipelines.options import EXECUTION, INPUTS, OUTPUT, SOURCES, SOURCES_DEFAULT_RATE, DatasetOptions
 from mixing.options import AUGMENTATION, MIXING, RECOMMENDED, AugmentOptions, MixOptions, parse_range
 from tfrecord_schema import options
 from tfrecord_schema.config import DTYPES, SpectrogramConfig
 
-DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards.
+DATASET_HELP = """Blend voices with noise and write magnitude/phase spectrogram TFRecord shards, or with
+--kind sources store every usable voice, noise and room impulse response file as a 16-bit waveform
+segment (a source store), which `train` mixes into examples on the fly.
 
 Apache Beam's own options are passed to Beam, e.g. for Dataflow:
   --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
@@ -24,7 +26,7 @@ build leaves an existing dataset as it was. OUTPUT must be new, empty, or a data
 
 # Library argument names -> the flags a user typed, for error messages (e.g. "Received: --seed -1").
 FLAGS = options.flag_names(DatasetOptions, MixOptions, AugmentOptions, extra={
-    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "level_range": "--noise-level",
+    "voice_dir": "--voice-dir", "noise_dir": "--noise-dir", "rir_dir": "--rir-dir", "level_range": "--noise-level",
     "snr_range_db": "--snr-db", "max_shard_bytes": "--shard-size-mb (in bytes)", "overwrite": "--overwrite",
     "assume_yes": "--yes", "break_lock": "--break-lock"})
 COMPRESSION = {"none": "", "gzip": "GZIP"}  # --compression -> DatasetOptions.compression
@@ -124,13 +126,16 @@ def register(subparsers) -> None:
     src.add_argument("--noise-dir", action="append", metavar="DIR",
                      help="folder (local or gs://) searched recursively for wav/flac/ogg noise; may be given more "
                           "than once, like --voice-dir")
+    src.add_argument("--rir-dir", action="append", metavar="DIR",
+                     help="--kind sources: folder (local or gs://) of room impulse responses (wav/flac/ogg), split "
+                          "by file like the noises; may be given more than once, or not at all")
     src.add_argument("--demo", action="store_true",
                      help="generate the built-in demo corpus (under OUTPUT/../demo_corpus) and use it as input")
     options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("noise_classes_file",))
     options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("splits_file",))
     fractions = ",".join(map(str, _default(DatasetOptions, "split_fractions")))
     src.add_argument("--split-fractions", default=fractions, help=_help(DatasetOptions, "split_fractions", fractions))
-    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("output", "num_examples"))
+    options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("output", "kind", "num_examples"))
     out = groups[OUTPUT]
     shard_mb = _default(DatasetOptions, "max_shard_bytes") / 2**20
     out.add_argument("--shard-size-mb", type=_shard_size, default=shard_mb, metavar="MAX",
@@ -138,10 +143,12 @@ def register(subparsers) -> None:
     compression = {v: k for k, v in COMPRESSION.items()}[_default(DatasetOptions, "compression")]
     out.add_argument("--compression", choices=list(COMPRESSION), default=compression,
                      help=_help(DatasetOptions, "compression"))
-    out.add_argument("--dtype", choices=DTYPES, default=SpectrogramConfig.dtype,
-                     help="spectrogram storage dtype")
-    out.add_argument("--sample-rate", type=int, default=SpectrogramConfig.sample_rate,
-                     help="model sample rate in Hz; STFT geometry is derived for multiples of 8000 (default: %(default)s)")
+    out.add_argument("--dtype", choices=DTYPES, default=None,
+                     help=f"spectrogram storage dtype (default: {SpectrogramConfig.dtype})")
+    out.add_argument("--sample-rate", type=int, default=None,
+                     help="model sample rate in Hz; STFT geometry is derived for multiples of 8000 (default: "
+                          f"{SpectrogramConfig.sample_rate}). --kind sources: the store's rate, 8000, 16000, 24000, "
+                          f"32000 or 48000 (default: {SOURCES_DEFAULT_RATE})")
     options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("write_audio",))
     out.add_argument("--overwrite", action="store_true", help=_help(DatasetOptions, "overwrite"))
     out.add_argument("--yes", action="store_true",
@@ -213,10 +220,25 @@ def _run_dataset(args, extra) -> int:
         noise_dir = noise_dir and (noise_dir[0] if len(noise_dir) == 1 else tuple(noise_dir))
     if not voice_dir or not noise_dir:
         raise ValueError("dataset needs --voice-dir and --noise-dir (or --demo for the built-in demo corpus)")
+    rir_dir = tuple(args.rir_dir or ())
+    if args.kind == SOURCES:
+        _refuse_mixing_flags(args)
+    elif rir_dir:
+        raise ValueError("--rir-dir is read by --kind sources only; a spectrogram dataset simulates its rooms "
+                         "(--reverb-probability)")
+    if args.sample_rate is None:
+        args.sample_rate = SOURCES_DEFAULT_RATE if args.kind == SOURCES else SpectrogramConfig.sample_rate
+    args.dtype = args.dtype or SpectrogramConfig.dtype
+    if args.kind == SOURCES:
+        from tfrecord_schema.sources import RATES
+
+        if args.sample_rate not in RATES:
+            raise ValueError(f"A source store's sample_rate is one of {RATES} Hz. Received: --sample-rate "
+                             f"{args.sample_rate}")
     levels = {"level_range": None, "snr_range_db": args.snr_db} if args.snr_db is not None else \
         {"level_range": args.noise_level} if args.noise_level is not None else {}
     opts = options.from_args(
-        DatasetOptions, args, voice_dir=voice_dir, noise_dir=noise_dir,
+        DatasetOptions, args, voice_dir=voice_dir, noise_dir=noise_dir, rir_dir=rir_dir,
         config=SpectrogramConfig.for_sample_rate(args.sample_rate, dtype=args.dtype),
         mix=options.from_args(MixOptions, args, **levels), augment=augment_options(args),
         split_fractions=parse_fractions(args.split_fractions), max_shard_bytes=int(args.shard_size_mb * 2**20),
@@ -224,6 +246,21 @@ def _run_dataset(args, extra) -> int:
     run_dataset(opts, beam_args=extra, workers=args.workers, arguments=_arguments(args, opts, extra),
                 assume_yes=args.yes, break_lock=args.break_lock)
     return 0
+
+
+# Flags of a spectrogram dataset's mixing; --kind sources refuses them (the trainer mixes on the fly).
+_MIXING_FLAGS = ("num_examples", "write_audio", "dtype", "chunk_size", "seed", "noise_level", "snr_db",
+                 "loudness_range_dbfs", "augment", *(f.name for f in options.cli_fields(AugmentOptions)))
+
+
+def _refuse_mixing_flags(args) -> None:
+    """ValueError naming the mixing flags given with --kind sources (left out, each is None or False)."""
+    given = [FLAGS.get(name, "--" + name.replace("_", "-")) for name in _MIXING_FLAGS
+             if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise ValueError(f"--kind sources stores the input files unmixed, so {', '.join(given)} do not apply: "
+                         "examples are mixed (and augmented) on the fly by `speech-enhance train`. Remove them, or "
+                         "build a spectrogram dataset (--kind spectrogram).")
 
 
 def _arguments(args, opts: DatasetOptions, extra: list[str]) -> dict:
@@ -238,6 +275,10 @@ def _arguments(args, opts: DatasetOptions, extra: list[str]) -> dict:
              "num_examples", "shard_size_mb", "compression", "dtype", "sample_rate", "write_audio", "overwrite", "yes",
              "seed", "noise_level", "snr_db", "loudness_dbfs", "augment",
              *(f.name for f in options.cli_fields(AugmentOptions)), "workers", "chunk_size")
+    if opts.kind == SOURCES:
+        order = ("voice_dir", "noise_dir", "rir_dir", "demo", "noise_classes", "splits_file", "split_fractions",
+                 "output", "kind", "shard_size_mb", "compression", "sample_rate", "overwrite", "yes", "workers")
+        given.update(rir_dir=opts.rir_dir)
     return {**{name: given[name] for name in order}, "beam_args": list(extra)}
 
 

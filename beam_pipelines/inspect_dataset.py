@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from tfrecord_schema import paths
-from tfrecord_schema.dataset import Dataset
+from tfrecord_schema.dataset import Dataset, ShardedStore
+from tfrecord_schema.sources import SourceStore, open_store
 
 LOG = logging.getLogger(__name__)
 
@@ -47,8 +48,17 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
 def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_path: str | None = None,
                     json_path: str | None = None, verify: bool = False) -> dict[str, Any]:
     """Prints a summary of the dataset, plots a few examples and checks its shards: their sizes always,
-    every record (CRCs, schema, counts) with `verify`. The summary's "problems" lists what is damaged."""
-    opened = Dataset.open(dataset)
+    every record (CRCs, schema, counts) with `verify`. The summary's "problems" lists what is damaged.
+    A source store (`--kind sources`) gets its own summary (`summarize_store`) and no plot."""
+    opened = open_store(dataset)
+    if isinstance(opened, SourceStore):
+        summary = summarize_store(opened)
+        lines = store_lines(dataset, summary)
+        summary["problems"] = _check(opened, lines, verify)
+        print("\n".join(lines))
+        if json_path:
+            paths.write_atomic(json_path, json.dumps(summary, indent=1).encode())
+        return summary
     summary = summarize(opened)
     cfg = opened.config
     lines = [f"dataset {dataset}: schema v{opened.info.schema_version}, {cfg.sample_rate} Hz, window "
@@ -71,20 +81,7 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
             counts = np.sum([hist[key]["counts"][s] for s in hist[key]["counts"]], axis=0).tolist()
             lines.append(f"{title}:")
             lines.extend(_bars(hist[key]["edges"], counts, group=group))
-    if verify:
-        found, records = opened.verify()
-        checked = f"read all {records} records: CRCs, schema, counts, all-zero examples and record indexes"
-    else:
-        found = opened.check_sizes()
-        checked = "shard sizes only; --verify reads every record"
-    problems = [str(problem) for problem in found]
-    summary["problems"] = problems
-    if problems:
-        lines.append(f"DAMAGED: {len(problems)} problem(s) found ({checked}):")
-        lines.extend(f"  {p}" for p in problems)
-        lines.append("Rebuild the dataset (speech-enhance dataset ... --overwrite).")
-    else:
-        lines.append(f"healthy ({checked})")
+    problems = summary["problems"] = _check(opened, lines, verify)
     print("\n".join(lines))
 
     if plot_path is None:
@@ -97,6 +94,54 @@ def inspect_dataset(dataset: str, split: str = "train", examples: int = 4, plot_
     if json_path:
         paths.write_atomic(json_path, json.dumps(summary, indent=1).encode())
     return summary
+
+
+def _check(store: ShardedStore, lines: list[str], verify: bool) -> list[str]:
+    """The store's problems (every record read with `verify`, else shard sizes only); appends the verdict
+    to `lines`."""
+    if verify:
+        found, records = store.verify()
+        checked = (f"read all {records} records: CRCs, schema, counts, "
+                   f"{'all-zero examples' if isinstance(store, Dataset) else 'sample rates'} and record indexes")
+    else:
+        found = store.check_sizes()
+        checked = "shard sizes only; --verify reads every record"
+    problems = [str(problem) for problem in found]
+    if problems:
+        lines.append(f"DAMAGED: {len(problems)} problem(s) found ({checked}):")
+        lines.extend(f"  {p}" for p in problems)
+        lines.append("Rebuild the dataset (speech-enhance dataset ... --overwrite).")
+    else:
+        lines.append(f"healthy ({checked})")
+    return problems
+
+
+def summarize_store(store: SourceStore) -> dict[str, Any]:
+    """A source store's summary: its rate, and per split its shards and bytes and per role its
+    segments, hours and groups (from its dataset_info.json; nothing is read from the shards)."""
+    info = store.info
+    contents = info.contents or {}
+    splits = {name: {"segments": split.num_examples, "shards": len(split.shards), "mebibytes": split.num_bytes / 2**20,
+                     "roles": contents.get(name, {})} for name, split in store.splits.items()}
+    return {"kind": info.kind, "sample_rate": info.sample_rate, "compression": info.compression,
+            "splits": splits, "rejects": info.rejects or {}}
+
+
+def store_lines(directory: str, summary: dict[str, Any]) -> list[str]:
+    """The printed table of `summarize_store`'s summary."""
+    lines = [f"source store {directory}: {summary['sample_rate']} Hz, 16-bit PCM segments, compression "
+             f"{summary['compression'] or 'none'}",
+             f"{'split':<6} {'role':<6} {'segments':>9} {'hours':>9} {'groups':>7}  largest groups (hours)"]
+    for name, split in summary["splits"].items():
+        for role, entry in split["roles"].items():
+            top = sorted(entry["groups"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            lines.append(f"{name:<6} {role:<6} {entry['segments']:>9} {entry['hours']:>9.3f} {len(entry['groups']):>7}  "
+                         + ", ".join(f"{g} {h:.3f}" for g, h in top))
+        lines.append(f"{name:<6} {'all':<6} {split['segments']:>9} in {split['shards']} shard(s), "
+                     f"{split['mebibytes']:.1f} MiB")
+    rej = summary["rejects"]
+    lines.append(f"rejected inputs: {rej.get('count', 0)} {rej.get('by_reason', {})}")
+    return lines
 
 
 def _plot(items: list[dict], hist: dict, path: str) -> None:

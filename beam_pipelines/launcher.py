@@ -16,10 +16,12 @@ from typing import Sequence
 from beam_pipelines import output_layout as layout
 from beam_pipelines import interrupts, runners
 from beam_pipelines.pipeline import PROBLEMS_FILE, build_pipeline
-from beam_pipelines.options import DatasetOptions
+from beam_pipelines.options import SOURCES, DatasetOptions
 from beam_pipelines.planning import estimate_bytes, make_plan
+from beam_pipelines.source_job import build_source_pipeline
 from tfrecord_schema import locks, paths
-from tfrecord_schema.dataset import Dataset
+from tfrecord_schema.dataset import Dataset, ShardedStore
+from tfrecord_schema.sources import SourceStore
 
 LOG = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ def _interrupted(err: BaseException) -> bool:
 
 
 def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: int | None = None,
-                arguments: dict | None = None, assume_yes: bool = False, break_lock: bool = False) -> Dataset:
-    """Builds the dataset described by `opts`; returns it opened (its dataset_info.json written beside the shards).
+                arguments: dict | None = None, assume_yes: bool = False, break_lock: bool = False) -> ShardedStore:
+    """Builds the dataset described by `opts`; returns it opened (its dataset_info.json written beside the
+    shards): a `Dataset`, or with `opts.kind` "sources" a `tfrecord_schema.sources.SourceStore`.
 
     The job writes into a sibling build folder (`OUTPUT.incomplete`); only a finished dataset replaces
     what `opts.output` held, so a failed or killed build leaves an existing dataset as it was.
@@ -71,10 +74,11 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise ValueError(f"workers must be a positive number of local processes (None: one per core). "
                          f"Received: workers={workers!r}")
-    inputs = {"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs}
+    inputs = {"voice_dir": opts.voice_dirs, "noise_dir": opts.noise_dirs, "rir_dir": opts.rir_dirs}
     layout.check_output(opts.output, opts.overwrite, inputs=inputs)
-    estimate = estimate_bytes(opts.num_examples, opts.config, opts.split_fractions, opts.write_audio,
-                              opts.compression)
+    # A source store's size is known once its inputs are decoded: it is not estimated.
+    estimate = 0 if opts.kind == SOURCES else estimate_bytes(opts.num_examples, opts.config, opts.split_fractions,
+                                                              opts.write_audio, opts.compression)
     layout.check_space(opts.output, estimate, assume_yes)
     if runners.is_dask(beam_args):
         runners.require_dask()
@@ -96,10 +100,15 @@ def run_dataset(opts: DatasetOptions, beam_args: Sequence[str] = (), workers: in
 
 
 def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, arguments: dict, estimate: int,
-           started: float) -> Dataset:
+           started: float) -> ShardedStore:
     plan = make_plan(opts)
-    LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %s", len(plan.voices),
-             len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
+    if opts.kind == SOURCES:
+        LOG.info("%d voice files, %d noise files, %d room impulse responses; a source store at %d Hz",
+                 len(plan.voices), len(plan.noises), len(plan.rirs), opts.sample_rate)
+    else:
+        LOG.info("%d voice files, %d noise files; %s examples in %d chunks, about %s", len(plan.voices),
+                 len(plan.noises), plan.counts, plan.num_chunks, paths.format_bytes(estimate))
+    graph = build_source_pipeline if opts.kind == SOURCES else build_pipeline
     build_dir = layout.start_build(opts.output, plan.fingerprint(opts), inputs=plan.identities)
     try:
         # On an external Dask cluster the job's tasks outlive a killed launcher: they ask for it by
@@ -107,7 +116,7 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
         # that the next run (which takes over the dead launcher's lock) resumes.
         beam_args, launcher = runners.dask_client_name(beam_args)
         with _beam_errors_unlogged():
-            runners.run_pipeline(lambda p: build_pipeline(p, opts, plan, arguments, started, build_dir, launcher),
+            runners.run_pipeline(lambda p: graph(p, opts, plan, arguments, started, build_dir, launcher),
                                  beam_args, workers)
         problems_path = paths.join(build_dir, PROBLEMS_FILE)
         if paths.isfile(problems_path):
@@ -136,6 +145,12 @@ def _build(opts: DatasetOptions, beam_args: Sequence[str], workers: int, argumen
         if paths.is_no_space(err):
             raise layout.no_space(opts.output, build_dir) from None
         raise
+    if opts.kind == SOURCES:
+        store = SourceStore.open(opts.output)
+        LOG.info("source store written to %s in %.1f s: %s segments; %d inputs rejected%s", opts.output,
+                 time.time() - started, {name: store.num_examples(name) for name in store.splits},
+                 store.info.rejects["count"], f" {store.info.rejects['by_reason']}" if store.info.rejects["count"] else "")
+        return store
     dataset = Dataset.open(opts.output)
     rejects, reused = dataset.info.rejects, dataset.info.chunks_reused
     # Counts from dataset_info.json, not from Beam metrics (which not every runner reports).

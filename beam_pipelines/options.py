@@ -15,6 +15,9 @@ from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.options import option
 
 INPUTS, OUTPUT, EXECUTION = "inputs", "output", "execution"
+SPECTROGRAM, SOURCES = "spectrogram", "sources"  # the kinds of store the job writes (`DatasetOptions.kind`)
+KINDS = (SPECTROGRAM, SOURCES)
+SOURCES_DEFAULT_RATE = 16000  # Hz, a source store's rate when none is given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,12 @@ class DatasetOptions:
     `voice_dir` and `noise_dir` are a folder each, or several (a tuple): e.g. LibriSpeech and another
     read-speech corpus. With several, files are named `TAG/relative path` and speaker ids `TAG:id`,
     TAG being the folder's base name, so that speakers of different corpora never merge.
+
+    `kind` "spectrogram" mixes `num_examples` examples and stores their spectrograms (`config`);
+    "sources" stores every usable input file as a 16-bit segment at `config.sample_rate` (one of
+    `tfrecord_schema.sources.RATES`), for mixing on the fly, and uses neither `num_examples`, `mix`,
+    `augment` nor `write_audio`. `rir_dir` (sources only): none, one or several folders of room
+    impulse responses, split by file like the noises.
     """
 
     voice_dir: str | tuple[str, ...] = option(cli=False)
@@ -52,11 +61,18 @@ class DatasetOptions:
     overwrite: bool = option(False, "replace the dataset in --output once the new one is finished (never a folder "
                                     "holding other files)", cli=False)
     cache_bytes: int = option(2 << 30, cli=False)
+    kind: str = option(SPECTROGRAM, "what the job stores: mixed examples as spectrograms, or the decoded input "
+                                    "files as 16-bit waveform segments, mixed on the fly by `train`",
+                       choices=KINDS, group=OUTPUT)
+    rir_dir: str | tuple[str, ...] = option((), cli=False)
     def __post_init__(self) -> None:
-        for name in ("voice_dir", "noise_dir"):
+        for name in ("voice_dir", "noise_dir", "rir_dir"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 value = tuple(str(v) for v in value)
+                if not value and name == "rir_dir":
+                    object.__setattr__(self, name, ())
+                    continue
                 if not value:
                     raise ValueError(f"{name} needs at least one folder. Received: {name}=()")
                 if len(set(value)) < len(value):
@@ -69,6 +85,13 @@ class DatasetOptions:
             raise ValueError(f"max_shard_bytes must be positive. Received: max_shard_bytes={self.max_shard_bytes}")
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive. Received: chunk_size={self.chunk_size}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}. Received: kind={self.kind!r}")
+        if self.kind == SOURCES:
+            self._check_sources()
+        elif self.rir_dirs:
+            raise ValueError(f"rir_dir is read by kind='{SOURCES}' only (a spectrogram dataset simulates its rooms). "
+                             f"Received: rir_dir={self.rir_dir!r}")
         self.augment.check_sample_rate(self.config.sample_rate)
         quietest = self.config.quietest_loudness_dbfs
         if self.mix.loudness_range_dbfs[0] < quietest:
@@ -77,12 +100,32 @@ class DatasetOptions:
                              f"{quietest:.1f} dBFS the magnitudes underflow the store (all zeros, or below the "
                              f"{self.config.log_floor_db:g} dB floor the model clips to). Use LOW >= {quietest:.1f}, "
                              "e.g. -35:-15.")
-        _check_distinct_folders({"voice_dir": self.voice_dirs, "noise_dir": self.noise_dirs})
+        _check_distinct_folders({"voice_dir": self.voice_dirs, "noise_dir": self.noise_dirs, "rir_dir": self.rir_dirs})
         from tfrecord_schema.dataset_info import SPLITS  # with numpy: not on the path of `--help`
 
         for split in self.write_audio:
             if split not in SPLITS:
                 raise ValueError(f"write_audio takes split names from {SPLITS}. Received: write_audio={self.write_audio!r}")
+
+    def _check_sources(self) -> None:
+        from tfrecord_schema.sources import RATES  # with numpy: not on the path of `--help`
+
+        if self.config.sample_rate not in RATES:
+            raise ValueError(f"A source store's sample_rate is one of {RATES} Hz. "
+                             f"Received: sample_rate={self.config.sample_rate}")
+        if self.write_audio or self.augment.enabled:
+            raise ValueError(f"kind='{SOURCES}' stores the inputs unmixed: write_audio and augment do not apply "
+                             "(the trainer mixes and augments on the fly). Received: "
+                             f"write_audio={self.write_audio!r}, augment enabled={self.augment.enabled}")
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz: of the spectrograms, or of a source store's segments."""
+        return self.config.sample_rate
+
+    @property
+    def rir_dirs(self) -> tuple[str, ...]:
+        return (self.rir_dir,) if isinstance(self.rir_dir, str) else self.rir_dir
 
     @property
     def voice_dirs(self) -> tuple[str, ...]:

@@ -114,6 +114,9 @@ class DecodeSource(beam.DoFn):
             if is_silent(level, active):
                 raise audio_lib.AudioError("silent", f"{path}: no speech activity found (active level "
                                            f"{20 * np.log10(max(level, 1e-12)):.1f} dBFS, {active:.0%} active)")
+        elif self.role == "rir":
+            if not np.any(samples):
+                raise audio_lib.AudioError("silent", f"{path}: the room impulse response is all zeros")
         else:
             if seconds < MIN_NOISE_SECONDS:
                 raise audio_lib.AudioError("too_short", f"{path}: {seconds:.3f} s of noise is shorter than "
@@ -139,7 +142,7 @@ class WriteChunk(beam.DoFn):
         self._tables: dict[str, draw.SplitSources | None] = {}
 
     def process(self, spec: ChunkSpec, sources: Sequence[dict]):
-        runners.stop_if_launcher_gone(self.launcher, _not_written(self.build_dir))
+        runners.stop_if_launcher_gone(self.launcher, not_written(self.build_dir))
         if spec.split not in self._tables:
             try:
                 self._tables[spec.split] = draw.SplitSources([draw.Source(**s) for s in sources], spec.split,
@@ -202,7 +205,7 @@ class AssembleShard(beam.DoFn):
         self.output, self.compression, self.launcher = output, compression, launcher
 
     def process(self, element):
-        runners.stop_if_launcher_gone(self.launcher, _not_written(self.output))
+        runners.stop_if_launcher_gone(self.launcher, not_written(self.output))
         (split, shard, num_shards), parts = element
         parts = sorted(parts, key=lambda p: p["chunk"])
         if [p["chunk"] for p in parts] != list(range(parts[0]["num_chunks"])):
@@ -211,16 +214,7 @@ class AssembleShard(beam.DoFn):
         path = paths.join(self.output, name)
         stats = gen.ChunkStats.merge([p["stats"] for p in parts])
         if paths.isfile(path):
-            # Written by an earlier attempt (a retried bundle, or an interrupted run of the same build
-            # resumed): a shard appears only when whole. Uncompressed shards get a record index, written
-            # before the shard, so a shard that exists has its index, except one left by a build from
-            # before indexes existed.
-            entry = ShardInfo(name, stats["count"], paths.size(path))
-            if not self.compression:
-                index = paths.join(self.output, shard_index.index_name(name))
-                entry = shard_writer.index_shard(self.output, entry) if not paths.isfile(index) else \
-                    dataclasses.replace(entry, index=shard_index.index_name(name),
-                                        index_bytes=stats["count"] * shard_index.ENTRY_BYTES)
+            entry = written_shard(self.output, name, stats["count"], self.compression)
             paths.delete_files([p["part"] for p in parts if paths.isfile(p["part"])])
         else:
             writer = shard_writer.ShardWriter(self.output, name, self.compression)
@@ -238,9 +232,23 @@ class AssembleShard(beam.DoFn):
                "chunks_reused": sum(1 for p in parts if p["reused"])}
 
 
-def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int]) -> list[str]:
-    """One message for each split that needs examples but kept no usable voice or noise file, naming
-    the rejected files of that split and why."""
+def written_shard(output: str, name: str, count: int, compression: str) -> ShardInfo:
+    """The entry of shard `name` of `output`, already written by an earlier attempt (a retried bundle,
+    or an interrupted run of the same build resumed): a shard appears only when whole. Uncompressed
+    shards get a record index, written before the shard, so a shard that exists has its index, except
+    one left by a build from before indexes existed (indexed here)."""
+    entry = ShardInfo(name, count, paths.size(paths.join(output, name)))
+    if compression:
+        return entry
+    if not paths.isfile(paths.join(output, shard_index.index_name(name))):
+        return shard_writer.index_shard(output, entry)
+    return dataclasses.replace(entry, index=shard_index.index_name(name), index_bytes=count * shard_index.ENTRY_BYTES)
+
+
+def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str, int],
+                  planned: str = "{n} examples planned") -> list[str]:
+    """One message for each split that needs examples (`counts`) but kept no usable voice or noise
+    file, naming the rejected files of that split and why. `planned`: what the split needs, in words."""
     problems = []
     for split, n in counts.items():
         for role, fix in (("voice", "add speakers"), ("noise", "add noise files")):
@@ -249,7 +257,7 @@ def check_sources(_, sources: list[dict], rejects: list[dict], counts: dict[str,
             mine = sorted((r for r in rejects if r["split"] == split and r["role"] == role), key=lambda r: r["file"])
             named = "; ".join(f"{r['file']}: {r['reason']}" for r in mine[:5])
             more = f"; and {len(mine) - 5} more" if len(mine) > 5 else ""
-            problems.append(f"No usable {role} file in split {split!r} ({n} examples planned): every {role} file "
+            problems.append(f"No usable {role} file in split {split!r} ({planned.format(n=n)}): every {role} file "
                             f"assigned to it was rejected ({named}{more}). Fix or replace those files, {fix}, or "
                             "change the split fractions.")
     return problems
@@ -260,17 +268,11 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
              launcher: str | None = None) -> dict:
     """Writes rejects.jsonl, splits.json and (last, atomically) dataset_info.json into `build_dir`;
     removes scratch. When the sources check found problems, writes them instead of dataset_info.json."""
-    runners.stop_if_launcher_gone(launcher, _not_written(build_dir))
+    runners.stop_if_launcher_gone(launcher, not_written(build_dir))
     work_dir = paths.join(build_dir, WORK_DIR)
-    rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
-    if problems:
-        paths.write_atomic(paths.join(build_dir, PROBLEMS_FILE), json.dumps(problems).encode())
+    if wrote_problems(build_dir, problems):
         return {}
-    paths.write_atomic(paths.join(build_dir, REJECTS_FILE),
-                  "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    split_map = {"voices": {v["file"]: v["split"] for v in plan.voices},
-                 "noises": {n["file"]: n["split"] for n in plan.noises}}
-    paths.write_atomic(paths.join(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
+    rejects, reasons = write_inputs_record(build_dir, rejects, plan)
 
     splits_info: dict[str, SplitInfo] = {}
     snr_hist, level_hist = {}, {}
@@ -285,9 +287,6 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
             "min": stats["snr_min"], "mean": gen.ChunkStats.mean_snr(stats), "max": stats["snr_max"]}})
     usable = {role: sorted((s for s in sources if s["role"] == role), key=lambda s: s["file"])
               for role in ("voice", "noise")}
-    reasons: dict[str, int] = {}
-    for r in rejects:
-        reasons[f"{r['role']}:{r['reason']}"] = reasons.get(f"{r['role']}:{r['reason']}", 0) + 1
     rate = opts.config.sample_rate
     info = DatasetInfo(
         name=paths.basename(opts.output),
@@ -317,7 +316,31 @@ def finalize(_, shards: list[dict], sources: list[dict], rejects: list[dict], pr
     return info.to_dict()
 
 
-def _not_written(build_dir: str) -> str:
+def wrote_problems(build_dir: str, problems: list[str]) -> bool:
+    """Writes the sources check's `problems` (when any) for the launcher to raise; True when it did."""
+    if problems:
+        paths.write_atomic(paths.join(build_dir, PROBLEMS_FILE), json.dumps(problems).encode())
+    return bool(problems)
+
+
+def write_inputs_record(build_dir: str, rejects: list[dict], plan: Plan) -> tuple[list[dict], dict[str, int]]:
+    """Writes rejects.jsonl (sorted by role and file) and splits.json (every planned input's split)
+    into `build_dir`; returns (the sorted rejects, their counts by "role:reason")."""
+    rejects = sorted(rejects, key=lambda r: (r["role"], r["file"]))
+    paths.write_atomic(paths.join(build_dir, REJECTS_FILE),
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    split_map = {"voices": {v["file"]: v["split"] for v in plan.voices},
+                 "noises": {n["file"]: n["split"] for n in plan.noises}}
+    if plan.rirs:
+        split_map["rirs"] = {r["file"]: r["split"] for r in plan.rirs}
+    paths.write_atomic(paths.join(build_dir, SPLITS_FILE), json.dumps(split_map, indent=1, sort_keys=True).encode())
+    reasons: dict[str, int] = {}
+    for r in rejects:
+        reasons[f"{r['role']}:{r['reason']}"] = reasons.get(f"{r['role']}:{r['reason']}", 0) + 1
+    return rejects, reasons
+
+
+def not_written(build_dir: str) -> str:
     return f"nothing more is written into {build_dir}; run the same command again to resume"
 
 
@@ -331,6 +354,23 @@ def select(record: dict, kind: str):
         yield {k: v for k, v in record.items() if k != "kind"}
 
 
+def decode_inputs(p: beam.Pipeline, plan: Plan, work_dir: str, config: SpectrogramConfig):
+    """The stages that list and decode the plan's voices, noises and room impulse responses (none:
+    no stage); returns (the usable sources, the rejects), two PCollections of small records."""
+    decoded = []
+    for role, label, entries in (("voice", "Voices", plan.voices), ("noise", "Noises", plan.noises),
+                                 ("rir", "Rirs", plan.rirs)):
+        if not entries:  # no room impulse responses given: no empty Create, which not every runner takes
+            continue
+        decoded.append(
+            p
+            | f"List{label}" >> beam.Create(entries)
+            | f"Spread{label}" >> beam.Reshuffle()
+            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, config)))
+    inputs = decoded | "AllInputs" >> beam.Flatten()
+    return inputs | "Sources" >> beam.FlatMap(select, SOURCE), inputs | "Rejects" >> beam.FlatMap(select, REJECT)
+
+
 def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments: dict, started: float,
                    build_dir: str, launcher: str | None = None):
     """The job's graph; everything it writes goes under `build_dir`. Returns the leaf (Finalize's
@@ -338,17 +378,7 @@ def build_pipeline(p: beam.Pipeline, opts: DatasetOptions, plan: Plan, arguments
     needs (Beam's DaskRunner) still runs everything. `launcher`: on DaskRunner, the launcher's Dask
     client name; the writing stages stop once it has left (`runners.launcher_gone`)."""
     work_dir = paths.join(build_dir, WORK_DIR)
-    decoded = []
-    for role, entries in (("voice", plan.voices), ("noise", plan.noises)):
-        label = "Voices" if role == "voice" else "Noises"
-        decoded.append(
-            p
-            | f"List{label}" >> beam.Create(entries)
-            | f"Spread{label}" >> beam.Reshuffle()
-            | f"Decode{label}" >> beam.ParDo(DecodeSource(role, work_dir, opts.config)))
-    inputs = decoded | "AllInputs" >> beam.Flatten()
-    sources = inputs | "Sources" >> beam.FlatMap(select, SOURCE)
-    rejects = inputs | "Rejects" >> beam.FlatMap(select, REJECT)
+    sources, rejects = decode_inputs(p, plan, work_dir, opts.config)
     shards = (
         p
         | "ListWork" >> beam.Create(plan.work)

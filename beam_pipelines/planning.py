@@ -21,7 +21,7 @@ from typing import Sequence
 
 from beam_pipelines import audio as audio_lib
 from beam_pipelines import splits as splits_lib
-from beam_pipelines.options import DatasetOptions
+from beam_pipelines.options import SOURCES, DatasetOptions
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import SPLITS, shard_name
@@ -154,8 +154,9 @@ class Plan:
     work: list[WorkItem]  # grows with the number of shards, not of examples
     counts: dict[str, int]
     classes_source: str | list[str]
-    # "voice:NAME" / "noise:NAME" -> [size in bytes, modification time in ns] of every input file listed
+    # "voice:NAME" / "noise:NAME" / "rir:NAME" -> [size in bytes, modification time in ns] of every input file listed
     identities: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    rirs: list[dict] = dataclasses.field(default_factory=list)  # a source store's room impulse responses
 
     @property
     def num_chunks(self) -> int:
@@ -175,6 +176,8 @@ class Plan:
                                if k not in ("output", "overwrite", "cache_bytes")},
                    "voices": self.voices, "noises": self.noises, "counts": self.counts,
                    "identities": self.identities}
+        if self.rirs:
+            content["rirs"] = self.rirs
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -196,7 +199,7 @@ def _list_inputs(folders: Sequence[str], flag: str) -> tuple[list[tuple[str, str
     for tag, folder in zip(corpus_tags(folders), folders):
         files = audio_lib.list_audio_identities(folder)
         if not files:
-            role = "voice" if flag == "--voice-dir" else "noise"
+            role = {"--voice-dir": "voice", "--noise-dir": "noise"}.get(flag, "room impulse response")
             raise ValueError(f"No {role} audio (wav, flac, ogg) found under {flag} {folder!r}.")
         for rel, identity in files.items():
             name = f"{tag}/{rel}" if tag else rel
@@ -239,22 +242,43 @@ def make_plan(opts: DatasetOptions) -> Plan:
         voice_split = {f: speaker_split[speakers[f]] for f in voice_files}
         noise_split = splits_lib.assign_groups(noise_files, opts.split_fractions, salt="noise", strata=classes)
 
-    counts = split_counts(opts.num_examples, opts.split_fractions)
+    if opts.kind == SOURCES:  # a store holds sources for every split with a share; no examples are planned
+        counts = {split: int(share > 0) for split, share in zip(SPLITS, opts.split_fractions)}
+    else:
+        counts = split_counts(opts.num_examples, opts.split_fractions)
     for split, n in counts.items():
+        needs = "needs sources" if opts.kind == SOURCES else f"needs {n} examples"
         if n and not any(s == split for s in voice_split.values()):
-            raise ValueError(f"Split {split!r} needs {n} examples but has no speaker: {len(set(speakers.values()))} "
+            raise ValueError(f"Split {split!r} {needs} but has no speaker: {len(set(speakers.values()))} "
                              "speakers cannot cover three splits. Add speakers, or set --split-fractions.")
         if n and not any(s == split for s in noise_split.values()):
-            raise ValueError(f"Split {split!r} needs {n} examples but has no noise file: add noise files, "
+            raise ValueError(f"Split {split!r} {needs} but has no noise file: add noise files, "
                              "or set --split-fractions.")
-    work = plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
+    work = [] if opts.kind == SOURCES else plan_work(counts, opts.config, opts.max_shard_bytes, opts.chunk_size)
     voices = [{"file": f, "path": file_paths[f], "group": speakers[f], "split": voice_split[f]}
               for f in voice_files if voice_split.get(f)]
     noises = [{"file": f, "path": file_paths[f], "group": classes[f], "split": noise_split[f]}
               for f in noise_files if noise_split.get(f)]
     identities = {"voice:" + f: v for f, v in voice_identities.items()}
     identities.update({"noise:" + f: v for f, v in noise_identities.items()})
-    return Plan(voices, noises, work, counts, classes_source, identities)
+    rirs = _plan_rirs(opts, given if opts.splits_file else None, identities)
+    return Plan(voices, noises, work, counts, classes_source, identities, rirs)
+
+
+def _plan_rirs(opts: DatasetOptions, given: dict | None, identities: dict[str, list[int]]) -> list[dict]:
+    """The room impulse responses of `opts.rir_dirs` assigned to splits by file, as noise files are (from
+    the splits file's "rirs" when it has them); adds their identities ("rir:NAME") to `identities`."""
+    if not opts.rir_dirs:
+        return []
+    inputs, found = _list_inputs(opts.rir_dirs, "--rir-dir")
+    files = [name for name, *_ in inputs]
+    if given is not None and "rirs" in given:
+        split_of = {f: given["rirs"][f] for f in files if f in given["rirs"]}
+    else:
+        split_of = splits_lib.assign_groups(files, opts.split_fractions, salt="rir")
+    identities.update({"rir:" + f: v for f, v in found.items()})
+    return [{"file": name, "path": path, "group": "rir", "split": split_of[name]}
+            for name, path, *_ in inputs if split_of.get(name)]
 
 
 def _given_splits(given: dict, voice_files: list[str], noise_files: list[str], where: str):

@@ -40,6 +40,7 @@ from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.schema import SCHEMA_VERSION, check_schema_version
 
 INFO_FILE = "dataset_info.json"
+SOURCES_KIND = "sources"  # the "kind" of a source store's info file (tfrecord_schema.sources), refused here
 # The split names, in the order the job assigns and writes them.
 SPLITS = ("train", "valid", "test")
 _REQUIRED = ("schema_version", "spectrogram", "splits")
@@ -166,6 +167,13 @@ class DatasetInfo:
         """
         if not isinstance(values, Mapping):
             raise ValueError(f"{where} does not hold a JSON object: it was not written by `speech-enhance dataset`.")
+        if values.get("kind") == SOURCES_KIND:
+            raise ValueError(
+                f"{where} describes a source store (waveform segments, built with `speech-enhance dataset --kind "
+                "sources`), not a spectrogram dataset. `speech-enhance train` mixes a source store into examples "
+                "on the fly, and `inspect`, `inspect --verify` and `index` take it; in the library, open it with "
+                "tfrecord_schema.sources.SourceStore.open or open_store. A reader of spectrogram records needs a "
+                "dataset built without --kind sources.")
         for key in _REQUIRED:
             if key not in values:
                 raise ValueError(f"{where} has no '{key}' entry: it was not written by `speech-enhance dataset`.")

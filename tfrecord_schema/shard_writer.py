@@ -22,9 +22,10 @@ import os
 from typing import BinaryIO, Iterator
 
 from tfrecord_schema import paths, shard_index
-from tfrecord_schema.dataset import Dataset
+from tfrecord_schema.dataset import ShardedStore
 from tfrecord_schema.dataset_info import INFO_FILE, ShardInfo
 from tfrecord_schema.records import FRAMING_BYTES, RecordWriter, framed_lengths
+from tfrecord_schema.sources import open_store
 
 LOG = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def index_shard(directory: str, shard: ShardInfo) -> ShardInfo:
     return _write_index(directory, shard, index)
 
 
-def _existing_index(dataset: Dataset, shard: ShardInfo, size: int) -> ShardInfo | None:
+def _existing_index(dataset: ShardedStore, shard: ShardInfo, size: int) -> ShardInfo | None:
     """The entry of `shard` with its index, when an index file beside it matches the shard; else None."""
     name = shard_index.index_name(shard.file)
     path = paths.join(dataset.directory, name)
@@ -152,7 +153,7 @@ def _writing(path: str, dataset_dir: str) -> Iterator[None]:
             "tensorflow` or `jax` needs none).") from err
 
 
-def _indexed(dataset: Dataset, split: str, shard: ShardInfo, overwrite: bool) -> tuple[ShardInfo, bool]:
+def _indexed(dataset: ShardedStore, split: str, shard: ShardInfo, overwrite: bool) -> tuple[ShardInfo, bool]:
     """(the entry of `shard` with its index, whether the index was written)."""
     path = dataset.path(shard.file)
     if not paths.isfile(path):
@@ -178,8 +179,9 @@ def _indexed(dataset: Dataset, split: str, shard: ShardInfo, overwrite: bool) ->
         return _write_index(dataset.directory, shard, index), True
 
 
-def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> Dataset:
-    """Writes the index of every shard of an existing (uncompressed) dataset and lists them in its
+def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> ShardedStore:
+    """Writes the index of every shard of an existing (uncompressed) dataset or source store
+    (`tfrecord_schema.sources.open_store`) and lists them in its
     dataset_info.json (rewritten atomically, last). Shards already indexed are checked against
     their index and kept, unless `overwrite`. Returns the dataset as now described.
 
@@ -190,7 +192,7 @@ def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> Da
     Raises ValueError for a GZIP dataset (no random access into a gzip stream) and for a shard whose
     records do not match dataset_info.json.
     """
-    dataset = Dataset.open(dataset_dir)
+    dataset = open_store(dataset_dir)
     if dataset.compression:
         raise ValueError(f"{dataset.directory} is {dataset.compression}-compressed: its shards cannot be read at "
                          "record offsets, so they get no index. Rebuild it with compression='' (--compression none).")
@@ -209,4 +211,4 @@ def index_dataset(dataset_dir: str | os.PathLike, overwrite: bool = False) -> Da
     else:  # already indexed: nothing to write (so an indexed dataset on a read-only disk passes)
         LOG.info("%s: every shard already has a matching index", dataset.directory)
     LOG.info("indexed %s: %d index file(s) written", dataset.directory, written)
-    return Dataset(dataset.directory, info)
+    return type(dataset)(dataset.directory, info)

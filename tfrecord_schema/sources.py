@@ -27,9 +27,9 @@ import numpy as np
 
 from tfrecord_schema import paths, wire
 from tfrecord_schema.dataset import Dataset, ShardedStore
-from tfrecord_schema.dataset_info import INFO_FILE, SPLITS, SplitInfo
+from tfrecord_schema.dataset_info import INFO_FILE, SOURCES_KIND, SPLITS, SplitInfo
 
-KIND = "sources"
+KIND = SOURCES_KIND
 SOURCES_SCHEMA_VERSION = 1
 RATES = (8000, 16000, 24000, 32000, 48000)  # Hz a source store may hold
 ROLES = ("voice", "noise", "rir")
