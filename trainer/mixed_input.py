@@ -88,7 +88,9 @@ def refuse_mixing_options(dataset_dir: str, config: TrainConfig, mix: MixOptions
     """Refuses the options of a source store on a spectrogram dataset, whose records fix the STFT
     and were mixed when it was built."""
     given = [name for name in STFT_OPTIONS if getattr(config, name) is not None]
-    given += [name for name, value in (("mix", mix), ("augment", augment)) if value is not None]
+    given += [f"{name} ({flags})" for name, flags, value in (
+        ("mix", "--noise-level, --snr-db, --loudness-dbfs", mix),
+        ("augment", "--augment and the augmentation flags", augment)) if value is not None]
     if given:
         raise ValueError(
             f"{', '.join(given)}: {dataset_dir!r} is a spectrogram dataset, whose records fix the STFT and were mixed "
