@@ -137,7 +137,7 @@ def test_a_run_killed_mid_epoch_resumes_at_its_backup_step_with_the_same_batches
     assert info["training"]["epochs_run"] == EPOCHS and info["training"]["backup_steps"] == 2
     assert info["training"]["mix"]["seed"] == SEED and info["training"]["mix"]["level_range"] == [0.1, 0.5]
     assert info["training_data"]["kind"] == "sources" and info["training_data"]["fingerprint"] == store.fingerprint()
-    assert info["config"]["n_fft"] == 63 and info["config"]["sample_rate"] == 8000
+    assert info["spectrogram"]["n_fft"] == 63 and info["spectrogram"]["sample_rate"] == 8000
 
     # The trained model enhances a recording.
     rng = np.random.default_rng(0)
