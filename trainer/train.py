@@ -18,13 +18,17 @@ Outputs:
         loss.png           the loss curves, redrawn after every epoch
         tensorboard/       TensorBoard logs, when the tensorboard package is installed
         checkpoints/best.weights.h5   the best weights so far
-        backup/            the last finished epoch (weights, optimizer, epoch); deleted when
-                           training ends; a rerun of the same command resumes from it
+        backup/            the last finished epoch (weights, optimizer, epoch), or from a source store
+                           the last backed-up step (`StepBackup`, every backup_steps steps); deleted
+                           when training ends; a rerun of the same command resumes from it
         run.json           the options of the run (`TrainConfig.to_dict()`, steps resolved), the paths and
                            the dataset's fingerprint; checked when resuming
 
 A model directory that already holds a finished model (model.json and no backup) is refused unless
 `overwrite=True`; an interrupted run resumes without it.
+
+`dataset_dir` may be a source store: its examples are mixed on the fly (`trainer.mixed_input`),
+the model's STFT follows the store's rate, and a resumed run continues at the exact step.
 
 Before training, every shard's size is compared with dataset_info.json; a corrupt record found
 while training is traced to its shard. Both errors name the shard.
