@@ -227,3 +227,24 @@ def test_source_store_options_are_refused_where_they_do_not_apply(store, tmp_pat
         train(store.directory, str(tmp_path / "m4"), window_samples=40000, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="n_fft must be a positive integer or None"):
         TrainConfig(n_fft=0)
+
+
+def test_resuming_with_other_mixing_is_refused(store, tmp_path):
+    import keras
+
+    from trainer.train import train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt("killed")
+
+    args = dict(TINY, epochs=2, steps_per_epoch=4, validation_steps=1, backup_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(store.directory, str(tmp_path / "model"), callbacks=[Interrupt()], **args)
+    with open(tmp_path / "model" / "training" / "backup" / "training_metadata.json") as f:
+        assert json.load(f)["step"] == 2
+    with pytest.raises(ValueError, match=r"backup of an interrupted run with other arguments \(mix: .*0\.2, 0\.8"):
+        train(store.directory, str(tmp_path / "model"), mix=MixOptions(level_range=(0.1, 0.3)), **args)
+    summary = train(store.directory, str(tmp_path / "model"), **args)
+    assert summary["epochs_run"] == 2
