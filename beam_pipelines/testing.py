@@ -24,11 +24,13 @@ import numpy as np
 import tfrecord_schema.schema as schema_module
 from beam_pipelines import synthetic
 from mixing.augmentation import NO_AUGMENTATION
+from mixing.levels import active_level, rms
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.dataset_info import DatasetInfo, SplitInfo, shard_name
 from tfrecord_schema.schema import SCHEMA_VERSION, encode
 from tfrecord_schema.shard_writer import ShardWriter
+from tfrecord_schema.sources import Segment, SourcesInfo, SourceStore, encode_segment, from_pcm16, to_pcm16
 from tfrecord_schema.spectrogram import magnitude_phase
 
 # 32 frames x 32 bins (64 ms windows at 8 kHz): big enough for a depth-3 U-Net, small enough that
@@ -149,3 +151,54 @@ def write_dataset(directory: str | os.PathLike, *, config: SpectrogramConfig = S
 def read_raw_records(dataset: Dataset, split: str) -> list[bytes]:
     """Every serialized record of a split, shard by shard, read without TensorFlow."""
     return list(dataset.records(split))
+
+
+def write_source_store(directory: str | os.PathLike, *, sample_rate: int = 8000,
+                       speakers: Mapping[str, int] | None = None, noises_per_class: int = 2,
+                       noise_classes: tuple[str, ...] = NOISE_CLASSES, seconds: tuple[float, float] = (1.0, 2.0),
+                       seed: int = 0) -> SourceStore:
+    """Writes a source store (one shard per split + dataset_info.json, "kind": "sources") from audio
+    made on the spot; returns it opened.
+
+    `speakers` gives each split's number of speakers (default {"train": 3, "valid": 2}); each speaker
+    has two utterances of `seconds` (LOW, HIGH) seconds of synthetic speech, and each split
+    `noises_per_class` noise files per class. Every sample goes through 16-bit PCM (as a 16-bit file
+    at the store's rate would), and segments are encoded with `tfrecord_schema.sources.encode_segment`,
+    written by `ShardWriter` into TFDS-named shards and described by `SourcesInfo`, as the source
+    store job writes them.
+    """
+    speakers = dict(speakers or {"train": 3, "valid": 2})
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits, contents = {}, {}
+    for split, count in speakers.items():
+        segments: list[tuple[Segment, np.ndarray]] = []
+        for k in range(count):
+            speaker = f"{split}-speaker-{k}"
+            for utterance in range(2):
+                audio = synthetic.speech(rng, int(rng.uniform(*seconds) * sample_rate), sample_rate,
+                                         rng.uniform(95.0, 230.0))
+                samples = from_pcm16(to_pcm16(0.5 * audio / np.max(np.abs(audio))))
+                level = 20.0 * np.log10(max(active_level(samples, sample_rate)[0], 1e-10))
+                segments.append((Segment("voice", f"{speaker}/{utterance}.wav", speaker, split, len(samples),
+                                         sample_rate, utterance=str(utterance), active_level_dbfs=float(level)),
+                                 samples))
+        for kind in noise_classes:
+            for number in range(noises_per_class):
+                audio = synthetic.noise(rng, int(rng.uniform(*seconds) * sample_rate), sample_rate, kind)
+                samples = from_pcm16(to_pcm16(0.3 * audio / np.max(np.abs(audio))))
+                level = 20.0 * np.log10(max(rms(samples), 1e-10))
+                segments.append((Segment("noise", f"{kind}_{split}_{number}.wav", kind, split, len(samples),
+                                         sample_rate, utterance=f"{kind}_{split}_{number}",
+                                         active_level_dbfs=float(level)), samples))
+        writer = ShardWriter(directory, shard_name(split, 0, 1))
+        for segment, samples in segments:
+            writer.write(encode_segment(samples, segment))
+        splits[split] = SplitInfo(split, (writer.close(len(segments)),))
+        contents[split] = {role: {"segments": sum(s.role == role for s, _ in segments),
+                                  "hours": sum(s.seconds for s, _ in segments if s.role == role) / 3600.0}
+                           for role in ("voice", "noise")}
+    SourcesInfo(sample_rate=sample_rate, splits=splits, contents=contents,
+                arguments={"seed": seed, "sample_rate": sample_rate}).write(directory)
+    return SourceStore.open(directory)

@@ -201,3 +201,46 @@ class AugmentOptions:
 
 
 RECOMMENDED = AugmentOptions(**_RECOMMENDED)
+
+
+# The flags of the level draw, written by hand: one of two fields, and both None means the default.
+LEVEL_FLAGS = {"level_range": "--noise-level", "snr_range_db": "--snr-db"}
+
+
+def add_mixing_flags(parser: argparse.ArgumentParser, names: dict[str, str] | None = None) -> None:
+    """Adds the mixing flags but --seed (--noise-level or --snr-db, --loudness-dbfs) and the augmentation
+    flags (--augment for `RECOMMENDED`, then one per `AugmentOptions` field) to `parser`, in argument
+    groups "mixing" and "augmentation"; `mixing_from_args` reads them back. `names`: library names ->
+    flags for the help texts."""
+    from tfrecord_schema import options
+
+    groups = {MIXING: parser.add_argument_group("mixing"), AUGMENTATION: parser.add_argument_group(
+        "augmentation", "All off by default. --augment turns on the recommended set (docs/dataset.md, Augmentation); "
+        "each flag below overrides its part of it.")}
+    terms = {**options.flag_names(MixOptions, AugmentOptions), **LEVEL_FLAGS, **(names or {})}
+    levels = groups[MIXING].add_mutually_exclusive_group()
+    for name, flag in LEVEL_FLAGS.items():
+        field = MixOptions.__dataclass_fields__[name]
+        default = field.default and f" (default: {field.default[0]:g}:{field.default[1]:g})"
+        levels.add_argument(flag, dest=name, type=parse_range, metavar="LOW:HIGH",
+                            help=options.flag_terms(field.metadata["help"], terms) + (default or ""))
+    options.add_flags(parser, MixOptions, groups=groups, names=terms, only=("loudness_range_dbfs",))
+    groups[AUGMENTATION].add_argument("--augment", action="store_true", help="the recommended set: " + ", ".join(
+        f"{k}={v}" for k, v in RECOMMENDED.to_dict().items() if v != getattr(AugmentOptions(), k)))
+    options.add_flags(parser, AugmentOptions, groups=groups, names=terms)
+
+
+def mixing_from_args(args: argparse.Namespace, seed: int = 0) -> tuple[MixOptions | None, AugmentOptions | None]:
+    """(MixOptions with `seed`, AugmentOptions) from the flags `add_mixing_flags` added; each None when
+    none of its flags was given."""
+    from tfrecord_schema import options
+
+    levels = {"level_range": None, "snr_range_db": args.snr_range_db} if args.snr_range_db is not None else \
+        {"level_range": args.level_range} if args.level_range is not None else {}
+    mixing = {**options.given(MixOptions, args), **levels}
+    mixing.pop("seed", None)
+    mix = MixOptions(**{**mixing, "seed": seed}) if mixing else None
+    augmenting = args.augment or options.given(AugmentOptions, args)
+    augment = options.from_args(AugmentOptions, args, base=RECOMMENDED if args.augment else AugmentOptions()) \
+        if augmenting else None
+    return mix, augment

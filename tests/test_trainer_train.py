@@ -237,7 +237,8 @@ def test_train_config_errors_name_the_field(kwargs, message):
 def test_resume_keys_and_presets_come_from_the_fields():
     assert set(RESUME_KEYS) == {"target", "loss", "architecture", "base_filters", "depth", "dropout", "negative_slope",
                                 "lr_schedule", "precision", "batch_size", "epochs", "steps_per_epoch",
-                                "blstm_layers", "blstm_units", "embedding_dim", "embedding_weight", "mel_bands"}
+                                "blstm_layers", "blstm_units", "embedding_dim", "embedding_weight", "mel_bands",
+                                "sample_rate", "window_samples", "n_fft", "hop_length"}
     assert PRESETS["gpu"] == dataclasses.replace(TrainConfig(), epochs=40, batch_size=256, learning_rate=5e-4,
                                                  precision="mixed_bfloat16", shuffle_buffer=8192, jit_compile=True)
     assert TrainConfig.from_preset("tpu", epochs=2).distribution == "tpu"

@@ -9,12 +9,14 @@ that a rerun resumes from.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import time
 from typing import Any
 
 import keras
 
+from tfrecord_schema import paths
 from trainer.config import TrainConfig
 from trainer.history import HistoryCsv
 from trainer.plots import plot_history
@@ -88,10 +90,51 @@ class LossCurve(keras.callbacks.Callback):
             logger.warning("could not draw %s: %s", self.png_path, err)
 
 
+class StepBackup(keras.callbacks.Callback):
+    """Backs up the weights (with the optimizer's variables) every `every` steps and after every epoch,
+    with a state file {"step": the next global step, "epoch": the epoch it falls in, "weights": the
+    weights' file}, so that a rerun resumes at that exact step (`trainer.work_dir.WorkDir.backup_step`).
+
+    The weights are written under a new name before the state names them, and the older weights are
+    deleted after: a kill at any point leaves a state and the weights of the same step. The backup of an
+    epoch's last step is taken at the epoch's end, after its validation, history row and checkpoint.
+
+    `first_step`: the global step the run starts at; `steps_per_epoch`: the epoch's length.
+    """
+
+    def __init__(self, work: WorkDir, every: int, steps_per_epoch: int, first_step: int) -> None:
+        super().__init__()
+        self.work, self.every, self.steps_per_epoch = work, every, steps_per_epoch
+        self.step = self.saved = self.epoch_start = first_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = self.step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = self.epoch_start + batch + 1
+        if self.step % self.steps_per_epoch and self.step // self.every > self.saved // self.every:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save()
+
+    def _save(self) -> None:
+        previous = self.work.backup_weights(self.saved)
+        paths.makedirs(self.work.backup)
+        weights = self.work.backup_weights(self.step)
+        self.model.save_weights(weights)
+        state = {"step": self.step, "epoch": self.step // self.steps_per_epoch, "weights": paths.basename(weights)}
+        paths.write_atomic(self.work.backup_state, json.dumps(state).encode("utf-8"))
+        if previous != weights and paths.isfile(previous):
+            paths.delete_files([previous])
+        self.saved = self.step
+
+
 def training_callbacks(config: TrainConfig, work: WorkDir, monitor: str, best_so_far: float | None, append: bool,
-                       title: str) -> list[keras.callbacks.Callback]:
+                       title: str, step_backup: StepBackup | None = None) -> list[keras.callbacks.Callback]:
     """The run's callbacks after `EpochStats`: best checkpoint, history.csv, loss.png, TensorBoard,
-    early stopping, the plateau schedule, and last the backup.
+    early stopping, the plateau schedule, and last the backup: `step_backup` when given, else Keras'
+    `BackupAndRestore` (after every epoch).
 
     `best_so_far`: the best value of `monitor` before a resumed run (the checkpoint keeps only a
     better one); `append`: the run resumes (history.csv keeps its rows)."""
@@ -119,5 +162,5 @@ def training_callbacks(config: TrainConfig, work: WorkDir, monitor: str, best_so
                                                                min_lr=config.learning_rate * 0.01, verbose=1))
     # Last of ours, so an epoch is backed up only after its history row and checkpoint are written
     # (a resumed run then drops rows newer than the backup instead of missing any).
-    callback_list.append(keras.callbacks.BackupAndRestore(work.backup))
+    callback_list.append(step_backup or keras.callbacks.BackupAndRestore(work.backup))
     return callback_list

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from mixing.options import LEVEL_FLAGS, AugmentOptions, MixOptions, add_mixing_flags, mixing_from_args
 from tfrecord_schema import options
 from trainer.config import ARCHITECTURE_PRESETS, PRESETS, TrainConfig, preset_overrides
 
@@ -22,7 +23,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 _GROUPS = {"data": "data and outputs", "optimisation": "optimisation", "model": "model", "hardware": "hardware"}
 # Library argument names that are not TrainConfig fields, and their flags.
 _PATH_FLAGS = {"dataset_dir": "--dataset", "model_dir": "--model-dir", "work_dir": "--work-dir"}
-FLAGS = options.flag_names(TrainConfig, extra=_PATH_FLAGS)
+FLAGS = options.flag_names(MixOptions, AugmentOptions, TrainConfig, extra={**_PATH_FLAGS, **LEVEL_FLAGS})
 
 
 def flag_terms(text: str) -> str:
@@ -49,7 +50,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                      "docs/training.md has more."))
     groups = {key: p.add_argument_group(title) for key, title in _GROUPS.items()}
     io = groups["data"]
-    io.add_argument("--dataset", required=True, help="dataset directory (local or gs://) with dataset_info.json")
+    io.add_argument("--dataset", required=True,
+                    help="dataset directory (local or gs://) with dataset_info.json: a spectrogram dataset, or a "
+                         "source store (`speech-enhance dataset --kind sources`) mixed on the fly")
     io.add_argument("--model-dir", required=True,
                     help="where to write the exported model (model.keras + model.json)")
     io.add_argument("--work-dir", default=None,
@@ -65,6 +68,7 @@ def register(subparsers) -> argparse.ArgumentParser:
              f"shard indexes on torch (U-Net only; needs torch installed and an indexed dataset) (default "
              f"{BACKENDS[0]}, or $KERAS_BACKEND when set)")
     options.add_flags(p, TrainConfig, groups=groups, names=FLAGS)
+    add_mixing_flags(p, FLAGS)
     p.set_defaults(func=run)
     return p
 
@@ -116,8 +120,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         _check_backend_installed(backend)
         from trainer.train import train  # after KERAS_BACKEND is set
 
+        mix, augment = mixing_from_args(args, config.seed)
         summary = train(args.dataset, args.model_dir, config, work_dir=args.work_dir,
-                        torch_inputs=getattr(args, "torch_inputs", None))
+                        torch_inputs=getattr(args, "torch_inputs", None), mix=mix, augment=augment)
     except ValueError as err:
         raise ValueError(flag_terms(str(err))) from err
     except FileExistsError as err:  # a finished model in --model-dir (see --overwrite)

@@ -38,6 +38,8 @@ ARCHITECTURE_ARGS = {
     "mel-autoencoder": ("mel_bands",),
 }
 ARCHITECTURES = tuple(ARCHITECTURE_ARGS)
+# The model's STFT options: a source store's model only (a spectrogram dataset fixes its STFT).
+STFT_OPTIONS = ("sample_rate", "window_samples", "n_fft", "hop_length")
 
 
 def _option(default: Any, help: str, *, group: str, choices: tuple | None = None, resume: bool = False,
@@ -66,6 +68,9 @@ class TrainConfig:
                               "is refused (an interrupted run still resumes)", group="data")
     tensorboard: bool | None = _option(None, "write TensorBoard logs; None: when the tensorboard package "
                                        "is installed", group="data", cli=False)
+    backup_steps: int = _option(200, "source stores: back up the weights, the optimizer and the step every this "
+                                "many steps (and after every epoch); a rerun resumes at that exact step",
+                                group="data")
     # optimisation
     epochs: int = _option(20, "epochs to train (an epoch is steps_per_epoch batches)", group="optimisation",
                           resume=True)
@@ -121,6 +126,16 @@ class TrainConfig:
                                       "mask-inference loss", group="model", resume=True)
     kmeans_iterations: int = _option(10, "BLSTM: k-means iterations of the clustering head at inference",
                                      group="model")
+    # The model's STFT, for a source store (a spectrogram dataset fixes its own): None derives it from
+    # the store's sample rate (`SpectrogramConfig.for_sample_rate`).
+    sample_rate: int | None = _option(None, "source stores: the model's sample rate in Hz; it must be the store's "
+                                      "(default: the store's)", group="model", resume=True)
+    window_samples: int | None = _option(None, "source stores: samples per training window (default: 8064 at 8 "
+                                         "kHz, scaled with the sample rate)", group="model", resume=True)
+    n_fft: int | None = _option(None, "source stores: FFT length in samples (default: 255 at 8 kHz, 511 at 16 "
+                                "kHz...)", group="model", resume=True)
+    hop_length: int | None = _option(None, "source stores: samples between STFT frames (default: 63 at 8 kHz, "
+                                     "scaled with the sample rate)", group="model", resume=True)
     mel_bands: int = _option(64, "mel autoencoder: mel bands (a multiple of 4); 64 suit 128 bins at 8 kHz "
                              "(at least 2 bins each)",
                              group="model", resume=True)
@@ -146,7 +161,7 @@ class TrainConfig:
                 either = "None or one of" if f.default is None else "one of"
                 raise ValueError(f"{f.name} must be {either} {choices}. Received: {f.name}={value!r}")
         for name in ("epochs", "batch_size", "shuffle_buffer", "steps_per_execution", "steps_per_epoch",
-                     "validation_steps", "cycle_length"):
+                     "validation_steps", "cycle_length", "backup_steps", *STFT_OPTIONS):
             _check_positive_int(name, getattr(self, name), allow_none=_field(name).default is None)
         lr = self.learning_rate
         if not _is_number(lr) or not 0 < lr < 1:
@@ -203,6 +218,10 @@ class TrainConfig:
         architecture = overrides.get("architecture", PRESETS[name].architecture)
         family = ARCHITECTURE_PRESETS.get(architecture, {}).get(name, {})
         return dataclasses.replace(PRESETS[name], **{**family, **overrides})
+
+    def stft_overrides(self) -> dict[str, int]:
+        """The model STFT options given (`STFT_OPTIONS` not None), as `SpectrogramConfig` fields."""
+        return {name: getattr(self, name) for name in STFT_OPTIONS if getattr(self, name) is not None}
 
     def model_args(self) -> dict[str, Any]:
         """The architecture and its arguments, as stored in model.json ("model" entry)."""

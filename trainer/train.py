@@ -18,13 +18,17 @@ Outputs:
         loss.png           the loss curves, redrawn after every epoch
         tensorboard/       TensorBoard logs, when the tensorboard package is installed
         checkpoints/best.weights.h5   the best weights so far
-        backup/            the last finished epoch (weights, optimizer, epoch); deleted when
-                           training ends; a rerun of the same command resumes from it
+        backup/            the last finished epoch (weights, optimizer, epoch), or from a source store
+                           the last backed-up step (`StepBackup`, every backup_steps steps); deleted
+                           when training ends; a rerun of the same command resumes from it
         run.json           the options of the run (`TrainConfig.to_dict()`, steps resolved), the paths and
                            the dataset's fingerprint; checked when resuming
 
 A model directory that already holds a finished model (model.json and no backup) is refused unless
 `overwrite=True`; an interrupted run resumes without it.
+
+`dataset_dir` may be a source store: its examples are mixed on the fly (`trainer.mixed_input`),
+the model's STFT follows the store's rate, and a resumed run continues at the exact step.
 
 Before training, every shard's size is compared with dataset_info.json; a corrupt record found
 while training is traced to its shard. Both errors name the shard.
@@ -46,10 +50,13 @@ import tensorflow as tf
 
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.dataset import Dataset
-from trainer import input_pipeline
+from mixing.options import AugmentOptions, MixOptions
+from tfrecord_schema.dataset import Dataset, ShardedStore
+from tfrecord_schema.dataset_info import DatasetInfo
+from tfrecord_schema.sources import SourceStore, open_store
+from trainer import input_pipeline, mixed_input
 from trainer.backend import check_backend, distribution, dtype_policy, keep_tensorflow_off_accelerators
-from trainer.callbacks import EpochStats, training_callbacks
+from trainer.callbacks import EpochStats, StepBackup, training_callbacks
 from trainer.config import TrainConfig
 from trainer.families import Family, get_family
 from trainer.model_dir import save_model_dir
@@ -130,7 +137,8 @@ def _summary(options: dict[str, Any], history: dict[str, list[float]], monitor: 
 @dataclasses.dataclass
 class _Run:
     """What a run reads and how much: the dataset, the model family, the splits and the steps."""
-    dataset: Dataset
+    dataset: ShardedStore  # a spectrogram Dataset or a SourceStore (then `mixed` is set)
+    info: DatasetInfo  # what the model families read
     spectrogram: SpectrogramConfig
     family: Family
     train_split: str
@@ -143,6 +151,7 @@ class _Run:
     monitor: str
     # The options as run: what run.json records (resume checks) and model.json's "training" block holds.
     options: dict[str, Any]
+    mixed: mixed_input.MixedPlan | None = None  # a source store's mixing and steps
 
 
 def _resolved_config(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -156,10 +165,33 @@ def _resolved_config(config: TrainConfig | None, overrides: dict[str, Any]) -> T
     return dataclasses.replace(config or TrainConfig(), **overrides)
 
 
-def _plan(dataset_dir: str, config: TrainConfig) -> _Run:
+def _plan_sources(store: SourceStore, config: TrainConfig, mix: MixOptions | None,
+                  augment: AugmentOptions | None) -> _Run:
+    """`_plan` for a source store (`trainer.mixed_input.plan_sources`)."""
+    family = get_family(config.architecture)
+    plan = mixed_input.plan_sources(store, config, mix, augment)
+    family.build_training_model(plan.spectrogram, config, plan.info)  # checks the architecture against the data
+    used_splits = [plan.train_split] + ([plan.validation_split] if plan.validation_split else [])
+    input_pipeline.refuse_damaged_shards(store, used_splits)
+    options = dict(config.to_dict(), steps_per_epoch=plan.steps_per_epoch, validation_steps=plan.validation_steps,
+                   **plan.options())
+    monitor = f"val_{family.monitor}" if plan.validation_split is not None else family.monitor
+    return _Run(store, plan.info, plan.spectrogram, family, plan.train_split, plan.validation_split,
+                plan.epoch_plan.examples_per_epoch, used_splits, plan.steps_per_epoch, plan.validation_steps, True,
+                monitor, options, plan)
+
+
+def _plan(dataset_dir: str, config: TrainConfig, mix: MixOptions | None = None,
+          augment: AugmentOptions | None = None) -> _Run:
     """Reads the dataset's description and checks it against `config`: the splits, the batch size, the
-    shard sizes and the architecture; resolves the steps per epoch."""
-    dataset = input_pipeline.open_dataset(dataset_dir)
+    shard sizes and the architecture; resolves the steps per epoch. A source store is mixed on the fly
+    (`mix`, `augment`); a spectrogram dataset refuses them and the model STFT options."""
+    if not dataset_dir:
+        raise ValueError(f"dataset_dir must be a non-empty path or gs:// URL. Received: dataset_dir={dataset_dir!r}")
+    dataset = open_store(dataset_dir)
+    if isinstance(dataset, SourceStore):
+        return _plan_sources(dataset, config, mix, augment)
+    mixed_input.refuse_mixing_options(dataset_dir, config, mix, augment)
     info, spectrogram = dataset.info, dataset.config
     family = get_family(config.architecture)
     family.build_training_model(spectrogram, config, info)  # checks the architecture against the data early
@@ -189,12 +221,37 @@ def _plan(dataset_dir: str, config: TrainConfig) -> _Run:
         validation_steps = min(validation_steps or full, full)
     options = dict(config.to_dict(), steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
     monitor = f"val_{family.monitor}" if validation_split is not None else family.monitor
-    return _Run(dataset, spectrogram, family, train_split, validation_split, n_train, used_splits,
+    return _Run(dataset, info, spectrogram, family, train_split, validation_split, n_train, used_splits,
                 steps_per_epoch, validation_steps, drop_remainder, monitor, options)
 
 
+# (training batches, validation batches or None, initial epoch, epochs, steps per epoch): one `fit`.
+_Stage = tuple[Any, Any, int, int, int]
+
+
+def _mixed_stages(run: _Run, config: TrainConfig, first_step: int) -> list[_Stage]:
+    """The fits of a source store's run from global step `first_step`: the rest of an interrupted epoch
+    (validated, logged and scheduled as the whole epoch would be), then the remaining epochs."""
+    plan, family = run.mixed, run.family
+    keys, model_io = family.record_keys(config), family.model_io(run.spectrogram, config, run.info)
+    val_ds = mixed_input.validation_batches(plan, keys, model_io)
+    epoch, done = divmod(first_step, run.steps_per_epoch)
+    stages = []
+    if done:
+        end = (epoch + 1) * run.steps_per_epoch
+        stages.append((mixed_input.training_batches(plan, keys, model_io, first_step=first_step, end_step=end),
+                       val_ds, epoch, epoch + 1, run.steps_per_epoch - done))
+        first_step, epoch = end, epoch + 1
+    if epoch < config.epochs:
+        train_ds = mixed_input.training_batches(plan, keys, model_io, first_step=first_step,
+                                                end_step=plan.total_steps(config.epochs))
+        stages.append((train_ds, val_ds, epoch, config.epochs, run.steps_per_epoch))
+    return stages
+
+
 def _tf_data(run: _Run, config: TrainConfig):
-    """(training, validation or None) tf.data datasets: the input pipeline on tensorflow and jax."""
+    """(training, validation or None) tf.data datasets of a spectrogram dataset: the input pipeline on
+    tensorflow and jax."""
     dataset, family = run.dataset, run.family
     data_args = dict(batch_size=config.batch_size, cycle_length=config.cycle_length, keys=family.record_keys(config),
                      model_io=family.model_io(run.spectrogram, config, dataset.info))
@@ -208,32 +265,42 @@ def _tf_data(run: _Run, config: TrainConfig):
     return train_ds, val_ds
 
 
-def _fit(run: _Run, config: TrainConfig, train_ds, val_ds, callback_list: list[keras.callbacks.Callback],
-         verbose: int | str) -> tuple[list, keras.callbacks.History, int]:
-    """Builds, compiles and fits the training model; returns (its last weights, the History, replicas)."""
+def _fit(run: _Run, config: TrainConfig, stages: list[_Stage], callback_list: list[keras.callbacks.Callback],
+         verbose: int | str, backup_weights: str | None = None) -> tuple[list, dict[str, list], int]:
+    """Builds, compiles and fits the training model, starting from `backup_weights` (weights and
+    optimizer) when given, one `fit` per stage; returns (its last weights, the History's logs, replicas)."""
     spectrogram, family = run.spectrogram, run.family
     with dtype_policy(config.precision), distribution(config.distribution, config.tpu, config.batch_size) as replicas:
-        model = family.build_training_model(spectrogram, config, run.dataset.info)
+        model = family.build_training_model(spectrogram, config, run.info)
         schedule = _learning_rate(config.lr_schedule, config.learning_rate, config.epochs * run.steps_per_epoch,
                                   config.warmup_fraction)
         model.compile(optimizer=keras.optimizers.Adam(schedule, **family.optimizer_args),
                       **family.compile_args(config, spectrogram), steps_per_execution=config.steps_per_execution,
                       jit_compile=config.jit_compile)
-        try:
-            fit_history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                                    steps_per_epoch=run.steps_per_epoch, callbacks=callback_list, verbose=verbose,
-                                    shuffle=False)
-        except tf.errors.DataLossError as err:  # "corrupted record at N", naming no file: find the shard
-            input_pipeline.raise_for_corrupt_shards(run.dataset, run.used_splits, err)
-            raise
-        return model.get_weights(), fit_history, replicas
+        if backup_weights is not None:
+            model.optimizer.build(model.trainable_variables)  # so that its variables are loaded too
+            model.load_weights(backup_weights)
+        logs: dict[str, list] = {}
+        for train_ds, val_ds, initial_epoch, epochs, steps in stages:
+            try:
+                fit_history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
+                                        steps_per_epoch=steps, callbacks=callback_list, verbose=verbose, shuffle=False)
+            except tf.errors.DataLossError as err:  # "corrupted record at N", naming no file: find the shard
+                if isinstance(run.dataset, Dataset):
+                    input_pipeline.raise_for_corrupt_shards(run.dataset, run.used_splits, err)
+                raise
+            for key, values in fit_history.history.items():
+                logs.setdefault(key, []).extend(values)
+            if model.stop_training:  # early stopping in the rest of an interrupted epoch
+                break
+        return model.get_weights(), logs, replicas
 
 
 def _inference_model(run: _Run, config: TrainConfig, work: WorkDir, trained_weights: list) -> tuple[keras.Model, str]:
     """(the model to export, "best" or "last": which weights it holds), float32 whatever the training
     precision: the predictor runs anywhere."""
     with dtype_policy("float32"):
-        trained = run.family.build_training_model(run.spectrogram, config, run.dataset.info)
+        trained = run.family.build_training_model(run.spectrogram, config, run.info)
         if paths.isfile(work.best_weights):
             trained.load_weights(work.best_weights)
             exported = "best"
@@ -243,14 +310,38 @@ def _inference_model(run: _Run, config: TrainConfig, work: WorkDir, trained_weig
         return run.family.inference_model(trained, run.spectrogram, config), exported
 
 
+def _inputs(run: _Run, config: TrainConfig, work: WorkDir, initial_epoch: int,
+            torch_inputs: TorchInputs | None) -> tuple[list[_Stage], StepBackup | None, str | None]:
+    """(the fits, the step backup or None for Keras' epoch backup, the backed-up weights to resume from
+    or None)."""
+    if run.mixed is None:
+        if keras.backend.backend() == "torch":
+            train_ds, val_ds = torch_inputs(run.dataset, config, run.family.name, run.validation_split,
+                                            run.validation_steps)
+        else:
+            train_ds, val_ds = _tf_data(run, config)
+        return [(train_ds, val_ds, 0, config.epochs, run.steps_per_epoch)], None, None
+    if keras.backend.backend() == "torch":
+        raise ValueError(f"train(): {run.dataset.directory!r} is a source store, mixed on the fly through tf.data: "
+                         "train it on the tensorflow or jax backend (--backend tensorflow).")
+    backup = work.backup_step()
+    first_step, weights = backup if backup else (initial_epoch * run.steps_per_epoch, None)
+    if weights is not None:
+        logger.info("resuming at step %d (epoch %d, batch %d) from %s", first_step,
+                    *divmod(first_step, run.steps_per_epoch), weights)
+    step_backup = StepBackup(work, config.backup_steps, run.steps_per_epoch, first_step)
+    return _mixed_stages(run, config, first_step), step_backup, weights
+
 
 def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: TrainConfig | None = None, *,
           work_dir: str | os.PathLike | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-          verbose: int | str = "auto", torch_inputs: TorchInputs | None = None, **overrides: Any) -> dict[str, Any]:
+          verbose: int | str = "auto", torch_inputs: TorchInputs | None = None, mix: MixOptions | None = None,
+          augment: AugmentOptions | None = None, **overrides: Any) -> dict[str, Any]:
     """Trains the model `config` describes on `dataset_dir` and writes the best one to `model_dir`.
 
     Args:
-        dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards.
+        dataset_dir: dataset directory (local or gs://) with dataset_info.json and shards: a spectrogram
+            dataset, or a source store, whose examples are mixed on the fly (`trainer.mixed_input`).
         model_dir: directory (local or gs://) for the exported model (model.keras + model.json).
         config: every training option (`trainer.config.TrainConfig`; default: its defaults).
         work_dir: checkpoints, backup, logs, history.csv and loss.png (default MODEL_DIR/training;
@@ -259,6 +350,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
         verbose: Keras progress output: 0, 1 (bar), 2 (a line per epoch) or "auto" (bar on a terminal).
         torch_inputs: on the torch backend (and needed there), what makes the batches:
             `readers.torch_training.training_loaders`; unused on tensorflow and jax (tf.data).
+        mix, augment: a source store's mixing (default `MixOptions()`, whose seed is replaced by
+            `config.seed`) and augmentation (default none); refused with a spectrogram dataset.
         **overrides: TrainConfig fields replacing those of `config`, e.g. `epochs=4, batch_size=16`.
 
     Returns a summary dict (also stored under "training" in model.json): the options
@@ -276,7 +369,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     work = WorkDir(os.fspath(work_dir) if work_dir is not None else paths.join(model_dir, "training"))
     check_finished_model(model_dir, work, config.overwrite)
     keep_tensorflow_off_accelerators()
-    run = _plan(dataset_dir, config)
+    run = _plan(dataset_dir, config, mix, augment)
     dataset, batch_size = run.dataset, config.batch_size
 
     run_args = {**run.options, "dataset_dir": dataset_dir, "model_dir": model_dir, "work_dir": work.path,
@@ -287,27 +380,26 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     keras.utils.set_random_seed(config.seed)
     logger.info("training on %s: %d train examples, %s validation examples, %d steps/epoch x %d epochs, "
                 "batch %d, backend %s, precision %s, distribution %s", dataset_dir, run.n_train,
+                (run.validation_steps or 0) * batch_size if run.mixed else
                 dataset.num_examples(run.validation_split) if run.validation_split else 0,
                 run.steps_per_epoch, config.epochs, batch_size, keras.backend.backend(), config.precision,
                 config.distribution or "none")
-    if on_torch:
-        train_ds, val_ds = torch_inputs(dataset, config, run.family.name, run.validation_split,
-                                        run.validation_steps)
-    else:
-        train_ds, val_ds = _tf_data(run, config)
+    stages, step_backup, backup_weights = _inputs(run, config, work, initial_epoch, torch_inputs)
 
     title = f"{run.family.describe(config)} on {dataset_dir}"
     stats = EpochStats(batch_size)
-    callback_list = [stats, *training_callbacks(config, work, run.monitor, best_so_far, initial_epoch > 0, title),
-                     *callbacks]
+    callback_list = [stats, *training_callbacks(config, work, run.monitor, best_so_far, initial_epoch > 0, title,
+                                                step_backup), *callbacks]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.time()
-    trained_weights, fit_history, replicas = _fit(run, config, train_ds, val_ds, callback_list, verbose)
+    trained_weights, fit_logs, replicas = _fit(run, config, stages, callback_list, verbose, backup_weights)
     duration = time.time() - started
+    if step_backup is not None:  # Keras' BackupAndRestore deletes its own when training ends
+        paths.delete_tree(work.backup)
     export, exported = _inference_model(run, config, work, trained_weights)
 
-    history = work.history.columns() if work.history.exists() else dict(fit_history.history)
+    history = work.history.columns() if work.history.exists() else fit_logs
     summary = _summary(run.options, history, run.monitor, stats.examples_per_second, replicas=replicas,
                        loss=run.family.loss_description(config), parameters=int(export.count_params()),
                        initial_epoch=stats.first_epoch if stats.first_epoch is not None else initial_epoch,
@@ -315,7 +407,8 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
     plot_history(history, work.loss_png, title)
     save_model_dir(export, model_dir, config=run.spectrogram, target=run.family.target(config),
                    heads=run.family.heads, model_args=config.model_args(),
-                   training_data=_training_data_summary(dataset, run.train_split, run.validation_split),
+                   training_data=_training_data_summary(dataset, run.train_split, run.validation_split)
+                   if run.mixed is None else mixed_input.training_data_summary(run.mixed, dataset_dir),
                    training=summary)
     best_epoch = summary["best_epoch"]
     logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, best_epoch, run.monitor,

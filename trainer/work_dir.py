@@ -6,7 +6,8 @@ an interrupted command resume it.
 
 Files (local or gs://): run.json (the run's options, paths and dataset fingerprint; checked when
 resuming), history.csv (`trainer.history`), loss.png, checkpoints/best.weights.h5, tensorboard/,
-and backup/ (Keras' `BackupAndRestore`: the last finished epoch; deleted when training ends).
+and backup/ (Keras' `BackupAndRestore`: the last finished epoch; or, training from a source store,
+`trainer.callbacks.StepBackup`: the last backed-up step; deleted when training ends).
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ class WorkDir:
         self.best_weights = paths.join(self.checkpoints, "best.weights.h5")
         self.tensorboard = paths.join(path, "tensorboard")
         self.backup = paths.join(path, "backup")
-        # What BackupAndRestore writes with each backup: the epoch it follows.
+        # What BackupAndRestore writes with each backup: the epoch it follows; `StepBackup` adds the step.
         self.backup_state = paths.join(self.backup, "training_metadata.json")
+
+    def backup_weights(self, step: int) -> str:
+        """The weights file `trainer.callbacks.StepBackup` writes at global step `step`."""
+        return paths.join(self.backup, f"step-{step}.weights.h5")
+
+    def backup_step(self) -> tuple[int, str] | None:
+        """(global step, weights file) of the backup `StepBackup` left, or None (none, or Keras' own)."""
+        state = _read_json(self.backup_state)
+        if not state or "step" not in state:
+            return None
+        return int(state["step"]), paths.join(self.backup, state["weights"])
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -118,8 +130,11 @@ def prepare_work_dir(work: WorkDir, run_args: dict[str, Any], resume: bool,
     _check_same_dataset(work.path, previous, run_args)
     # A key missing from an older run.json held that option's default then.
     defaults = TrainConfig().to_dict()
-    changed = {k: (previous.get(k, defaults[k]), run_args[k]) for k in RESUME_KEYS
-               if previous.get(k, defaults[k]) != run_args[k]}
+    # A source store's run also records its mixing ("mix", "augment"), which the backup depends on too.
+    defaults.update(mix=None, augment=None)
+    keys = RESUME_KEYS + tuple(k for k in ("mix", "augment") if k in run_args or k in previous)
+    changed = {k: (previous.get(k, defaults[k]), run_args.get(k)) for k in keys
+               if previous.get(k, defaults[k]) != run_args.get(k)}
     if changed:
         details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise ValueError(
