@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -272,7 +273,7 @@ def _after_blend(mixed: Blend, meta: dict, rate: int) -> Blend:
     if mixture is mixed.mixture and not meta["gain_db"]:
         return mixed
     gain = peak_limited_gain(mixture, 10.0 ** (meta["gain_db"] / 20.0))
-    meta["gain_db"] = round(20.0 * np.log10(gain), 2) if gain != 1.0 else 0.0
+    meta["gain_db"] = round(20.0 * math.log10(gain), 2) if gain != 1.0 else 0.0
     g = np.float32(gain)
     return Blend(mixture=mixture * g, clean=mixed.clean * g, noise=mixed.noise * g, gain=mixed.gain,
                  snr_db=mixed.snr_db)
