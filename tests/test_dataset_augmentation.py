@@ -219,7 +219,9 @@ def test_room_bank_rt60_is_the_measured_decay_of_its_responses():
 def test_options_off_leave_records_unaugmented(corpus, augmented, tmp_path):
     info, records = build(corpus, tmp_path / "off", AugmentOptions(), snr_db=(0.0, 10.0), num_examples=12)
     assert info["augmentation"]["counts"] == {"examples": 12, "reverberant": 0, "babble": 0, "speed": 0,
-                                              "noise_tilt": 0, "noise_lowpass": 0}
+                                              "noise_tilt": 0, "noise_lowpass": 0, "recorded_rir": 0,
+                                              "several_noises": 0, "clipped": 0, "telephone": 0, "codec_ulaw": 0,
+                                              "codec_alaw": 0, "gain": 0, "mixture_tilt": 0}
     _, _, augmented_records = augmented
     for r in records:
         assert {k: r[k] for k in aug.NO_AUGMENTATION} == aug.NO_AUGMENTATION
