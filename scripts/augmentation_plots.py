@@ -21,12 +21,12 @@ from mixing.options import AugmentOptions, MixOptions
 
 RATE = 16000
 WINDOW = 2 * RATE  # two seconds, enough to see reverberation tails and syllables
-# kind -> (options that turn it on, what the plot shows, title)
+# kind -> (options that turn it on, what the plot shows, title[, the options of the left panel])
 KINDS = {
     "reverb": (dict(reverb_probability=1.0, room_count=8), "mixture", "simulated room"),
     "recorded_rir": (dict(reverb_probability=1.0, rir_source="files"), "mixture", "recorded room response"),
-    "dry_target": (dict(reverb_probability=1.0, rir_source="files", reverb_target="dry"), "clean",
-                   "recorded room response, dry target"),
+    "dry_target": (dict(reverb_probability=1.0, rir_source="files", reverb_target="dry"), "clean", "dry target",
+                   dict(reverb_probability=1.0, rir_source="files")),
     "babble": (dict(babble_probability=1.0, babble_talkers=(3, 3)), "mixture", "babble, 3 talkers"),
     "speed": (dict(speed_probability=1.0, speed_range=(1.1, 1.1)), "mixture", "speed x1.1"),
     "noise_tilt": (dict(noise_tilt_db=6.0), "mixture", "noise tilt"),
@@ -84,19 +84,21 @@ def _max_db(signal: np.ndarray) -> float:
 
 
 def plot(kind: str, sources: SplitSources, audio: Audio, output: str, index: int = 1) -> str:
-    """Writes output/augment_<kind>.png: the example's mixture (or target) off and on; returns its path."""
+    """Writes output/augment_<kind>.png: the example's mixture (or target) off and on (or under the
+    kind's left-panel options); returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    options, shown, title = KINDS[kind]
+    options, shown, title, *left = KINDS[kind]
+    left_options = AugmentOptions(**left[0]) if left else AugmentOptions()
     mix = MixOptions(seed=1, level_range=None, snr_range_db=(10.0, 10.0), loudness_range_dbfs=(-25.0, -25.0))
-    before = draw_example("train", index, sources, audio, mix, RATE, WINDOW, AugmentOptions())
+    before = draw_example("train", index, sources, audio, mix, RATE, WINDOW, left_options)
     after = draw_example("train", index, sources, audio, mix, RATE, WINDOW, AugmentOptions(**options))
     figure, axes = plt.subplots(1, 2, figsize=(8, 2.6), sharey=True)
     top = max(_max_db(getattr(before, shown)), _max_db(getattr(after, shown)))
-    _panel(axes[0], getattr(before, shown), f"{shown}, without", top)
+    _panel(axes[0], getattr(before, shown), f"{shown}, " + ("early-reflection target" if left else "without"), top)
     _panel(axes[1], getattr(after, shown), f"{shown}, {title}", top)
     axes[0].set_ylabel("kHz")
     figure.tight_layout()
