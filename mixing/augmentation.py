@@ -1,4 +1,6 @@
-"""Realistic augmentation of one example, free of Beam: reverberation, babble, speed, noise colour.
+"""Realistic augmentation of one example, free of Beam: reverberation (simulated or recorded rooms),
+babble, speed, noise colour, several noises; and of the blended mixture: tilt, telephone band and
+codecs, clipping, gain.
 
 Every augmentation is off by default (`AugmentOptions()`), and then the dataset job's examples are
 those it always wrote. Each one draws from its own child of the example's generator

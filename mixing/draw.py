@@ -104,7 +104,9 @@ def _noise_window(noise: np.ndarray, offset: int, window: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Mixture:
-    """One drawn example: float32 waveforms of one window, and the metadata a record holds."""
+    """One drawn example: float32 waveforms of one window, and the metadata a record holds. The
+    mixture is clean + noise unless a kind acting on the mixture alone (tilt, telephone band, codec,
+    clipping) changed it."""
 
     mixture: np.ndarray
     clean: np.ndarray
