@@ -1,7 +1,6 @@
 """How examples are mixed, checked when built: `MixOptions` (draws of voice, noise, level, loudness) and
 `AugmentOptions` (reverberation, babble, speed, noise colour, several noises, clipping, telephone band,
-gain, mixture tilt), whose fields declare their defaults,
-help and flags once (`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the
+gain, mixture tilt), whose fields declare their defaults, help and flags once (`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the
 same objects.
 
 Light on purpose: `speech-enhance dataset` builds its flags from these classes for every command's
@@ -34,7 +33,7 @@ MIXING, AUGMENTATION = "mixing", "augmentation"
 TELEPHONE_BAND_HZ = (300.0, 3400.0)
 # The kinds applied to the blended mixture, and the several-noises kind, each switched on by its share.
 MIXTURE_KIND_SHARES = ("several_noises_probability", "clip_probability", "telephone_probability",
-                          "gain_probability", "mixture_tilt_probability")
+                       "gain_probability", "mixture_tilt_probability")
 
 
 def parse_range(text: str) -> tuple[float, float]:

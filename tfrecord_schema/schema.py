@@ -50,7 +50,7 @@ METADATA_FEATURES: dict[str, str] = {
     "speed_factor": "float",  # voice played this much faster (tempo and pitch); 1 = none
     "noise_tilt_db_per_octave": "float",  # spectral tilt of the noise around 1 kHz; 0 = none
     "noise_lowpass_hz": "float",  # low-pass cut-off of the noise; 0 = none
-    # Schema 3 (mixing.augmentation): the defaults (METADATA_DEFAULTS) mean "none".
+    # Schema 3 (mixing.augmentation): the defaults (ADDED_IN_3) mean "none".
     "rir_file": "bytes",  # the recorded impulse response of a reverberant voice (--rir-dir); "" = simulated or none
     "noise_count": "int",  # noise files summed as the noise (noise_file names them all, "+"-joined); 1 = one
     "clip_level_db": "float",  # the mixture clipped this far below its peak (dB, < 0); 0 = not clipped
