@@ -1,7 +1,7 @@
 """How examples are mixed, checked when built: `MixOptions` (draws of voice, noise, level, loudness) and
 `AugmentOptions` (reverberation, babble, speed, noise colour, several noises, clipping, telephone band,
-gain, mixture tilt), whose fields declare their defaults, help and flags once (`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the
-same objects.
+gain, mixture tilt), whose fields declare their defaults, help and flags once
+(`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the same objects.
 
 Light on purpose: `speech-enhance dataset` builds its flags from these classes for every command's
 `--help`, so this module imports the standard library and `tfrecord_schema`'s light modules only.
