@@ -12,6 +12,7 @@ from mixing import augmentation as aug
 from mixing.draw import Source, SplitSources, _several_noises, draw_example
 from mixing.levels import PEAK_LIMIT
 from mixing.options import AugmentOptions, MixOptions
+from test_source_store import corpus, store_dir  # noqa: F401  (the source store these tests mix from)
 
 RATE = 16000
 WINDOW = RATE  # one-second examples
@@ -293,3 +294,28 @@ def test_bad_values_are_refused_naming_the_argument(tmp_path, capsys):
             speech_enhance.main(base + flags)
         assert message in capsys.readouterr().err, flags
     assert not (tmp_path / "y").exists()
+
+
+def test_a_source_stores_recorded_responses_reverberate_examples_mixed_on_the_fly(store_dir):
+    # The source store of test_source_store (`--kind sources --rir-dir`), mixed by SourceMixer.
+    from mixing.on_the_fly import SourceMixer
+    from tfrecord_schema.sources import SourceStore
+
+    store = SourceStore.open(store_dir)
+    window = 8064
+    rirs = {s.file: s for s in store.segments("train", "rir")}
+    assert rirs
+    mixer = SourceMixer(store, "train", MixOptions(seed=0), window=window,
+                        augment=AugmentOptions(reverb_probability=1.0, rir_source="files"))
+    for index in range(4):
+        drawn = mixer.draw(index)
+        meta = drawn.metadata
+        response = store.get(rirs[meta["rir_file"]].key).astype(np.float64)
+        direct = int(np.argmax(np.abs(response)))
+        aligned = response[max(0, direct - 2):] / np.max(np.abs(response))
+        voice_key = next(s.key for s in mixer.sources.voices if s.file == meta["voice_file"])
+        voice = store.get(voice_key)[meta["voice_offset"]: meta["voice_offset"] + window].astype(np.float64)
+        expected = np.convolve(voice, aligned)[:window]
+        reverberant = (drawn.mixture.astype(np.float64) - drawn.noise) / meta["gain"]
+        assert np.linalg.norm(reverberant - expected) < 1e-4 * np.linalg.norm(expected), index
+        assert meta["rt60"] == pytest.approx(aug.measure_rt60(aligned, store.sample_rate), abs=1e-3)
