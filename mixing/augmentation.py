@@ -1,4 +1,6 @@
-"""Realistic augmentation of one example, free of Beam: reverberation, babble, speed, noise colour.
+"""Realistic augmentation of one example, free of Beam: reverberation (simulated or recorded rooms),
+babble, speed, noise colour, several noises; and of the blended mixture: tilt, telephone band and
+codecs, clipping, gain.
 
 Every augmentation is off by default (`AugmentOptions()`), and then the dataset job's examples are
 those it always wrote. Each one draws from its own child of the example's generator
@@ -14,6 +16,19 @@ the output depends only on (seed, split, example index).
     speed           the voice resampled by a factor (tempo and pitch change together), with soxr
     noise tilt      a spectral tilt of the noise, in dB per octave around 1 kHz
     noise low-pass  a low-pass filter of the noise at a random cut-off
+    recorded rooms  the voice convolved with a recorded impulse response of the split (`--rir-dir`,
+                    `rir_source`); the recorded noise is left as it was recorded, in its own room
+    several noises  the noise summed from 2-3 windows of different noise files of the split, each
+                    added one at a random level relative to the first, before the noise level is set
+
+After blending (`mixing.levels.blend`), the mixture alone (the clean target keeps as it was) goes
+through, in this order:
+
+    mixture tilt    a spectral tilt in dB per octave around 1 kHz
+    telephone band  a band-pass to 300-3400 Hz, then optionally 8-bit mu-law or A-law companding
+    clipping        clipped at a level in dB below its own peak
+then the gain (mixture, clean target and noise together, in dB), and last the peak limit
+(`mixing.levels.PEAK_LIMIT`), which lowers that gain for mixture, target and noise alike.
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from mixing.histograms import histogram
-from mixing.options import MAX_BABBLE_TALKERS, AugmentOptions
+from mixing.options import MAX_BABBLE_TALKERS, MAX_NOISES, TELEPHONE_BAND_HZ, AugmentOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +64,11 @@ SPEED_EDGES = [round(0.8 + 0.02 * i, 2) for i in range(0, 21)]  # 0.80 .. 1.20
 TILT_EDGES = [float(v) for v in range(-12, 13)]  # dB/octave
 LOWPASS_EDGES = [float(v) for v in range(0, 8001, 500)]  # Hz; 0 = none
 NO_AUGMENTATION = {"rt60": 0.0, "early_reflections_ms": 0.0, "babble_talkers": 0, "speed_factor": 1.0,
-                   "noise_tilt_db_per_octave": 0.0, "noise_lowpass_hz": 0.0}
+                   "noise_tilt_db_per_octave": 0.0, "noise_lowpass_hz": 0.0,
+                   "rir_file": "", "noise_count": 1, "clip_level_db": 0.0, "telephone": 0, "codec": "",
+                   "gain_db": 0.0, "mixture_tilt_db_per_octave": 0.0}
+MU_LAW, A_LAW = 255.0, 87.6  # G.711's companding constants
+CODEC_LEVELS = 256  # 8-bit codes
 
 
 # --- room impulse responses -------------------------------------------------------------------
@@ -131,13 +150,34 @@ def _convolve(signal: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return fftconvolve(signal.astype(np.float64), rir.astype(np.float64))[: signal.shape[0]].astype(np.float32)
 
 
+def _early(rir: np.ndarray, early_ms: float, sample_rate: int) -> np.ndarray:
+    """The direct path of an aligned response (`_align`) and its first `early_ms` ms (a hard cut)."""
+    return rir[: 2 + int(round(early_ms * sample_rate / 1000.0)) + 1]
+
+
 def reverberate(voice: np.ndarray, noise: np.ndarray, room: Room, early_ms: float, sample_rate: int):
     """(reverberant voice, clean target, reverberant noise), each float32 like `voice` [samples].
 
     The target is the voice through the room response's direct path and its first `early_ms`
-    milliseconds after it (a hard cut); the mixture gets the full response."""
-    early = room.voice_rir[: 2 + int(round(early_ms * sample_rate / 1000.0)) + 1]
+    milliseconds after it (a hard cut; 0 keeps the direct path alone); the mixture gets the full
+    response."""
+    early = _early(room.voice_rir, early_ms, sample_rate)
     return _convolve(voice, room.voice_rir), _convolve(voice, early), _convolve(noise, room.noise_rir)
+
+
+def recorded_rir(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+    """(a recorded impulse response [samples] from its direct path (its largest sample) on, peak 1,
+    at most MAX_RIR_SECONDS long, float32; its RT60 in s measured by `measure_rt60`)."""
+    if samples.shape[0] == 0 or not np.any(samples):
+        raise ValueError("A room impulse response file holds only silence; remove it from --rir-dir.")
+    rir = _align(np.asarray(samples, np.float64))[: int(MAX_RIR_SECONDS * sample_rate)]
+    return rir.astype(np.float32), round(measure_rt60(rir, sample_rate), 3)
+
+
+def reverberate_voice(voice: np.ndarray, rir: np.ndarray, early_ms: float, sample_rate: int):
+    """(voice convolved with the aligned response `rir`, clean target through its direct path and
+    first `early_ms` ms), float32 [samples] like `voice`."""
+    return _convolve(voice, rir), _convolve(voice, _early(rir, early_ms, sample_rate))
 
 
 # --- speed and noise colour ---------------------------------------------------------------------
@@ -179,6 +219,53 @@ def lowpass(noise: np.ndarray, cutoff_hz: float, sample_rate: int) -> np.ndarray
     return sosfiltfilt(sos, noise.astype(np.float64)).astype(np.float32)
 
 
+# --- the blended mixture: telephone band, codecs, clipping ------------------------------------------
+
+def telephone_band(signal: np.ndarray, sample_rate: int) -> np.ndarray:
+    """`signal` [samples] band-limited to TELEPHONE_BAND_HZ, zero phase: its spectrum over the whole
+    window is kept from 400 to 3200 Hz, faded by raised-cosine ramps to zero at 300 and 3400 Hz, and
+    zero outside. Needs a sample rate above twice 3400 Hz (`AugmentOptions.check_sample_rate`)."""
+    low, high = TELEPHONE_BAND_HZ
+    freqs = np.fft.rfftfreq(signal.shape[0], 1.0 / sample_rate)
+    ramp = 100.0  # Hz, the width of each fade
+    rise = np.clip((freqs - low) / ramp, 0.0, 1.0)
+    fall = np.clip((high - freqs) / ramp, 0.0, 1.0)
+    mask = 0.25 * (1 - np.cos(np.pi * rise)) * (1 - np.cos(np.pi * fall))
+    return np.fft.irfft(np.fft.rfft(signal.astype(np.float64)) * mask, n=signal.shape[0]).astype(np.float32)
+
+
+def compand(signal: np.ndarray, codec: str) -> np.ndarray:
+    """`signal` [samples] through an 8-bit G.711-style codec and back: "ulaw" (mu = 255) or "alaw"
+    (A = 87.6) companding, quantised to CODEC_LEVELS evenly spaced codes, expanded. Samples beyond
+    full scale (1.0) are clipped to it first, as the codec would."""
+    x = np.clip(signal.astype(np.float64), -1.0, 1.0)
+    magnitude = np.abs(x)
+    if codec == "ulaw":
+        y = np.log1p(MU_LAW * magnitude) / np.log1p(MU_LAW)
+    elif codec == "alaw":
+        log_a = 1.0 + np.log(A_LAW)
+        y = np.where(magnitude < 1.0 / A_LAW, A_LAW * magnitude / log_a,
+                     (1.0 + np.log(np.maximum(A_LAW * magnitude, 1.0))) / log_a)
+    else:
+        raise ValueError(f"codec must be 'ulaw' or 'alaw'. Received: codec={codec!r}")
+    step = 2.0 / (CODEC_LEVELS - 1)  # codes at -1, -1 + step, ..., 1 of the companded value
+    y = np.round((np.sign(x) * y + 1.0) / step) * step - 1.0
+    magnitude = np.abs(y)
+    if codec == "ulaw":
+        out = np.expm1(magnitude * np.log1p(MU_LAW)) / MU_LAW
+    else:
+        log_a = 1.0 + np.log(A_LAW)
+        out = np.where(magnitude < 1.0 / log_a, magnitude * log_a / A_LAW, np.exp(magnitude * log_a - 1.0) / A_LAW)
+    return (np.sign(y) * out).astype(np.float32)
+
+
+def clip(signal: np.ndarray, level_db: float) -> tuple[np.ndarray, float]:
+    """(`signal` [samples] clipped at `level_db` dB (below 0) relative to its own peak, float32 like
+    it; the clip level as a linear amplitude)."""
+    level = float(np.max(np.abs(signal))) * 10.0 ** (level_db / 20.0)
+    return np.clip(signal, -level, level).astype(np.float32), level
+
+
 # --- statistics for dataset_info.json ---------------------------------------------------------
 
 def stats_of(metadata: Sequence[dict]) -> dict:
@@ -193,8 +280,17 @@ def stats_of(metadata: Sequence[dict]) -> dict:
     talkers = [0] * (MAX_BABBLE_TALKERS + 1)
     for k in values("babble_talkers"):
         talkers[k] += 1
+    noises = [0] * (MAX_NOISES + 1)
+    for k in values("noise_count"):
+        noises[k] += 1
+    codecs = values("codec")
     return {"examples": len(metadata), "reverberant": len(rt60), "babble": len(metadata) - talkers[0],
             "speed": len(speed), "noise_tilt": len(tilts), "noise_lowpass": len(cutoffs),
+            "recorded_rir": sum(1 for v in values("rir_file") if v), "several_noises": len(metadata) - noises[1],
+            "clipped": sum(1 for v in values("clip_level_db") if v != 0.0), "telephone": sum(values("telephone")),
+            "codec_ulaw": codecs.count("ulaw"), "codec_alaw": codecs.count("alaw"),
+            "gain": sum(1 for v in values("gain_db") if v != 0.0),
+            "mixture_tilt": sum(1 for v in values("mixture_tilt_db_per_octave") if v != 0.0), "noise_counts": noises,
             "rt60_hist": histogram(rt60, RT60_EDGES), "babble_talkers": talkers,
             "speed_hist": histogram(speed, SPEED_EDGES), "tilt_hist": histogram(tilts, TILT_EDGES),
             "lowpass_hist": histogram(cutoffs, LOWPASS_EDGES)}
@@ -208,17 +304,22 @@ def merge_stats(stats: Sequence[dict]) -> dict:
     return out
 
 
+COUNTS = ("examples", "reverberant", "babble", "speed", "noise_tilt", "noise_lowpass", "recorded_rir",
+          "several_noises", "clipped", "telephone", "codec_ulaw", "codec_alaw", "gain", "mixture_tilt")
+
+
 def summary(options: AugmentOptions, stats: dict) -> dict:
     """The `augmentation` block of dataset_info.json: options, counts and histograms over all splits."""
     return {
         "options": options.to_dict(),
-        "counts": {k: stats[k] for k in ("examples", "reverberant", "babble", "speed", "noise_tilt", "noise_lowpass")},
+        "counts": {k: stats[k] for k in COUNTS},
         "histograms": {
             "rt60_s": {"edges": RT60_EDGES, "counts": stats["rt60_hist"]},
             "babble_talkers": {"talkers": list(range(MAX_BABBLE_TALKERS + 1)), "counts": stats["babble_talkers"]},
             "speed_factor": {"edges": SPEED_EDGES, "counts": stats["speed_hist"]},
             "noise_tilt_db_per_octave": {"edges": TILT_EDGES, "counts": stats["tilt_hist"]},
             "noise_lowpass_hz": {"edges": LOWPASS_EDGES, "counts": stats["lowpass_hist"]},
+            "noise_count": {"noises": list(range(MAX_NOISES + 1)), "counts": stats["noise_counts"]},
         },
     }
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from mixing import augmentation as aug
-from mixing.levels import active_level, blend, is_silent, rms
+from mixing.levels import Blend, active_level, blend, is_silent, peak_limited_gain, rms
 from mixing.options import AugmentOptions, MixOptions
 from tfrecord_schema.dataset_info import SPLITS
 
@@ -58,9 +59,9 @@ class SourceCache:
 class Source:
     """A usable input file after decoding: `key` is where its resampled samples are cached."""
 
-    role: str  # "voice" | "noise"
+    role: str  # "voice" | "noise" | "rir" (a recorded room impulse response)
     file: str  # relative to its input folder
-    group: str  # speaker id (voices) or noise class (noises)
+    group: str  # speaker id (voices), noise class (noises), anything (rirs)
     split: str
     num_samples: int
     key: str
@@ -74,11 +75,13 @@ class NoUsableSources(ValueError):
 
 
 class SplitSources:
-    """The usable voices and noises of one split, ordered by file name, with window weights."""
+    """The usable voices, noises and recorded room impulse responses (`rirs`, maybe none) of one
+    split, each ordered by file name, with window weights."""
 
     def __init__(self, sources: Sequence[Source], split: str, window: int) -> None:
         self.voices = sorted((s for s in sources if s.role == "voice" and s.split == split), key=lambda s: s.file)
         self.noises = sorted((s for s in sources if s.role == "noise" and s.split == split), key=lambda s: s.file)
+        self.rirs = sorted((s for s in sources if s.role == "rir" and s.split == split), key=lambda s: s.file)
         if not self.voices:
             raise NoUsableSources(f"No usable voice file in split {split!r}: every voice file of its speakers was "
                                   "rejected or none was assigned.")
@@ -101,7 +104,9 @@ def _noise_window(noise: np.ndarray, offset: int, window: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Mixture:
-    """One drawn example: float32 waveforms of one window, and the metadata a record holds."""
+    """One drawn example: float32 waveforms of one window, and the metadata a record holds. The
+    mixture is clean + noise unless a kind acting on the mixture alone (tilt, telephone band, codec,
+    clipping) changed it."""
 
     mixture: np.ndarray
     clean: np.ndarray
@@ -115,8 +120,9 @@ def draw_example(split: str, index: int, sources: SplitSources, audio: AudioSour
                  sample_rate: int, window: int, augment: AugmentOptions | None = None) -> Mixture:
     """Example `index` of `split`: `window` samples at `sample_rate` (Hz), drawn from `sources`.
 
-    `augment` (default: none) adds reverberation, babble, speed and noise colour; its draws come from
-    children of the example's generator, so without it the examples are exactly those of before."""
+    `augment` (default: none) adds the augmentations of `mixing.augmentation`, in the order its
+    docstring gives; their draws come from children of the example's generator, so without it the
+    examples are exactly those of before."""
     rng = np.random.default_rng([options.seed, SPLIT_CODES[split], index])
     level = options.draw_level(rng)
     loudness = float(rng.uniform(*options.loudness_range_dbfs))
@@ -154,15 +160,19 @@ def draw_example(split: str, index: int, sources: SplitSources, audio: AudioSour
     noise_file, noise_class, target = noise_src.file, noise_src.group, None
     meta = dict(aug.NO_AUGMENTATION)
     if augment is not None and augment.enabled:
-        augmented = _augment(rng, augment, options.seed, voice_src, voice_offset, voice, noise, sources, audio,
-                             sample_rate, window)
+        augmented = _augment(rng, augment, options.seed, (voice_src, voice_offset, voice), (noise_src, noise),
+                             sources, audio, sample_rate, window)
         voice, target, noise, voice_offset, meta = (augmented[k] for k in
                                                     ("voice", "target", "noise", "voice_offset", "meta"))
-        if augmented["noise_file"] is not None:
+        if augmented["noise_file"] is not None and augmented["meta"]["babble_talkers"]:
             noise_file, noise_offset, noise_class = augmented["noise_file"], 0, "babble"
+        elif augmented["noise_file"] is not None:  # several noises: the first's offset and class stay
+            noise_file = augmented["noise_file"]
         if augmented["changed_voice"]:
             voice_level = active_level(voice, sample_rate)[0]
     mixed = blend(voice, noise, level, loudness, voice_level, target=target)
+    if augment is not None and augment.enabled:
+        mixed = _after_blend(mixed, meta, sample_rate)
     metadata = {"example_id": f"{split}-{index:08d}", "split": split,
                 "voice_file": voice_src.file, "voice_offset": voice_offset, "speaker_id": voice_src.group,
                 "noise_file": noise_file, "noise_offset": noise_offset, "noise_class": noise_class,
@@ -170,12 +180,19 @@ def draw_example(split: str, index: int, sources: SplitSources, audio: AudioSour
     return Mixture(mixed.mixture, mixed.clean, mixed.noise, metadata, meta, skipped)
 
 
-def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice_src: Source, voice_offset: int,
-             voice: np.ndarray, noise: np.ndarray, sources: SplitSources, cache: AudioSource,
+def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice_draw: tuple[Source, int, np.ndarray],
+             noise_draw: tuple[Source, np.ndarray], sources: SplitSources, cache: AudioSource,
              rate: int, window: int) -> dict:
-    """One example's augmentation. Each kind draws from its own child of `rng` (which leaves `rng`'s
-    own stream as it was), so one kind on or off does not change the draws of the others."""
-    speed_rng, reverb_rng, babble_rng, tilt_rng, lowpass_rng = rng.spawn(5)
+    """One example's augmentation: `voice_draw` is (voice source, offset, window), `noise_draw` (noise
+    source, window). Each kind draws from its own child of `rng` (which leaves `rng`'s own stream as it
+    was), so one kind on or off does not change the draws of the others. The kinds applied after
+    blending are drawn here and recorded in "meta"; `_after_blend` applies them."""
+    # One spawn call: a SeedSequence's first children are the same whatever their count, so kinds
+    # added at the end leave the draws of the earlier ones, and the examples without them, unchanged.
+    (speed_rng, reverb_rng, babble_rng, tilt_rng, lowpass_rng, rir_rng, noises_rng, mixture_tilt_rng,
+     telephone_rng, clip_rng, gain_rng) = rng.spawn(11)
+    voice_src, voice_offset, voice = voice_draw
+    noise_src, noise = noise_draw
     meta = dict(aug.NO_AUGMENTATION)
     out = {"target": None, "noise_file": None, "changed_voice": False}
     if options.speed_probability and speed_rng.random() < options.speed_probability:
@@ -188,11 +205,27 @@ def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice
         if names:
             noise, out["noise_file"] = babble, "+".join(names)
             meta["babble_talkers"] = len(names)
+    if (not meta["babble_talkers"] and options.several_noises_probability
+            and noises_rng.random() < options.several_noises_probability):
+        noise, names = _several_noises(noises_rng, options, noise_src, noise, sources, cache, window)
+        if names:
+            out["noise_file"] = "+".join([noise_src.file, *names])
+            meta["noise_count"] = 1 + len(names)
     if options.reverb_probability and reverb_rng.random() < options.reverb_probability:
-        rooms = aug.room_bank(seed, rate, options.rt60_range, options.room_count)
-        room = rooms[int(reverb_rng.integers(len(rooms)))]
-        voice, out["target"], noise = aug.reverberate(voice, noise, room, options.early_reflections_ms, rate)
-        meta["rt60"], meta["early_reflections_ms"] = room.rt60, float(options.early_reflections_ms)
+        early_ms = options.early_reflections_ms if options.reverb_target == "early" else 0.0
+        recorded = bool(sources.rirs) and (options.rir_source == "files" or (
+            options.rir_source == "both" and rir_rng.random() < 0.5))
+        if recorded:
+            rir_src = sources.rirs[int(rir_rng.integers(len(sources.rirs)))]
+            rir, meta["rt60"] = aug.recorded_rir(cache.get(rir_src.key), rate)
+            voice, out["target"] = aug.reverberate_voice(voice, rir, early_ms, rate)
+            meta["rir_file"] = rir_src.file
+        else:
+            rooms = aug.room_bank(seed, rate, options.rt60_range, options.room_count)
+            room = rooms[int(reverb_rng.integers(len(rooms)))]
+            voice, out["target"], noise = aug.reverberate(voice, noise, room, early_ms, rate)
+            meta["rt60"] = room.rt60
+        meta["early_reflections_ms"] = float(early_ms)
         out["changed_voice"] = True
     if options.noise_tilt_db:
         slope = round(float(tilt_rng.uniform(-options.noise_tilt_db, options.noise_tilt_db)), 2)
@@ -202,8 +235,74 @@ def _augment(rng: np.random.Generator, options: AugmentOptions, seed: int, voice
         cutoff = float(round(lowpass_rng.uniform(*options.noise_lowpass_hz)))
         noise = aug.lowpass(noise, cutoff, rate)
         meta["noise_lowpass_hz"] = cutoff
+    _draw_after_blend(options, meta, mixture_tilt_rng, telephone_rng, clip_rng, gain_rng)
     out.update(voice=voice, noise=noise, voice_offset=voice_offset, meta=meta)
     return out
+
+
+def _draw_after_blend(options: AugmentOptions, meta: dict, tilt_rng: np.random.Generator,
+                      telephone_rng: np.random.Generator, clip_rng: np.random.Generator,
+                      gain_rng: np.random.Generator) -> None:
+    """Draws the kinds applied to the blended mixture into `meta` (their NO_AUGMENTATION keys)."""
+    if options.mixture_tilt_probability and tilt_rng.random() < options.mixture_tilt_probability:
+        meta["mixture_tilt_db_per_octave"] = round(float(tilt_rng.uniform(-options.mixture_tilt_db,
+                                                                          options.mixture_tilt_db)), 2)
+    if options.telephone_probability and telephone_rng.random() < options.telephone_probability:
+        codec = options.telephone_codec
+        if codec == "both":
+            codec = ("ulaw", "alaw")[int(telephone_rng.integers(2))]
+        meta["telephone"], meta["codec"] = 1, "" if codec == "none" else codec
+    if options.clip_probability and clip_rng.random() < options.clip_probability:
+        meta["clip_level_db"] = round(float(clip_rng.uniform(*options.clip_level_db)), 2)
+    if options.gain_probability and gain_rng.random() < options.gain_probability:
+        meta["gain_db"] = round(float(gain_rng.uniform(*options.gain_range_db)), 2)
+
+
+def _after_blend(mixed: Blend, meta: dict, rate: int) -> Blend:
+    """`mixed` after the kinds drawn into `meta` that act on the blended mixture: tilt, telephone
+    band, codec and clipping of the mixture alone, then the gain of mixture, clean target and noise
+    together, lowered where the mixture would pass PEAK_LIMIT (meta["gain_db"] is set to the gain
+    applied). Nothing drawn: `mixed` itself."""
+    mixture = mixed.mixture
+    if meta["mixture_tilt_db_per_octave"]:
+        mixture = aug.tilt(mixture, meta["mixture_tilt_db_per_octave"], rate)
+    if meta["telephone"]:
+        mixture = aug.telephone_band(mixture, rate)
+    if meta["codec"]:
+        mixture = aug.compand(mixture, meta["codec"])
+    if meta["clip_level_db"]:
+        mixture = aug.clip(mixture, meta["clip_level_db"])[0]
+    if mixture is mixed.mixture and not meta["gain_db"]:
+        return mixed
+    gain = peak_limited_gain(mixture, 10.0 ** (meta["gain_db"] / 20.0))
+    meta["gain_db"] = round(20.0 * math.log10(gain), 2) if gain != 1.0 else 0.0
+    g = np.float32(gain)
+    return Blend(mixture=mixture * g, clean=mixed.clean * g, noise=mixed.noise * g, gain=mixed.gain,
+                 snr_db=mixed.snr_db)
+
+
+def _several_noises(rng: np.random.Generator, options: AugmentOptions, first: Source, noise: np.ndarray,
+                    sources: SplitSources, cache: AudioSource, window: int) -> tuple[np.ndarray, list[str]]:
+    """(`noise` plus windows of k other noise files of the split, each scaled to the RMS of `noise`
+    times a gain drawn within +- several_noises_level_db dB, ["file@offset", ...]); k + 1 is drawn
+    from several_noises_count and k capped at the other files available (none: (`noise`, []))."""
+    others = [s for s in sources.noises if s.file != first.file]
+    k = min(int(rng.integers(options.several_noises_count[0], options.several_noises_count[1] + 1)) - 1, len(others))
+    total, names, level = noise.astype(np.float32, copy=True), [], rms(noise)
+    for pick in rng.choice(len(others), size=k, replace=False) if k else ():
+        src = others[int(pick)]
+        audio = cache.get(src.key)
+        span = src.num_samples - window + 1 if src.num_samples >= window else src.num_samples
+        for _ in range(20):
+            offset = int(rng.integers(0, span))
+            extra = _noise_window(audio, offset, window)
+            if rms(extra) > 1e-6:
+                break
+        gain = 10.0 ** (rng.uniform(-options.several_noises_level_db, options.several_noises_level_db) / 20.0)
+        if rms(extra) > 1e-6:  # a file silent at every offset tried adds nothing
+            total += extra * np.float32(gain * level / rms(extra))
+            names.append(f"{src.file}@{offset}")
+    return total, names
 
 
 def _babble(rng: np.random.Generator, options: AugmentOptions, target_speaker: str, sources: SplitSources,

@@ -1,7 +1,7 @@
 """How examples are mixed, checked when built: `MixOptions` (draws of voice, noise, level, loudness) and
-`AugmentOptions` (reverberation, babble, speed, noise colour), whose fields declare their defaults,
-help and flags once (`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the
-same objects.
+`AugmentOptions` (reverberation, babble, speed, noise colour, several noises, clipping, telephone band,
+gain, mixture tilt), whose fields declare their defaults, help and flags once
+(`tfrecord_schema.options`). The dataset job and the on-the-fly mixer take the same objects.
 
 Light on purpose: `speech-enhance dataset` builds its flags from these classes for every command's
 `--help`, so this module imports the standard library and `tfrecord_schema`'s light modules only.
@@ -25,7 +25,15 @@ if TYPE_CHECKING:
 SNR_LIMITS_DB = (-60.0, 100.0)
 LEVEL_LIMITS = (10.0 ** (-SNR_LIMITS_DB[1] / 20.0), 10.0 ** (-SNR_LIMITS_DB[0] / 20.0))  # noise/voice RMS ratio
 MAX_BABBLE_TALKERS = 16
+MAX_NOISES = 8  # noises summed into one example's noise by the several-noises kind
+RIR_SOURCES = ("simulated", "files", "both")
+REVERB_TARGETS = ("early", "dry")
+TELEPHONE_CODECS = ("none", "ulaw", "alaw", "both")
 MIXING, AUGMENTATION = "mixing", "augmentation"
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+# The kinds applied to the blended mixture, and the several-noises kind, each switched on by its share.
+MIXTURE_KIND_SHARES = ("several_noises_probability", "clip_probability", "telephone_probability",
+                       "gain_probability", "mixture_tilt_probability")
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -108,7 +116,8 @@ _RECOMMENDED = dict(reverb_probability=0.3, rt60_range=(0.1, 0.9), babble_probab
 def _share(default: float, help: str, name: str) -> Any:
     """A per-example probability flag `name`, whose help names its value in the recommended set."""
     return option(default, help, metavar="P", group=AUGMENTATION,
-                  default_text=f"{default:g}, or {_RECOMMENDED[name]:g} with --augment")
+                  default_text=f"{default:g}, or {_RECOMMENDED[name]:g} with --augment" if name in _RECOMMENDED
+                  else f"{default:g}, also with --augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +129,12 @@ class AugmentOptions:
     path the clean target keeps; `room_count` rooms are simulated once per worker (about 0.035 s each).
     `babble_level_db`: each talker's level is drawn within +- this of the others' (dB).
     `noise_tilt_db` is the largest tilt (+- dB/octave); `noise_lowpass_hz` the cut-off range (Hz).
+    `rir_source` picks simulated rooms or the split's recorded impulse responses (`SplitSources.rirs`);
+    `reverb_target` keeps early reflections in the clean target or the direct path only.
+    `several_noises_count` is the number of noises summed (whole numbers, 2 to MAX_NOISES).
+    `clip_level_db` is in dB relative to the mixture's peak (below 0); `gain_range_db` in dB;
+    `mixture_tilt_db` the largest tilt of the mixture (+- dB/octave); `telephone_codec` the 8-bit
+    companding after the telephone band-pass ("both": mu-law or A-law, drawn per example).
     """
 
     reverb_probability: float = _share(
@@ -150,8 +165,44 @@ class AugmentOptions:
         0.0, "share of examples whose noise is low-passed at a random cut-off", "noise_lowpass_probability")
     noise_lowpass_hz: tuple[float, float] = range_option(
         (1000.0, 3500.0), "low-pass cut-off range in Hz, below half the sample rate", group=AUGMENTATION)
+    rir_source: str = option(
+        "simulated", "where reverberation's impulse responses come from: simulated rooms, the split's --rir-dir "
+                     "files (simulated rooms while a split has none), or both (each drawn half of the time)",
+        choices=RIR_SOURCES, group=AUGMENTATION)
+    reverb_target: str = option(
+        "early", "clean target of a reverberant voice: the direct path and early_reflections_ms of reflections "
+                 "(early), or the direct path only (dry)", choices=REVERB_TARGETS, group=AUGMENTATION)
+    several_noises_probability: float = _share(
+        0.0, "share of examples whose noise is the sum of several recorded noise files of the split",
+        "several_noises_probability")
+    several_noises_count: tuple[int, int] = range_option(
+        (2, 3), "number of noises summed, whole numbers", group=AUGMENTATION)
+    several_noises_level_db: float = option(
+        6.0, "each added noise's RMS is drawn within +- DB of the first noise's", metavar="DB", group=AUGMENTATION)
+    clip_probability: float = _share(
+        0.0, "share of examples whose mixture is clipped (the clean target is not)", "clip_probability")
+    clip_level_db: tuple[float, float] = range_option(
+        (-12.0, -1.0), "clip level range in dB relative to the mixture's peak, below 0", group=AUGMENTATION)
+    telephone_probability: float = _share(
+        0.0, "share of examples whose mixture is band-limited to the telephone band, 300-3400 Hz",
+        "telephone_probability")
+    telephone_codec: str = option(
+        "none", "8-bit companding of a telephone-band mixture: mu-law, A-law, or either (both)",
+        choices=TELEPHONE_CODECS, group=AUGMENTATION)
+    gain_probability: float = _share(
+        0.0, "share of examples whose mixture and clean target are scaled together by a random gain",
+        "gain_probability")
+    gain_range_db: tuple[float, float] = range_option(
+        (-10.0, 10.0), "gain range in dB; the mixture's peak stays limited", group=AUGMENTATION)
+    mixture_tilt_probability: float = _share(
+        0.0, "share of examples whose mixture spectrum is tilted (the clean target is not)",
+        "mixture_tilt_probability")
+    mixture_tilt_db: float = option(
+        6.0, "largest mixture tilt, +- DB dB/octave around 1 kHz", metavar="DB", group=AUGMENTATION)
+
     def __post_init__(self) -> None:
-        for name in ("reverb_probability", "babble_probability", "speed_probability", "noise_lowpass_probability"):
+        for name in ("reverb_probability", "babble_probability", "speed_probability", "noise_lowpass_probability",
+                     *MIXTURE_KIND_SHARES):
             _probability(name, getattr(self, name))
         lo, hi = _pair("rt60_range", self.rt60_range)
         if not 0.05 <= lo <= hi <= 2.0:
@@ -183,11 +234,41 @@ class AugmentOptions:
             raise ValueError(f"noise_lowpass_hz takes Hz LOW:HIGH with 100 <= LOW <= HIGH, e.g. 1000:3500. "
                              f"Received: noise_lowpass_hz={lo}:{hi}")
         object.__setattr__(self, "noise_lowpass_hz", (lo, hi))
+        self._check_mixture_kinds()
+
+    def _check_mixture_kinds(self) -> None:
+        for name, value, choices in (("rir_source", self.rir_source, RIR_SOURCES),
+                                     ("reverb_target", self.reverb_target, REVERB_TARGETS),
+                                     ("telephone_codec", self.telephone_codec, TELEPHONE_CODECS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}")
+        lo, hi = _pair("several_noises_count", self.several_noises_count)
+        if lo != int(lo) or hi != int(hi) or not 2 <= lo <= hi <= MAX_NOISES:
+            raise ValueError(f"several_noises_count takes whole numbers LOW:HIGH with 2 <= LOW <= HIGH <= "
+                             f"{MAX_NOISES}, e.g. 2:3. Received: several_noises_count={lo:g}:{hi:g}")
+        object.__setattr__(self, "several_noises_count", (int(lo), int(hi)))
+        if not 0 <= self.several_noises_level_db <= 20:
+            raise ValueError(f"several_noises_level_db must be within 0-20 dB. "
+                             f"Received: several_noises_level_db={self.several_noises_level_db}")
+        lo, hi = _pair("clip_level_db", self.clip_level_db)
+        if not -40 <= lo <= hi < 0:
+            raise ValueError(f"clip_level_db takes dB below the peak LOW:HIGH with -40 <= LOW <= HIGH < 0, e.g. "
+                             f"-12:-1. Received: clip_level_db={lo:g}:{hi:g}")
+        object.__setattr__(self, "clip_level_db", (lo, hi))
+        lo, hi = _pair("gain_range_db", self.gain_range_db)
+        if not -40 <= lo <= hi <= 40:
+            raise ValueError(f"gain_range_db takes dB LOW:HIGH with -40 <= LOW <= HIGH <= 40, e.g. -10:10. "
+                             f"Received: gain_range_db={lo:g}:{hi:g}")
+        object.__setattr__(self, "gain_range_db", (lo, hi))
+        if not 0 < self.mixture_tilt_db <= 12:
+            raise ValueError(f"mixture_tilt_db is the largest tilt in dB/octave, above 0 and at most 12. "
+                             f"Received: mixture_tilt_db={self.mixture_tilt_db}")
 
     @property
     def enabled(self) -> bool:
         return bool(self.reverb_probability or self.babble_probability or self.speed_probability
-                    or self.noise_tilt_db or self.noise_lowpass_probability)
+                    or self.noise_tilt_db or self.noise_lowpass_probability
+                    or any(getattr(self, name) for name in MIXTURE_KIND_SHARES))
 
     def check_sample_rate(self, sample_rate: int) -> None:
         """Refuses a low-pass cut-off range that reaches the Nyquist frequency of `sample_rate` (Hz)."""
@@ -195,6 +276,10 @@ class AugmentOptions:
             raise ValueError(f"noise_lowpass_hz must stay below the Nyquist frequency ({sample_rate / 2:g} Hz at "
                              f"{sample_rate} Hz). Received: noise_lowpass_hz={self.noise_lowpass_hz[0]:g}:"
                              f"{self.noise_lowpass_hz[1]:g}")
+        if self.telephone_probability and sample_rate <= 2 * TELEPHONE_BAND_HZ[1]:
+            raise ValueError(f"telephone_probability needs a sample rate above {2 * TELEPHONE_BAND_HZ[1]:g} Hz (the "
+                             f"telephone band reaches {TELEPHONE_BAND_HZ[1]:g} Hz). Received: sample rate "
+                             f"{sample_rate} Hz, telephone_probability={self.telephone_probability}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

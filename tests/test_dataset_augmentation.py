@@ -219,7 +219,9 @@ def test_room_bank_rt60_is_the_measured_decay_of_its_responses():
 def test_options_off_leave_records_unaugmented(corpus, augmented, tmp_path):
     info, records = build(corpus, tmp_path / "off", AugmentOptions(), snr_db=(0.0, 10.0), num_examples=12)
     assert info["augmentation"]["counts"] == {"examples": 12, "reverberant": 0, "babble": 0, "speed": 0,
-                                              "noise_tilt": 0, "noise_lowpass": 0}
+                                              "noise_tilt": 0, "noise_lowpass": 0, "recorded_rir": 0,
+                                              "several_noises": 0, "clipped": 0, "telephone": 0, "codec_ulaw": 0,
+                                              "codec_alaw": 0, "gain": 0, "mixture_tilt": 0}
     _, _, augmented_records = augmented
     for r in records:
         assert {k: r[k] for k in aug.NO_AUGMENTATION} == aug.NO_AUGMENTATION
@@ -257,3 +259,21 @@ def test_bad_values_are_refused_naming_the_argument(corpus, tmp_path, capsys):
         assert speech_enhance.main(base + flags) == 2
         assert message in capsys.readouterr().err, flags
     assert not (tmp_path / "y").exists()
+
+
+def test_mixture_kinds_in_the_dataset_job_are_recorded_and_counted(corpus, tmp_path):
+    options = AugmentOptions(several_noises_probability=0.5, clip_probability=0.4, telephone_probability=0.4,
+                             telephone_codec="both", gain_probability=0.5, gain_range_db=(-6.0, -1.0),
+                             mixture_tilt_probability=0.4)
+    info, records = build(corpus, tmp_path / "mix", options, snr_db=(0.0, 10.0), num_examples=21)
+    counts = info["augmentation"]["counts"]
+    assert counts["several_noises"] == sum(r["noise_count"] > 1 for r in records) > 0
+    assert counts["clipped"] == sum(r["clip_level_db"] < 0 for r in records) > 0
+    assert counts["telephone"] == sum(r["telephone"] for r in records) > 0
+    assert counts["codec_ulaw"] + counts["codec_alaw"] == counts["telephone"]
+    assert counts["gain"] == sum(r["gain_db"] != 0 for r in records) > 0
+    assert counts["mixture_tilt"] == sum(r["mixture_tilt_db_per_octave"] != 0 for r in records) > 0
+    for r in records:
+        assert r["schema_version"] == 3 and r["noise_file"].count("+") == r["noise_count"] - 1
+        noisy, clean = signals(r)
+        assert np.max(np.abs(noisy)) <= 1.0

@@ -64,7 +64,7 @@ def test_counts_shards_and_info(built):
         for shard in s["shards"]:
             assert os.path.getsize(os.path.join(out, shard["file"])) == shard["num_bytes"] <= SHARD
     assert not [f for f in os.listdir(out) if "incomplete" in f or paths.final_name(f) or f == "_work"]
-    assert info["seed"] == 0 and info["schema_version"] == 2
+    assert info["seed"] == 0 and info["schema_version"] == 3
     assert sum(sum(c) for c in info["histograms"]["snr_db"]["counts"].values()) == 40
     assert len(os.listdir(os.path.join(out, "audio", "test", "noisy"))) == 4
 

@@ -12,8 +12,37 @@ def make_example(config, rng):
     ex.update(example_id="train-00000007", split="train", voice_file="19/198/19-198-0001.flac", voice_offset=12345,
               speaker_id="19", noise_file="n12.wav", noise_offset=-3, noise_class="alarm_siren", noise_level=0.4375,
               snr_db=7.25, gain=0.03125, rt60=0.625, early_reflections_ms=50.0, babble_talkers=3, speed_factor=1.0625,
-              noise_tilt_db_per_octave=-2.5, noise_lowpass_hz=2500.0)
+              noise_tilt_db_per_octave=-2.5, noise_lowpass_hz=2500.0, rir_file="rooms/hall.wav", noise_count=3,
+              clip_level_db=-6.5, telephone=1, codec="alaw", gain_db=-4.25, mixture_tilt_db_per_octave=3.5)
     return ex
+
+
+def schema_2_record(config, rng, monkeypatch):
+    """A record as schema 2 wrote it: version 2, without the keys schema 3 added."""
+    ex = make_example(config, rng)
+    monkeypatch.setattr(schema_lib, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema_lib, "METADATA_FEATURES", {k: v for k, v in schema_lib.METADATA_FEATURES.items()
+                                                          if k not in schema_lib.ADDED_IN_3})
+    blob = encode(ex, config)
+    monkeypatch.undo()
+    return ex, blob
+
+
+def test_schema_2_records_read_with_the_added_keys_at_their_defaults(monkeypatch):
+    config = SpectrogramConfig()
+    ex, blob = schema_2_record(config, np.random.default_rng(5), monkeypatch)
+    assert b"rir_file" not in blob and b"voice_file" in blob
+    out = decode(blob)
+    assert out["schema_version"] == 2
+    assert {k: out[k] for k in schema_lib.ADDED_IN_3} == schema_lib.ADDED_IN_3
+    assert out["voice_file"] == ex["voice_file"] and out["rt60"] == ex["rt60"]
+    new = encode(make_example(config, np.random.default_rng(6)), config)
+    parsed = tf.io.parse_example(tf.constant([blob, new]), tf_feature_spec())
+    assert parsed["schema_version"].numpy().tolist() == [2, 3]
+    assert parsed["rir_file"].numpy().tolist() == [b"", b"rooms/hall.wav"]
+    assert parsed["noise_count"].numpy().tolist() == [1, 3]
+    assert parsed["codec"].numpy().tolist() == [b"", b"alaw"]
+    np.testing.assert_allclose(parsed["gain_db"].numpy(), [0.0, -4.25])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
@@ -54,19 +83,22 @@ def test_decode_refuses_other_schema_version(monkeypatch):
     monkeypatch.setattr(schema_lib, "SCHEMA_VERSION", 99)
     blob = encode(ex, config)
     monkeypatch.undo()
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*reads version 2.*Rebuild the dataset"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*reads versions 2, 3.*Rebuild the dataset"):
         decode(blob)
 
 
 def test_schema_1_data_is_refused_but_schema_1_models_are_read():
     # Schema 2 added augmentation metadata; records and datasets of schema 1 lack it and are refused,
     # while a model trained on schema 1 reads the same spectrogram features and keeps loading.
-    assert SCHEMA_VERSION == 2 and schema_lib.MODEL_SCHEMA_VERSIONS == (1, 2)
-    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads version 2\. Rebuild"):
+    # Schema 3 added more metadata with defaults, so schema 2 data is still read.
+    assert SCHEMA_VERSION == 3 and schema_lib.MODEL_SCHEMA_VERSIONS == (1, 2, 3)
+    assert schema_lib.READ_SCHEMA_VERSIONS == (2, 3)
+    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads versions 2, 3\. Rebuild"):
         schema_lib.check_schema_version(1, "This record")
+    schema_lib.check_schema_version(2, "This record")
     schema_lib.check_schema_version(1, "model.json", accepted=schema_lib.MODEL_SCHEMA_VERSIONS)
-    with pytest.raises(SchemaVersionError, match=r"schema version 3, but this toolkit reads versions 1, 2\."):
-        schema_lib.check_schema_version(3, "model.json", accepted=schema_lib.MODEL_SCHEMA_VERSIONS)
+    with pytest.raises(SchemaVersionError, match=r"schema version 4, but this toolkit reads versions 1, 2, 3\."):
+        schema_lib.check_schema_version(4, "model.json", accepted=schema_lib.MODEL_SCHEMA_VERSIONS)
 
 
 def test_encode_checks_shape_and_keys():
@@ -115,5 +147,14 @@ def test_dataset_info_refuses_bad_files(tmp_path):
     with pytest.raises(ValueError, match="has no 'spectrogram' entry"):
         DatasetInfo.read(tmp_path)
     (tmp_path / "dataset_info.json").write_text('{"schema_version": 7, "spectrogram": {}, "splits": {}}')
-    with pytest.raises(SchemaVersionError, match=r"schema version 7, but this toolkit reads version 2\. Rebuild"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 7, but this toolkit reads versions 2, 3\. Rebuild"):
         DatasetInfo.read(tmp_path)
+
+
+def test_schema_2_datasets_are_read(tmp_path):
+    from tfrecord_schema.dataset import Dataset
+    from beam_pipelines.testing import write_dataset
+
+    write_dataset(tmp_path, splits={"train": 3}, info_schema_version=2, record_schema_version=2)
+    dataset = Dataset.open(tmp_path)
+    assert dataset.info.schema_version == 2 and dataset.num_examples("train") == 3

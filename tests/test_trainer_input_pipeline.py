@@ -143,7 +143,7 @@ def test_pipeline_is_pure_tensorflow_and_runs_under_the_tf_data_service(dataset)
 def test_dataset_info_with_another_schema_version_is_refused(tmp_path):
     directory = str(tmp_path / "ds")
     write_dataset(directory, splits={"train": 2}, info_schema_version=1)
-    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads version 2\. Rebuild"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 1, but this toolkit reads versions 2, 3\. Rebuild"):
         input_pipeline.make_dataset(directory, "train", batch_size=2)
 
 
@@ -152,7 +152,7 @@ def test_records_with_another_schema_version_are_refused(tmp_path):
     write_dataset(directory, splits={"train": 3}, record_schema_version=1)
     ds = input_pipeline.make_dataset(directory, "train", batch_size=2, shuffle=False)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"another TFRecord schema version; this toolkit reads schema version 2"):
+                       match=r"another TFRecord schema version; this toolkit reads schema version 3"):
         list(ds)
 
 
