@@ -127,8 +127,9 @@ def register(subparsers) -> None:
                      help="folder (local or gs://) searched recursively for wav/flac/ogg noise; may be given more "
                           "than once, like --voice-dir")
     src.add_argument("--rir-dir", action="append", metavar="DIR",
-                     help="--kind sources: folder (local or gs://) of room impulse responses (wav/flac/ogg), split "
-                          "by file like the noises; may be given more than once, or not at all")
+                     help="folder (local or gs://) of recorded room impulse responses (wav/flac/ogg), split by "
+                          "file like the noises, for --rir-source files or both (a source store keeps them for "
+                          "training); may be given more than once, or not at all")
     src.add_argument("--demo", action="store_true",
                      help="generate the built-in demo corpus (under OUTPUT/../demo_corpus) and use it as input")
     options.add_flags(p, DatasetOptions, groups=groups, names=FLAGS, only=("noise_classes_file",))
@@ -223,9 +224,6 @@ def _run_dataset(args, extra) -> int:
     rir_dir = tuple(args.rir_dir or ())
     if args.kind == SOURCES:
         _refuse_mixing_flags(args)
-    elif rir_dir:
-        raise ValueError("--rir-dir is read by --kind sources only; a spectrogram dataset simulates its rooms "
-                         "(--reverb-probability)")
     if args.sample_rate is None:
         args.sample_rate = SOURCES_DEFAULT_RATE if args.kind == SOURCES else SpectrogramConfig.sample_rate
     args.dtype = args.dtype or SpectrogramConfig.dtype

@@ -31,8 +31,8 @@ class DatasetOptions:
     `kind` "spectrogram" mixes `num_examples` examples and stores their spectrograms (`config`);
     "sources" stores every usable input file as a 16-bit segment at `config.sample_rate` (one of
     `tfrecord_schema.sources.RATES`), for mixing on the fly, and uses neither `num_examples`, `mix`,
-    `augment` nor `write_audio`. `rir_dir` (sources only): none, one or several folders of room
-    impulse responses, split by file like the noises.
+    `augment` nor `write_audio`. `rir_dir`: none, one or several folders of recorded room impulse
+    responses, split by file like the noises (drawn with `augment.rir_source` "files" or "both").
     """
 
     voice_dir: str | tuple[str, ...] = option(cli=False)
@@ -89,9 +89,9 @@ class DatasetOptions:
             raise ValueError(f"kind must be one of {KINDS}. Received: kind={self.kind!r}")
         if self.kind == SOURCES:
             self._check_sources()
-        elif self.rir_dirs:
-            raise ValueError(f"rir_dir is read by kind='{SOURCES}' only (a spectrogram dataset simulates its rooms). "
-                             f"Received: rir_dir={self.rir_dir!r}")
+        elif self.augment.reverb_probability and self.augment.rir_source != "simulated" and not self.rir_dirs:
+            raise ValueError(f"rir_source={self.augment.rir_source!r} draws recorded room impulse responses, and no "
+                             "rir_dir gives any. Pass their folder (--rir-dir), or rir_source='simulated'.")
         self.augment.check_sample_rate(self.config.sample_rate)
         quietest = self.config.quietest_loudness_dbfs
         if self.mix.loudness_range_dbfs[0] < quietest:

@@ -73,6 +73,13 @@ class SourceMixer:
             usable = [Source(s.role, s.file, s.group, s.split, s.num_samples, s.key) for s in segments
                       if s.role != "voice" or s.num_samples >= self.window]
             self._sources = SplitSources(usable, self.split, self.window)
+            augment = self.augment
+            if augment is not None and augment.reverb_probability and augment.rir_source != "simulated" \
+                    and not self._sources.rirs:
+                raise ValueError(
+                    f"rir_source={augment.rir_source!r} draws recorded room impulse responses, and the {self.split!r} "
+                    f"split of {self.store.directory} holds none. Build the store with --rir-dir, or use "
+                    "rir_source='simulated'.")
             self._audio = SourceCache(self.store.get, self._cache_bytes)
         return self._sources
 

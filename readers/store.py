@@ -31,7 +31,8 @@ from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.malloc import tune_malloc
 from tfrecord_schema.records import FRAMING_BYTES, FramingError, unframe
-from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, check_schema_version
+from tfrecord_schema.schema import (ADDED_IN_3, METADATA_FEATURES, READ_SCHEMA_VERSIONS, SPECTROGRAM_KEYS,
+                                    check_schema_version)
 from trainer.targets import (check_loss_weighting, check_target, loss_weight, model_features, model_target,
                              target_spectrograms)
 from trainer.waveform_loss import WAVEFORM_LOSSES, packed_spectra
@@ -253,7 +254,7 @@ def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
     for b, record in enumerate(records):
         values = _features(bytes(record), wanted)
         version = (values.get("schema_version") or [None])[0]
-        if version != SCHEMA_VERSION:
+        if version not in READ_SCHEMA_VERSIONS:
             check_schema_version(version, f"Record {b} of the batch")
         if tuple(values.get("shape", ())) != (frames, bins):
             raise ValueError(f"Record {b} of the batch holds spectrograms of shape {tuple(values.get('shape', ()))}, "
@@ -268,6 +269,9 @@ def decode_batch(records: Sequence[bytes], config: SpectrogramConfig,
                                  f"{config.dtype} values")
             array[b] = np.frombuffer(record, dtype, frames * bins, offset).reshape(frames, bins)
         for key, column in meta.items():
+            if key not in values and version == 2 and key in ADDED_IN_3:  # schema 3's keys, at their "none"
+                column.append(ADDED_IN_3[key])
+                continue
             value = values[key][0]
             column.append(value.decode("utf-8") if METADATA_FEATURES[key] == "bytes" else value)
     for key, column in meta.items():

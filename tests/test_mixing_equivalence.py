@@ -3,7 +3,9 @@
 Both stores are built by `speech-enhance dataset` from the same folders of 16-bit audio at the
 store's rate (8 kHz), so the source store holds the decoded samples exactly. For every example of
 every split, `SourceMixer.spectrograms` at the static record's index gives the record's four
-spectrograms bit for bit (float16) and its metadata, with and without augmentation.
+spectrograms bit for bit (float16) and its metadata, with and without augmentation (simulated rooms
+and recorded impulse responses, babble, speed, noise colour, several noises, clipping, telephone
+band and codecs, gain and tilt).
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from tfrecord_schema.sources import SourceStore
 
 RATE = 8000
 SEED = 3
-AUGMENT_FLAGS = ["--reverb-probability", "0.5", "--rooms", "4", "--babble-probability", "0.3",
+AUGMENT_FLAGS = ["--reverb-probability", "0.5", "--rir-source", "both", "--rooms", "4", "--babble-probability", "0.3",
                  "--babble-talkers", "1:2", "--speed-probability", "0.3", "--noise-tilt-db", "3",
-                 "--noise-lowpass-probability", "0.3"]
-AUGMENT = AugmentOptions(reverb_probability=0.5, room_count=4, babble_probability=0.3, babble_talkers=(1, 2),
-                         speed_probability=0.3, noise_tilt_db=3.0, noise_lowpass_probability=0.3)
+                 "--noise-lowpass-probability", "0.3", "--several-noises-probability", "0.3",
+                 "--clip-probability", "0.2", "--telephone-probability", "0.3", "--telephone-codec", "both",
+                 "--gain-probability", "0.3", "--mixture-tilt-probability", "0.3"]
+AUGMENT = AugmentOptions(reverb_probability=0.5, rir_source="both", room_count=4, babble_probability=0.3, babble_talkers=(1, 2),
+                         speed_probability=0.3, noise_tilt_db=3.0, noise_lowpass_probability=0.3,
+                         several_noises_probability=0.3, clip_probability=0.2, telephone_probability=0.3,
+                         telephone_codec="both", gain_probability=0.3, mixture_tilt_probability=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +57,20 @@ def folders(tmp_path_factory):
             soundfile.write(noise_dir / f"{kind}_{i}.wav", 0.5 * audio / np.max(np.abs(audio)), RATE, subtype="PCM_16")
             rows.append(f"{kind}_{i}.wav\t{kind}")
     (noise_dir / "classes.tsv").write_text("\n".join(rows) + "\n")
-    return str(voice_dir), str(noise_dir)
+    rir_dir = root / "rirs"
+    os.makedirs(rir_dir)
+    t = np.arange(int(0.25 * RATE)) / RATE
+    for i in range(6):
+        response = 0.5 * rng.standard_normal(t.size) * np.exp(-t / (0.02 + 0.02 * i))
+        response[0] = 0.9
+        soundfile.write(rir_dir / f"room{i}.wav", response, RATE, subtype="PCM_16")
+    return str(voice_dir), str(noise_dir), str(rir_dir)
 
 
 def dataset(folders, output, *flags) -> None:
-    voice_dir, noise_dir = folders
-    assert speech_enhance.main(["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--output", str(output),
-                                "--workers", "1", *flags]) == 0
+    voice_dir, noise_dir, rir_dir = folders
+    assert speech_enhance.main(["dataset", "--voice-dir", voice_dir, "--noise-dir", noise_dir, "--rir-dir", rir_dir,
+                                "--output", str(output), "--workers", "1", *flags]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +108,9 @@ def test_mixing_from_the_source_store_reproduces_the_static_store(folders, store
         kinds = [decode(r) for s in static.splits for r in static.records(s)]
         assert any(e["rt60"] > 0 for e in kinds) and any(e["babble_talkers"] for e in kinds)
         assert any(e["speed_factor"] != 1.0 for e in kinds)
+        assert any(e["rir_file"] for e in kinds) and any(e["rt60"] > 0 and not e["rir_file"] for e in kinds)
+        assert any(e["noise_count"] > 1 for e in kinds) and any(e["codec"] for e in kinds)
+        assert any(e["clip_level_db"] for e in kinds) and any(e["gain_db"] for e in kinds)
 
 
 def test_a_mixer_refuses_a_model_rate_the_store_does_not_hold(store):

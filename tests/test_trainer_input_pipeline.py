@@ -152,8 +152,16 @@ def test_records_with_another_schema_version_are_refused(tmp_path):
     write_dataset(directory, splits={"train": 3}, record_schema_version=1)
     ds = input_pipeline.make_dataset(directory, "train", batch_size=2, shuffle=False)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"another TFRecord schema version; this toolkit reads schema version 3"):
+                       match=r"another TFRecord schema version; this toolkit reads schema versions 2, 3"):
         list(ds)
+
+
+def test_records_of_schema_2_are_read(tmp_path):
+    """Schema 3 added augmentation metadata only: a dataset written under schema 2 still trains."""
+    directory = str(tmp_path / "ds")
+    write_dataset(directory, splits={"train": 3}, record_schema_version=2, info_schema_version=2)
+    x, y = next(iter(input_pipeline.make_dataset(directory, "train", batch_size=3, shuffle=False)))
+    assert x.shape[0] == 3 and np.all(np.isfinite(x.numpy()))
 
 
 def test_shards_that_disagree_with_dataset_info_are_refused(tmp_path):

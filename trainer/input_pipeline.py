@@ -24,7 +24,7 @@ from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset import Dataset
 from tfrecord_schema.dataset_info import INFO_FILE
-from tfrecord_schema.schema import METADATA_FEATURES, SCHEMA_VERSION, SPECTROGRAM_KEYS, tf_feature_spec
+from tfrecord_schema.schema import METADATA_FEATURES, READ_SCHEMA_VERSIONS, SPECTROGRAM_KEYS, tf_feature_spec
 from trainer.targets import (check_loss_weighting, check_target, input_channels, target_spectrograms, tf_loss_weight,
                              tf_model_features, tf_model_input, tf_model_target)
 from trainer.waveform_loss import tf_packed_spectra
@@ -166,10 +166,11 @@ def parse_batch(serialized: tf.Tensor, config: SpectrogramConfig,
     parsed = tf.io.parse_example(serialized, {k: v for k, v in spec.items() if k in wanted})
     frames, bins = config.shape
     checks = [
-        tf.debugging.assert_equal(
-            parsed["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
-            message=(f"records were written with another TFRecord schema version; this toolkit reads "
-                     f"schema version {SCHEMA_VERSION}. Rebuild the dataset with `speech-enhance dataset`")),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.reduce_any(tf.equal(parsed["schema_version"][:, tf.newaxis],
+                                                 tf.constant([READ_SCHEMA_VERSIONS], tf.int64)), axis=1)),
+            [f"records were written with another TFRecord schema version; this toolkit reads schema versions "
+             f"{', '.join(str(v) for v in READ_SCHEMA_VERSIONS)}. Rebuild the dataset with `speech-enhance dataset`"]),
         tf.debugging.assert_equal(
             parsed["shape"], tf.constant([[frames, bins]], tf.int64),
             message=(f"records hold spectrograms of another shape than the dataset's config "
