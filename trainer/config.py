@@ -68,6 +68,9 @@ class TrainConfig:
                               "is refused (an interrupted run still resumes)", group="data")
     tensorboard: bool | None = _option(None, "write TensorBoard logs; None: when the tensorboard package "
                                        "is installed", group="data", cli=False)
+    mixing_processes: int | None = _option(
+        None, "source stores: worker processes that mix the training batches; default: one per usable core but "
+        "one on hosts of 3 or more cores, else none; 0: mix on threads of the training process", group="data")
     backup_steps: int = _option(200, "source stores: back up the weights, the optimizer and the step every this "
                                 "many steps (and after every epoch); a rerun resumes at that exact step",
                                 group="data")
@@ -163,6 +166,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "shuffle_buffer", "steps_per_execution", "steps_per_epoch",
                      "validation_steps", "cycle_length", "backup_steps", *STFT_OPTIONS):
             _check_positive_int(name, getattr(self, name), allow_none=_field(name).default is None)
+        processes = self.mixing_processes
+        if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 0):
+            raise ValueError(f"mixing_processes must be None or an integer >= 0 (0: mix on threads). "
+                             f"Received: mixing_processes={processes!r}")
         lr = self.learning_rate
         if not _is_number(lr) or not 0 < lr < 1:
             raise ValueError(f"learning_rate must be a number in (0, 1). Received: learning_rate={lr!r}. "

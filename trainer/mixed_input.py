@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from mixing.on_the_fly import DEFAULT_CACHE_BYTES, VALIDATION_SEED, EpochPlan, SourceMixer
 from mixing.options import AugmentOptions, MixOptions
+from mixing.workers import MixingProcesses
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import DatasetInfo
 from tfrecord_schema.schema import METADATA_FEATURES, SPECTROGRAM_KEYS
@@ -167,31 +168,64 @@ class _Mixers(threading.local):
                                             cache_bytes=DEFAULT_CACHE_BYTES // _PARALLEL_BATCHES)
 
 
-def _batches(plan: MixedPlan, split: str, mix: MixOptions, steps: tf.data.Dataset,
-             keys: tuple[str, ...]) -> tf.data.Dataset:
-    """The batches of `steps` (each a global step number): dicts of the record features `keys`."""
+def mixing_processes(config: TrainConfig) -> int:
+    """Worker processes that mix the training batches: `config.mixing_processes`, by default one per
+    usable core but one (the training process feeds the accelerator) on hosts of 3 or more cores."""
+    if config.mixing_processes is not None:
+        return config.mixing_processes
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores - 1 if cores >= 3 else 0
+
+
+def _features(drawn: dict[str, Any], spectrograms: list[str], metadata: list[str]) -> list[np.ndarray]:
+    """A mixed batch as the values of `to_features`: the spectrograms, then metadata strings [B]."""
+    strings = [np.array([str(m[k]).encode("utf-8") for m in drawn.get("metadata", [])], dtype=object)
+               for k in metadata]
+    return [drawn[k] for k in spectrograms] + strings
+
+
+def _batches(plan: MixedPlan, split: str, mix: MixOptions, first_step: int, end_step: int,
+             keys: tuple[str, ...], processes: int = 0) -> tf.data.Dataset:
+    """The batches of global steps first_step .. end_step - 1: dicts of the record features `keys`,
+    mixed on threads of this process, or in `processes` worker processes (`mixing.workers`)."""
     spectrograms = [k for k in keys if k in SPECTROGRAM_KEYS]
     metadata = [k for k in keys if k in METADATA_FEATURES]
-    plan.store.segments(split)  # read once here, not by each thread at once
-    mixers = _Mixers(plan, split, mix)
     batch_plan, spectrogram = plan.epoch_plan, plan.spectrogram
-
-    def produce(step):
-        drawn = mixers.mixer.spectrograms(batch_plan.batch_indices(int(step)), spectrogram, metadata=bool(metadata))
-        strings = [np.array([str(m[k]).encode("utf-8") for m in drawn.get("metadata", [])], dtype=object)
-                   for k in metadata]
-        return [drawn[k] for k in spectrograms] + strings
-
     dtype = tf.dtypes.as_dtype(spectrogram.dtype)
     shape = [plan.batch_size, *spectrogram.shape]
+    types = [dtype] * len(spectrograms) + [tf.string] * len(metadata)
 
-    def to_features(step):
-        values = tf.numpy_function(produce, [step], [dtype] * len(spectrograms) + [tf.string] * len(metadata),
-                                   stateful=False)
+    def named(values):
         out = {k: tf.ensure_shape(v, shape) for k, v in zip(spectrograms, values)}
         out.update({k: tf.ensure_shape(v, [plan.batch_size]) for k, v in zip(metadata, values[len(spectrograms):])})
         return out
 
+    if processes:
+        workers = MixingProcesses(plan.store.directory, split, mix, plan.augment, spectrogram, batch_plan,
+                                  spectrograms, processes, metadata=bool(metadata))
+
+        def generate():
+            for drawn in workers.batches(first_step, end_step):
+                yield tuple(_features(drawn, spectrograms, metadata))
+
+        signature = tuple(tf.TensorSpec(shape if t != tf.string else [plan.batch_size], t) for t in types)
+        ds = tf.data.Dataset.from_generator(generate, output_signature=signature).map(lambda *v: named(list(v)))
+        return ds.apply(tf.data.experimental.assert_cardinality(end_step - first_step))
+
+    plan.store.segments(split)  # read once here, not by each thread at once
+    mixers = _Mixers(plan, split, mix)
+
+    def produce(step):
+        drawn = mixers.mixer.spectrograms(batch_plan.batch_indices(int(step)), spectrogram, metadata=bool(metadata))
+        return _features(drawn, spectrograms, metadata)
+
+    def to_features(step):
+        return named(tf.numpy_function(produce, [step], types, stateful=False))
+
+    steps = tf.data.Dataset.range(first_step, end_step)
     return steps.map(to_features, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
 
 
@@ -204,10 +238,10 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def training_batches(plan: MixedPlan, keys: tuple[str, ...], model_io: Callable, *, first_step: int,
-                     end_step: int) -> tf.data.Dataset:
-    """The model's (inputs, targets) of global steps first_step .. end_step - 1, in order."""
-    steps = tf.data.Dataset.range(first_step, end_step)
-    ds = _batches(plan, plan.train_split, plan.mix, steps, keys).map(model_io, num_parallel_calls=tf.data.AUTOTUNE,
+                     end_step: int, processes: int = 0) -> tf.data.Dataset:
+    """The model's (inputs, targets) of global steps first_step .. end_step - 1, in order; mixed in
+    `processes` worker processes, or on threads of this process (0)."""
+    ds = _batches(plan, plan.train_split, plan.mix, first_step, end_step, keys, processes).map(model_io, num_parallel_calls=tf.data.AUTOTUNE,
                                                                        deterministic=True)
     return _with_options(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -218,8 +252,7 @@ def validation_batches(plan: MixedPlan, keys: tuple[str, ...], model_io: Callabl
     if plan.validation_split is None:
         return None
     mix = dataclasses.replace(plan.mix, seed=VALIDATION_SEED)
-    steps = tf.data.Dataset.range(plan.validation_steps)
-    ds = _batches(plan, plan.validation_split, mix, steps, keys).cache()
+    ds = _batches(plan, plan.validation_split, mix, 0, plan.validation_steps, keys).cache()
     ds = ds.map(model_io, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_options(ds.prefetch(tf.data.AUTOTUNE))
 

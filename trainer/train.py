@@ -235,16 +235,18 @@ def _mixed_stages(run: _Run, config: TrainConfig, first_step: int) -> list[_Stag
     plan, family = run.mixed, run.family
     keys, model_io = family.record_keys(config), family.model_io(run.spectrogram, config, run.info)
     val_ds = mixed_input.validation_batches(plan, keys, model_io)
+    processes = mixed_input.mixing_processes(config)
     epoch, done = divmod(first_step, run.steps_per_epoch)
     stages = []
     if done:
         end = (epoch + 1) * run.steps_per_epoch
-        stages.append((mixed_input.training_batches(plan, keys, model_io, first_step=first_step, end_step=end),
+        stages.append((mixed_input.training_batches(plan, keys, model_io, first_step=first_step, end_step=end,
+                                                    processes=processes),
                        val_ds, epoch, epoch + 1, run.steps_per_epoch - done))
         first_step, epoch = end, epoch + 1
     if epoch < config.epochs:
         train_ds = mixed_input.training_batches(plan, keys, model_io, first_step=first_step,
-                                                end_step=plan.total_steps(config.epochs))
+                                                end_step=plan.total_steps(config.epochs), processes=processes)
         stages.append((train_ds, val_ds, epoch, config.epochs, run.steps_per_epoch))
     return stages
 
