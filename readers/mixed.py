@@ -33,7 +33,7 @@ import numpy as np
 
 from mixing.on_the_fly import DEFAULT_CACHE_BYTES, VALIDATION_SEED, SourceMixer
 from mixing.options import AugmentOptions, MixOptions
-from readers.store import check_reader_loss, model_io
+from readers.store import check_reader_loss, model_io, model_keys
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.sources import SourceStore
 from trainer.targets import check_loss_weighting, check_target
@@ -131,9 +131,9 @@ class MixedSource:
         mixer = self.mixer()
         if self.output == "waveforms":
             return mixer.waveforms(positions)
-        spectra = mixer.spectrograms(positions, self.config, metadata=self.output == "spectrograms")
         if self.output == "spectrograms":
-            return spectra
+            return mixer.spectrograms(positions, self.config, metadata=True)
+        spectra = mixer.spectrograms(positions, self.config, keys=model_keys(self.target, self.loss))
         return model_io(spectra, self.config, self.target, self.loss_weighting, self.loss)
 
     def examples(self, indices: Sequence[Any]) -> list[Any]:

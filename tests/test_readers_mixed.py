@@ -59,6 +59,11 @@ def test_items_are_the_mixers_examples(stores):
             for key in SPECTROGRAM_KEYS:
                 assert np.array_equal(np.asarray(item[key]), expected[key][row]), (output, key)
             assert {k: item[k] for k in expected["metadata"][row]} == expected["metadata"][row]
+    for keys in (("clean_phase",), ("noisy_magnitude", "clean_magnitude")):  # the others are not computed
+        some = mixer.spectrograms([3, 9], config, keys=keys)
+        assert list(some) == list(keys) and all(np.array_equal(some[k], expected[k]) for k in keys)
+    with pytest.raises(ValueError, match=r"unknown keys \['noisy'\]"):
+        mixer.spectrograms([3], config, keys=("noisy",))
     waves = _source(store, config, output="waveforms")[5]
     assert np.array_equal(waves["mixture"], mixer.waveforms([5])["mixture"][0])
 
