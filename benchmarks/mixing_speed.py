@@ -64,7 +64,8 @@ def build(root: str, speech_minutes: float, noise_files: int, num_examples: int)
 
 
 def pipeline_cases(static, store, batch_size: int, workers: int, count: int) -> list:
-    """[(name, run one pass: returns examples read)] over the train split's `count` examples."""
+    """[(name, run one pass: returns examples read)]: the static store's whole train split, or `count`
+    examples mixed on the fly (whole batches)."""
     import numpy as np
     import tensorflow as tf
     import torch.utils.data
@@ -72,29 +73,28 @@ def pipeline_cases(static, store, batch_size: int, workers: int, count: int) -> 
     from mixing.on_the_fly import EpochPlan, SourceMixer
     from mixing.options import MixOptions
     from readers.mixed import MixedSource
+    from readers.store import model_keys
     from readers.torch_data import StreamDataset
     from readers.torch_mixed import MixedDataset, StepSampler
-    from tfrecord_schema.schema import SPECTROGRAM_KEYS
     from trainer import input_pipeline
 
     config, mix, steps = static.config, MixOptions(seed=0), count // batch_size
     passes = {"n": 0}
     mixer = SourceMixer.for_config(store, "train", mix, config)
-    to_model = input_pipeline.target_model_io(config, "noise")
+    to_model, keys = input_pipeline.target_model_io(config, "noise"), model_keys("noise")
 
     def tf_static():
-        ds = input_pipeline.make_dataset(static, "train", batch_size=batch_size, shuffle=True, seed=passes["n"],
-                                         drop_remainder=True)
+        ds = input_pipeline.make_dataset(static, "train", batch_size=batch_size, shuffle=True, seed=passes["n"])
         return sum(int(x.shape[0]) for x, _ in ds)
 
     def tf_mixing():
         def spectra(indices):
-            out = mixer.spectrograms(indices.tolist(), config)
-            return tuple(out[k] for k in SPECTROGRAM_KEYS)
+            out = mixer.spectrograms(indices.tolist(), config, keys=keys)
+            return tuple(out[k] for k in keys)
 
         def mixed(indices):
-            arrays = tf.numpy_function(spectra, [indices], [tf.as_dtype(config.dtype)] * 4, stateful=False)
-            return to_model({k: tf.ensure_shape(a, [None, *config.shape]) for k, a in zip(SPECTROGRAM_KEYS, arrays)})
+            arrays = tf.numpy_function(spectra, [indices], [tf.as_dtype(config.dtype)] * len(keys), stateful=False)
+            return to_model({k: tf.ensure_shape(a, [None, *config.shape]) for k, a in zip(keys, arrays)})
 
         first = passes["n"] * steps * batch_size
         ds = tf.data.Dataset.range(first, first + steps * batch_size).batch(batch_size)
@@ -102,8 +102,7 @@ def pipeline_cases(static, store, batch_size: int, workers: int, count: int) -> 
         return sum(int(x.shape[0]) for x, _ in ds)
 
     def torch_static():
-        stream = StreamDataset(static, "train", batch_size=batch_size, shuffle=True, seed=0, epoch=passes["n"],
-                               drop_remainder=True)
+        stream = StreamDataset(static, "train", batch_size=batch_size, shuffle=True, seed=0, epoch=passes["n"])
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
         return sum(int(x.shape[0]) for x, _ in loader)
 
@@ -135,21 +134,22 @@ def pipeline_cases(static, store, batch_size: int, workers: int, count: int) -> 
     return cases, passes
 
 
-def time_cases(cases, passes, repeats: int, expected: int) -> list[dict]:
+def time_cases(cases, passes, repeats: int, static_count: int, mixed_count: int) -> list[dict]:
+    """Each case's passes, the cases taking turns: examples/s of the best and of the median pass."""
+    counts = {name: mixed_count if "mixing" in name else static_count for name, _ in cases}
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(repeats):
         for name, fn in cases:
             started = time.perf_counter()
-            n = fn()
+            read = fn()
             times[name].append(time.perf_counter() - started)
-            if n != expected:
-                raise RuntimeError(f"{name} read {n} examples, expected {expected}")
+            if read != counts[name]:
+                raise RuntimeError(f"{name} read {read} examples, expected {counts[name]}")
         passes["n"] += 1
-    results = []
-    for name, _ in cases:
-        best, median = min(times[name]), statistics.median(times[name])
-        results.append({"case": name, "seconds_best": best, "seconds_median": median,
-                        "examples_per_s": expected / best, "examples_per_s_median": expected / median})
+    results = [{"case": name, "examples": counts[name], "seconds_best": min(times[name]),
+                "seconds_median": statistics.median(times[name]),
+                "examples_per_s": counts[name] / min(times[name]),
+                "examples_per_s_median": counts[name] / statistics.median(times[name])} for name, _ in cases]
     for r in results:
         r["fraction_of_tf_data_static"] = r["examples_per_s"] / results[0]["examples_per_s"]
     return results
@@ -213,7 +213,7 @@ def run(root: str, args: argparse.Namespace) -> dict:
         with open(path, "rb") as f:
             while f.read(8 << 20):
                 pass
-    results = time_cases(cases, passes, args.repeats, count)
+    results = time_cases(cases, passes, args.repeats, static.num_examples("train"), count)
     return {"config": {"sample_rate": static.config.sample_rate, "shape": list(static.config.shape),
                        "dtype": static.config.dtype},
             "examples_per_pass": count, "batch_size": args.batch_size, "workers": args.workers,
@@ -226,15 +226,17 @@ def run(root: str, args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     config, disk, core = report["config"], report["disk"], report["one_core"]
-    print(f"\n{report['examples_per_pass']} train examples a pass ({config['sample_rate']} Hz, "
+    print(f"\nA pass: the static store's train split ({report['results'][0]['examples']} examples) or "
+          f"{report['examples_per_pass']} examples mixed on the fly ({config['sample_rate']} Hz, "
           f"{config['shape'][0]}x{config['shape'][1]} {config['dtype']}), batch {report['batch_size']}, "
           f"{report['machine']['cpus']} CPUs, best of {report['repeats']}")
-    header = f"{'case':<52} {'examples/s':>11} {'median':>8} {'vs tf.data static':>18}"
-    print(header)
-    print("-" * len(header))
-    for r in report["results"]:
-        print(f"{r['case']:<52} {r['examples_per_s']:>11.0f} {r['examples_per_s_median']:>8.0f} "
-              f"{100 * r['fraction_of_tf_data_static']:>17.0f}%")
+    rows = [("case", "examples/s", "median", "vs tf.data static")]
+    rows += [(r["case"], f"{r['examples_per_s']:.0f}", f"{r['examples_per_s_median']:.0f}",
+              f"{100 * r['fraction_of_tf_data_static']:.0f} %") for r in report["results"]]
+    for number, (case, best, median, fraction) in enumerate(rows):
+        print(f"{case:<52} {best:>11} {median:>8} {fraction:>18}")
+        if number == 0:
+            print("-" * 92)
     print(f"\nmixing alone, one core: {core['waveforms_16k_examples_per_s']:.0f} one-second 16 kHz waveform "
           f"examples/s = {core['audio_seconds_per_s_16k']:.0f} s of audio per s (the DNS Challenge synthesizer's "
           f"published anchor: about {core['dns_anchor_audio_seconds_per_s_16k']:.0f} s/s, not measured here); "
@@ -253,25 +255,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speech-minutes", type=float, default=6.0, help="minutes of 8 kHz speech to generate (default 6)")
     parser.add_argument("--noise-files", type=int, default=6, help="noise files of 10-40 s to generate (default 6)")
-    parser.add_argument("--num-examples", type=int, default=2000,
-                        help="examples of the static dataset over all splits (default 2000)")
+    parser.add_argument("--num-examples", type=int, default=4000,
+                        help="examples of the static dataset over all splits (default 4000, 527 MB)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, grain threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes per case, taking turns (default 2)")
-    parser.add_argument("--one-core-examples", type=int, default=640,
-                        help="examples timed for mixing alone on one core (default 640)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per case, taking turns (default 3)")
+    parser.add_argument("--one-core-examples", type=int, default=960,
+                        help="examples timed for mixing alone on one core (default 960)")
     parser.add_argument("--json", default=DEFAULT_JSON, help=f"write the report here (default {DEFAULT_JSON})")
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
 
-    root = args.keep or tempfile.mkdtemp(prefix="bench-mixing-")
+    built = None if args.keep else tempfile.mkdtemp(prefix="bench-mixing-")
     try:
-        report = run(root, args)
+        report = run(args.keep or built, args)
     finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        if built:
+            shutil.rmtree(built, ignore_errors=True)
     print_table(report)
-    if args.json:
+    if args.json:  # --json "" prints only
         write_report(args.json, report)
     return 0
 
