@@ -165,3 +165,20 @@ def test_grain_batches(stores):
     batches = list(grain.MapDataset.source(source).batch(4).to_iter_dataset(grain.ReadOptions(num_threads=2)))
     assert len(batches) == 3
     assert np.array_equal(batches[2][0], source.batch(range(8, 12))[0])
+
+
+def test_training_loaders_mix_a_source_store(stores):
+    from readers.torch_training import training_loaders
+    from trainer.config import TrainConfig
+
+    static, store = stores
+    config = TrainConfig(batch_size=4, epochs=2, steps_per_epoch=3)
+    with pytest.raises(ValueError, match="pass the model's spectrogram and the mixing options"):
+        training_loaders(store, config, "unet", "valid", 1, accelerator=False)
+    train, valid = training_loaders(store, config, "unet", "valid", 1, accelerator=False, spectrogram=static.config,
+                                    mix=MIX, augment=AUGMENT, first_step=1)
+    steps = _batches(train)
+    assert len(steps) == 6  # epochs x steps_per_epoch, from step 1 on
+    expected = MixedSource(store, "train", MIX, static.config, length=7 * 4, augment=AUGMENT)
+    assert np.array_equal(steps[-1][0], expected.batch(range(24, 28))[0])
+    assert len(_batches(valid)) == 1
