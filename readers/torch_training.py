@@ -38,7 +38,8 @@ def training_loaders(dataset: Dataset | SourceStore, config: TrainConfig, archit
 
     A source store (`tfrecord_schema.sources.SourceStore`) is mixed on the fly (`mixed_loaders`):
     `spectrogram` (the model's), `mix` and `augment` say how, and training reads steps
-    `first_step` .. `first_step + steps - 1` (default steps: `config.epochs * config.steps_per_epoch`)."""
+    `first_step` .. `first_step + steps - 1` (default: to the end of the run, step
+    `config.epochs * config.steps_per_epoch - 1`)."""
     if architecture != "unet":
         raise ValueError(f"train(): the torch backend reads data through readers.torch_data, which makes the "
                          f"U-Net's inputs and targets only. Received: architecture={architecture!r}. Use "
@@ -49,7 +50,11 @@ def training_loaders(dataset: Dataset | SourceStore, config: TrainConfig, archit
         if spectrogram is None or mix is None:
             raise ValueError("train(): a source store is mixed on the fly: pass the model's spectrogram and the mixing "
                              f"options. Received: spectrogram={spectrogram!r}, mix={mix!r}")
-        steps = config.epochs * config.steps_per_epoch if steps is None else steps
+        if steps is None:  # the rest of the run
+            if config.steps_per_epoch is None:
+                raise ValueError("train(): a source store has no size to make epochs of: set steps_per_epoch, or pass "
+                                 "steps. Received: steps_per_epoch=None")
+            steps = config.epochs * config.steps_per_epoch - first_step
         return mixed_loaders(dataset, spectrogram, mix, augment, config.batch_size, first_step, steps,
                              validation_steps if validation_split else None, train_split=config.train_split,
                              validation_split=validation_split or "valid", target=config.target,

@@ -168,6 +168,7 @@ def test_grain_batches(stores):
 
 
 def test_training_loaders_mix_a_source_store(stores):
+    """training_loaders hands a source store to mixed_loaders: the steps left from first_step."""
     from readers.torch_training import training_loaders
     from trainer.config import TrainConfig
 
@@ -178,7 +179,7 @@ def test_training_loaders_mix_a_source_store(stores):
     train, valid = training_loaders(store, config, "unet", "valid", 1, accelerator=False, spectrogram=static.config,
                                     mix=MIX, augment=AUGMENT, first_step=1)
     steps = _batches(train)
-    assert len(steps) == 6  # epochs x steps_per_epoch, from step 1 on
-    expected = MixedSource(store, "train", MIX, static.config, length=7 * 4, augment=AUGMENT)
-    assert np.array_equal(steps[-1][0], expected.batch(range(24, 28))[0])
+    assert len(steps) == 5  # steps 1 .. epochs x steps_per_epoch - 1
+    expected = MixedSource(store, "train", MIX, static.config, length=6 * 4, augment=AUGMENT)
+    assert np.array_equal(steps[-1][0], expected.batch(range(20, 24))[0])
     assert len(_batches(valid)) == 1
