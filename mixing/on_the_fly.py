@@ -25,6 +25,7 @@ import numpy as np
 from mixing.draw import Mixture, Source, SourceCache, SplitSources, draw_example
 from mixing.options import AugmentOptions, MixOptions
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.schema import SPECTROGRAM_KEYS
 from tfrecord_schema.sources import SourceStore
 from tfrecord_schema.spectrogram import phase as spectral_phase
 from tfrecord_schema.spectrogram import stft
@@ -94,19 +95,31 @@ class SourceMixer:
         drawn = [self.draw(i) for i in indices]
         return {"mixture": np.stack([d.mixture for d in drawn]), "clean": np.stack([d.clean for d in drawn])}
 
-    def spectrograms(self, indices: Iterable[int], config: SpectrogramConfig,
-                     metadata: bool = False) -> dict[str, Any]:
+    def spectrograms(self, indices: Iterable[int], config: SpectrogramConfig, metadata: bool = False,
+                     keys: Iterable[str] = SPECTROGRAM_KEYS) -> dict[str, Any]:
         """The examples `indices` as the static store holds them: "noisy_magnitude", "noisy_phase",
         "clean_magnitude", "clean_phase" as `config.dtype` [B, frames, bins] (one STFT call for the
-        batch); with `metadata`, also "metadata": each example's metadata dict."""
+        batch), or only the `keys` named (a model that reads magnitudes alone skips the phases, about
+        a third of the time); with `metadata`, also "metadata": each example's metadata dict."""
         if config.window_samples != self.window or config.sample_rate != self.sample_rate:
             raise ValueError(f"spectrograms(): config is for {config.window_samples} samples at {config.sample_rate} Hz, "
                              f"the mixer draws {self.window} at {self.sample_rate} Hz")
+        keys = tuple(keys)
+        unknown = sorted(set(keys) - set(SPECTROGRAM_KEYS))
+        if unknown:
+            raise ValueError(f"spectrograms(): unknown keys {unknown}. Known: {list(SPECTROGRAM_KEYS)}")
         drawn = [self.draw(i) for i in indices]
         spectra = stft(np.stack([np.stack([d.mixture, d.clean]) for d in drawn]), config)  # [B, 2, frames, bins]
-        magnitude, phase = np.abs(spectra).astype(config.dtype), spectral_phase(spectra).astype(config.dtype)
-        out: dict[str, Any] = {"noisy_magnitude": magnitude[:, 0], "noisy_phase": phase[:, 0],
-                               "clean_magnitude": magnitude[:, 1], "clean_phase": phase[:, 1]}
+        computed: dict[str, np.ndarray] = {}
+        for kind, convert in (("magnitude", np.abs), ("phase", spectral_phase)):
+            wanted = [(k, side) for side, k in enumerate((f"noisy_{kind}", f"clean_{kind}")) if k in keys]
+            if len(wanted) == 2:
+                values = convert(spectra).astype(config.dtype)
+                computed.update((k, values[:, side]) for k, side in wanted)
+            elif wanted:
+                (k, side), = wanted
+                computed[k] = convert(spectra[:, side]).astype(config.dtype)
+        out: dict[str, Any] = {k: computed[k] for k in SPECTROGRAM_KEYS if k in computed}
         if metadata:
             out["metadata"] = [d.metadata for d in drawn]
         return out
