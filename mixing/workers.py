@@ -37,7 +37,7 @@ def _start(directory: str, split: str, mix: MixOptions, augment: AugmentOptions 
 
 def _batch(step: int) -> dict[str, Any]:
     drawn = _worker["mixer"].spectrograms(_worker["plan"].batch_indices(step), _worker["config"],
-                                          metadata=_worker["metadata"])
+                                          metadata=_worker["metadata"], keys=_worker["keys"])
     return {k: drawn[k] for k in (*_worker["keys"], *(("metadata",) if _worker["metadata"] else ()))}
 
 

@@ -40,7 +40,7 @@ from mixing.on_the_fly import SourceMixer
 log, kill_at = os.environ["BATCH_LOG"], int(os.environ.get("KILL_AT_STEP", "-1"))
 drawn = SourceMixer.spectrograms
 
-def logged(self, indices, config, metadata=False):
+def logged(self, indices, config, metadata=False, **kwargs):
     indices = list(indices)
     step = indices[0] // len(indices)
     if self.split == "train" and step == kill_at:
@@ -52,7 +52,7 @@ def logged(self, indices, config, metadata=False):
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.05)
-    out = drawn(self, indices, config, metadata)
+    out = drawn(self, indices, config, metadata, **kwargs)
     digest = hashlib.sha256(b"".join(out[k].tobytes() for k in sorted(out) if k != "metadata")).hexdigest()
     with open(log, "a") as f:
         f.write(json.dumps({"split": self.split, "seed": self.mix.seed, "step": step, "first": indices[0],
@@ -171,6 +171,9 @@ def test_batches_depend_on_their_step_only_and_validation_is_drawn_once(store):
     whole = [x.numpy() for x, _ in training_batches(plan, keys, model_io, first_step=0, end_step=6)]
     later = [x.numpy() for x, _ in training_batches(plan, keys, model_io, first_step=4, end_step=6)]
     assert len(whole) == 6 and all(np.array_equal(a, b) for a, b in zip(whole[4:], later))
+    # Mixed in worker processes: the same batches, in step order.
+    pooled = [x.numpy() for x, _ in training_batches(plan, keys, model_io, first_step=1, end_step=6, processes=2)]
+    assert len(pooled) == 5 and all(np.array_equal(a, b) for a, b in zip(whole[1:], pooled))
     # A batch is the mixer's examples of its step, through the family's model_io.
     drawn = SourceMixer.for_config(store, "train", plan.mix, plan.spectrogram).spectrograms(
         EpochPlan(3, BATCH).batch_indices(4), plan.spectrogram)
@@ -180,9 +183,9 @@ def test_batches_depend_on_their_step_only_and_validation_is_drawn_once(store):
     calls = []
     original = SourceMixer.spectrograms
 
-    def counted(self, indices, config, metadata=False):
+    def counted(self, indices, config, metadata=False, **kwargs):
         calls.append((self.split, self.mix.seed, list(indices)))
-        return original(self, indices, config, metadata)
+        return original(self, indices, config, metadata, **kwargs)
 
     SourceMixer.spectrograms = counted
     try:
@@ -193,6 +196,18 @@ def test_batches_depend_on_their_step_only_and_validation_is_drawn_once(store):
         SourceMixer.spectrograms = original
     assert len(first) == 2 and all(np.array_equal(a, b) for a, b in zip(first, second))
     assert sorted(c[2][0] for c in calls) == [0, BATCH] and {c[:2] for c in calls} == {("valid", VALIDATION_SEED)}
+
+
+def test_the_torch_backend_trains_from_a_source_store(store, tmp_path):
+    """`--backend torch` mixes through the PyTorch reader (readers.torch_mixed) and writes a model."""
+    model_dir = tmp_path / "model"
+    flags = [*FLAGS, "--epochs", "1"]  # the last --epochs counts
+    proc = subprocess.run([sys.executable, "-m", "speech_enhance", "train", "--backend", "torch", "--dataset",
+                           store.directory, "--model-dir", str(model_dir), *flags],
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["training"]["backend"] == "torch" and info["training_data"]["kind"] == "sources"
 
 
 def test_the_sce_family_learns_the_store_s_speakers_and_noise_classes(store, tmp_path):

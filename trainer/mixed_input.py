@@ -219,7 +219,8 @@ def _batches(plan: MixedPlan, split: str, mix: MixOptions, first_step: int, end_
     mixers = _Mixers(plan, split, mix)
 
     def produce(step):
-        drawn = mixers.mixer.spectrograms(batch_plan.batch_indices(int(step)), spectrogram, metadata=bool(metadata))
+        drawn = mixers.mixer.spectrograms(batch_plan.batch_indices(int(step)), spectrogram, metadata=bool(metadata),
+                                          keys=spectrograms)
         return _features(drawn, spectrograms, metadata)
 
     def to_features(step):

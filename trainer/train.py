@@ -229,25 +229,33 @@ def _plan(dataset_dir: str, config: TrainConfig, mix: MixOptions | None = None,
 _Stage = tuple[Any, Any, int, int, int]
 
 
-def _mixed_stages(run: _Run, config: TrainConfig, first_step: int) -> list[_Stage]:
+def _mixed_stages(run: _Run, config: TrainConfig, first_step: int, torch_inputs: TorchInputs | None) -> list[_Stage]:
     """The fits of a source store's run from global step `first_step`: the rest of an interrupted epoch
-    (validated, logged and scheduled as the whole epoch would be), then the remaining epochs."""
+    (validated, logged and scheduled as the whole epoch would be), then the remaining epochs. On the
+    torch backend the batches come from `torch_inputs` (the PyTorch mixing reader), else from tf.data."""
     plan, family = run.mixed, run.family
-    keys, model_io = family.record_keys(config), family.model_io(run.spectrogram, config, run.info)
-    val_ds = mixed_input.validation_batches(plan, keys, model_io)
-    processes = mixed_input.mixing_processes(config)
+    if keras.backend.backend() == "torch":
+        def batches(first: int, end: int):
+            return torch_inputs(run.dataset, config, family.name, run.validation_split, run.validation_steps,
+                                spectrogram=plan.spectrogram, mix=plan.mix, augment=plan.augment, first_step=first,
+                                steps=end - first)
+    else:
+        keys, model_io = family.record_keys(config), family.model_io(run.spectrogram, config, run.info)
+        val_ds = mixed_input.validation_batches(plan, keys, model_io)
+        processes = mixed_input.mixing_processes(config)
+
+        def batches(first: int, end: int):
+            return mixed_input.training_batches(plan, keys, model_io, first_step=first, end_step=end,
+                                                processes=processes), val_ds
     epoch, done = divmod(first_step, run.steps_per_epoch)
     stages = []
     if done:
         end = (epoch + 1) * run.steps_per_epoch
-        stages.append((mixed_input.training_batches(plan, keys, model_io, first_step=first_step, end_step=end,
-                                                    processes=processes),
-                       val_ds, epoch, epoch + 1, run.steps_per_epoch - done))
+        stages.append((*batches(first_step, end), epoch, epoch + 1, run.steps_per_epoch - done))
         first_step, epoch = end, epoch + 1
     if epoch < config.epochs:
-        train_ds = mixed_input.training_batches(plan, keys, model_io, first_step=first_step,
-                                                end_step=plan.total_steps(config.epochs), processes=processes)
-        stages.append((train_ds, val_ds, epoch, config.epochs, run.steps_per_epoch))
+        stages.append((*batches(first_step, plan.total_steps(config.epochs)), epoch, config.epochs,
+                       run.steps_per_epoch))
     return stages
 
 
@@ -323,16 +331,13 @@ def _inputs(run: _Run, config: TrainConfig, work: WorkDir, initial_epoch: int,
         else:
             train_ds, val_ds = _tf_data(run, config)
         return [(train_ds, val_ds, 0, config.epochs, run.steps_per_epoch)], None, None
-    if keras.backend.backend() == "torch":
-        raise ValueError(f"train(): {run.dataset.directory!r} is a source store, mixed on the fly through tf.data: "
-                         "train it on the tensorflow or jax backend (--backend tensorflow).")
     backup = work.backup_step()
     first_step, weights = backup if backup else (initial_epoch * run.steps_per_epoch, None)
     if weights is not None:
         logger.info("resuming at step %d (epoch %d, batch %d) from %s", first_step,
                     *divmod(first_step, run.steps_per_epoch), weights)
     step_backup = StepBackup(work, config.backup_steps, run.steps_per_epoch, first_step)
-    return _mixed_stages(run, config, first_step), step_backup, weights
+    return _mixed_stages(run, config, first_step, torch_inputs), step_backup, weights
 
 
 def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: TrainConfig | None = None, *,
