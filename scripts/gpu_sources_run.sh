@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Static store against source store on a GPU machine: the same U-Net trained from a static store and
+# from a source store mixed on the fly, both built from every speech and noise folder of the shared data
+# with the same split by speaker and by noise file (docs/results.md reports what it produced).
+# Run from the repository root after the wheels and data staged by ../shared/device/stage.sh are
+# unpacked (`~/site`; `~/bundle/data/{speech,noise}` holding the shared data's speech/ and noise/).
+# Stages, in the order given:
+#   build-sources   the source store at 8 kHz (all voices but the VoxCeleb interferers; all noises)
+#   build-static    the static store of the same folders: N windows (default 45,000), SNR -8..18 dB
+#   train-static    the shipped U-Net's recipe (gpu preset, mask target, magnitude-weighted loss) on it
+#   train-sources   the same recipe and steps per epoch, mixing on the fly at the same SNRs
+#   bench-mixer     one-window waveform examples/s of the mixer on every core of the host
+# Outputs to $OUT: each model in 15 MiB pieces, the splits, the training summaries and logs.
+set -euo pipefail
+export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+DATA=$HOME/bundle/data
+SRC=${SRC:-$HOME/sources}
+DS=${DS:-$HOME/static}
+MODELS=$HOME/models
+OUT=${OUT:-/tmp/out}
+EPOCHS=${EPOCHS:-30}
+N=${N:-45000}
+BATCH=256
+PY=${PY:-python3}
+mkdir -p "$OUT" "$MODELS"
+VOICES=(--voice-dir "$DATA/speech/librispeech" --voice-dir "$DATA/speech/dns-enrollment-8k"
+        --voice-dir "$DATA/speech/commonvoice-hsb" --voice-dir "$DATA/speech/grid" --voice-dir "$DATA/speech/lombard-grid")
+NOISES=()
+for d in "$DATA"/noise/*/; do NOISES+=(--noise-dir "${d%/}"); done
+SPLIT=(--split-fractions 0.8,0.1,0.1)
+quiet() { grep --line-buffered -v "sdk_worker\|data_plane\|harness\|statecache\|semi_persistent\|Pipeline_options\|Logging handler\|wrote .*tfrecord"; }
+train() {  # train NAME DATASET [flags...]
+  local name=$1 dataset=$2; shift 2
+  "$PY" -m speech_enhance train --backend jax --dataset "$dataset" --model-dir "$MODELS/$name" \
+    --work-dir "$HOME/work-$name" --preset gpu --base-filters 24 --target mask --loss-weighting magnitude \
+    --epochs "$EPOCHS" --summary-json "$OUT/summary-$name.json" "$@" 2>&1 | grep -v "^\s*$" | tail -25
+  cp "$HOME/work-$name/history.csv" "$OUT/history-$name.csv"
+  tar -C "$MODELS" -cf - "$name" | split -b 15M -d -a 2 - "$OUT/model-$name.tar."
+}
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"
+  case $stage in
+    build-sources)
+      /usr/bin/time -f "%e s, %M KB" "$PY" -m speech_enhance dataset --kind sources --sample-rate 8000 \
+        "${VOICES[@]}" "${NOISES[@]}" "${SPLIT[@]}" --output "$SRC" --workers "$(nproc)" --overwrite 2>&1 | quiet | tail -8
+      "$PY" -m speech_enhance inspect "$SRC" | tail -20
+      cp "$SRC/splits.json" "$OUT/splits-sources.json"
+      ;;
+    build-static)
+      /usr/bin/time -f "%e s, %M KB" "$PY" -m speech_enhance dataset "${VOICES[@]}" "${NOISES[@]}" "${SPLIT[@]}" \
+        --snr-db -8:18 --num-examples "$N" --output "$DS" --workers "$(nproc)" --overwrite 2>&1 | quiet | tail -8
+      cp "$DS/splits.json" "$OUT/splits-static.json"
+      du -sh "$SRC" "$DS" 2>/dev/null || true
+      ;;
+    train-static)
+      train static "$DS"
+      ;;
+    train-sources)
+      # As many steps per epoch as the static store's training split holds batches.
+      steps=$("$PY" -c "from tfrecord_schema.dataset import Dataset; print(Dataset.open('$DS').num_examples('train') // $BATCH)")
+      train sources "$SRC" --steps-per-epoch "$steps" --snr-db -8:18
+      ;;
+    bench-mixer)
+      "$PY" - "$SRC" <<'PY'
+import multiprocessing, sys, time
+from mixing.on_the_fly import SourceMixer
+from mixing.options import MixOptions
+from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.sources import SourceStore
+COUNT = 4000
+def run(worker):
+    mixer = SourceMixer.for_config(SourceStore.open(sys.argv[1]), "train", MixOptions(), SpectrogramConfig())
+    mixer.waveforms(range(worker * 10**6, worker * 10**6 + 32))
+    start = time.perf_counter()
+    for first in range(worker * 10**6, worker * 10**6 + COUNT, 64):
+        mixer.waveforms(range(first, first + 64))
+    return time.perf_counter() - start
+cores = multiprocessing.cpu_count()
+with multiprocessing.get_context("spawn").Pool(cores) as pool:
+    seconds = pool.map(run, range(cores))
+print(f"mixer alone: {cores} processes x {COUNT} one-window (1.008 s, 8 kHz) waveform examples: "
+      f"{cores * COUNT / max(seconds):.0f} examples/s ({COUNT / (sum(seconds) / cores):.0f} per process)")
+PY
+      ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
