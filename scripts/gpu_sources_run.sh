@@ -10,9 +10,11 @@
 #   train-static    the shipped U-Net's recipe (gpu preset, mask target, magnitude-weighted loss) on it
 #   train-sources   the same recipe and steps per epoch, mixing on the fly at the same SNRs
 #   bench-mixer     one-window waveform examples/s of the mixer on every core of the host
+# EPOCHS (30), N, BACKEND (jax) and TRAIN_ARGS (appended to both trainings) change the run.
 # Outputs to $OUT: each model in 15 MiB pieces, the splits, the training summaries and logs.
 set -euo pipefail
-export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+BACKEND=${BACKEND:-jax}
+export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=$BACKEND PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 DATA=$HOME/bundle/data
 SRC=${SRC:-$HOME/sources}
 DS=${DS:-$HOME/static}
@@ -31,9 +33,9 @@ SPLIT=(--split-fractions 0.8,0.1,0.1)
 quiet() { grep --line-buffered -v "sdk_worker\|data_plane\|harness\|statecache\|semi_persistent\|Pipeline_options\|Logging handler\|wrote .*tfrecord"; }
 train() {  # train NAME DATASET [flags...]
   local name=$1 dataset=$2; shift 2
-  "$PY" -m speech_enhance train --backend jax --dataset "$dataset" --model-dir "$MODELS/$name" \
+  "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$dataset" --model-dir "$MODELS/$name" \
     --work-dir "$HOME/work-$name" --preset gpu --base-filters 24 --target mask --loss-weighting magnitude \
-    --epochs "$EPOCHS" --summary-json "$OUT/summary-$name.json" "$@" 2>&1 | grep -v "^\s*$" | tail -25
+    --epochs "$EPOCHS" --summary-json "$OUT/summary-$name.json" "$@" ${TRAIN_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -25
   cp "$HOME/work-$name/history.csv" "$OUT/history-$name.csv"
   tar -C "$MODELS" -cf - "$name" | split -b 15M -d -a 2 - "$OUT/model-$name.tar."
 }
