@@ -29,7 +29,22 @@ PEAK_LIMIT = 0.99  # largest absolute sample of any mixture made here (full scal
 
 
 def rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    # np.add.reduce / size is np.mean's own arithmetic, without its per-call overhead (the same bits).
+    return float(np.sqrt(np.add.reduce(np.square(x, dtype=np.float64), axis=None) / x.size))
+
+
+def percentile95(values: np.ndarray) -> float:
+    """`np.percentile(values, 95)` (linear interpolation) of a 1-D float64 array, bit for bit, at a
+    fraction of its cost: the same order statistics and numpy's own interpolation arithmetic."""
+    n = values.shape[0]
+    virtual = (n - 1) * 0.95
+    below = int(np.floor(virtual))
+    above = min(below + 1, n - 1)
+    ordered = np.partition(values, (below, above)) if n > 1 else values
+    a, b = ordered[below], ordered[above]
+    t = virtual - below
+    step = b - a
+    return float(b - step * (1 - t)) if t >= 0.5 else float(a + step * t)
 
 
 def energy(x: np.ndarray) -> float:
@@ -51,12 +66,13 @@ def active_level(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
     n = (x.shape[-1] // frame) * frame
     if n == 0:
         return rms(x), 1.0
-    energy = np.mean(np.square(x[:n].reshape(-1, frame), dtype=np.float64), axis=1)
-    loud = np.percentile(energy, 95)
+    energy = np.add.reduce(np.square(x[:n].reshape(-1, frame), dtype=np.float64), axis=1) / frame
+    loud = percentile95(energy)
     if loud <= 0:
         return 0.0, 0.0
     active = energy >= loud * 10.0 ** (-ACTIVE_RANGE_DB / 10.0)
-    return float(np.sqrt(np.mean(energy[active]))), float(np.mean(active))
+    count = int(np.count_nonzero(active))
+    return float(np.sqrt(np.add.reduce(energy[active]) / count)), count / active.size
 
 
 def is_silent(level: float, active_fraction: float) -> bool:
