@@ -121,7 +121,8 @@ def test_a_second_build_of_the_same_output_is_refused_naming_the_first(corpus, t
 
 
 def test_a_resumed_build_starts_over_when_inputs_were_replaced_under_the_same_names(corpus, tmp_path, caplog):
-    voice_dir, noise_dir = make_corpus(str(tmp_path / "corpus"), speakers=30, utterances=2)
+    voice_dir, noise_dir = str(tmp_path / "voices"), corpus[1]
+    shutil.copytree(corpus[0], voice_dir)
     # Other recordings under the same names (make_corpus names files by speaker and utterance).
     other_voices, _ = make_corpus(str(tmp_path / "other"), speakers=30, utterances=2, seed=8)
     out, build = tmp_path / "store", tmp_path / "store.incomplete"
