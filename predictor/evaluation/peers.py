@@ -60,13 +60,14 @@ def _version(package: str) -> str:
 
 
 class Peer:
-    """A 48 kHz frame-by-frame denoiser: `enhance(x, sample_rate)` returns float32 [len(x)].
+    """A frame-by-frame denoiser at `rate` Hz: `enhance(x, sample_rate)` returns float32 [len(x)].
 
-    Subclasses set `name`, `delay` (samples at 48 kHz) and `description`, and implement
-    `_run_frames(padded)`, which runs a fresh state over float32 [k * FRAME_SAMPLES] at 48 kHz.
+    Subclasses set `name`, `delay` (samples at `rate`) and `description`, and implement
+    `_run_frames(padded)`, which runs a fresh state over float32 [k * FRAME_SAMPLES] at `rate`.
     """
 
     name: str = ""
+    rate: int = PEER_RATE
     delay: int = 0
     description: str = ""
 
@@ -74,7 +75,7 @@ class Peer:
         raise NotImplementedError
 
     def enhance_48k(self, x: np.ndarray) -> np.ndarray:
-        """float32 [n] at 48 kHz in, the delay-compensated float32 [n] estimate out."""
+        """float32 [n] at `rate` Hz in, the delay-compensated float32 [n] estimate out."""
         x = np.asarray(x, np.float32)
         n = x.shape[0]
         frames = -(-(n + self.delay) // FRAME_SAMPLES)
@@ -90,7 +91,7 @@ class Peer:
         n = x.shape[0]
         if n == 0:
             return x.copy()
-        y = audio_io.resample(self.enhance_48k(audio_io.resample(x, sample_rate, PEER_RATE)), PEER_RATE, sample_rate)
+        y = audio_io.resample(self.enhance_48k(audio_io.resample(x, sample_rate, self.rate)), self.rate, sample_rate)
         out = np.zeros(n, np.float32)
         out[: min(n, y.shape[0])] = y[:n]
         return out
@@ -212,7 +213,20 @@ class RNNoise(Peer):
         return out / np.float32(32768.0)
 
 
-PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise}
+def _dtln() -> Peer:
+    from predictor.evaluation.onnx_time_peers import DTLN
+
+    return DTLN()
+
+
+def _nsnet2() -> Peer:
+    from predictor.evaluation.onnx_time_peers import NSNet2
+
+    return NSNet2()
+
+
+PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise,
+                                        "dtln": _dtln, "nsnet2": _nsnet2}
 
 
 def peer_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
