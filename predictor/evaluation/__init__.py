@@ -11,7 +11,7 @@
     baselines  spectral subtraction, Wiener filter, spectral gating, oracle, the reference's recipe
     snmf       the sparse-NMF baseline (SparseNMF), with nmf (the cost and its updates) and
                snmf_data (training frames from audio folders or a dataset directory)
-    peers      learned denoisers a user could pick instead (DeepFilterNet3, RNNoise)
+    peers      learned denoisers a user could pick instead (DeepFilterNet3, RNNoise; DTLN, NSNet2 in onnx_time_peers)
     cli        `speech-enhance evaluate`
 
 docs/evaluation.md describes the command and the library.

