@@ -91,12 +91,12 @@ def test_items_do_not_leak_into_each_other(peer):
 
 
 def test_unknown_peer_is_refused_with_the_known_names(tmp_path):
-    with pytest.raises(ValueError, match=r"peers must name known peers: \['deepfilternet3', 'rnnoise'\] "
-                                         r"\(or 'all'\). Received: peers=\['nope'\]"):
+    with pytest.raises(ValueError, match=r"peers must name known peers: \['deepfilternet3', 'gtcrn', 'rnnoise', "
+                                         r"'ul-unas'\] \(or 'all'\). Received: peers=\['nope'\]"):
         run_evaluation(EvaluateOptions(output_dir=str(tmp_path), noisy_dir="a", clean_dir="b", peers=["nope"]))
-    with pytest.raises(ValueError, match=r"known peers: \['deepfilternet3', 'rnnoise'\]"):
+    with pytest.raises(ValueError, match=r"known peers: \['deepfilternet3', 'gtcrn', 'rnnoise', 'ul-unas'\]"):
         peers.load_peer("dfn")
-    assert peers.peer_names(["all", "rnnoise"]) == ["deepfilternet3", "rnnoise"]
+    assert peers.peer_names(["all", "rnnoise"]) == ["deepfilternet3", "rnnoise", "gtcrn", "ul-unas"]
 
 
 def test_unknown_peer_is_refused_by_the_command(tmp_path, capsys):
@@ -104,7 +104,8 @@ def test_unknown_peer_is_refused_by_the_command(tmp_path, capsys):
                                 "--output", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "--peers must name known peers: ['deepfilternet3', 'rnnoise']" in err and "peers=" not in err, err
+    assert "--peers must name known peers: ['deepfilternet3', 'gtcrn', 'rnnoise', 'ul-unas']" in err, err
+    assert "peers=" not in err, err
 
 
 @pytest.mark.skipif(not all(installed(name) for name in PACKAGES),

