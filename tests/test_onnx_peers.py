@@ -10,11 +10,11 @@ import pytest
 import soundfile
 
 import speech_enhance
-from beam_pipelines.synthetic import speech as synth_speech
 from predictor.evaluation import metrics, onnx_peers, peers
 from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.run import run_evaluation
 from predictor.evaluation.systems import peer_systems
+from test_peers import best_lag as shared_best_lag, speech, white_noise_mixture
 
 RATE = 16000
 NAMES = ("gtcrn", "ul-unas")
@@ -47,23 +47,9 @@ def peer(request):
     return peers.load_peer(request.param)
 
 
-def speech(seed, seconds=3.0, rate=RATE):
-    return synth_speech(np.random.default_rng(seed), int(seconds * rate), rate, 110.0)
-
-
-def white_noise_mixture(seed, rate=RATE):
-    clean = speech(seed, rate=rate)
-    noise = np.random.default_rng(1000 + seed).standard_normal(clean.size).astype(np.float32)
-    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2))  # 0 dB
-    return clean, (clean + noise).astype(np.float32)
-
-
-def best_lag(reference, estimate, max_lag=600):
+def best_lag(reference, estimate):
     # 600 samples: more than two hops of 256, so a delay of a frame or two would show.
-    core = slice(max_lag, reference.size - max_lag)
-    scores = [np.dot(reference[core], estimate[max_lag + k: reference.size - max_lag + k])
-              for k in range(-max_lag, max_lag + 1)]
-    return int(np.argmax(scores)) - max_lag
+    return shared_best_lag(reference, estimate, max_lag=600)
 
 
 @pytest.mark.parametrize("window", [onnx_peers.Gtcrn.window, onnx_peers.UlUnas.window], ids=["sqrt-hann", "hann"])
