@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from predictor.enhance import PRETRAINED_DIR
-    from predictor.evaluation.peers import PeerNotInstalledError
+    from predictor.evaluation.peer_base import PeerNotInstalledError
     from predictor.evaluation.run import run_evaluation
     from tfrecord_schema import paths
 

