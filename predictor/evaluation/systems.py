@@ -99,7 +99,7 @@ def snmf_system(model: SparseNMF, name: str = "snmf") -> System:
 def peer_systems(names: Sequence[str], sample_rate: int) -> list[System]:
     """Learned peers (`predictor.evaluation.peers`: "deepfilternet3", "rnnoise", or "all") as Systems at `sample_rate` Hz.
 
-    Each runs at 48 kHz on every item's noisy signal, resampled up and back, with a fresh state per
+    Each runs at its own rate (48 or 16 kHz) on every item's noisy signal, resampled up and back, with a fresh state per
     item and its delay compensated; the description names the package version and model. Needs the
     optional extra: pip install 'speech-enhance[peers]'.
     """
