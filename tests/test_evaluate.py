@@ -216,6 +216,11 @@ def test_evaluation_runs_end_to_end_on_a_model_trained_here(corpus, tmp_path, ca
     results = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in results["systems"]] == systems
     assert results["snr_bins"] == [0.0, 10.0] and results["pesq_mode"] == "nb" and results["num_items"] == 4
+    # Each system's real-time factor: its time over the audio it enhanced, also in results.md.
+    audio = sum(item["seconds"] for item in results["items"])
+    for s in results["systems"]:
+        assert s["real_time_factor"] == pytest.approx(s["seconds"] / audio) and s["real_time_factor"] > 0
+    assert f"real-time factor {results['systems'][1]['real_time_factor']:.3f}" in (out / "results.md").read_text()
     assert results["source"]["kind"] == "mixtures" and results["spectrogram"] == CONFIG.to_dict()
     for item in results["items"]:
         assert set(item["scores"]) == set(systems)

@@ -60,7 +60,9 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
              f"{results['num_items']} items at {results['sample_rate']} Hz; input SNR bins (dB): "
              + ", ".join(f"{b:g}" for b in results["snr_bins"]) + ". Means over items; SI-SDRi is the "
              "SI-SDR gain over the noisy input." + notes, "", "## Systems", ""]
-    lines += [f"- **{s['name']}**: {s['description']} ({s['seconds']:.1f} s)" for s in results["systems"]]
+    lines += [f"- **{s['name']}**: {s['description']} ({s['seconds']:.1f} s"
+              + (f", real-time factor {s['real_time_factor']:.3f})" if "real_time_factor" in s else ")")
+              for s in results["systems"]]
     lines += ["", "## Overall", ""]
     lines += table(["system"], [([s], agg["overall"][s]) for s in systems])
     lines += ["", "## SI-SDR improvement (dB) by input SNR", ""]

@@ -93,10 +93,13 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
             logger.warning("%s: %d metric values could not be computed on %d items (listed in the report)",
                            system.name, len(failures) - first_failures,
                            len({f["id"] for f in failures[first_failures:]}))
+    audio_seconds = max(sum(r["seconds"] for r in records), 1e-9)
     return {
         "sample_rate": sample_rate,
         "pesq_mode": metrics.PESQ_MODES.get(sample_rate) if with_pesq else None,
-        "systems": [{"name": s.name, "description": s.description, "seconds": timing[s.name]} for s in systems],
+        # Real-time factor: the system's wall-clock time over the seconds of audio it enhanced, as it ran here.
+        "systems": [{"name": s.name, "description": s.description, "seconds": timing[s.name],
+                     "real_time_factor": timing[s.name] / audio_seconds} for s in systems],
         "snr_bins": sorted({it.snr_bin for it in items}),
         "noise_classes": sorted({it.noise_class for it in items}),
         "num_items": len(items),
