@@ -9,8 +9,8 @@ Example `index` of a split is `draw_example(split, index, ...)` over the store's
 same seed, window and augmentation, and segments stored exactly (16-bit files at the store's rate),
 it is the example the dataset job writes at that index, spectrograms and metadata alike. Training
 draws fresh examples each epoch by numbering them on: example i of epoch e is index
-`e * examples_per_epoch + i` (`training_index`), so any example of any epoch is reached directly,
-which is what makes a run resumed at step k see what an uninterrupted run sees from step k on.
+`e * examples_per_epoch + i` (`EpochPlan.batch_indices` of its step), so any example of any epoch
+is reached directly, which is what makes a run resumed at step k see what an uninterrupted run sees from step k on.
 Validation uses indices 0.. of its split under `VALIDATION_SEED`: the same examples every epoch and
 every run.
 """
@@ -32,12 +32,6 @@ from tfrecord_schema.spectrogram import stft
 
 VALIDATION_SEED = 0  # the validation split is mixed with this seed whatever the training seed
 DEFAULT_CACHE_BYTES = 1 << 30  # decoded float32 segments kept per mixer (long noise files are decoded once)
-
-
-def training_index(epoch: int, position: int, examples_per_epoch: int) -> int:
-    """The draw index of example `position` (0-based) of `epoch` (0-based) when each epoch holds
-    `examples_per_epoch` examples: consecutive epochs draw consecutive, never repeated, indices."""
-    return epoch * examples_per_epoch + position
 
 
 class SourceMixer:
