@@ -4,6 +4,7 @@
     DIR/model.json    {"format_version", "schema_version", "spectrogram", "target",
                        "model": {...architecture arguments...},
                        "heads": [...] when the model has several outputs (the first is the default),
+                       "streaming": {...STFT, latency, state shapes...} for the streaming family,
                        "model_file": {"num_bytes", "sha256"} of model.keras (absent in older directories),
                        "training_data": {...summary of the dataset...},
                        "training": {...how it was trained...}}
@@ -47,11 +48,14 @@ _LEGACY_TEMPORARIES = (".tmp-" + MODEL_FILE, ".tmp-" + INFO_FILE)  # written by 
 
 def save_model_dir(model, directory: str, *, config: SpectrogramConfig, target: str,
                    model_args: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
-                   training: dict[str, Any] | None = None, heads: Sequence[str] = ()) -> str:
+                   training: dict[str, Any] | None = None, heads: Sequence[str] = (),
+                   streaming: dict[str, Any] | None = None) -> str:
     """Writes `model.keras` and `model.json` into `directory` (created); returns the directory.
 
     `heads` names the model's outputs when it has several (each maps the input to `target`'s range);
-    the first is the one the predictor runs unless told otherwise.
+    the first is the one the predictor runs unless told otherwise. `streaming` marks a model of the
+    streaming family (`trainer.streaming_crn`): its STFT, latency and state shapes, which the
+    predictor needs to run it frame by frame.
 
     The pair replaces an existing pair as a unit (see the module docstring): if the save fails
     or is killed, readers keep seeing the old pair. Other files in `directory` (e.g. the
@@ -69,6 +73,7 @@ def save_model_dir(model, directory: str, *, config: SpectrogramConfig, target: 
         "target": target,
         "model": dict(model_args or {}),
         **({"heads": list(heads)} if heads else {}),
+        **({"streaming": dict(streaming)} if streaming else {}),
         "training_data": dict(training_data or {}),
         "training": dict(training or {}),
     }
