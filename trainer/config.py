@@ -36,6 +36,7 @@ ARCHITECTURE_ARGS = {
     "blstm-sce": _BLSTM_ARGS,
     "blstm-dc": _BLSTM_ARGS,
     "mel-autoencoder": ("mel_bands",),
+    "stream-crn": ("stream_size",),
 }
 ARCHITECTURES = tuple(ARCHITECTURE_ARGS)
 # The model's STFT options: a source store's model only (a spectrogram dataset fixes its STFT).
@@ -112,7 +113,8 @@ class TrainConfig:
     # model
     architecture: str = _option("unet", "model family (docs/training.md): unet; blstm-sce and blstm-dc (BLSTM "
                                 "embeddings with a mask-inference head, trained with the source-contrastive or "
-                                "the deep-clustering loss); mel-autoencoder", group="model",
+                                "the deep-clustering loss); mel-autoencoder; stream-crn (streaming, 32 ms "
+                                "latency)", group="model",
                                 choices=ARCHITECTURES, resume=True)
     base_filters: int = _option(16, "U-Net: filters of the first level, doubled per level", group="model",
                                 resume=True)
@@ -129,6 +131,8 @@ class TrainConfig:
                                       "mask-inference loss", group="model", resume=True)
     kmeans_iterations: int = _option(10, "BLSTM: k-means iterations of the clustering head at inference",
                                      group="model")
+    stream_size: str = _option("small", "stream-crn: 'small' (48 K parameters at 16 kHz) or 'large' (479 K)",
+                               group="model", choices=("small", "large"), resume=True)
     # The model's STFT, for a source store (a spectrogram dataset fixes its own): None derives it from
     # the store's sample rate (`SpectrogramConfig.for_sample_rate`).
     sample_rate: int | None = _option(None, "source stores: the model's sample rate in Hz; it must be the store's "

@@ -19,6 +19,9 @@ so the predictor runs every family the same way. A family with several outputs n
     blstm-dc          the same network with the deep-clustering loss (DC+MI)
     mel-autoencoder   the 74,497-parameter mel CNN autoencoder, binary cross-entropy on scaled mels
                       (trainer/mel_autoencoder.py); its mel output becomes a linear mask
+    stream-crn        the streaming CRN (trainer/streaming_crn.py, trainer/stream_family.py): 32 ms
+                      frames, causal, explicit state; trained on the waveform, exported as its core,
+                      which the predictor runs frame by frame (model.json "streaming")
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import keras
 
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import DatasetInfo
-from trainer import blstm, mel_autoencoder
+from trainer import blstm, mel_autoencoder, stream_family
 from trainer.config import TrainConfig
 from trainer.model import build_unet
 from trainer.targets import tf_model_input
-from trainer.waveform_loss import CAP_DB, MIX_WEIGHT, WAVEFORM_LOSSES, waveform_loss, waveform_metric
+from trainer.streaming_crn import StreamingCrn, StreamSettings
+from trainer.waveform_loss import CAP_DB, MIX_WEIGHT, WAVEFORM_LOSSES, tf_packed_spectra, waveform_loss, waveform_metric
 
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")
 
@@ -85,6 +89,11 @@ class Family:
     def inference_model(self, training_model: keras.Model, spectrogram: SpectrogramConfig,
                         config: TrainConfig) -> keras.Model:
         return training_model
+
+    def streaming(self, model: keras.Model, spectrogram: SpectrogramConfig, config: TrainConfig) -> dict[str, Any] | None:
+        """model.json's "streaming" entry for a model the predictor runs frame by frame; None for one
+        it runs on windows."""
+        return None
 
     def describe(self, config: TrainConfig) -> str:
         return self.name
@@ -233,9 +242,53 @@ class MelAutoencoderFamily(Family):
         return "binary cross-entropy on mels scaled to 0..1"
 
 
+class StreamCrnFamily(Family):
+    name = "stream-crn"
+    optimizer_args = {"global_clipnorm": 5.0}  # the usual guard for recurrent layers
+
+    def record_keys(self, config):
+        from trainer.input_pipeline import WAVEFORM_KEYS
+
+        return WAVEFORM_KEYS
+
+    def build_training_model(self, spectrogram, config, info=None):
+        return stream_family.build_training_model(spectrogram, config.stream_size)
+
+    def compile_args(self, config, spectrogram):
+        return {"loss": stream_family.hybrid_loss(spectrogram), "metrics": [stream_family.si_sdr_metric(spectrogram)]}
+
+    def model_io(self, spectrogram, config, info):
+        import tensorflow as tf
+
+        def to_model_io(batch):
+            y = tf_packed_spectra(batch["noisy_magnitude"], batch["noisy_phase"], batch["clean_magnitude"],
+                                  batch["clean_phase"])
+            y = tf.ensure_shape(y, [None, *spectrogram.shape, 4])
+            return y[..., :2], y
+
+        return to_model_io
+
+    def inference_model(self, training_model, spectrogram, config):
+        return next(layer for layer in training_model.layers if layer.name.startswith("stream_crn_"))
+
+    def streaming(self, model, spectrogram, config):
+        net = StreamingCrn(StreamSettings.for_sample_rate(spectrogram.sample_rate), config.stream_size)
+        return net.describe(model)
+
+    def describe(self, config):
+        return f"streaming CRN ({config.stream_size})"
+
+    def loss_description(self, config):
+        f = stream_family
+        return (f"{f.SPECTRUM_WEIGHT:g} x MSE of |Y|^{f.COMPRESSION:g} + {f.COMPLEX_WEIGHT:g} x MSE of the "
+                f"compressed complex spectrum - {f.SI_SDR_WEIGHT:g} x SI-SDR (dB, capped at 30) of the waveform; "
+                "gradient norm clipped at 5")
+
+
 # One entry per `trainer.config.ARCHITECTURES` name (a test checks they match).
 FAMILIES: dict[str, Family] = {family.name: family for family in (
-    UNetFamily(), BlstmFamily("blstm-sce", "sce"), BlstmFamily("blstm-dc", "dc"), MelAutoencoderFamily())}
+    UNetFamily(), BlstmFamily("blstm-sce", "sce"), BlstmFamily("blstm-dc", "dc"), MelAutoencoderFamily(),
+    StreamCrnFamily())}
 
 
 def get_family(architecture: str) -> Family:

@@ -416,7 +416,7 @@ def train(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, config: 
                    heads=run.family.heads, model_args=config.model_args(),
                    training_data=_training_data_summary(dataset, run.train_split, run.validation_split)
                    if run.mixed is None else mixed_input.training_data_summary(run.mixed, dataset_dir),
-                   training=summary)
+                   training=summary, streaming=run.family.streaming(export, run.spectrogram, config))
     best_epoch = summary["best_epoch"]
     logger.info("saved the %s model (epoch %s, %s %s) to %s; %s examples/s", exported, best_epoch, run.monitor,
                 history[run.monitor][best_epoch - 1] if best_epoch else None, model_dir,

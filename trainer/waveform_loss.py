@@ -40,10 +40,10 @@ _TAU = 10.0 ** (-CAP_DB / 10.0)
 _EPS = 1e-10
 
 
-def _inverse_dft_basis(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+def inverse_dft_basis(n_fft: int, window: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Real matrices [bins, n_fft] with frames = re @ C + im @ S equal to irfft(re + i im, n_fft),
-    the synthesis window already applied (the imaginary parts of the DC and Nyquist bins are
-    ignored, as irfft does)."""
+    the synthesis `window` (default: the periodic Hann window) already applied (the imaginary parts
+    of the DC and Nyquist bins are ignored, as irfft does)."""
     bins = n_fft // 2 + 1
     k = np.arange(bins)[:, None]
     n = np.arange(n_fft)[None, :]
@@ -52,7 +52,7 @@ def _inverse_dft_basis(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
     if n_fft % 2 == 0:
         weight[-1] = 1.0
     angle = 2.0 * np.pi * k * n / n_fft
-    window = hann_window(n_fft).astype(np.float64)[None, :]
+    window = np.asarray(hann_window(n_fft) if window is None else window, np.float64)[None, :]
     cos = weight * np.cos(angle) / n_fft * window
     sin = -weight * np.sin(angle) / n_fft * window
     return cos.astype(np.float32), sin.astype(np.float32)
@@ -70,7 +70,7 @@ class InverseStft:
         self.config = config
         n_fft, hop, frames = config.n_fft, config.hop_length, config.num_frames
         self.blocks = -(-n_fft // hop)  # hop-sized blocks each frame spans
-        self.cos, self.sin = _inverse_dft_basis(n_fft)
+        self.cos, self.sin = inverse_dft_basis(n_fft)
         pad = n_fft // 2
         envelope = _window_envelope(n_fft, hop, frames)[pad: pad + config.window_samples]  # the writer's istft's
         self.inverse_envelope = np.where(envelope > 1e-8, 1.0 / np.maximum(envelope, 1e-8), 0.0).astype(np.float32)
