@@ -91,7 +91,8 @@ def band_matrices(bins: int) -> tuple[np.ndarray, np.ndarray]:
     low = (bins - 1) // 4 + 1
     high = low - 1
     erb = lambda f: 21.4 * np.log10(1.0 + 0.00437 * f)  # noqa: E731  (ERB-rate of a bin index; the scale cancels)
-    edges = np.linspace(erb(low - 1), erb(bins - 1), high + 2)
+    edges = np.linspace(erb(low - 1), erb(bins - 1), high + 1)  # the last band centred on the top bin
+    edges = np.append(edges, 2 * edges[-1] - edges[-2])
     position = erb(np.arange(bins, dtype=np.float64))
     triangles = np.zeros((bins, high))
     for band in range(high):
@@ -120,6 +121,9 @@ class Constant(layers.Layer):
     def call(self, x):
         return ops.einsum("btfc,fg->btgc", x, ops.convert_to_tensor(self.matrix, dtype=x.dtype))
 
+    def compute_output_shape(self, shape):
+        return (*shape[:2], self.matrix.shape[1], shape[3])
+
     def get_config(self):
         return {**super().get_config(), "matrix": self.matrix.tolist()}
 
@@ -132,6 +136,9 @@ class Features(layers.Layer):
         magnitude = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
         compressed = ops.power(magnitude, COMPRESSION)
         return ops.concatenate([compressed, x * (compressed / magnitude)], axis=-1)
+
+    def compute_output_shape(self, shape):
+        return (*shape[:-1], 3)
 
 
 @keras.saving.register_keras_serializable(package="speech_enhance")
@@ -155,6 +162,9 @@ class CausalPad(layers.Layer):
         joined = ops.concatenate([ops.cast(state, x.dtype), x], axis=1)
         return joined, joined[:, -self.frames:]
 
+    def compute_output_shape(self, x_shape, state_shape):
+        return (x_shape[0], None, *x_shape[2:]), (x_shape[0], self.frames, *x_shape[2:])
+
     def get_config(self):
         return {**super().get_config(), "frames": self.frames}
 
@@ -175,6 +185,11 @@ class BandsToBatch(layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (shape[0] * shape[2], shape[1], x.shape[-1]))
 
+    def compute_output_shape(self, x_shape, like_shape=None):
+        if self.inverse:
+            return (*like_shape[:3], x_shape[-1])
+        return (None, x_shape[1], x_shape[3])
+
     def get_config(self):
         return {**super().get_config(), "inverse": self.inverse}
 
@@ -194,6 +209,11 @@ class FramesToBatch(layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0] * shape[1], shape[2], x.shape[-1]))
 
+    def compute_output_shape(self, x_shape, like_shape=None):
+        if self.inverse:
+            return (*like_shape[:3], x_shape[-1])
+        return (None, x_shape[2], x_shape[3])
+
     def get_config(self):
         return {**super().get_config(), "inverse": self.inverse}
 
@@ -210,6 +230,9 @@ class StateToBatch(layers.Layer):
         if self.inverse:
             return ops.reshape(x, (-1, self.bands, x.shape[-1]))
         return ops.reshape(x, (-1, x.shape[-1]))
+
+    def compute_output_shape(self, shape):
+        return (None, self.bands, shape[-1]) if self.inverse else (None, shape[-1])
 
     def get_config(self):
         return {**super().get_config(), "inverse": self.inverse, "bands": self.bands}
