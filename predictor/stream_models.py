@@ -68,6 +68,10 @@ def keras_step(core: Any) -> StepFunction:
     def step(spectra: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         outputs = [keras.ops.convert_to_numpy(y) for y in function(spectra, *states)]
         return outputs[0], outputs[1:]
+
+    # Traced now, with the model's loading, rather than in the first file's time.
+    spectra, *states = core.inputs
+    step(np.zeros((1, 1, *spectra.shape[2:]), np.float32), [np.zeros((1, *x.shape[1:]), np.float32) for x in states])
     return step
 
 

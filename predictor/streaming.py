@@ -43,6 +43,7 @@ class StreamGeometry:
     n_fft: int
     hop_length: int
     state_shapes: tuple[tuple[int, ...], ...] = ()
+    latency_ms: float = 0.0  # the input-to-output delay model.json gives
     target: str = "mask"  # how `predictor.high_band` reads a `StreamBlock.joined` (`trainer.targets`)
 
     def __post_init__(self) -> None:
@@ -57,24 +58,17 @@ class StreamGeometry:
             if streaming.get("window", WINDOW) != WINDOW:
                 raise ValueError(f"window {streaming['window']!r} is not {WINDOW!r}")
             shapes = tuple(tuple(int(d) for d in shape) for shape in streaming.get("state_shapes", ()))
-            return cls(int(streaming["sample_rate"]), int(streaming["n_fft"]), int(streaming["hop_length"]), shapes)
+            return cls(int(streaming["sample_rate"]), int(streaming["n_fft"]), int(streaming["hop_length"]), shapes,
+                       float(streaming.get("latency_ms", 0.0)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: its \"streaming\" entry is not a streaming STFT this predictor runs ({err}). "
                              f"Received: {streaming!r}") from err
 
     @property
-    def bins(self) -> int:
-        return self.n_fft // 2 + 1
-
-    @property
-    def latency_ms(self) -> float:
-        return 1000.0 * self.n_fft / self.sample_rate
-
-    @property
     def window(self) -> np.ndarray:
-        """float32 [n_fft]: the square root of the periodic Hann window."""
-        n = np.arange(self.n_fft)
-        return np.sqrt(0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.n_fft)).astype(np.float32)
+        """float32 [n_fft]: the square root of the periodic Hann window, sqrt((1 - cos(2 pi n / N)) / 2),
+        which is sin(pi n / N) on [0, N) (the trainer's `StreamSettings.window`, tested equal)."""
+        return np.sin(np.pi * np.arange(self.n_fft) / self.n_fft).astype(np.float32)
 
     @property
     def config(self) -> SpectrogramConfig:
@@ -254,7 +248,7 @@ class StreamTrack:
             self._taken += 1
         if not ready:
             return None
-        bins = self._geometry.bins
+        bins = self._geometry.config.num_bins
         channels = ready[0][0].spectrogram.shape[0]
         noisy = np.concatenate([frames.spectrogram for frames, _, _ in ready], axis=1)
         enhanced = np.concatenate([np.stack(out) if frames.spectrogram.shape[1] else

@@ -60,7 +60,8 @@ def _stream(runner, x, sizes):
 
 def test_settings_agree_with_the_family(model):
     settings, g = model["net"].settings, model["geometry"]
-    assert (g.n_fft, g.hop_length, g.bins) == (settings.n_fft, settings.hop_length, settings.bins)
+    assert (g.n_fft, g.hop_length, g.config.num_bins) == (settings.n_fft, settings.hop_length, settings.bins)
+    assert g.latency_ms == settings.latency_ms == 32.0
     np.testing.assert_allclose(g.window, settings.window(), atol=1e-7)
 
 
@@ -100,7 +101,7 @@ def test_onnx_frame_by_frame_equals_the_keras_core(model):
     assert info["inputs"][0] == "spectra" and info["outputs"][:2] == ["enhanced", "state_out_0"]
     assert info["streaming"]["state_shapes"] == model["net"].describe(model["core"])["state_shapes"]
     session = onnxruntime.InferenceSession(os.path.join(model["onnx"], "model.onnx"))
-    spectra = np.random.default_rng(0).normal(0, 1, (1, 40, model["geometry"].bins, 2)).astype(np.float32)
+    spectra = np.random.default_rng(0).normal(0, 1, (1, 40, model["geometry"].config.num_bins, 2)).astype(np.float32)
     expected, expected_states = keras_step(model["core"])(spectra, model["net"].initial_states(1))
     states, out = model["net"].initial_states(1), []
     for t in range(spectra.shape[1]):
