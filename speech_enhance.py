@@ -24,6 +24,7 @@ _COMMAND_MODULES = {
     "train": "trainer.cli",
     "predict": "predictor.cli",
     "evaluate": "predictor.cli",
+    "export": "predictor.export",
 }
 
 

@@ -170,6 +170,12 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     model_dir = resolve_model_dir(options.model_dir)
+    from predictor.stream_models import is_onnx_dir
+
+    if is_onnx_dir(model_dir) or read_model_info(model_dir).get("streaming"):
+        raise ValueError(f"model_dir={model_dir!r} is a streaming model, which --runner does not run (its Beam stages "
+                         "batch the windows of a windowed model). Leave out --runner: predict runs it here, in "
+                         "threads or with --file-processes N.")
     info = read_model_info(model_dir)
     select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None

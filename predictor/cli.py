@@ -104,7 +104,7 @@ def _run_predict(opts: PredictOptions, extra: list[str], failures_path: str) -> 
 
 def _predict_here(opts: PredictOptions):
     """`enhance_files` in this process (threads or `--file-processes`); None when a file process failed."""
-    from predictor.enhance import DEFAULT_WORKERS, Enhancer
+    from predictor.enhance import DEFAULT_WORKERS, load_enhancer
     from predictor.file_processes import FileProcessError, FileProcesses, check_file_processes
     from predictor.folders import enhance_files
 
@@ -122,8 +122,8 @@ def _predict_here(opts: PredictOptions):
             if rels:
                 file_processes = FileProcesses(min(file_processes, len(rels)))
         try:
-            enhancer = Enhancer.from_model_dir(opts.model_dir, head=opts.head, batch_size=opts.batch_size,
-                                               overlap=opts.overlap, workers=workers)
+            enhancer = load_enhancer(opts.model_dir, head=opts.head, batch_size=opts.batch_size,
+                                     overlap=opts.overlap, workers=workers)
             return enhance_files(enhancer, opts.source, opts.output_dir, overwrite=opts.overwrite,
                                  output_format=opts.output_format, keep_model_rate=opts.keep_model_rate,
                                  downmix=opts.downmix, high_band=opts.high_band,

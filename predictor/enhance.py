@@ -62,6 +62,27 @@ def resolve_model_dir(model_dir: str | None) -> str:
     return directory
 
 
+def load_enhancer(model_dir: str | None = None, *, head: str | None = None, batch_size: int | None = None,
+                  overlap: float = DEFAULT_OVERLAP, workers: int = DEFAULT_WORKERS) -> Any:
+    """The enhancer a model directory asks for: a `StreamingEnhancer` (`predictor.stream_models`) for a
+    streaming model (model.json "streaming") or its ONNX export, which runs `batch_size` frames per
+    call; else an `Enhancer` over windows. Both run in `enhance_files` and `evaluate` alike."""
+    from predictor.stream_models import StreamingEnhancer, is_onnx_dir
+
+    directory = resolve_model_dir(model_dir)
+    if is_onnx_dir(directory) or _is_streaming_dir(directory):
+        if head is not None:
+            raise ValueError(f"head={head!r}: the streaming model in {directory} has one output and no heads.")
+        return StreamingEnhancer.from_model_dir(directory, batch_size=batch_size, workers=workers)
+    return Enhancer.from_model_dir(directory, head=head, batch_size=batch_size, overlap=overlap, workers=workers)
+
+
+def _is_streaming_dir(directory: str) -> bool:
+    from trainer.model_dir import read_model_info
+
+    return bool(read_model_info(directory).get("streaming"))
+
+
 def has_accelerator() -> bool:
     """Whether the Keras backend sees a GPU or TPU (where Keras will place the model)."""
     import keras
@@ -138,6 +159,10 @@ class Enhancer:
     @property
     def config(self) -> SpectrogramConfig:
         return self.geometry.config
+
+    def describe_run(self) -> str:
+        """How the model runs, for the logs."""
+        return f"batch {self.batch_size}, overlap {100 * self.overlap:.0f}%"
 
     @property
     def target(self) -> str:

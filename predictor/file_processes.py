@@ -282,8 +282,12 @@ class _Batcher:
         self.unfinished = len(jobs)
         self.pending: collections.deque[list] = collections.deque()  # [worker, file, windows, taken]
         self.pending_windows = 0
+        # A streaming model runs each file's frames as they come, with the file's state (`run_stream`).
+        self.streaming = hasattr(enhancer, "run_stream")
         g = enhancer.geometry
-        self.batch = np.zeros((enhancer.batch_size, g.window_frames, g.config.num_bins, g.input_channels), np.float32)
+        if not self.streaming:
+            self.batch = np.zeros((enhancer.batch_size, g.window_frames, g.config.num_bins, g.input_channels),
+                                  np.float32)
 
     def run(self) -> None:
         for w in range(self.pool.processes):
@@ -313,7 +317,12 @@ class _Batcher:
         kind, w = message[0], message[1]
         if kind == "windows":
             _, _, index, windows, read_to_end = message
-            if windows is not None:
+            if self.streaming:
+                if windows is not None:
+                    self._send(w, ("predictions", index, self.enhancer.run_stream(index, windows, read_to_end)))
+                elif read_to_end:
+                    self.enhancer.drop_stream(index)
+            elif windows is not None:
                 self.pending.append([w, index, windows, 0])
                 self.pending_windows += len(windows)
             if read_to_end:
@@ -332,6 +341,8 @@ class _Batcher:
         elif kind == "failed":
             _, _, index, reason, text, read_to_end = message
             self.unfinished -= 1
+            if self.streaming:
+                self.enhancer.drop_stream(index)
             self.on_failed(self.jobs[index], reason, text)
             if read_to_end:
                 self.reading[w] -= 1

@@ -17,6 +17,7 @@ from typing import Iterator
 from predictor import audio_io
 from predictor.high_band import Crossover, HighBandGain, HighBandMixer
 from predictor.overlap_add import Analysis, Frames, Joined, Synthesis, WindowGeometry
+from predictor.streaming import StreamAnalysis, StreamGeometry, StreamSynthesis
 
 # Seconds of input read, resampled and enhanced at a time. A file in flight holds a few blocks'
 # spectrograms (about 1.2 MB per second of audio and channel at 8 kHz: some 22 MB of arrays for a
@@ -48,10 +49,10 @@ class FileSink:
     Its `push` calls must run one after another, in order (`run_after` chains them).
     """
 
-    def __init__(self, job: FileJob, geometry: WindowGeometry, keep_model_rate: bool) -> None:
+    def __init__(self, job: FileJob, geometry: WindowGeometry | StreamGeometry, keep_model_rate: bool) -> None:
         self.job = job
         self.rate = geometry.sample_rate if keep_model_rate else job.sample_rate
-        self.synthesis = Synthesis(geometry)
+        self.synthesis = StreamSynthesis(geometry) if isinstance(geometry, StreamGeometry) else Synthesis(geometry)
         self.resampler = audio_io.StreamResampler(geometry.sample_rate, self.rate, job.channels)
         subtype = audio_io.output_subtype(audio_io.extension(job.target), job.subtype, audio_io.extension(job.source))
         self.writer = audio_io.AtomicAudioWriter(job.target, self.rate, job.channels, subtype)
@@ -94,7 +95,7 @@ class FileSink:
         self.writer.abort()
 
 
-def read_frames(job: FileJob, geometry: WindowGeometry, downmix: bool, block_seconds: float,
+def read_frames(job: FileJob, geometry: WindowGeometry | StreamGeometry, downmix: bool, block_seconds: float,
                  high_band: HighBandGain | None = None) -> Iterator[tuple[FileJob, Frames | audio_io.AudioError]]:
     """One file's frames at the model's rate, read and resampled a block at a time.
 
@@ -114,7 +115,7 @@ def read_frames(job: FileJob, geometry: WindowGeometry, downmix: bool, block_sec
             else:
                 crossover, job.high_band = None, None
             resampler = audio_io.StreamResampler(reader.sample_rate, geometry.sample_rate, job.channels)
-            analysis = Analysis(geometry, job.channels)
+            analysis = (StreamAnalysis if isinstance(geometry, StreamGeometry) else Analysis)(geometry, job.channels)
             for samples, last in reader.blocks(max(1, int(round(block_seconds * reader.sample_rate)))):
                 if job.sink is not None and job.sink.error is not None:
                     # A write of this file failed: reading on would only run the model for nothing.

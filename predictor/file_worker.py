@@ -30,6 +30,7 @@ from predictor.audio_io import AudioError
 from predictor.file_stream import FileJob, FileSink, read_frames
 from predictor.high_band import HighBandGain
 from predictor.overlap_add import Track, WindowGeometry
+from predictor.streaming import StreamGeometry, StreamTrack
 
 # Seconds between a blocked process's checks that the other side is still there.
 POLL_SECONDS = 0.5
@@ -43,7 +44,7 @@ FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
 class WorkerSettings:
     """What a worker needs to read and write files as `enhance_files` would (picklable)."""
 
-    geometry: WindowGeometry
+    geometry: WindowGeometry | StreamGeometry
     downmix: bool
     block_seconds: float
     keep_model_rate: bool
@@ -168,7 +169,9 @@ class _Worker:
             _, index, job = message
             s = self.settings
             reader = read_frames(job, s.geometry, s.downmix, s.block_seconds, s.high_band_gain)
-            self.files[index] = _InFlight(job, Track(index, s.geometry), reader)
+            # A streaming model's "windows" are a block's frames per channel, run with the file's state.
+            track = (StreamTrack if isinstance(s.geometry, StreamGeometry) else Track)(index, s.geometry)
+            self.files[index] = _InFlight(job, track, reader)
             self.to_read.append(index)
         elif kind == "predictions":
             _, index, outputs = message

@@ -30,6 +30,7 @@ from tfrecord_schema import paths
 
 if TYPE_CHECKING:
     from predictor.enhance import Enhancer
+    from predictor.stream_models import StreamingEnhancer
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def check_progress_interval(progress_interval: float) -> None:
                          f"Received: progress_interval={progress_interval!r}")
 
 
-def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite: bool = False,
+def enhance_files(enhancer: Enhancer | StreamingEnhancer, source: str, output_dir: str, *, overwrite: bool = False,
                   output_format: str | None = None, keep_model_rate: bool = False, downmix: bool = False,
                   high_band: str = PredictOptions.high_band, high_band_gain: HighBandGain = HighBandGain(),
                   progress_interval: float = DEFAULT_PROGRESS_INTERVAL, block_seconds: float = DEFAULT_BLOCK_SECONDS,
@@ -118,8 +119,8 @@ def enhance_files(enhancer: Enhancer, source: str, output_dir: str, *, overwrite
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     todo, summary = plan_jobs(source, output_dir, overwrite=overwrite, output_format=output_format)
     progress = Progress(summary.total, progress_interval)
-    logger.info("denoising %d files from %s into %s (model rate %d Hz, batch %d, overlap %.0f%%%s)",
-                summary.total, source, output_dir, enhancer.sample_rate, enhancer.batch_size, 100 * enhancer.overlap,
+    logger.info("denoising %d files from %s into %s (model rate %d Hz, %s%s)", summary.total, source, output_dir,
+                enhancer.sample_rate, enhancer.describe_run(),
                 f", {_count(file_processes)} file processes" if file_processes else "")
 
     start = time.perf_counter()

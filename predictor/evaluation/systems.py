@@ -34,15 +34,23 @@ def _per_item(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Sequence[Item
 
 def model_systems(name: str, model_dir: str, *, batch_size: int | None = None, overlap: float = 0.5,
                   reference_recipe: bool = True) -> tuple[list[System], SpectrogramConfig]:
-    """Our model (overlap-add predictor) and, optionally, the reference's recipe on the same weights.
+    """Our model (overlap-add predictor) and, optionally, the reference's recipe on the same weights;
+    a streaming model (or its ONNX export, `predictor.stream_models`) on its own.
 
     A model with several heads (model.json "heads") gives one system per head: NAME for the
     default head, NAME-HEAD for each other one (e.g. a BLSTM's "NAME-kmeans").
     """
-    from predictor.enhance import Enhancer, resolve_model_dir
+    from predictor.enhance import Enhancer, load_enhancer, resolve_model_dir
+    from predictor.stream_models import StreamingEnhancer
     from trainer.model_dir import read_model_info
 
     model_dir = resolve_model_dir(model_dir)  # a shipped model's name ("shipped:16k") to its directory
+    enhancer = load_enhancer(model_dir, batch_size=batch_size, overlap=overlap)
+    if isinstance(enhancer, StreamingEnhancer):  # one output, no windows: the reference recipe does not apply
+        def run_stream(items: Sequence[Item]) -> list[np.ndarray]:
+            return [y for _, y in enhancer.enhance_many((i, item.noisy) for i, item in enumerate(items))]
+
+        return [System(name, run_stream, enhancer.description)], enhancer.config
     heads = read_model_info(model_dir).get("heads") or [None]
     systems = []
     enhancers = []
