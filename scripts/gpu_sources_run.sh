@@ -9,6 +9,8 @@
 #   build-static    the static store of the same folders: N windows (default 45,000), SNR -8..18 dB
 #   train-static    the shipped U-Net's recipe (gpu preset, mask target, magnitude-weighted loss) on it
 #   train-sources   the same recipe and steps per epoch, mixing on the fly at the same SNRs
+#   train-stream-small, train-stream-large
+#                   the streaming family (stream-crn) from the source store (STREAM_EPOCHS x STREAM_STEPS)
 #   bench-mixer     one-window waveform examples/s of the mixer on every core of the host
 # EPOCHS (30), N, BACKEND (jax) and TRAIN_ARGS (appended to both trainings) change the run.
 # Outputs to $OUT: each model in 15 MiB pieces, the splits, the training summaries and logs.
@@ -61,6 +63,17 @@ for stage in "$@"; do
       # As many steps per epoch as the static store's training split holds batches.
       steps=$("$PY" -c "from tfrecord_schema.dataset import Dataset; print(Dataset.open('$DS').num_examples('train') // $BATCH)")
       train sources "$SRC" --steps-per-epoch "$steps" --snr-db -8:18
+      ;;
+    train-stream-small|train-stream-large)
+      # The streaming family from the source store, its own recipe: float32, hybrid loss, 2 s windows.
+      size=${stage#train-stream-}
+      "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$SRC" --model-dir "$MODELS/stream-$size" \
+        --work-dir "$HOME/work-stream-$size" --architecture stream-crn --stream-size "$size" --batch-size 128 \
+        --learning-rate 1e-3 --epochs "${STREAM_EPOCHS:-10}" --steps-per-epoch "${STREAM_STEPS:-300}" \
+        --window-samples 16128 --snr-db -8:18 --jit-compile \
+        --summary-json "$OUT/summary-stream-$size.json" 2>&1 | grep -v "^\s*$" | tail -25
+      cp "$HOME/work-stream-$size/history.csv" "$OUT/history-stream-$size.csv"
+      tar -C "$MODELS" -cf - "stream-$size" | split -b 15M -d -a 2 - "$OUT/model-stream-$size.tar."
       ;;
     bench-mixer)
       "$PY" - "$SRC" <<'PY'

@@ -258,8 +258,24 @@ class StreamingCrn:
 
     def describe(self, model: keras.Model) -> dict[str, Any]:
         """model.json's "streaming" entry: the STFT, the latency, the size and the states to carry."""
+        frames_per_second = self.settings.sample_rate / self.settings.hop_length
         return {**self.settings.to_dict(), "size": self.size, "parameters": int(model.count_params()),
+                "macs_per_second": int(round(self.macs_per_frame() * frames_per_second)),
                 "state_shapes": [list(shape) for shape in self.state_shapes()]}
+
+    def macs_per_frame(self) -> int:
+        """Multiply-accumulates of one frame through the core (convolutions, GRUs, projections and the
+        band matrices; activations and norms not counted)."""
+        c, u, bins, bands, inner = self.channels, self.units, self.settings.bins, self.bands, self.inner_bands
+        middle = math.ceil(bands / 2)
+        band_matrices = bins * bands * 3 + bands * bins * 2
+        encoder = middle * c * 5 * 3 + inner * c * 5 * c
+        temporal = 2 * len(DILATIONS) * inner * (2 * c * c + c * TIME_KERNEL * 3)
+        gru = lambda inputs, units: 3 * (inputs * units + units * units)  # noqa: E731
+        # intra: both directions over the bands of the frame; inter: one step per band; two projections
+        dual_path = self.blocks * inner * (2 * gru(c, u // 2) + gru(c, u) + (u // 2 * 2) * c + u * c)
+        decoder = inner * c * 5 * c + middle * c * 5 * 2
+        return band_matrices + encoder + temporal + dual_path + decoder
 
     def initial_states(self, batch: int = 1) -> list[np.ndarray]:
         return [np.zeros((batch, *shape), np.float32) for shape in self.state_shapes()]
