@@ -66,8 +66,8 @@ from predictor.job_manifest import JobManifest, ReadJobs
 from predictor.output_folder import (FAILURES_FILE, PredictSummary, finish_run, plan_jobs, unwritable,
                                      write_failures)
 from predictor.predict_options import CPU_BATCH_SIZE, PredictOptions
-from predictor.predict_stages import (FILES_PER_GROUP, AnalyseFile, FinishFile, PadToBatches, WindowModelHandler,
-                                      account_for_files)
+from predictor.predict_stages import (FILES_PER_GROUP, AnalyseFile, EnhanceStreamingFiles, FinishFile, PadToBatches,
+                                      WindowModelHandler, account_for_files)
 from tfrecord_schema import paths
 
 logger = logging.getLogger(__name__)
@@ -113,14 +113,35 @@ def build_predict_pipeline(p, shards: Sequence[tuple[str, int]], num_jobs: int, 
         {"file": states, "windows": enhanced}
         | "Regroup" >> beam.CoGroupByKey()
         | "FinishFiles" >> beam.ParDo(FinishFile(config, target, overlap, keep_model_rate, gain, launcher)))
+    return _account(p, jobs, (read_failures, finished), output_dir, earlier_failures, launcher)
+
+
+def build_streaming_pipeline(p, shards: Sequence[tuple[str, int]], *, model_dir: str, batch_size: int | None,
+                             keep_model_rate: bool, downmix: bool, gain: HighBandGain | None, block_seconds: float,
+                             output_dir: str, earlier_failures: list[dict[str, str]], launcher: str | None = None):
+    """Adds the stages for a streaming model to pipeline `p`: ReadJobs -> EnhanceFiles (whole files spread
+    over the workers, `EnhanceStreamingFiles`) -> the accounting and WriteFailures of `build_predict_pipeline`.
+
+    `batch_size`: frames per model call (None: the model's default); the rest as for `build_predict_pipeline`.
+    """
+    jobs = p | "ReadJobs" >> ReadJobs(shards)
+    enhanced = jobs | "EnhanceFiles" >> beam.ParDo(EnhanceStreamingFiles(
+        model_dir, batch_size, downmix, block_seconds, keep_model_rate, gain, launcher))
+    return _account(p, jobs, (enhanced,), output_dir, earlier_failures, launcher)
+
+
+def _account(p, jobs, finished: tuple, output_dir: str, earlier_failures: list[dict[str, str]],
+             launcher: str | None):
+    """The last stages of both pipelines: `finished` (collections of ("written", (key, seconds)) and
+    ("failure", dict)) checked against `jobs`, and failures.jsonl written."""
     # Every planned file must end written or failed: one with no result at all is reported as lost.
-    outcomes = ((read_failures, finished)
+    outcomes = (finished
                 | "Outcomes" >> beam.Flatten()
                 | "OutcomeKeys" >> beam.Map(lambda kv: (kv[1][0] if kv[0] == "written" else kv[1]["output"], kv[0])))
     lost = ({"job": jobs | "JobKeys" >> beam.Map(lambda job: (job.target, job.source)), "result": outcomes}
             | "Account" >> beam.CoGroupByKey()
             | "Lost" >> beam.FlatMap(account_for_files))
-    results = (read_failures, finished, lost) | "Results" >> beam.Flatten()
+    results = (*finished, lost) | "Results" >> beam.Flatten()
     # Applied last: DaskRunner computes the last transform of the graph (and what it depends on) only.
     return (
         p
@@ -154,7 +175,7 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
     `enhance_files`'s; `file_processes` and `progress_interval` are not used. Returns the summary; its
     failures are also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
-    from predictor.enhance import resolve_model_dir
+    from predictor.enhance import is_streaming_model, resolve_model_dir
     from trainer.model_dir import read_model_info, select_head
 
     source, output_dir, head, overlap = options.source, options.output_dir, options.head, options.overlap
@@ -166,18 +187,20 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer (processes). Received: workers={workers!r}")
     check_high_band(high_band)
-    batch_size = CPU_BATCH_SIZE if options.batch_size is None else options.batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
+    batch_size = options.batch_size
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     model_dir = resolve_model_dir(options.model_dir)
-    from predictor.stream_models import is_onnx_dir
-
-    if is_onnx_dir(model_dir) or read_model_info(model_dir).get("streaming"):
-        raise ValueError(f"model_dir={model_dir!r} is a streaming model, which --runner does not run (its Beam stages "
-                         "batch the windows of a windowed model). Leave out --runner: predict runs it here, in "
-                         "threads or with --file-processes N.")
-    info = read_model_info(model_dir)
-    select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
+    streaming = is_streaming_model(model_dir)
+    if streaming:  # frames per call: `batch_size`, or the model's default
+        if head is not None:
+            raise ValueError(f"head={head!r}: the streaming model in {model_dir} has one output and no heads.")
+        info, run = {}, f"streaming, {batch_size or 'default'} frames per call"
+    else:
+        batch_size = CPU_BATCH_SIZE if batch_size is None else batch_size
+        info = read_model_info(model_dir)
+        select_head(info, head, model_dir)  # a wrong head fails here, not on a worker
+        run = f"batch {batch_size}, overlap {100 * overlap:.0f}%"
     gain = high_band_gain if high_band == "keep" and not keep_model_rate else None
     started = time.perf_counter()
     workers = workers or os.cpu_count() or 1
@@ -186,8 +209,8 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
     jobs, summary = plan_jobs(source, output_dir, overwrite=options.overwrite,
                               output_format=options.output_format)
     num_jobs = len(jobs)
-    logger.info("denoising %d files from %s into %s on %s (batch %d, overlap %.0f%%)", num_jobs, source,
-                output_dir, runners.runner_of(args) or f"FnApiRunner ({workers} processes)", batch_size, 100 * overlap)
+    logger.info("denoising %d files from %s into %s on %s (%s)", num_jobs, source, output_dir,
+                runners.runner_of(args) or f"FnApiRunner ({workers} processes)", run)
     if jobs:
         if runners.is_dask(args):
             runners.require_dask()
@@ -198,13 +221,14 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
             except OSError as err:  # the output's disk full or read-only: before any model work
                 raise unwritable(manifest.folder, err, "cannot write the job manifest") from err
             del jobs  # the launcher holds no list of files while the pipeline runs
+            common = dict(model_dir=model_dir, batch_size=batch_size, keep_model_rate=keep_model_rate,
+                          downmix=options.downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
+                          earlier_failures=summary.earlier_failures + summary.failures, launcher=launcher)
             runners.run_pipeline(
-                lambda p: build_predict_pipeline(
-                    p, shards, num_jobs, model_dir=model_dir, config=info["config"].to_dict(), target=info["target"],
-                    head=head, batch_size=batch_size, overlap=overlap, keep_model_rate=keep_model_rate,
-                    downmix=options.downmix, gain=gain, block_seconds=block_seconds, output_dir=output_dir,
-                    earlier_failures=summary.earlier_failures + summary.failures,
-                    pad_bundles=runners.is_dask(args), launcher=launcher),
+                (lambda p: build_streaming_pipeline(p, shards, **common)) if streaming else
+                (lambda p: build_predict_pipeline(
+                    p, shards, num_jobs, config=info["config"].to_dict(), target=info["target"], head=head,
+                    overlap=overlap, pad_bundles=runners.is_dask(args), **common)),
                 args, workers)
         finally:
             # The pipeline has ended, run or failed; only a killed launcher leaves the manifest behind.

@@ -67,20 +67,23 @@ def load_enhancer(model_dir: str | None = None, *, head: str | None = None, batc
     """The enhancer a model directory asks for: a `StreamingEnhancer` (`predictor.stream_models`) for a
     streaming model (model.json "streaming") or its ONNX export, which runs `batch_size` frames per
     call; else an `Enhancer` over windows. Both run in `enhance_files` and `evaluate` alike."""
-    from predictor.stream_models import StreamingEnhancer, is_onnx_dir
+    from predictor.stream_models import StreamingEnhancer
 
     directory = resolve_model_dir(model_dir)
-    if is_onnx_dir(directory) or _is_streaming_dir(directory):
+    if is_streaming_model(directory):
         if head is not None:
             raise ValueError(f"head={head!r}: the streaming model in {directory} has one output and no heads.")
         return StreamingEnhancer.from_model_dir(directory, batch_size=batch_size, workers=workers)
     return Enhancer.from_model_dir(directory, head=head, batch_size=batch_size, overlap=overlap, workers=workers)
 
 
-def _is_streaming_dir(directory: str) -> bool:
+def is_streaming_model(directory: str) -> bool:
+    """Whether the model directory `directory` (resolved: `resolve_model_dir`) holds a streaming model
+    (model.json "streaming") or its ONNX export, which `StreamingEnhancer` runs."""
+    from predictor.stream_models import is_onnx_dir
     from trainer.model_dir import read_model_info
 
-    return bool(read_model_info(directory).get("streaming"))
+    return is_onnx_dir(directory) or bool(read_model_info(directory).get("streaming"))
 
 
 def has_accelerator() -> bool:

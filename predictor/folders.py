@@ -145,6 +145,25 @@ def enhance_files(enhancer: Enhancer | StreamingEnhancer, source: str, output_di
     return summary
 
 
+def enhance_jobs(enhancer: Enhancer | StreamingEnhancer, jobs: list[FileJob], *, downmix: bool = False,
+                 block_seconds: float = DEFAULT_BLOCK_SECONDS, keep_model_rate: bool = False,
+                 gain: HighBandGain | None = None) -> PredictSummary:
+    """`jobs` (planned by `plan_jobs`) through `enhancer` in its threads, as `enhance_files` does them,
+    without the output folder's work (planning, failures.jsonl) and without progress lines.
+
+    Returns what happened to them: `written`, `audio_seconds` and `failures` ({"input", "output",
+    "reason", "message"}). A write error that would fail every later file too (a full disk) fails its
+    file and ends the work there: the files after it have no outcome (total - written - failures).
+    `gain`: the high band's design (None drops the band, as `high_band="drop"`).
+    """
+    summary = PredictSummary(total=len(jobs))
+    start = time.perf_counter()
+    _enhance_with_threads(enhancer, jobs, summary, Progress(len(jobs), math.inf), start, [], downmix=downmix,
+                          block_seconds=block_seconds, keep_model_rate=keep_model_rate, gain=gain)
+    summary.processing_seconds = time.perf_counter() - start
+    return summary
+
+
 def _enhance_with_threads(enhancer: Enhancer, todo: list[FileJob], summary: PredictSummary, progress: Progress,
                           start: float, stopped: list[tuple[str, int]], *, downmix: bool, block_seconds: float,
                           keep_model_rate: bool, gain: HighBandGain | None) -> None:

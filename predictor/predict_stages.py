@@ -2,10 +2,11 @@
 
 `AnalyseFile` reads a file into its model windows and what is needed to put it back together
 (`FileState`); `WindowModelHandler` runs the model on them in fixed-size batches (`RunInference`);
-`FinishFile` joins a file's enhanced windows and writes it; `account_for_files` reports a file that
-the runner lost; `PadToBatches` keeps every batch of real windows out of a bundle's end on Beam's
-DaskRunner. They use the functions `enhance_files` uses (`predictor.file_stream`), so the outputs
-are the same.
+`FinishFile` joins a file's enhanced windows and writes it; `EnhanceStreamingFiles` runs whole
+files through a streaming model instead; `account_for_files` reports a file that the runner lost;
+`PadToBatches` keeps every batch of real windows out of a bundle's end on Beam's DaskRunner. They
+use the functions `enhance_files` uses (`predictor.file_stream`, `predictor.folders`), so the
+outputs are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from beam_pipelines import runners
 from predictor import audio_io
 from predictor.file_stream import FileJob, FileSink, read_frames
+from predictor.folders import enhance_jobs
 from predictor.high_band import HighBandGain, HighBandMixer
 from predictor.overlap_add import Frames, Layout, Track, WindowGeometry
 from tfrecord_schema.config import SpectrogramConfig
@@ -137,6 +139,39 @@ class FinishFile(beam.DoFn):
             yield "failure", _failure(job, "unwritable", error)
         else:
             yield "written", (key, job.num_samples / job.sample_rate)
+
+
+class EnhanceStreamingFiles(beam.DoFn):
+    """FileJob -> ("written", (key, seconds)) or ("failure", dict): a whole file through a streaming model.
+
+    A streaming model's frames of one file go through it in order with its state carried, so a
+    file is not cut into windows: each worker loads the model once (`load_enhancer`, `batch_size`
+    frames per call) and runs whole files through it as `enhance_files` does in its threads
+    (`predictor.folders.enhance_jobs`: read, resample, STFT, model, synthesis, atomic write), in
+    constant memory whatever the file's length.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int | None, downmix: bool, block_seconds: float,
+                 keep_model_rate: bool, gain: HighBandGain | None, launcher: str | None = None) -> None:
+        self.model_dir, self.batch_size, self.downmix, self.block_seconds = model_dir, batch_size, downmix, block_seconds
+        self.keep_model_rate, self.gain = keep_model_rate, gain
+        self.launcher = launcher  # on Dask: the launcher's client name (`runners.launcher_gone`)
+
+    def setup(self) -> None:
+        from predictor.enhance import load_enhancer
+
+        # One thread: the file's reading and writing overlap the model's work on it.
+        self.enhancer = load_enhancer(self.model_dir, batch_size=self.batch_size, workers=1)
+
+    def process(self, job: FileJob) -> Iterator[tuple[str, Any]]:
+        job = dataclasses.replace(job)  # the reader fills it in; Beam's input elements are not to be changed
+        runners.stop_if_launcher_gone(self.launcher, f"{job.target} and the job's other outputs are not written")
+        summary = enhance_jobs(self.enhancer, [job], downmix=self.downmix, block_seconds=self.block_seconds,
+                               keep_model_rate=self.keep_model_rate, gain=self.gain)
+        for failure in summary.failures:
+            yield "failure", failure
+        if summary.written:
+            yield "written", (job.target, summary.audio_seconds)
 
 
 def account_for_files(item: tuple[str, dict[str, list]]) -> Iterator[tuple[str, dict[str, str]]]:
