@@ -38,7 +38,13 @@ through the same functions; only the model batches differ (other windows share t
 is synthesised in one block instead of several (`Synthesis`, `HighBandMixer` and the resamplers are
 block-size independent to float rounding).
 
-Memory: streaming stops at the file. A file's windows and its noisy STFT meet on the worker that
+A streaming model (`predictor.enhance.is_streaming_model`) must see a file's frames in order with its
+state carried, so its pipeline (`build_streaming_pipeline`) spreads whole files instead: ReadJobs ->
+**EnhanceFiles** (`EnhanceStreamingFiles`: the model loaded once per worker, each file read,
+enhanced frame by frame and written by `enhance_files`'s own per-file path,
+`predictor.folders.enhance_jobs`, in constant memory) -> the same accounting and WriteFailures.
+
+Memory (windowed models): streaming stops at the file. A file's windows and its noisy STFT meet on the worker that
 finishes it. At 8 kHz (hop 63) a second of audio and channel is 127 frames x 129 bins: 66 kB of
 float32 features, so 131 kB of model windows (and as much of model outputs) at 50 % overlap, and
 131 kB of complex64 STFT. Estimated from the arrays held (not measured): the analysing worker holds
@@ -171,7 +177,8 @@ def run_predict(options: PredictOptions, *, beam_args: Sequence[str] = (),
     when `runner` is None), "dask" (Beam's DaskRunner on the cluster at `dask_address`, or on a
     LocalCluster of `workers` processes), or any Beam runner name, e.g. "DataflowRunner", with its
     options in `beam_args`. `batch_size`: windows per model call (default: `CPU_BATCH_SIZE`; use 64
-    or more on GPU workers). The other options, `high_band_gain` and `block_seconds` are
+    or more on GPU workers); for a streaming model, frames per model call (default: the model's), and
+    whole files go to the workers (`build_streaming_pipeline`). The other options, `high_band_gain` and `block_seconds` are
     `enhance_files`'s; `file_processes` and `progress_interval` are not used. Returns the summary; its
     failures are also in `output_dir/failures.jsonl`. `audio_seconds` is not known to the launcher (0).
     """
