@@ -306,7 +306,7 @@ def test_talkers_are_reported_apart_from_other_noise(corpus, tmp_path):
     """by_noise_kind and overall_without_talkers agree with the items; every talker item is counted as one."""
     noises = tmp_path / "noises"
     rng = np.random.default_rng(3)
-    for name, kind in (("b.wav", "pink"), ("c.wav", "white"), ("s.wav", "brown")):
+    for name, kind in (("b.wav", "babble"), ("c.wav", "babble"), ("s.wav", "traffic")):
         write(str(noises / name), 0.05 * synth_noise(rng, 3 * RATE, RATE, kind), RATE)
     (noises / "classes.tsv").write_text("b.wav\tbabble-restaurant\nc.wav\tcompeting_speech\ns.wav\tstreet\n")
     out = tmp_path / "report"
