@@ -15,6 +15,7 @@ from predictor.evaluation import baselines, metrics
 from predictor.evaluation.items import make_mixtures, paired_items
 from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.run import run_evaluation
+from predictor.evaluation.scoring import aggregate, noise_kind
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.spectrogram import hann_window, stft
 from trainer.model_dir import save_model_dir
@@ -282,3 +283,60 @@ def test_evaluate_refuses_a_negative_example_count_and_a_rate_of_zero(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("speech-enhance evaluate: error: ") and message in err, err
     assert not os.path.exists(tmp_path / "out")
+
+
+# Noise class names of the held-out noise folders in the shared data (classes.tsv), by the kind they are.
+TALKER_CLASSES = ["babble", "babble-crowd", "babble-mall", "babble-party", "babble-restaurant", "cafe",
+                  "competing_speech", "crowd", "people_talking", "tv_news", "children_playing", "Cafe_Chatter"]
+OTHER_CLASSES = ["street", "train", "car", "factory", "cockpit", "laughter", "cough", "snoring", "dog_bark",
+                 "vacuum_cleaner", "unknown", "hu-nonspeech", "speech-commands-background"]
+
+
+@pytest.mark.parametrize("name", TALKER_CLASSES)
+def test_voices_of_other_people_are_talkers(name):
+    assert noise_kind(name) == "talkers", name
+
+
+@pytest.mark.parametrize("name", OTHER_CLASSES)
+def test_noise_without_voices_is_other(name):
+    assert noise_kind(name) == "other", name
+
+
+def test_talkers_are_reported_apart_from_other_noise(corpus, tmp_path):
+    """by_noise_kind and overall_without_talkers agree with the items; every talker item is counted as one."""
+    noises = tmp_path / "noises"
+    rng = np.random.default_rng(3)
+    for name, kind in (("b.wav", "babble"), ("c.wav", "babble"), ("s.wav", "traffic")):
+        write(str(noises / name), 0.05 * synth_noise(rng, 3 * RATE, RATE, kind), RATE)
+    (noises / "classes.tsv").write_text("b.wav\tbabble-restaurant\nc.wav\tcompeting_speech\ns.wav\tstreet\n")
+    out = tmp_path / "report"
+    assert speech_enhance.main([
+        "evaluate", "--systems", "noisy", "spectral-subtraction", "--voice-dir", str(corpus / "voices"),
+        "--noise-dir", str(noises), "--snrs", "0", "--num-mixtures", "9", "--duration", "2", "--no-pesq",
+        "--no-stoi", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    aggregates = results["aggregates"]
+    assert results["noise_kinds"] == {"talkers": ["babble-restaurant", "competing_speech"], "other": ["street"]}
+    talkers = [it for it in results["items"] if it["noise_class"] != "street"]
+    others = [it for it in results["items"] if it["noise_class"] == "street"]
+    assert talkers and others, "the draw should hold both kinds"
+    for system in ("noisy", "spectral-subtraction"):
+        by_kind = aggregates["by_noise_kind"][system]
+        assert by_kind["talkers"]["count"] == len(talkers) and by_kind["other"]["count"] == len(others)
+        for kind, items in (("talkers", talkers), ("other", others)):
+            assert by_kind[kind]["si_sdri"] == pytest.approx(np.mean([it["scores"][system]["si_sdri"] for it in items]))
+        assert aggregates["overall_without_talkers"][system] == by_kind["other"]
+    report = (out / "results.md").read_text()
+    assert "## Talkers and other noise" in report and "talker classes here: babble-restaurant, competing_speech" in report
+    assert f"| talkers | noisy | {aggregates['by_noise_kind']['noisy']['talkers']['si_sdr']:.2f}" in report
+
+
+def test_without_talkers_is_empty_when_every_item_is_talkers():
+    records = [{"snr_bin": 0.0, "noise_class": c, "scores": {"noisy": {"si_sdr": v, "si_sdri": 0.0, "pesq": v,
+                                                                     "stoi": 0.5}}}
+               for c, v in (("babble", 1.0), ("crowd", 3.0))]
+    aggregates = aggregate(records, ["noisy"])
+    assert aggregates["by_noise_kind"]["noisy"] == {"talkers": {"si_sdr": 2.0, "si_sdri": 0.0, "pesq": 2.0,
+                                                                "stoi": 0.5, "count": 2}}
+    empty = aggregates["overall_without_talkers"]["noisy"]
+    assert empty["count"] == 0 and all(np.isnan(empty[m]) for m in ("si_sdr", "si_sdri", "pesq", "stoi"))

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from predictor.evaluation.items import Item, describe_source
-from predictor.evaluation.scoring import METRICS, label
+from predictor.evaluation.scoring import METRICS, NOISE_KINDS, label, noise_kind
 from tfrecord_schema import paths
 from tfrecord_schema.config import SpectrogramConfig
 
@@ -34,7 +34,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> str:
-    """Markdown tables: overall, per system x SNR bin and per system x noise class."""
+    """Markdown tables: overall, per system x SNR bin, per system x noise class and per system x noise kind."""
     agg = results["aggregates"]
     systems = [s["name"] for s in results["systems"]]
     pesq_name = f"PESQ ({results['pesq_mode']})" if results.get("pesq_mode") else "PESQ"
@@ -76,6 +76,7 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
     lines += ["", "## By noise class", ""]
     classes = results["noise_classes"]
     lines += table(["noise class", "system"], [([c, s], agg["by_noise_class"][s][c]) for c in classes for s in systems])
+    lines += ["", "## Talkers and other noise", ""] + _kind_lines(agg, classes, systems, table)
     if skipped:
         lines += ["", "## Skipped items", "", row(["item", "files", "reason"]), row(["---"] * 3)]
         lines += [row([s["id"], describe_source(s["source"]), s["reason"]]) for s in skipped]
@@ -83,6 +84,17 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
         lines += ["", "## Metric failures", "", row(["item", "system", "metric", "error"]), row(["---"] * 4)]
         lines += [row([f["id"], f["system"], f["metric"], f["error"]]) for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def _kind_lines(agg: Mapping[str, Any], classes: Sequence[str], systems: Sequence[str],
+                table: Callable[[list[str], list], list[str]]) -> list[str]:
+    """The "talkers" and "other" items apart (`scoring.noise_kind`); "other" is overall_without_talkers."""
+    talkers = [c for c in classes if noise_kind(c) == NOISE_KINDS[0]]
+    lines = ["Noise of other people's voices (babble, crowds, competing speech, chatter) apart from the rest; "
+             "talker classes here: " + (", ".join(talkers) if talkers else "none") + ". The \"other\" rows are "
+             "overall_without_talkers in results.json.", ""]
+    kinds = [k for k in NOISE_KINDS if k in agg["by_noise_kind"][systems[0]]]
+    return lines + table(["noise kind", "system"], [([k, s], agg["by_noise_kind"][s][k]) for k in kinds for s in systems])
 
 
 def write_report(results: Mapping[str, Any], items: Sequence[Item], output_dir: str, *,

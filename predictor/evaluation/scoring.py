@@ -1,4 +1,4 @@
-"""Scoring systems on items (`evaluate`) and averaging the scores per system, SNR bin and noise class.
+"""Scoring systems on items (`evaluate`) and averaging the scores per system, SNR bin, noise class and kind.
 
 A metric that cannot be computed for one system on one item is nan, left out of the means and
 listed as a failure, so one bad file never costs the whole run and never silently moves an average.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -20,6 +21,17 @@ from predictor.evaluation.systems import System
 logger = logging.getLogger(__name__)
 
 METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
+
+# The two kinds of noise the aggregates are also split into. Denoisers fail on other people's voices
+# (the mask cannot tell the target talker from the others), so those items are reported apart.
+NOISE_KINDS = ("talkers", "other")
+# A noise class is "talkers" when one of its words (lower-cased, words split at anything but a letter)
+# starts with one of these: babble, crowds, competing speech, voices, people talking, TV news, children
+# playing, and the chatter of cafes, restaurants and parties. Every other class is "other", "unknown"
+# (a file at the top of a noise folder without a class table) included. Bare "speech" is no word of
+# the rule: "speech-shaped noise" and a folder named "speech-commands-background" hold no talkers.
+TALKER_CLASS_PATTERN = re.compile(
+    r"(?<![a-z])(babble|crowd|competing|voice|talk|chatter|conversation|caf[eé]|restaurant|party|news|children)")
 
 
 def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int, *,
@@ -108,6 +120,8 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
         "failures": failures,
         "items": records,
         "aggregates": aggregate(records, names),
+        "noise_kinds": {kind: [c for c in sorted({it.noise_class for it in items}) if noise_kind(c) == kind]
+                        for kind in NOISE_KINDS},
         "outputs": outputs,
     }
 
@@ -117,8 +131,15 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def noise_kind(noise_class: str) -> str:
+    """"talkers" when `noise_class` names other people's voices (`TALKER_CLASS_PATTERN`), else "other"."""
+    return NOISE_KINDS[0] if TALKER_CLASS_PATTERN.search(noise_class.lower()) else NOISE_KINDS[1]
+
+
 def aggregate(records: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[str, Any]:
-    """Mean of each metric per system: overall, per SNR bin and per noise class (NaNs left out)."""
+    """Mean of each metric per system (NaNs left out): overall, per SNR bin, per noise class, per noise
+    kind (`noise_kind`: "talkers" or "other", the kinds present) and over the "other" items alone
+    ("overall_without_talkers", means nan and count 0 when every item is talkers)."""
     def group(key: Callable[[dict], Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for system in systems:
@@ -130,9 +151,13 @@ def aggregate(records: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict
         return out
 
     overall = group(None)
+    by_kind = group(lambda r: noise_kind(r["noise_class"]))
+    no_items = {**{m: math.nan for m in METRICS}, "count": 0}
     return {"overall": {s: v["all"] for s, v in overall.items()},
             "by_snr": group(lambda r: r["snr_bin"]),
-            "by_noise_class": group(lambda r: r["noise_class"])}
+            "by_noise_class": group(lambda r: r["noise_class"]),
+            "by_noise_kind": by_kind,
+            "overall_without_talkers": {s: v.get(NOISE_KINDS[1], no_items) for s, v in by_kind.items()}}
 
 
 def label(key: Any) -> str:
