@@ -131,7 +131,7 @@ class TrainConfig:
                                       "mask-inference loss", group="model", resume=True)
     kmeans_iterations: int = _option(10, "BLSTM: k-means iterations of the clustering head at inference",
                                      group="model")
-    stream_size: str = _option("small", "stream-crn: 'small' (48 K parameters at 16 kHz) or 'large' (479 K)",
+    stream_size: str = _option("small", "stream-crn: 'small' (52 K parameters, one dual-path block) or 'large' (479 K, three)",
                                group="model", choices=("small", "large"), resume=True)
     # The model's STFT, for a source store (a spectrogram dataset fixes its own): None derives it from
     # the store's sample rate (`SpectrogramConfig.for_sample_rate`).

@@ -39,7 +39,9 @@ DILATIONS = (1, 2, 5)
 TIME_KERNEL = 3
 # Channels, GRU units (the recurrent state per band) and dual-path blocks of each size.
 SIZES: dict[str, dict[str, int]] = {
-    "small": {"channels": 24, "units": 40, "dual_path_blocks": 2},  # 48 K parameters at 16 kHz (GTCRN: 48 K)
+    # One wider dual-path block rather than two narrow ones: on one CPU core the recurrences over time
+    # cost by the step, not by the width (ONNX: 0.016 x real time against 0.020 for 24/40 x 2 blocks).
+    "small": {"channels": 32, "units": 48, "dual_path_blocks": 1},  # 52 K parameters at 16 kHz (GTCRN: 48 K)
     "large": {"channels": 56, "units": 128, "dual_path_blocks": 3},  # 479 K
 }
 
