@@ -68,7 +68,7 @@ for stage in "$@"; do
       # The streaming family from the source store, its own recipe: float32, hybrid loss, 2 s windows.
       size=${stage#train-stream-}
       "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$SRC" --model-dir "$MODELS/stream-$size" \
-        --work-dir "$HOME/work-stream-$size" --architecture stream-crn --stream-size "$size" --batch-size 128 \
+        --work-dir "$HOME/work-stream-$size" --architecture stream-crn --stream-size "$size" --batch-size "${STREAM_BATCH:-128}" \
         --learning-rate 1e-3 --epochs "${STREAM_EPOCHS:-10}" --steps-per-epoch "${STREAM_STEPS:-300}" \
         --window-samples 16128 --snr-db -8:18 --jit-compile \
         --summary-json "$OUT/summary-stream-$size.json" 2>&1 | grep -v "^\s*$" | tail -25
@@ -76,26 +76,8 @@ for stage in "$@"; do
       tar -C "$MODELS" -cf - "stream-$size" | split -b 15M -d -a 2 - "$OUT/model-stream-$size.tar."
       ;;
     bench-mixer)
-      "$PY" - "$SRC" <<'PY'
-import multiprocessing, sys, time
-from mixing.on_the_fly import SourceMixer
-from mixing.options import MixOptions
-from tfrecord_schema.config import SpectrogramConfig
-from tfrecord_schema.sources import SourceStore
-COUNT = 4000
-def run(worker):
-    mixer = SourceMixer.for_config(SourceStore.open(sys.argv[1]), "train", MixOptions(), SpectrogramConfig())
-    mixer.waveforms(range(worker * 10**6, worker * 10**6 + 32))
-    start = time.perf_counter()
-    for first in range(worker * 10**6, worker * 10**6 + COUNT, 64):
-        mixer.waveforms(range(first, first + 64))
-    return time.perf_counter() - start
-cores = multiprocessing.cpu_count()
-with multiprocessing.get_context("spawn").Pool(cores) as pool:
-    seconds = pool.map(run, range(cores))
-print(f"mixer alone: {cores} processes x {COUNT} one-window (1.008 s, 8 kHz) waveform examples: "
-      f"{cores * COUNT / max(seconds):.0f} examples/s ({COUNT / (sum(seconds) / cores):.0f} per process)")
-PY
+      # A file, not a here-document: the spawned processes re-import the main module.
+      "$PY" benchmarks/mixer_cores.py "$SRC" --json "$OUT/mixer-cores.json"
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
