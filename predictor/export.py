@@ -54,7 +54,7 @@ def export_onnx(model_dir: str, output_dir: str) -> str:
     info = read_model_info(model_dir)
     streaming = info.get("streaming")
     if not streaming:
-        family = (info.get("model_args") or {}).get("architecture", "unet")
+        family = (info.get("model") or {}).get("architecture", "unet")
         raise ValueError(f"model_dir={model_dir!r} holds a windowed model ({family}), not a streaming one: its model.json "
                          "has no \"streaming\" entry. Only the streaming family (`train --architecture stream-crn`) is "
                          "exported to ONNX; run a windowed model with `speech-enhance predict --model DIR`.")
@@ -84,7 +84,7 @@ def export_onnx(model_dir: str, output_dir: str) -> str:
     _rename_outputs(path, outputs)
     export_info = {"format": ONNX_FORMAT, "streaming": streaming, "spectrogram": info["spectrogram"],
                    "target": info["target"], "inputs": [x.name for x in named.inputs], "outputs": outputs,
-                   "source": {"model_dir": os.path.abspath(model_dir), "model_args": info.get("model_args")}}
+                   "source": {"model_dir": os.path.abspath(model_dir), "model": info.get("model")}}
     with open(os.path.join(output_dir, ONNX_INFO_FILE), "w", encoding="utf-8") as f:
         json.dump(export_info, f, indent=2)
     return path
