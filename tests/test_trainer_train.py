@@ -223,8 +223,8 @@ def test_train_config_round_trips_and_refuses_unknown_keys():
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 0}, r"^batch_size must be a positive integer. Received: batch_size=0$"),
     ({"steps_per_epoch": 0}, r"steps_per_epoch must be a positive integer or None. Received: steps_per_epoch=0"),
-    ({"architecture": "resnet"}, r"architecture must be one of \('unet', 'blstm-sce', 'blstm-dc', 'mel-autoencoder'\). "
-                                        r"Received: architecture='resnet'"),
+    ({"architecture": "resnet"}, r"architecture must be one of \('unet', 'blstm-sce', 'blstm-dc', 'mel-autoencoder', "
+                                 r"'stream-crn'\). Received: architecture='resnet'"),
     ({"depth": 1}, r"depth must be at least 2"),
     ({"warmup_fraction": 1.0}, r"warmup_fraction must be in \[0, 1\)"),
     ({"jit_compile": "yes"}, r"jit_compile must be True, False or 'auto'"),
@@ -238,7 +238,7 @@ def test_resume_keys_and_presets_come_from_the_fields():
     assert set(RESUME_KEYS) == {"target", "loss", "architecture", "base_filters", "depth", "dropout", "negative_slope",
                                 "lr_schedule", "precision", "batch_size", "epochs", "steps_per_epoch",
                                 "blstm_layers", "blstm_units", "embedding_dim", "embedding_weight", "mel_bands",
-                                "sample_rate", "window_samples", "n_fft", "hop_length"}
+                                "stream_size", "sample_rate", "window_samples", "n_fft", "hop_length"}
     assert PRESETS["gpu"] == dataclasses.replace(TrainConfig(), epochs=40, batch_size=256, learning_rate=5e-4,
                                                  precision="mixed_bfloat16", shuffle_buffer=8192, jit_compile=True)
     assert TrainConfig.from_preset("tpu", epochs=2).distribution == "tpu"
