@@ -7,14 +7,13 @@ import types
 
 import numpy as np
 import pytest
-import soundfile
 
 import speech_enhance
 from predictor.evaluation import metrics, onnx_peers, peer_base, peers
 from predictor.evaluation.options import EvaluateOptions
 from predictor.evaluation.run import run_evaluation
 from predictor.evaluation.systems import peer_systems
-from test_peers import best_lag as shared_best_lag, speech, white_noise_mixture
+from test_peers import best_lag as shared_best_lag, speech, white_noise_mixture, write_items
 
 RATE = 16000
 NAMES = ("gtcrn", "ul-unas")
@@ -120,14 +119,6 @@ def test_missing_ulunas_model_names_where_it_looked(tmp_path, monkeypatch):
     assert onnx_peers.default_ulunas_path() == absent
     with pytest.raises(peer_base.PeerNotInstalledError, match=f"not found at {absent}.*SPEECH_ENHANCE_ULUNAS_MODEL"):
         peers.load_peer("ul-unas")
-
-
-def write_items(folder, rate):
-    for i in range(2):
-        clean, noisy = white_noise_mixture(3 + i, rate=rate)
-        for kind, signal in (("clean", clean), ("noisy", noisy)):
-            os.makedirs(folder / kind, exist_ok=True)
-            soundfile.write(str(folder / kind / f"{i}.wav"), signal, rate)
 
 
 def overall_of(report):

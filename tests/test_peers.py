@@ -45,6 +45,15 @@ def white_noise_mixture(seed, rate=RATE):
     return clean, (clean + noise).astype(np.float32)
 
 
+def write_items(folder, rate):
+    """Two paired items, clean/0.wav .. noisy/1.wav under `folder` (a Path): white-noise mixtures at 0 dB."""
+    for i in range(2):
+        clean, noisy = white_noise_mixture(3 + i, rate=rate)
+        for kind, signal in (("clean", clean), ("noisy", noisy)):
+            os.makedirs(folder / kind, exist_ok=True)
+            soundfile.write(str(folder / kind / f"{i}.wav"), signal, rate)
+
+
 def best_lag(reference, estimate, max_lag=200):
     core = slice(max_lag, reference.size - max_lag)
     scores = [np.dot(reference[core], estimate[max_lag + k: reference.size - max_lag + k])
@@ -113,12 +122,7 @@ def test_unknown_peer_is_refused_by_the_command(tmp_path, capsys):
 @pytest.mark.skipif(not all(installed(name) for name in PACKAGES),
                     reason="the peers extra is not installed: pip install 'speech-enhance[peers]'")
 def test_evaluate_command_scores_the_peers(tmp_path, capsys):
-    rate = 8000
-    for i in range(2):
-        clean, noisy = white_noise_mixture(3 + i, rate=rate)
-        for folder, signal in (("clean", clean), ("noisy", noisy)):
-            os.makedirs(tmp_path / folder, exist_ok=True)
-            soundfile.write(str(tmp_path / folder / f"{i}.wav"), signal, rate)
+    write_items(tmp_path, 8000)
     code = speech_enhance.main([
         "evaluate", "--model", f"shipped={PRETRAINED_DIR}", "--noisy-dir", str(tmp_path / "noisy"),
         "--clean-dir", str(tmp_path / "clean"), "--peers", "all", "--systems", "noisy", "deepfilternet3", "rnnoise",
