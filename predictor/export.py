@@ -69,8 +69,7 @@ def export_onnx(model_dir: str, output_dir: str) -> str:
                          f"{keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow")
     import numpy as np
 
-    import trainer.streaming_crn  # noqa: F401  (registers the family's layers)
-    from trainer.model_dir import load_model_dir
+    from trainer.model_dir import load_model_dir  # it registers the family's layers
 
     core, _ = load_model_dir(model_dir)
     named = _renamed(core)

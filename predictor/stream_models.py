@@ -123,16 +123,14 @@ class StreamingEnhancer:
         """A streaming model directory (model.json "streaming") or its ONNX export; `batch_size`: frames per call."""
         if is_onnx_dir(model_dir):
             info = read_onnx_info(model_dir)
-            geometry = StreamGeometry.from_dict(info["streaming"], os.path.join(model_dir, ONNX_INFO_FILE))
-            step = onnx_step(os.path.join(model_dir, ONNX_FILE), info)
-            kind = "ONNX"
+            step, kind = onnx_step(os.path.join(model_dir, ONNX_FILE), info), "ONNX"
         else:
-            import trainer.streaming_crn  # noqa: F401  (registers the family's layers)
-            from trainer.model_dir import load_model_dir
+            from trainer.model_dir import load_model_dir  # it registers the family's layers
 
             core, info = load_model_dir(model_dir)
-            geometry = StreamGeometry.from_dict(info["streaming"], os.path.join(model_dir, ONNX_INFO_FILE))
             step, kind = keras_step(core), "Keras"
+        # Both kinds of directory describe the model in model.json (ONNX_INFO_FILE is that name too).
+        geometry = StreamGeometry.from_dict(info["streaming"], os.path.join(model_dir, ONNX_INFO_FILE))
         config = SpectrogramConfig.from_dict(info["spectrogram"])
         streaming = info["streaming"]
         description = (f"{model_dir}: streaming {streaming.get('size', '')} model ({kind}), "
