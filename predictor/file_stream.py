@@ -16,8 +16,8 @@ from typing import Iterator
 
 from predictor import audio_io
 from predictor.high_band import Crossover, HighBandGain, HighBandMixer
-from predictor.overlap_add import Analysis, Frames, Joined, Synthesis, WindowGeometry
-from predictor.streaming import StreamAnalysis, StreamGeometry, StreamSynthesis
+from predictor.overlap_add import Frames, Joined, WindowGeometry
+from predictor.streaming import StreamGeometry
 
 # Seconds of input read, resampled and enhanced at a time. A file in flight holds a few blocks'
 # spectrograms (about 1.2 MB per second of audio and channel at 8 kHz: some 22 MB of arrays for a
@@ -52,7 +52,7 @@ class FileSink:
     def __init__(self, job: FileJob, geometry: WindowGeometry | StreamGeometry, keep_model_rate: bool) -> None:
         self.job = job
         self.rate = geometry.sample_rate if keep_model_rate else job.sample_rate
-        self.synthesis = StreamSynthesis(geometry) if isinstance(geometry, StreamGeometry) else Synthesis(geometry)
+        self.synthesis = geometry.synthesis()
         self.resampler = audio_io.StreamResampler(geometry.sample_rate, self.rate, job.channels)
         subtype = audio_io.output_subtype(audio_io.extension(job.target), job.subtype, audio_io.extension(job.source))
         self.writer = audio_io.AtomicAudioWriter(job.target, self.rate, job.channels, subtype)
@@ -115,7 +115,7 @@ def read_frames(job: FileJob, geometry: WindowGeometry | StreamGeometry, downmix
             else:
                 crossover, job.high_band = None, None
             resampler = audio_io.StreamResampler(reader.sample_rate, geometry.sample_rate, job.channels)
-            analysis = (StreamAnalysis if isinstance(geometry, StreamGeometry) else Analysis)(geometry, job.channels)
+            analysis = geometry.analysis(job.channels)
             for samples, last in reader.blocks(max(1, int(round(block_seconds * reader.sample_rate)))):
                 if job.sink is not None and job.sink.error is not None:
                     # A write of this file failed: reading on would only run the model for nothing.

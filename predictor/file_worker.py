@@ -57,7 +57,7 @@ class _InFlight:
     """A file in a worker: read, waiting for the model's outputs, or being written."""
 
     job: FileJob
-    track: Track
+    track: Track | StreamTrack
     reader: Any  # the `_read_frames` generator, None once read to its end
     windows: collections.deque = dataclasses.field(default_factory=collections.deque)  # (channel, index) sent
     sink: FileSink | None = None
@@ -170,8 +170,7 @@ class _Worker:
             s = self.settings
             reader = read_frames(job, s.geometry, s.downmix, s.block_seconds, s.high_band_gain)
             # A streaming model's "windows" are a block's frames per channel, run with the file's state.
-            track = (StreamTrack if isinstance(s.geometry, StreamGeometry) else Track)(index, s.geometry)
-            self.files[index] = _InFlight(job, track, reader)
+            self.files[index] = _InFlight(job, s.geometry.track(index), reader)
             self.to_read.append(index)
         elif kind == "predictions":
             _, index, outputs = message

@@ -126,6 +126,17 @@ class WindowGeometry:
         """Where a signal of `length` samples goes (`plan_layout`)."""
         return plan_layout(length, self.config, self.window_frames, self.hop_frames)
 
+    # What a file's reading, model and writing stages build for this geometry (`predictor.streaming`'s
+    # `StreamGeometry` builds its own), so they need not ask which kind of model they serve.
+    def analysis(self, channels: int) -> "Analysis":
+        return Analysis(self, channels)
+
+    def track(self, key: Any) -> "Track":
+        return Track(key, self)
+
+    def synthesis(self) -> "Synthesis":
+        return Synthesis(self)
+
 
 @dataclasses.dataclass
 class Frames:

@@ -83,6 +83,16 @@ class StreamGeometry:
     def initial_states(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, *shape), np.float32) for shape in self.state_shapes]
 
+    # `predictor.overlap_add.WindowGeometry`'s counterparts, for the file stages.
+    def analysis(self, channels: int) -> "StreamAnalysis":
+        return StreamAnalysis(self, channels)
+
+    def track(self, key: Any) -> "StreamTrack":
+        return StreamTrack(key, self)
+
+    def synthesis(self) -> "StreamSynthesis":
+        return StreamSynthesis(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamLayout:
