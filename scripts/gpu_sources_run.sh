@@ -6,14 +6,17 @@
 # unpacked (`~/site`; `~/bundle/data/{speech,noise}` holding the shared data's speech/ and noise/).
 # Stages, in the order given:
 #   build-sources   the source store at 8 kHz (all voices but the VoxCeleb interferers; all noises)
+#   build-sources-16k  the same at 16 kHz, less the 8 kHz-only dns-enrollment-8k voices ($HOME/sources16)
 #   build-static    the static store of the same folders: N windows (default 45,000), SNR -8..18 dB
 #   train-static    the shipped U-Net's recipe (gpu preset, mask target, magnitude-weighted loss) on it
 #   train-sources   the same recipe and steps per epoch, mixing on the fly at the same SNRs
 #   train-stream-small, train-stream-large
-#                   the streaming family (stream-crn) from the source store (STREAM_EPOCHS x STREAM_STEPS)
+#                   the streaming family (stream-crn) from STREAM_SRC (default: the 8 kHz source store;
+#                   $HOME/sources16 for 16 kHz), STREAM_EPOCHS x STREAM_STEPS, 2 s windows
 #   bench-mixer     one-window waveform examples/s of the mixer on every core of the host
 # EPOCHS (30), N, BACKEND (jax) and TRAIN_ARGS (appended to both trainings) change the run.
-# Outputs to $OUT: each model in 15 MiB pieces, the splits, the training summaries and logs.
+# Outputs to $OUT: each model in 15 MiB pieces; the splits, summaries and histories in one results.tar
+# (at most 8 files come back from one call).
 set -euo pipefail
 BACKEND=${BACKEND:-jax}
 export PYTHONPATH=$HOME/site:$PWD KERAS_BACKEND=$BACKEND PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -41,14 +44,15 @@ train() {  # train NAME DATASET [flags...]
   cp "$HOME/work-$name/history.csv" "$OUT/history-$name.csv"
   tar -C "$MODELS" -cf - "$name" | split -b 15M -d -a 2 - "$OUT/model-$name.tar."
 }
-for stage in "$@"; do
-  echo "=== $stage $(date +%T)"
-  case $stage in
-    build-sources)
-      /usr/bin/time -f "%e s, %M KB" "$PY" -m speech_enhance dataset --kind sources --sample-rate 8000 \
-        "${VOICES[@]}" "${NOISES[@]}" "${SPLIT[@]}" --output "$SRC" --workers "$(nproc)" --overwrite 2>&1 | quiet | tail -8
-      "$PY" -m speech_enhance inspect "$SRC" | tail -20
-      cp "$SRC/splits.json" "$OUT/splits-sources.json"
+run_stage() {
+  case $1 in
+    build-sources|build-sources-16k)
+      if [ "$1" = build-sources ]; then rate=8000 store=$SRC voices=("${VOICES[@]}")
+      else rate=16000 store=$HOME/sources16 voices=("${VOICES[@]:0:2}" "${VOICES[@]:4}"); fi
+      /usr/bin/time -f "%e s, %M KB" "$PY" -m speech_enhance dataset --kind sources --sample-rate "$rate" \
+        "${voices[@]}" "${NOISES[@]}" "${SPLIT[@]}" --output "$store" --workers "$(nproc)" --overwrite 2>&1 | quiet | tail -8
+      "$PY" -m speech_enhance inspect "$store" | tail -20
+      cp "$store/splits.json" "$OUT/splits-${store##*/}.json"
       ;;
     build-static)
       /usr/bin/time -f "%e s, %M KB" "$PY" -m speech_enhance dataset "${VOICES[@]}" "${NOISES[@]}" "${SPLIT[@]}" \
@@ -66,19 +70,29 @@ for stage in "$@"; do
       ;;
     train-stream-small|train-stream-large)
       # The streaming family from the source store, its own recipe: float32, hybrid loss, 2 s windows.
-      size=${stage#train-stream-}
-      "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$SRC" --model-dir "$MODELS/stream-$size" \
+      size=${1#train-stream-}
+      stream_src=${STREAM_SRC:-$SRC}
+      rate=$("$PY" -c "from tfrecord_schema.sources import SourceStore; print(SourceStore.open('$stream_src').info.sample_rate)")
+      "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$stream_src" --model-dir "$MODELS/stream-$size" \
         --work-dir "$HOME/work-stream-$size" --architecture stream-crn --stream-size "$size" --batch-size "${STREAM_BATCH:-128}" \
         --learning-rate 1e-3 --epochs "${STREAM_EPOCHS:-10}" --steps-per-epoch "${STREAM_STEPS:-300}" \
-        --window-samples 16128 --snr-db -8:18 --jit-compile \
+        --window-samples $((rate * 2016 / 1000)) --snr-db -8:18 --jit-compile \
         --summary-json "$OUT/summary-stream-$size.json" 2>&1 | grep -v "^\s*$" | tail -25
       cp "$HOME/work-stream-$size/history.csv" "$OUT/history-stream-$size.csv"
       tar -C "$MODELS" -cf - "stream-$size" | split -b 15M -d -a 2 - "$OUT/model-stream-$size.tar."
       ;;
     bench-mixer)
       # A file, not a here-document: the spawned processes re-import the main module.
-      "$PY" benchmarks/mixer_cores.py "$SRC" --json "$OUT/mixer-cores.json"
+      timeout 120 "$PY" benchmarks/mixer_cores.py "$SRC" --json "$OUT/mixer-cores.json"
       ;;
-    *) echo "unknown stage $stage"; exit 2 ;;
+    *) echo "unknown stage $1"; return 2 ;;
   esac
+}
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"
+  # A failed stage is reported and the next one runs.
+  set +e; (set -e; run_stage "$stage"); rc=$?; set -e
+  [ "$rc" = 0 ] || echo "=== $stage failed ($rc)"
+  # The small outputs travel in one file.
+  (cd "$OUT" && ls *.json *.csv >/dev/null 2>&1 && tar -rf results.tar *.json *.csv && rm -f *.json *.csv) || true
 done
