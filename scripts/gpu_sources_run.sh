@@ -12,7 +12,8 @@
 #   train-sources   the same recipe and steps per epoch, mixing on the fly at the same SNRs
 #   train-stream-small, train-stream-large
 #                   the streaming family (stream-crn) from STREAM_SRC (default: the 8 kHz source store;
-#                   $HOME/sources16 for 16 kHz), STREAM_EPOCHS x STREAM_STEPS, 2 s windows
+#                   $HOME/sources16 for 16 kHz), STREAM_EPOCHS x STREAM_STEPS, 2 s windows, at most
+#                   STREAM_MINUTES (default: no limit)
 #   bench-mixer     one-window waveform examples/s of the mixer on every core of the host
 # EPOCHS (30), N, BACKEND (jax) and TRAIN_ARGS (appended to both trainings) change the run.
 # Outputs to $OUT: each model in 15 MiB pieces; the splits, summaries and histories in one results.tar
@@ -76,7 +77,7 @@ run_stage() {
       "$PY" -m speech_enhance train --backend "$BACKEND" --dataset "$stream_src" --model-dir "$MODELS/stream-$size" \
         --work-dir "$HOME/work-stream-$size" --architecture stream-crn --stream-size "$size" --batch-size "${STREAM_BATCH:-128}" \
         --learning-rate 1e-3 --epochs "${STREAM_EPOCHS:-10}" --steps-per-epoch "${STREAM_STEPS:-300}" \
-        --window-samples $((rate * 2016 / 1000)) --snr-db -8:18 --jit-compile \
+        --window-samples $((rate * 2016 / 1000)) --snr-db -8:18 --jit-compile ${STREAM_MINUTES:+--time-limit-minutes $STREAM_MINUTES} \
         --summary-json "$OUT/summary-stream-$size.json" 2>&1 | grep -v "^\s*$" | tail -25
       cp "$HOME/work-stream-$size/history.csv" "$OUT/history-stream-$size.csv"
       tar -C "$MODELS" -cf - "stream-$size" | split -b 15M -d -a 2 - "$OUT/model-stream-$size.tar."

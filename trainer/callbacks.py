@@ -1,5 +1,5 @@
 """The Keras callbacks of a training run: examples/s and the learning rate per epoch, history.csv,
-loss.png, the best checkpoint, TensorBoard, early stopping, the plateau schedule and the backup
+loss.png, the best checkpoint, TensorBoard, early stopping, the time limit, the plateau schedule and the backup
 that a rerun resumes from.
 
     stats = EpochStats(batch_size)
@@ -130,10 +130,29 @@ class StepBackup(keras.callbacks.Callback):
         self.saved = self.step
 
 
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch that ends `minutes` after training began."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.start = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.seconds and not self.model.stop_training:
+            logger.info("stopping after epoch %d: %.1f of at most %.1f minutes spent", epoch + 1, elapsed / 60,
+                        self.seconds / 60)
+            self.model.stop_training = True
+
+
 def training_callbacks(config: TrainConfig, work: WorkDir, monitor: str, best_so_far: float | None, append: bool,
                        title: str, step_backup: StepBackup | None = None) -> list[keras.callbacks.Callback]:
     """The run's callbacks after `EpochStats`: best checkpoint, history.csv, loss.png, TensorBoard,
-    early stopping, the plateau schedule, and last the backup: `step_backup` when given, else Keras'
+    early stopping, the time limit, the plateau schedule, and last the backup: `step_backup` when given, else Keras'
     `BackupAndRestore` (after every epoch).
 
     `best_so_far`: the best value of `monitor` before a resumed run (the checkpoint keeps only a
@@ -157,6 +176,8 @@ def training_callbacks(config: TrainConfig, work: WorkDir, monitor: str, best_so
     if config.early_stopping_patience:
         callback_list.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
                                                            mode="min", verbose=1))
+    if config.time_limit_minutes:
+        callback_list.append(TimeLimit(config.time_limit_minutes))
     if config.lr_schedule == "plateau":
         callback_list.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2, mode="min",
                                                                min_lr=config.learning_rate * 0.01, verbose=1))

@@ -94,6 +94,9 @@ class TrainConfig:
     early_stopping_patience: int | None = _option(8, "stop after this many epochs without a better "
                                                   "monitored loss; 0 (or None) never stops",
                                                   group="optimisation")
+    time_limit_minutes: float | None = _option(None, "stop at the end of the first epoch that ends this many "
+                                               "minutes after training began; the best checkpoint is kept as "
+                                               "usual (default: no limit)", group="optimisation")
     loss: str = _option("huber", "U-Net: 'huber' on the target of every bin, or a loss on the waveform made in the "
                         "graph from the predicted gain times the noisy spectrum by an inverse STFT: 'snr' "
                         "(keeps the level) or 'si-sdr' (scale-invariant), each per example in dB, capped at 30 "
@@ -201,6 +204,10 @@ class TrainConfig:
         if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
             raise ValueError("early_stopping_patience must be an integer >= 0 (0 or None: never stop early). "
                              f"Received: early_stopping_patience={patience!r}")
+        limit = self.time_limit_minutes
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+            raise ValueError("time_limit_minutes must be a number > 0 or None (no limit). "
+                             f"Received: time_limit_minutes={limit!r}")
         if self.tpu is not None and self.distribution != "tpu":
             raise ValueError(f"tpu={self.tpu!r} is only used with distribution='tpu'. "
                              f"Received: distribution={self.distribution!r}. Set both, or neither.")
