@@ -166,12 +166,21 @@ def test_without_a_validation_split_the_training_loss_is_monitored(tmp_path):
     ({"distribution": "jax-data-parallel"}, ValueError, r"needs the jax backend.*KERAS_BACKEND=jax"),
     ({"depth": 7}, ValueError, r"frames and bins must be multiples of 64"),
     ({"early_stopping_patience": -1}, ValueError, r"early_stopping_patience must be an integer >= 0"),
+    ({"time_limit_minutes": 0}, ValueError, r"time_limit_minutes must be a number > 0 or None"),
     ({"loss_weighting": "power"}, ValueError, r"loss_weighting must be one of \('none', 'magnitude'\)"),
 ])
 def test_bad_arguments_are_refused_before_training(dataset, tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         train(dataset, str(tmp_path / "model"), **{**TINY, **kwargs})
     assert not os.path.exists(tmp_path / "model")
+
+
+def test_a_time_limit_stops_at_the_end_of_the_first_epoch_past_it(dataset, tmp_path):
+    summary = train(dataset, str(tmp_path / "model"), epochs=4, steps_per_epoch=1, validation_steps=1,
+                    time_limit_minutes=1e-6, **TINY)
+    assert summary["epochs_run"] == 1
+    with open(tmp_path / "model" / "model.json") as handle:
+        assert json.load(handle)["training"]["time_limit_minutes"] == 1e-6
 
 
 def test_a_missing_dataset_is_refused(tmp_path):
