@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static store against source store on a GPU machine: the same U-Net trained from a static store and
 # from a source store mixed on the fly, both built from every speech and noise folder of the shared data
-# with the same split by speaker and by noise file (docs/results.md reports what it produced).
+# with the same split by speaker and by noise file, splits_all_folders.json (docs/results.md reports what
+# it produced).
 # Run from the repository root after the wheels and data staged by ../shared/device/stage.sh are
 # unpacked (`~/site`; `~/bundle/data/{speech,noise}` holding the shared data's speech/ and noise/).
 # Stages, in the order given:
@@ -35,7 +36,9 @@ VOICES=(--voice-dir "$DATA/speech/librispeech" --voice-dir "$DATA/speech/dns-enr
         --voice-dir "$DATA/speech/commonvoice-hsb" --voice-dir "$DATA/speech/grid" --voice-dir "$DATA/speech/lombard-grid")
 NOISES=()
 for d in "$DATA"/noise/*/; do NOISES+=(--noise-dir "${d%/}"); done
-SPLIT=(--split-fractions 0.8,0.1,0.1)
+# One split for every build: the shipped models' held-out test set (LibriSpeech test-other, the
+# held-out noise files) kept out of training; scripts/shared_data_split.py writes it.
+SPLIT=(--splits scripts/shared_split/splits_all_folders.json)
 quiet() { grep --line-buffered -v "sdk_worker\|data_plane\|harness\|statecache\|semi_persistent\|Pipeline_options\|Logging handler\|wrote .*tfrecord"; }
 train() {  # train NAME DATASET [flags...]
   local name=$1 dataset=$2; shift 2

@@ -23,6 +23,14 @@ Writes, under --out:
   valid_voices_librispeech/
                    the train-clean-100 validation speakers alone: read LibriSpeech like the test
                    speakers of test-other, for choosing between variants trained on different corpora
+  splits_all_folders.json
+                   the same held-out test set for a build from every speech folder but the VoxCeleb
+                   interferers (ALL_VOICE_FOLDERS, in that order) and every noise folder (each named by
+                   its base name): LibriSpeech as in splits.json plus test-other for testing,
+                   dns-enrollment-8k as in splits_two_corpora.json, the other voices by speaker and the
+                   other noise files by class, hashed as the dataset job hashes them (0.8/0.1/0.1); the
+                   noise files of splits.json keep their split. A 16 kHz build from the same file simply
+                   leaves out the 8 kHz-only dns-enrollment-8k.
 
     python scripts/shared_data_split.py --data ../shared/data --out runs/shared_split
 """
@@ -34,11 +42,19 @@ import csv
 import hashlib
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from beam_pipelines import audio as audio_lib  # noqa: E402  (the repository root is put on the path above)
+from beam_pipelines import splits as splits_lib  # noqa: E402
 
 EMGSE_CLASSES = {"car_noise_idle_noise_60_mph.wav": "car", "engine.wav": "engine", "street.wav": "street",
                  "street_noise.wav": "street", "white.wav": "white"}
 EMGSE_HELDOUT = {"one_female_english.wav", "two_male_one_female_english.wav", "street_noise.wav"}
 BACKGROUND_CLASSES = {"doing_the_dishes.wav": "kitchen", "exercise_bike.wav": "machine"}
+ALL_VOICE_FOLDERS = ("librispeech", "dns-enrollment-8k", "commonvoice-hsb", "grid", "lombard-grid")
+HASHED_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 def main() -> None:
@@ -122,9 +138,50 @@ def main() -> None:
     print(f"two corpora: {sum(s == 'train' for s in dns_split.values())} train / "
           f"{sum(s == 'valid' for s in dns_split.values())} valid dns-enrollment-8k files; validation evaluation "
           f"folders: {sum(s == 'valid' for s in two.values())} voice files, {len(valid_noise)} noise files")
+    every = all_folders_split(args.data, voice_split, dns_split, noise_split)
+    with open(os.path.join(args.out, "splits_all_folders.json"), "w") as f:
+        json.dump(every, f, indent=0, sort_keys=True)
+    for role, split_of in every.items():
+        print(f"all folders, {role}: " + ", ".join(f"{s} {sum(v == s for v in split_of.values())}"
+                                                   for s in ("train", "valid", "test")))
     counts = {s: sum(v == s for v in noise_split.values()) for s in ("train", "valid", "test")}
     print(f"voices: {sum(v == 'train' for v in voice_split.values())} train / {len(valid)} valid speakers' files; "
           f"noises: {counts}; written to {args.out}")
+
+
+def all_folders_split(data: str, librispeech: dict[str, str], dns: dict[str, str],
+                      noises: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{"voices": {name: split}, "noises": {name: split}} for a build from ALL_VOICE_FOLDERS and every
+    noise folder, names as the dataset job gives them (FOLDER/relative path): LibriSpeech
+    train-clean-100 as `librispeech` (train/valid), test-other for testing; dns-enrollment-8k as `dns`;
+    the other corpora's speakers and the other noise files hashed as the job hashes them; `noises`
+    (relative to the noise folder) kept."""
+    voices: dict[str, str] = {}
+    hashed_speakers: dict[str, str] = {}
+    for folder in ALL_VOICE_FOLDERS:
+        for rel in sorted(audio_lib.list_audio_identities(os.path.join(data, "speech", folder))):
+            name = f"{folder}/{rel}"
+            if folder == "librispeech":
+                corpus, _, file = rel.partition("/")
+                voices[name] = "test" if corpus == "test-other" else librispeech.get(file, "")
+            elif folder == "dns-enrollment-8k":
+                voices[name] = dns.get(name, "")
+            else:
+                hashed_speakers[name] = f"{folder}:{splits_lib.speaker_of(rel)}"
+    speaker_split = splits_lib.assign_groups(hashed_speakers.values(), HASHED_FRACTIONS, salt="voice")
+    voices.update({name: speaker_split[speaker] for name, speaker in hashed_speakers.items()})
+    noise_root = os.path.join(data, "noise")
+    split_of = dict(noises)
+    hashed, classes = [], {}
+    for folder in sorted(os.listdir(noise_root)):
+        table = (splits_lib.find_class_table(os.path.join(noise_root, folder)) or ({}, ""))[0]
+        for rel in sorted(audio_lib.list_audio_identities(os.path.join(noise_root, folder))):
+            name = f"{folder}/{rel}"
+            if name not in split_of:
+                hashed.append(name)
+                classes[name] = splits_lib.noise_class_of(rel, table)
+    split_of.update(splits_lib.assign_groups(hashed, HASHED_FRACTIONS, salt="noise", strata=classes))
+    return {"voices": {k: v for k, v in voices.items() if v}, "noises": split_of}
 
 
 def _link_folder(folder: str, files: dict[str, str]) -> None:
