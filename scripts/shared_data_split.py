@@ -26,10 +26,10 @@ Writes, under --out:
   splits_all_folders.json
                    the same held-out test set for a build from every speech folder but the VoxCeleb
                    interferers (ALL_VOICE_FOLDERS, in that order) and every noise folder (each named by
-                   its base name): LibriSpeech as in splits.json plus test-other for testing,
-                   dns-enrollment-8k as in splits_two_corpora.json, the other voices by speaker and the
-                   other noise files by class, hashed as the dataset job hashes them (0.8/0.1/0.1); the
-                   noise files of splits.json keep their split. A 16 kHz build from the same file simply
+                   its base name): LibriSpeech as in splits.json plus test-other for testing, the
+                   other corpora's speakers within each corpus and the other noise files within each
+                   class hashed as the dataset job hashes them (0.8/0.1/0.1), so that validation and
+                   test hold speakers of every corpus; the noise files of splits.json keep their split. A 16 kHz build from the same file simply
                    leaves out the 8 kHz-only dns-enrollment-8k.
 
     python scripts/shared_data_split.py --data ../shared/data --out runs/shared_split
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"two corpora: {sum(s == 'train' for s in dns_split.values())} train / "
           f"{sum(s == 'valid' for s in dns_split.values())} valid dns-enrollment-8k files; validation evaluation "
           f"folders: {sum(s == 'valid' for s in two.values())} voice files, {len(valid_noise)} noise files")
-    every = all_folders_split(args.data, voice_split, dns_split, noise_split)
+    every = all_folders_split(args.data, voice_split, noise_split)
     with open(os.path.join(args.out, "splits_all_folders.json"), "w") as f:
         json.dump(every, f, indent=0, sort_keys=True)
     for role, split_of in every.items():
@@ -149,13 +149,12 @@ def main() -> None:
           f"noises: {counts}; written to {args.out}")
 
 
-def all_folders_split(data: str, librispeech: dict[str, str], dns: dict[str, str],
-                      noises: dict[str, str]) -> dict[str, dict[str, str]]:
+def all_folders_split(data: str, librispeech: dict[str, str], noises: dict[str, str]) -> dict[str, dict[str, str]]:
     """{"voices": {name: split}, "noises": {name: split}} for a build from ALL_VOICE_FOLDERS and every
     noise folder, names as the dataset job gives them (FOLDER/relative path): LibriSpeech
-    train-clean-100 as `librispeech` (train/valid), test-other for testing; dns-enrollment-8k as `dns`;
-    the other corpora's speakers and the other noise files hashed as the job hashes them; `noises`
-    (relative to the noise folder) kept."""
+    train-clean-100 as `librispeech` (train/valid), test-other for testing; the other corpora's
+    speakers hashed as the job hashes them, within each corpus; the other noise files hashed within
+    each class; `noises` (relative to the noise folder) kept."""
     voices: dict[str, str] = {}
     hashed_speakers: dict[str, str] = {}
     for folder in ALL_VOICE_FOLDERS:
@@ -164,11 +163,12 @@ def all_folders_split(data: str, librispeech: dict[str, str], dns: dict[str, str
             if folder == "librispeech":
                 corpus, _, file = rel.partition("/")
                 voices[name] = "test" if corpus == "test-other" else librispeech.get(file, "")
-            elif folder == "dns-enrollment-8k":
-                voices[name] = dns.get(name, "")
             else:
                 hashed_speakers[name] = f"{folder}:{splits_lib.speaker_of(rel)}"
-    speaker_split = splits_lib.assign_groups(hashed_speakers.values(), HASHED_FRACTIONS, salt="voice")
+    # Stratified by corpus, so that validation and test hold speakers of every corpus.
+    corpus_of = {speaker: speaker.split(":", 1)[0] for speaker in hashed_speakers.values()}
+    speaker_split = splits_lib.assign_groups(hashed_speakers.values(), HASHED_FRACTIONS, salt="voice",
+                                             strata=corpus_of)
     voices.update({name: speaker_split[speaker] for name, speaker in hashed_speakers.items()})
     noise_root = os.path.join(data, "noise")
     split_of = dict(noises)
