@@ -340,3 +340,40 @@ def test_without_talkers_is_empty_when_every_item_is_talkers():
                                                                 "stoi": 0.5, "count": 2}}
     empty = aggregates["overall_without_talkers"]["noisy"]
     assert empty["count"] == 0 and all(np.isnan(empty[m]) for m in ("si_sdr", "si_sdri", "pesq", "stoi"))
+
+
+def test_balance_draws_each_corpus_and_noise_group_alike_and_reports_them(tmp_path):
+    """One small corpus beside a large one, one noise file beside five: drawn alike with --balance,
+    in proportion to their files without it; results carry and aggregate both domains."""
+    rng = np.random.default_rng(5)
+    for corpus_name, count in (("big", 6), ("small", 1)):
+        for i in range(count):
+            write(str(tmp_path / "voices" / corpus_name / f"spk{i}" / f"u{i}.wav"),
+                  0.1 * synth_voice(rng, 2 * RATE, RATE), RATE)
+    for group, count in (("many", 5), ("one", 1)):
+        for i in range(count):
+            write(str(tmp_path / "noises" / group / f"n{i}.wav"), 0.05 * synth_noise(rng, 2 * RATE, RATE, "white"),
+                  RATE)
+    counts = {}
+    for balance in (False, True):
+        items = make_mixtures(str(tmp_path / "voices"), str(tmp_path / "noises"), snrs=(0.0,), num_mixtures=60,
+                              duration=1.5, sample_rate=RATE, balance=balance)
+        counts[balance] = (sum(it.source["voice_file"].startswith("small/") for it in items),
+                           sum(it.source["noise_file"].startswith("one/") for it in items))
+    assert all(c < 18 for c in counts[False]), counts   # about 1 in 7 and 1 in 6 of 60
+    assert all(18 <= c <= 42 for c in counts[True]), counts  # about half
+    out = tmp_path / "report"
+    assert speech_enhance.main([
+        "evaluate", "--systems", "noisy", "wiener", "--voice-dir", str(tmp_path / "voices"), "--noise-dir",
+        str(tmp_path / "noises"), "--snrs", "0", "--num-mixtures", "12", "--duration", "1.5", "--balance",
+        "--no-pesq", "--no-stoi", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["source"]["balance"] is True
+    for key, field in (("by_voice_corpus", "voice_corpus"), ("by_noise_group", "noise_group")):
+        names = [it[field] for it in results["items"]]
+        assert set(names) == ({"big", "small"} if field == "voice_corpus" else {"many", "one"})
+        for name, row in results["aggregates"][key]["wiener"].items():
+            mine = [it["scores"]["wiener"]["si_sdri"] for it in results["items"] if it[field] == name]
+            assert row["count"] == len(mine) and row["si_sdri"] == pytest.approx(np.mean(mine))
+    report = (out / "results.md").read_text()
+    assert "## By speech corpus" in report and "## By noise group" in report

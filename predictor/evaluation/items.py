@@ -74,12 +74,16 @@ def input_snr(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = EvaluateOptions.snrs,
                   num_mixtures: int = EvaluateOptions.num_mixtures, duration: float = EvaluateOptions.duration,
-                  sample_rate: int = 8000, seed: int = EvaluateOptions.seed) -> list[Item]:
+                  sample_rate: int = 8000, seed: int = EvaluateOptions.seed,
+                  balance: bool = EvaluateOptions.balance) -> list[Item]:
     """`num_mixtures` mixtures per SNR in `snrs` (dB) from the files of `voice_dir` and `noise_dir`.
 
     Item `snr{snr:+g}-{i}` draws, from a generator seeded with (seed, crc32 of its id): a voice file
     and a segment of at most `duration` seconds, a noise file and a segment of the same length
-    (looped if the noise is shorter). The noise is scaled so that 10 log10(sum clean^2 / sum noise^2)
+    (looped if the noise is shorter). With `balance`, the voice file is drawn from a speech corpus
+    drawn first, each corpus (top folder of `voice_dir`, `domain_of`) as likely as another, and the
+    noise file likewise from a noise group (top folder of `noise_dir`), so that small corpora and
+    groups are scored on as many items as large ones. The noise is scaled so that 10 log10(sum clean^2 / sum noise^2)
     equals the SNR exactly and, if the mixture would clip, both are scaled down together
     (`mixing.levels.mix_at_snr`). Voice segments quieter than -60 dBFS are redrawn.
     """
@@ -91,14 +95,16 @@ def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = Eva
     _, voices = audio_io.find_audio_files(voice_dir)
     _, noises = audio_io.find_audio_files(noise_dir)
     classes = noise_classes(noise_dir, noises)
+    voice_pools, noise_pools = (_pools(files) if balance else [files] for files in (voices, noises))
     max_samples = max(1, int(round(duration * sample_rate)))
     items = []
     for snr in snrs:
         for index in range(num_mixtures):
             item_id = f"snr{snr:+g}-{index:04d}"
             rng = np.random.default_rng([seed, zlib.crc32(item_id.encode("utf-8"))])
-            clean, voice_rel, voice_offset = _draw_voice(rng, voice_dir, voices, max_samples, sample_rate, item_id)
-            noise, noise_rel, noise_offset = _draw_noise(rng, noise_dir, noises, clean.shape[0], sample_rate, item_id)
+            clean, voice_rel, voice_offset = _draw_voice(rng, voice_dir, voice_pools, max_samples, sample_rate, item_id)
+            noise, noise_rel, noise_offset = _draw_noise(rng, noise_dir, noise_pools, clean.shape[0], sample_rate,
+                                                         item_id)
             clean, mixture = mix_at_snr(clean, noise, snr)
             items.append(Item(
                 item_id=item_id, clean=clean.astype(np.float32), noisy=mixture.astype(np.float32),
@@ -108,9 +114,38 @@ def make_mixtures(voice_dir: str, noise_dir: str, *, snrs: Sequence[float] = Eva
     return items
 
 
-def _draw_voice(rng, root, files, max_samples, rate, item_id, tries=10):
+def domain_of(rel_path: str) -> str:
+    """The domain of a file relative to an input folder: its top folder (a speech corpus, a noise
+    group), or "all" for a file at the top."""
+    head, sep, _ = rel_path.partition("/")
+    return head if sep else "all"
+
+
+def item_domains(source: Mapping[str, Any]) -> dict[str, str]:
+    """{"voice_corpus", "noise_group"} of an item from its `source`: the top folders (`domain_of`) of
+    its voice and noise files, or of its clean and noisy files for paired items."""
+    voice = source.get("voice_file", source.get("clean_file", ""))
+    noise = source.get("noise_file", source.get("noisy_file", ""))
+    return {"voice_corpus": domain_of(voice), "noise_group": domain_of(noise)}
+
+
+def _pools(files: Sequence[str]) -> list[list[str]]:
+    """The files grouped by `domain_of`, groups in name order."""
+    groups: dict[str, list[str]] = {}
+    for rel in files:
+        groups.setdefault(domain_of(rel), []).append(rel)
+    return [groups[name] for name in sorted(groups)]
+
+
+def _draw_file(rng, pools: list[list[str]]) -> str:
+    """A pool (drawn only when there are several, so one pool draws as a plain list always did), then a file."""
+    pool = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _draw_voice(rng, root, pools, max_samples, rate, item_id, tries=10):
     for _ in range(tries):
-        rel = files[int(rng.integers(len(files)))]
+        rel = _draw_file(rng, pools)
         voice = load_mono(paths.join(root, rel), rate)
         n = min(voice.shape[0], max_samples)
         offset = int(rng.integers(voice.shape[0] - n + 1))
@@ -121,9 +156,9 @@ def _draw_voice(rng, root, files, max_samples, rate, item_id, tries=10):
                      "are the voice files silent?")
 
 
-def _draw_noise(rng, root, files, length, rate, item_id, tries=10):
+def _draw_noise(rng, root, pools, length, rate, item_id, tries=10):
     for _ in range(tries):
-        rel = files[int(rng.integers(len(files)))]
+        rel = _draw_file(rng, pools)
         noise = load_mono(paths.join(root, rel), rate)
         if noise.shape[0] < length:
             noise = np.tile(noise, -(-length // noise.shape[0]))

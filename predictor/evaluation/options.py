@@ -43,6 +43,9 @@ class EvaluateOptions:
         4.0, "longest mixture, at least one model window (about 1 s); shorter voice files give shorter "
         "mixtures, and those shorter than a window are skipped", metavar="SECONDS")
     seed: int = option(0, "seed of the mixtures")
+    balance: bool = option(False, "draw each mixture's speech corpus and noise group (the top folders of "
+                           "voice_dir and noise_dir) first, each as likely as another, then a file in it; "
+                           "without it files are drawn alike, so large folders dominate")
     sample_rate: int | None = option(
         None, "evaluation rate when no model is given; with models, their rate", default_text="8000")
     systems: tuple[str, ...] | None = option(

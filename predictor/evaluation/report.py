@@ -77,6 +77,12 @@ def markdown_report(results: Mapping[str, Any], title: str = "Evaluation") -> st
     classes = results["noise_classes"]
     lines += table(["noise class", "system"], [([c, s], agg["by_noise_class"][s][c]) for c in classes for s in systems])
     lines += ["", "## Talkers and other noise", ""] + _kind_lines(agg, classes, systems, table)
+    for key, heading, first in (("by_voice_corpus", "By speech corpus", "corpus"),
+                                ("by_noise_group", "By noise group", "noise group")):
+        domains = list(agg.get(key, {}).get(systems[0], {}))
+        if len(domains) > 1:  # one domain ("all") repeats the overall table
+            lines += ["", f"## {heading}", ""]
+            lines += table([first, "system"], [([d, s], agg[key][s][d]) for d in domains for s in systems])
     if skipped:
         lines += ["", "## Skipped items", "", row(["item", "files", "reason"]), row(["---"] * 3)]
         lines += [row([s["id"], describe_source(s["source"]), s["reason"]]) for s in skipped]

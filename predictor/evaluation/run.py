@@ -122,9 +122,9 @@ def _items(options: EvaluateOptions, paired: bool, config: SpectrogramConfig) ->
         return items, {"kind": "pairs", "noisy_dir": o.noisy_dir, "clean_dir": o.clean_dir, "snr_bins": list(o.snrs)}
     _check_duration(o.duration, config)
     items = make_mixtures(o.voice_dir, o.noise_dir, snrs=o.snrs, num_mixtures=o.num_mixtures, duration=o.duration,
-                          sample_rate=rate, seed=o.seed)
+                          sample_rate=rate, seed=o.seed, balance=o.balance)
     return items, {"kind": "mixtures", "voice_dir": o.voice_dir, "noise_dir": o.noise_dir, "snrs": list(o.snrs),
-                   "num_mixtures": o.num_mixtures, "duration": o.duration, "seed": o.seed}
+                   "num_mixtures": o.num_mixtures, "duration": o.duration, "seed": o.seed, "balance": o.balance}
 
 
 def _check_counts(num_examples: Any, sample_rate: Any) -> None:

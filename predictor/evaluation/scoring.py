@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from predictor.evaluation import metrics
-from predictor.evaluation.items import Item, describe_source, screen_items
+from predictor.evaluation.items import Item, describe_source, item_domains, screen_items
 from predictor.evaluation.systems import System
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def evaluate(items: Sequence[Item], systems: Sequence[System], sample_rate: int,
                          "Fix or replace those files (or use longer mixtures) and run again.")
     keep = set(keep_outputs)
     records = [{"id": it.item_id, "snr_db": it.snr_db, "snr_bin": it.snr_bin, "noise_class": it.noise_class,
-                "seconds": it.noisy.shape[0] / sample_rate, "source": it.source, "scores": {}} for it in items]
+                **item_domains(it.source), "seconds": it.noisy.shape[0] / sample_rate, "source": it.source,
+                "scores": {}} for it in items]
     outputs: dict[str, dict[str, np.ndarray]] = {}
     failures: list[dict[str, str]] = []
     warned: set[tuple[str, str]] = set()  # (system, metric): the first failure of each is logged in full
@@ -138,8 +139,9 @@ def noise_kind(noise_class: str) -> str:
 
 def aggregate(records: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[str, Any]:
     """Mean of each metric per system (NaNs left out): overall, per SNR bin, per noise class, per noise
-    kind (`noise_kind`: "talkers" or "other", the kinds present) and over the "other" items alone
-    ("overall_without_talkers", means nan and count 0 when every item is talkers)."""
+    kind (`noise_kind`: "talkers" or "other", the kinds present), over the "other" items alone
+    ("overall_without_talkers", means nan and count 0 when every item is talkers), and per speech
+    corpus and noise group (`items.item_domains`; "all" for records without them)."""
     def group(key: Callable[[dict], Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for system in systems:
@@ -157,6 +159,8 @@ def aggregate(records: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict
             "by_snr": group(lambda r: r["snr_bin"]),
             "by_noise_class": group(lambda r: r["noise_class"]),
             "by_noise_kind": by_kind,
+            "by_voice_corpus": group(lambda r: r.get("voice_corpus", "all")),
+            "by_noise_group": group(lambda r: r.get("noise_group", "all")),
             "overall_without_talkers": {s: v.get(NOISE_KINDS[1], no_items) for s, v in by_kind.items()}}
 
 
