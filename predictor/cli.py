@@ -68,6 +68,17 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
         check_progress_interval(opts.progress_interval)  # before the model loads
     except ValueError as err:
         raise options.with_flags(err, FLAGS) from err
+    if opts.model_dir is None and opts.source:  # the shipped model that suits the input's rate
+        from predictor.enhance import default_shipped_model
+
+        try:
+            name, reason = default_shipped_model(opts.source, exclude=opts.output_dir)
+        except (ValueError, FileNotFoundError):
+            name = None  # no input to read: the run reports that in its own words
+        if name:
+            logger.info("no --model: %s (%s); --model shipped:8k or shipped:16k forces one", name, reason)
+        if name == "shipped:16k":  # the 8 kHz model stays model_dir=None, the default resolve_model_dir reads
+            opts = dataclasses.replace(opts, model_dir=name)
     try:
         return _run_predict(opts, extra, paths.join(opts.output_dir, FAILURES_FILE) if opts.output_dir else "")
     except OutputNotWritableError as err:  # the output's disk full or read-only: one line, as for a usage error

@@ -39,6 +39,38 @@ _SHIPPED_PREFIX = "shipped:"
 DEFAULT_WORKERS = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
+# The input rate from which the 16 kHz shipped model is the default (`default_shipped_model`).
+WIDE_BAND_RATE = 16000
+# Files whose header `default_shipped_model` reads at most, spread over the sorted list.
+RATE_PROBE_FILES = 64
+
+
+def default_shipped_model(source: str, exclude: str | None = None) -> tuple[str, str]:
+    """(name, reason): the shipped model for the files of `source` when no model is named: "shipped:16k"
+    when every file whose header could be read is at `WIDE_BAND_RATE` or above (it denoises up to 8
+    kHz), else "shipped:8k", which is also the choice when the 16 kHz model is not installed. Reads the
+    headers of at most `RATE_PROBE_FILES` files, spread evenly over the sorted list; a file that
+    cannot be read is left to the run, which reports it."""
+    from predictor.audio_io import AudioError, AudioReader, find_audio_files
+    from tfrecord_schema import paths
+
+    base, rels = find_audio_files(source, exclude=exclude)
+    step = max(1, -(-len(rels) // RATE_PROBE_FILES))
+    rates: dict[int, int] = {}
+    for rel in rels[::step]:
+        try:
+            with AudioReader(paths.join(base, rel)) as reader:
+                rates[reader.sample_rate] = rates.get(reader.sample_rate, 0) + 1
+        except AudioError:
+            continue
+    seen = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(rates.items())) or "no readable header"
+    wide = bool(rates) and min(rates) >= WIDE_BAND_RATE
+    if wide and os.path.isfile(os.path.join(SHIPPED_MODELS["shipped:16k"], "model.json")):
+        return "shipped:16k", f"input files {seen}: all at {WIDE_BAND_RATE} Hz or above"
+    why = "the 16 kHz model is not installed" if wide else f"not all at {WIDE_BAND_RATE} Hz or above"
+    return "shipped:8k", f"input files {seen}: {why}"
+
+
 def resolve_model_dir(model_dir: str | None) -> str:
     """`model_dir`; the directory of a shipped model for one of the names of `SHIPPED_MODELS`
     ("shipped:8k", "shipped:16k"); the shipped 8 kHz model when it is None.

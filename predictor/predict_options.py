@@ -41,8 +41,9 @@ class PredictOptions:
         metavar="DIR")
     model_dir: str | None = option(
         None, "model directory (local or gs://) written by `speech-enhance train` (model.keras + model.json), or a "
-        "model shipped in the package: shipped:8k (the default) or shipped:16k (for input at 16 kHz and above: it "
-        "denoises up to 8 kHz)", flag="--model", metavar="DIR")
+        "model shipped in the package: shipped:8k or shipped:16k (for input at 16 kHz and above: it denoises up to "
+        "8 kHz); default: shipped:16k when every input file is at 16 kHz or above, else shipped:8k",
+        flag="--model", metavar="DIR")
     head: str | None = option(
         None, "the output to run, for a model with several (model.json \"heads\"; a BLSTM has \"mask\", the "
         "mask-inference head, and \"kmeans\", the clustering of its embeddings); default: the model's first head",

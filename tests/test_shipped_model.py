@@ -1,6 +1,6 @@
-"""The models shipped in the package: they load and describe themselves; `predict` uses the 8 kHz one
-by default and the 16 kHz one when asked (`--model shipped:16k`), and both denoise real speech in real
-noise that they never saw in training."""
+"""The models shipped in the package: they load and describe themselves; `predict` without `--model`
+uses the 16 kHz one for input at 16 kHz and above and the 8 kHz one otherwise, `--model shipped:8k|16k`
+forces one, and both denoise real speech in real noise that they never saw in training."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ import soundfile
 import speech_enhance
 from mixing.levels import active_level, blend, is_silent
 from predictor import audio_io
-from predictor.enhance import PRETRAINED_16K_DIR, PRETRAINED_DIR, resolve_model_dir
+from predictor.enhance import PRETRAINED_16K_DIR, PRETRAINED_DIR, default_shipped_model, resolve_model_dir
 from predictor.evaluation.metrics import si_sdr_improvement
 from tfrecord_schema.config import SpectrogramConfig
 from trainer.model_dir import load_model_dir, save_model_dir
@@ -55,6 +55,34 @@ def test_shipped_16k_model_is_the_same_network_at_16k():
     assert info["training_data"]["num_examples"]["train"] >= 40_000
     assert os.path.getsize(os.path.join(PRETRAINED_16K_DIR, "model.keras")) < 18_000_000
     assert os.path.isfile(os.path.join(PRETRAINED_16K_DIR, "MODEL_CARD.md"))
+
+
+def test_the_default_model_follows_the_input_rate(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, rate in (("a.wav", 16000), ("sub/b.flac", 44100)):
+        os.makedirs(os.path.dirname(tmp_path / "wide" / name), exist_ok=True)
+        soundfile.write(tmp_path / "wide" / name, 0.1 * rng.standard_normal(rate // 2), rate)
+    name, reason = default_shipped_model(str(tmp_path / "wide"))
+    assert name == "shipped:16k" and "1 at 16000 Hz, 1 at 44100 Hz" in reason
+    soundfile.write(tmp_path / "wide" / "c.wav", 0.1 * rng.standard_normal(4000), 8000)
+    name, reason = default_shipped_model(str(tmp_path / "wide"))
+    assert name == "shipped:8k" and "1 at 8000 Hz" in reason and "not all at 16000 Hz" in reason
+    name, _ = default_shipped_model(str(tmp_path / "wide" / "a.wav"))  # one file
+    assert name == "shipped:16k"
+    (tmp_path / "wide" / "broken.wav").write_bytes(b"RIFF not audio")  # left to the run, which reports it
+    assert default_shipped_model(str(tmp_path / "wide" / "sub"))[0] == "shipped:16k"
+
+
+def test_predict_without_model_runs_the_16k_model_on_16k_input(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    os.makedirs(tmp_path / "in")
+    soundfile.write(tmp_path / "in" / "x.wav", 0.1 * rng.standard_normal(24000).astype(np.float32), 16000)
+    with caplog.at_level("INFO", logger="predictor.cli"):
+        assert speech_enhance.main(["predict", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "a")]) == 0
+    assert "no --model: shipped:16k (input files 1 at 16000 Hz" in caplog.text
+    assert speech_enhance.main(["predict", "--model", "shipped:16k", "--input", str(tmp_path / "in"),
+                                "--output", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(soundfile.read(tmp_path / "a" / "x.wav")[0], soundfile.read(tmp_path / "b" / "x.wav")[0])
 
 
 def heldout_noise_files() -> list[str]:
