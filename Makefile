@@ -65,7 +65,7 @@ evaluate: $(VENV)/.installed-test
 	$(CLI) evaluate $(if $(MODEL),--model "$(MODEL)") $(EVAL_ARGS) --output "$(EVAL_OUTPUT)"
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/dataset_build.py
