@@ -5,9 +5,11 @@ splits.json (FOLDER: the folder's base name). This links the files of one split 
 from the folders under --speech and --noise into OUT/voices/FOLDER/... and OUT/noise/FOLDER/...,
 and links each noise folder's classes.tsv beside them, so evaluate reads the same noise classes:
 
-    python scripts/store_split_links.py runs/gpu_sources/splits-sources.json \
-        --speech ../shared/data/speech --noise ../shared/data/noise --out runs/sources_test
-    speech-enhance evaluate --voice-dir runs/sources_test/voices --noise-dir runs/sources_test/noise ...
+    python scripts/store_split_links.py scripts/shared_split/splits_all_folders.json --split valid \
+        --speech ../shared/data/speech --noise ../shared/data/noise --out runs/split_valid
+    speech-enhance evaluate --voice-dir runs/split_valid/voices --noise-dir runs/split_valid/noise --balance ...
+
+--skip FOLDER leaves a voice or noise folder out (e.g. dns-enrollment-8k for a 16 kHz set).
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import os
 import sys
 
 
-def link_split(splits: dict, roots: dict[str, str], split: str, out: str) -> dict[str, collections.Counter]:
-    """Links the `split` files of each kind ("voices", "noises") under out/{voices,noise}; returns the
-    number of files linked per kind and folder. A file missing under its root is an error naming it."""
+def link_split(splits: dict, roots: dict[str, str], split: str, out: str,
+               skip: frozenset[str] = frozenset()) -> dict[str, collections.Counter]:
+    """Links the `split` files of each kind ("voices", "noises") under out/{voices,noise}, but those of
+    the folders in `skip`; returns the number of files linked per kind and folder. A file missing
+    under its root is an error naming it."""
     counts: dict[str, collections.Counter] = {}
     for kind, target in (("voices", "voices"), ("noises", "noise")):
         counts[kind] = collections.Counter()
         for name, member in sorted(splits[kind].items()):
-            if member != split:
+            if member != split or name.split("/", 1)[0] in skip:
                 continue
             source = os.path.join(roots[kind], name)
             if not os.path.isfile(source):
@@ -52,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", required=True, help="the folder holding the noise folders")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--skip", action="append", default=[], metavar="FOLDER",
+                        help="leave this voice or noise folder out (repeatable)")
     args = parser.parse_args(argv)
     with open(args.splits) as handle:
         splits = json.load(handle)
-    counts = link_split(splits, {"voices": args.speech, "noises": args.noise}, args.split, args.out)
+    counts = link_split(splits, {"voices": args.speech, "noises": args.noise}, args.split, args.out,
+                        frozenset(args.skip))
     for kind, by_folder in counts.items():
         print(f"{kind}: {sum(by_folder.values())} files ({', '.join(f'{k} {v}' for k, v in sorted(by_folder.items()))})")
     return 0
