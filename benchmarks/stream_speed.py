@@ -30,7 +30,8 @@ sys.path.insert(0, REPO)
 def _model_dirs(root: str, size: str) -> dict[str, str]:
     from tfrecord_schema.config import SpectrogramConfig
     from trainer.model_dir import save_model_dir
-    from trainer.streaming_crn import StreamingCrn, StreamSettings
+    from tfrecord_schema.stream_stft import StreamSettings
+    from trainer.streaming_crn import StreamingCrn
 
     net = StreamingCrn(StreamSettings.for_sample_rate(16000), size)
     core = net.core_model()

@@ -12,7 +12,8 @@ does not depend on where the blocks are cut. The STFT (model.json "streaming"):
 A signal of L samples takes ceil(L / hop) + 1 frames. The output lags the input by n_fft samples
 (`latency_ms`): n_fft - hop of the STFT and the hop that is buffered before a frame is complete.
 
-`StreamGeometry` is the STFT (picklable, no Keras: the file processes build it); `StreamAnalysis`,
+`StreamGeometry` is the STFT (`tfrecord_schema.stream_stft.StreamSettings`, the trainer's) and the
+model's states (picklable, no Keras: the file processes build it); `StreamAnalysis`,
 `StreamTrack` and `StreamSynthesis` are its counterparts of `predictor.overlap_add`'s `Analysis`,
 `Track` and `Synthesis`, so the file reading and writing of `predictor.file_stream`, the threads
 and the file processes handle a streaming model as they handle a windowed one. `StreamRunner` runs
@@ -28,47 +29,51 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.stream_stft import StreamSettings
 
-WINDOW = "sqrt-hann-periodic"
 # A step function: (spectra float32 [B, T, bins, 2], states [B, ...] each) -> (enhanced, new states).
 StepFunction = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamGeometry:
-    """The STFT of a streaming model: `sample_rate` Hz, frames of `n_fft` samples every `hop_length`
-    (n_fft / 2), and the shapes of the model's states (per channel, in the model's order)."""
+    """A streaming model as the predictor runs it: its STFT (`stft`, the trainer's own settings), the
+    shapes of its states (per channel, in the model's order) and how its output reads as a target."""
 
-    sample_rate: int
-    n_fft: int
-    hop_length: int
+    stft: StreamSettings
     state_shapes: tuple[tuple[int, ...], ...] = ()
-    latency_ms: float = 0.0  # the input-to-output delay model.json gives
     target: str = "mask"  # how `predictor.high_band` reads a `StreamBlock.joined` (`trainer.targets`)
-
-    def __post_init__(self) -> None:
-        if self.n_fft != 2 * self.hop_length or self.hop_length < 1:
-            raise ValueError(f"a streaming model's hop is half its n_fft. Received: n_fft={self.n_fft}, "
-                             f"hop_length={self.hop_length}")
 
     @classmethod
     def from_dict(cls, streaming: dict[str, Any], source: str = "model.json") -> "StreamGeometry":
         """From model.json's "streaming" entry; ValueError naming `source` when it is not one this runs."""
         try:
-            if streaming.get("window", WINDOW) != WINDOW:
-                raise ValueError(f"window {streaming['window']!r} is not {WINDOW!r}")
             shapes = tuple(tuple(int(d) for d in shape) for shape in streaming.get("state_shapes", ()))
-            return cls(int(streaming["sample_rate"]), int(streaming["n_fft"]), int(streaming["hop_length"]), shapes,
-                       float(streaming.get("latency_ms", 0.0)))
+            return cls(StreamSettings.from_dict(streaming), shapes)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: its \"streaming\" entry is not a streaming STFT this predictor runs ({err}). "
                              f"Received: {streaming!r}") from err
 
     @property
+    def sample_rate(self) -> int:
+        return self.stft.sample_rate
+
+    @property
+    def n_fft(self) -> int:
+        return self.stft.n_fft
+
+    @property
+    def hop_length(self) -> int:
+        return self.stft.hop_length
+
+    @property
+    def latency_ms(self) -> float:
+        return self.stft.latency_ms
+
+    @property
     def window(self) -> np.ndarray:
-        """float32 [n_fft]: the square root of the periodic Hann window, sqrt((1 - cos(2 pi n / N)) / 2),
-        which is sin(pi n / N) on [0, N) (the trainer's `StreamSettings.window`, tested equal)."""
-        return np.sin(np.pi * np.arange(self.n_fft) / self.n_fft).astype(np.float32)
+        """float32 [n_fft]: the analysis and synthesis window (`StreamSettings.window`)."""
+        return self.stft.window().astype(np.float32)
 
     @property
     def config(self) -> SpectrogramConfig:

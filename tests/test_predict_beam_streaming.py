@@ -14,8 +14,9 @@ import speech_enhance
 from predictor.beam_predict import run_predict
 from predictor.predict_options import PredictOptions
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.stream_stft import StreamSettings
 from trainer.model_dir import save_model_dir
-from trainer.streaming_crn import StreamingCrn, StreamSettings
+from trainer.streaming_crn import StreamingCrn
 
 RATE = 8000
 # (relative path, rate, channels, samples): the 16 kHz stereo file keeps its band above 4 kHz.

@@ -18,8 +18,9 @@ from predictor.streaming import (StreamAnalysis, StreamGeometry, StreamRunner, S
                                  as_complex)
 from test_predict_windows import CONFIG, frame_model, speech_like
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.stream_stft import StreamSettings
 from trainer.model_dir import save_model_dir
-from trainer.streaming_crn import StreamingCrn, StreamSettings
+from trainer.streaming_crn import StreamingCrn
 
 RATE = 16000
 
@@ -58,11 +59,20 @@ def _stream(runner, x, sizes):
             return np.concatenate(out)
 
 
-def test_settings_agree_with_the_family(model):
+def test_model_json_gives_the_family_its_settings_back(model):
     settings, g = model["net"].settings, model["geometry"]
-    assert (g.n_fft, g.hop_length, g.config.num_bins) == (settings.n_fft, settings.hop_length, settings.bins)
-    assert g.latency_ms == settings.latency_ms == 32.0
-    np.testing.assert_allclose(g.window, settings.window(), atol=1e-7)
+    assert g.stft == settings and g.config.num_bins == settings.bins
+    assert g.state_shapes == tuple(model["net"].state_shapes()) and len(g.state_shapes) > 0
+
+
+@pytest.mark.parametrize("change,problem", [({"hop_length": 200}, "hop is half its n_fft"),
+                                            ({"window": "hann"}, "window 'hann' is not 'sqrt-hann-periodic'"),
+                                            ({"n_fft": None}, "n_fft"), ({"state_shapes": 3}, "not iterable")])
+def test_a_bad_streaming_entry_names_model_json(model, change, problem):
+    entry = {key: value for key, value in {**model["net"].describe(model["core"]), **change}.items()
+             if value is not None}  # None: the key left out
+    with pytest.raises(ValueError, match=f"^/m/model.json: its \"streaming\" entry .*{problem}"):
+        StreamGeometry.from_dict(entry, "/m/model.json")
 
 
 @pytest.mark.parametrize("length", [1, 100, 257, 4001, 16000 + 77])

@@ -32,11 +32,12 @@ import keras
 
 from tfrecord_schema.config import SpectrogramConfig
 from tfrecord_schema.dataset_info import DatasetInfo
+from tfrecord_schema.stream_stft import StreamSettings
 from trainer import blstm, mel_autoencoder, stream_family
 from trainer.config import TrainConfig
 from trainer.model import build_unet
 from trainer.targets import tf_model_input
-from trainer.streaming_crn import StreamingCrn, StreamSettings
+from trainer.streaming_crn import StreamingCrn
 from trainer.waveform_loss import CAP_DB, MIX_WEIGHT, WAVEFORM_LOSSES, tf_packed_spectra, waveform_loss, waveform_metric
 
 _MAGNITUDES = ("noisy_magnitude", "clean_magnitude")

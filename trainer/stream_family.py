@@ -23,8 +23,9 @@ import numpy as np
 from keras import layers, ops
 
 from tfrecord_schema.config import SpectrogramConfig
+from tfrecord_schema.stream_stft import StreamSettings
 from trainer.backend import dtype_policy
-from trainer.streaming_crn import COMPRESSION, StreamingCrn, StreamSettings
+from trainer.streaming_crn import COMPRESSION, StreamingCrn
 from trainer.waveform_loss import InverseStft, inverse_dft_basis, si_sdr_db
 
 SPECTRUM_WEIGHT, COMPLEX_WEIGHT, SI_SDR_WEIGHT = 70.0, 30.0, 0.1

@@ -10,7 +10,7 @@ whole utterance and many calls over its pieces (down to one frame) give the same
 convolution over time is causal and carries its last inputs as state, the recurrent layers over time
 carry their hidden state, and everything else works within one frame.
 
-Per frame (`StreamSettings`: n_fft = 32 ms, hop = n_fft / 2, square-rooted periodic Hann window):
+Per frame (`tfrecord_schema.stream_stft.StreamSettings`: n_fft = 32 ms, hop = n_fft / 2, square-rooted periodic Hann window):
     features    power-law compressed spectrum |X|^0.3 (magnitude, real, imaginary): 3 channels
     bands       the lowest quarter of the bins kept, the rest pooled into ERB-spaced triangular bands
                 (`band_matrices`): 257 bins -> 129 bands at 16 kHz, 129 -> 65 at 8 kHz
@@ -26,13 +26,14 @@ Algorithmic latency: one frame, n_fft samples (32 ms). Training: `trainer.stream
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers, ops
+
+from tfrecord_schema.stream_stft import StreamSettings
 
 COMPRESSION = 0.3  # power-law exponent of the magnitudes the network sees (and the loss compares)
 DILATIONS = (1, 2, 5)
@@ -44,46 +45,6 @@ SIZES: dict[str, dict[str, int]] = {
     "small": {"channels": 32, "units": 48, "dual_path_blocks": 1},  # 52 K parameters at 16 kHz (GTCRN: 48 K)
     "large": {"channels": 56, "units": 128, "dual_path_blocks": 3},  # 479 K
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamSettings:
-    """The STFT the streaming family runs on: n_fft samples per frame (32 ms), hop n_fft / 2."""
-
-    sample_rate: int
-    n_fft: int
-    hop_length: int
-
-    @classmethod
-    def for_sample_rate(cls, sample_rate: int) -> "StreamSettings":
-        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate < 4000:
-            raise ValueError(f"sample_rate must be an integer >= 4000 Hz. Received: sample_rate={sample_rate!r}")
-        n_fft = 2 * max(1, round(0.016 * sample_rate))
-        return cls(sample_rate, n_fft, n_fft // 2)
-
-    @property
-    def bins(self) -> int:
-        return self.n_fft // 2 + 1
-
-    @property
-    def latency_ms(self) -> float:
-        return 1000.0 * self.n_fft / self.sample_rate
-
-    def window(self) -> np.ndarray:
-        """Square root of the periodic Hann window: analysis and synthesis, summing to one at 50 %."""
-        n = np.arange(self.n_fft)
-        return np.sqrt(0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.n_fft))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "hop_length": self.hop_length,
-                "window": "sqrt-hann-periodic", "latency_ms": self.latency_ms}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "StreamSettings":
-        settings = cls(int(values["sample_rate"]), int(values["n_fft"]), int(values["hop_length"]))
-        if settings.n_fft != 2 * settings.hop_length:
-            raise ValueError(f"the streaming family's hop is half its n_fft. Received: {values}")
-        return settings
 
 
 def band_matrices(bins: int) -> tuple[np.ndarray, np.ndarray]:
