@@ -1,6 +1,7 @@
 """`speech-enhance predict --runner` with a streaming model: whole files spread over the workers
 (`EnhanceStreamingFiles`) give `predict`'s outputs without a runner, for a model directory and its
-ONNX export, with the unreadable file in failures.jsonl and its reason."""
+ONNX export, on FnApiRunner and on Beam's DaskRunner (a local dask.distributed cluster), with the
+unreadable file in failures.jsonl and its reason."""
 
 import json
 import os
@@ -54,16 +55,28 @@ def inputs(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def predicted(model_dirs, inputs, tmp_path_factory):
+    """kind -> the folder of `predict`'s outputs without a runner for that model directory, made once."""
+    made = {}
+
+    def outputs(kind):
+        if kind not in made:
+            made[kind] = tmp_path_factory.mktemp(f"predict-{kind}")
+            assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output",
+                                        str(made[kind])]) == 1
+        return made[kind]
+    return outputs
+
+
 def failures(output_dir):
     with open(os.path.join(output_dir, "failures.jsonl")) as f:
         return [(os.path.basename(r["input"]), r["reason"], r["message"]) for r in map(json.loads, f)]
 
 
 @pytest.mark.parametrize("kind", ["keras", "onnx"])
-def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, tmp_path, capsys, kind):
-    here, beam = tmp_path / "here", tmp_path / "beam"
-    assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output",
-                                str(here)]) == 1
+def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys, kind):
+    here, beam = predicted(kind), tmp_path / "beam"
     capsys.readouterr()
     assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output", str(beam),
                                 "--runner", "fnapi", "--workers", "2"]) == 1
@@ -83,6 +96,23 @@ def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, tmp_path, cap
     summary = run_predict(PredictOptions(source=inputs, output_dir=str(beam), model_dir=model_dirs[kind],
                                          workers=1))
     assert (summary.total, summary.skipped, summary.written, len(summary.failures)) == (4, 3, 0, 1)
+
+
+def test_dask_local_cluster_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys):
+    pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
+    here, dask = predicted("keras"), tmp_path / "dask"
+    capsys.readouterr()
+    assert speech_enhance.main(["predict", "--model", model_dirs["keras"], "--input", inputs, "--output", str(dask),
+                                "--runner", "dask", "--workers", "2"]) == 1
+    assert "3 written, 0 skipped (output exists), 1 failed of 4 files" in capsys.readouterr().out
+    for rel, rate, channels, n in FILES:
+        y, got_rate = soundfile.read(dask / rel, dtype="float32", always_2d=True)
+        x, _ = soundfile.read(here / rel, dtype="float32", always_2d=True)
+        assert got_rate == rate and y.shape == x.shape == (n, channels), rel
+        assert np.abs(x).max() > 0, rel
+        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=rel)
+    assert failures(dask) == failures(here) and [r[:2] for r in failures(dask)] == [("d.wav", "unreadable")]
+    assert not [n for n in os.listdir(dask) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
 
 
 def test_a_streaming_model_has_no_heads(model_dirs, inputs, tmp_path):
