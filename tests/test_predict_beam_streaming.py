@@ -74,23 +74,29 @@ def failures(output_dir):
         return [(os.path.basename(r["input"]), r["reason"], r["message"]) for r in map(json.loads, f)]
 
 
-@pytest.mark.parametrize("kind", ["keras", "onnx"])
-def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys, kind):
-    here, beam = predicted(kind), tmp_path / "beam"
+def assert_runner_equals_predict(runner, model_dir, inputs, expected, output, capsys):
+    """Runs `predict --runner RUNNER --workers 2` into `output` and checks it against `expected`,
+    `predict`'s outputs without a runner: every file to 1e-5, the same failures.jsonl, no manifest left."""
     capsys.readouterr()
-    assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output", str(beam),
-                                "--runner", "fnapi", "--workers", "2"]) == 1
+    assert speech_enhance.main(["predict", "--model", model_dir, "--input", inputs, "--output", str(output),
+                                "--runner", runner, "--workers", "2"]) == 1
     assert "3 written, 0 skipped (output exists), 1 failed of 4 files" in capsys.readouterr().out
     for rel, rate, channels, n in FILES:
-        y, got_rate = soundfile.read(beam / rel, dtype="float32", always_2d=True)
-        x, _ = soundfile.read(here / rel, dtype="float32", always_2d=True)
+        y, got_rate = soundfile.read(output / rel, dtype="float32", always_2d=True)
+        x, _ = soundfile.read(expected / rel, dtype="float32", always_2d=True)
         assert got_rate == rate and y.shape == x.shape == (n, channels), rel
         assert np.abs(x).max() > 0, rel
         np.testing.assert_allclose(y, x, atol=1e-5, err_msg=rel)
-    [(name, reason, message)] = failures(beam)
-    assert failures(here) == [(name, reason, message)]
+    [(name, reason, message)] = failures(output)
+    assert failures(expected) == [(name, reason, message)]
     assert (name, reason) == ("d.wav", "unreadable") and "d.wav" in message
-    assert not [n for n in os.listdir(beam) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
+    assert not [n for n in os.listdir(output) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
+
+
+@pytest.mark.parametrize("kind", ["keras", "onnx"])
+def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys, kind):
+    beam = tmp_path / "beam"
+    assert_runner_equals_predict("fnapi", model_dirs[kind], inputs, predicted(kind), beam, capsys)
 
     # A rerun skips what exists; the earlier failure is listed again.
     summary = run_predict(PredictOptions(source=inputs, output_dir=str(beam), model_dir=model_dirs[kind],
@@ -100,19 +106,7 @@ def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, predicted, tm
 
 def test_dask_local_cluster_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys):
     pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
-    here, dask = predicted("keras"), tmp_path / "dask"
-    capsys.readouterr()
-    assert speech_enhance.main(["predict", "--model", model_dirs["keras"], "--input", inputs, "--output", str(dask),
-                                "--runner", "dask", "--workers", "2"]) == 1
-    assert "3 written, 0 skipped (output exists), 1 failed of 4 files" in capsys.readouterr().out
-    for rel, rate, channels, n in FILES:
-        y, got_rate = soundfile.read(dask / rel, dtype="float32", always_2d=True)
-        x, _ = soundfile.read(here / rel, dtype="float32", always_2d=True)
-        assert got_rate == rate and y.shape == x.shape == (n, channels), rel
-        assert np.abs(x).max() > 0, rel
-        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=rel)
-    assert failures(dask) == failures(here) and [r[:2] for r in failures(dask)] == [("d.wav", "unreadable")]
-    assert not [n for n in os.listdir(dask) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
+    assert_runner_equals_predict("dask", model_dirs["keras"], inputs, predicted("keras"), tmp_path / "dask", capsys)
 
 
 def test_a_streaming_model_has_no_heads(model_dirs, inputs, tmp_path):
