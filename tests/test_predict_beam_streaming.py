@@ -1,6 +1,7 @@
 """`speech-enhance predict --runner` with a streaming model: whole files spread over the workers
 (`EnhanceStreamingFiles`) give `predict`'s outputs without a runner, for a model directory and its
-ONNX export, with the unreadable file in failures.jsonl and its reason."""
+ONNX export, on FnApiRunner and on Beam's DaskRunner (a local dask.distributed cluster), with the
+unreadable file in failures.jsonl and its reason."""
 
 import json
 import os
@@ -55,35 +56,58 @@ def inputs(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def predicted(model_dirs, inputs, tmp_path_factory):
+    """kind -> the folder of `predict`'s outputs without a runner for that model directory, made once."""
+    made = {}
+
+    def outputs(kind):
+        if kind not in made:
+            made[kind] = tmp_path_factory.mktemp(f"predict-{kind}")
+            assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output",
+                                        str(made[kind])]) == 1
+        return made[kind]
+    return outputs
+
+
 def failures(output_dir):
     with open(os.path.join(output_dir, "failures.jsonl")) as f:
         return [(os.path.basename(r["input"]), r["reason"], r["message"]) for r in map(json.loads, f)]
 
 
-@pytest.mark.parametrize("kind", ["keras", "onnx"])
-def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, tmp_path, capsys, kind):
-    here, beam = tmp_path / "here", tmp_path / "beam"
-    assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output",
-                                str(here)]) == 1
+def assert_runner_equals_predict(runner, model_dir, inputs, expected, output, capsys):
+    """Runs `predict --runner RUNNER --workers 2` into `output` and checks it against `expected`,
+    `predict`'s outputs without a runner: every file to 1e-5, the same failures.jsonl, no manifest left."""
     capsys.readouterr()
-    assert speech_enhance.main(["predict", "--model", model_dirs[kind], "--input", inputs, "--output", str(beam),
-                                "--runner", "fnapi", "--workers", "2"]) == 1
+    assert speech_enhance.main(["predict", "--model", model_dir, "--input", inputs, "--output", str(output),
+                                "--runner", runner, "--workers", "2"]) == 1
     assert "3 written, 0 skipped (output exists), 1 failed of 4 files" in capsys.readouterr().out
     for rel, rate, channels, n in FILES:
-        y, got_rate = soundfile.read(beam / rel, dtype="float32", always_2d=True)
-        x, _ = soundfile.read(here / rel, dtype="float32", always_2d=True)
+        y, got_rate = soundfile.read(output / rel, dtype="float32", always_2d=True)
+        x, _ = soundfile.read(expected / rel, dtype="float32", always_2d=True)
         assert got_rate == rate and y.shape == x.shape == (n, channels), rel
         assert np.abs(x).max() > 0, rel
         np.testing.assert_allclose(y, x, atol=1e-5, err_msg=rel)
-    [(name, reason, message)] = failures(beam)
-    assert failures(here) == [(name, reason, message)]
+    [(name, reason, message)] = failures(output)
+    assert failures(expected) == [(name, reason, message)]
     assert (name, reason) == ("d.wav", "unreadable") and "d.wav" in message
-    assert not [n for n in os.listdir(beam) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
+    assert not [n for n in os.listdir(output) if ".tmp" in n or n.startswith(".")]  # the job manifest is gone
+
+
+@pytest.mark.parametrize("kind", ["keras", "onnx"])
+def test_fnapi_with_two_workers_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys, kind):
+    beam = tmp_path / "beam"
+    assert_runner_equals_predict("fnapi", model_dirs[kind], inputs, predicted(kind), beam, capsys)
 
     # A rerun skips what exists; the earlier failure is listed again.
     summary = run_predict(PredictOptions(source=inputs, output_dir=str(beam), model_dir=model_dirs[kind],
                                          workers=1))
     assert (summary.total, summary.skipped, summary.written, len(summary.failures)) == (4, 3, 0, 1)
+
+
+def test_dask_local_cluster_equals_predict(model_dirs, inputs, predicted, tmp_path, capsys):
+    pytest.importorskip("distributed", reason="DaskRunner needs dask.distributed: pip install -e '.[dask]'")
+    assert_runner_equals_predict("dask", model_dirs["keras"], inputs, predicted("keras"), tmp_path / "dask", capsys)
 
 
 def test_a_streaming_model_has_no_heads(model_dirs, inputs, tmp_path):
