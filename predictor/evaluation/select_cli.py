@@ -13,12 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select", help="pick the model to ship from an evaluate run on the validation set",
         description="Compare each candidate system with the reference (the model it would replace) on the items of "
                     "an `evaluate` results.json: per domain (overall, each speech corpus, each noise group, each "
-                    "SNR bin) and per metric (PESQ, STOI, SI-SDR), the mean paired difference and its 95 %% "
-                    "paired-bootstrap interval. A candidate losing with its whole interval below 0 in any domain "
-                    "of 20 items or more is vetoed; of the rest, the one with the highest composite (the corpus "
-                    "and noise-group differences in units of 0.05 PESQ, 0.01 STOI and 0.3 dB SI-SDR) is picked "
-                    "if that composite is above 0, else the reference stays. The rule is docs/selection.md. "
-                    "Writes selection.json and selection.md into --output and prints the pick.")
+                    "SNR bin) and per metric (PESQ, STOI, SI-SDR), the mean paired difference and its "
+                    "paired-bootstrap interval. A candidate whose whole interval lies below 0 in any domain large "
+                    "enough to count is vetoed; of the rest, the one with the highest composite (the corpus and "
+                    "noise-group differences in the rule's units) is picked if that composite is above 0, else the "
+                    "reference stays. The rule and its constants are docs/selection.md "
+                    "(predictor.evaluation.selection.SelectionRule). Writes selection.json and selection.md into "
+                    "--output and prints the pick.")
     p.add_argument("results", metavar="RESULTS_JSON",
                    help="the results.json written by `speech-enhance evaluate --output DIR` (local or gs://)")
     p.add_argument("--reference", required=True, metavar="NAME",
