@@ -11,7 +11,7 @@ import soundfile
 import speech_enhance
 from beam_pipelines.synthetic import chirp as synth_voice
 from beam_pipelines.synthetic import noise as synth_noise
-from predictor.evaluation.selection import (SelectionRule, compare, composite, item_domains, paired_bootstrap,
+from predictor.evaluation.selection import (SelectionRule, compare, composite, selection_domains, paired_bootstrap,
                                             select)
 from predictor.evaluation.selection_report import write_selection
 
@@ -148,10 +148,10 @@ def test_unpaired_items_are_left_out_and_the_draws_do_not_depend_on_item_order()
 
 
 def test_records_without_corpus_or_noise_folder_fall_back_to_all_and_the_noise_kind():
-    assert item_domains({"snr_bin": 5.0, "noise_class": "street"}) == ["overall", "corpus:all", "noise:other",
+    assert selection_domains({"snr_bin": 5.0, "noise_class": "street"}) == ["overall", "corpus:all", "noise:other",
                                                                         "snr:5"]
     talkers = {"snr_bin": None, "noise_class": "babble-restaurant", "voice_corpus": "vctk", "noise_group": "demand"}
-    assert item_domains(talkers) == ["overall", "corpus:vctk", "noise:talkers", "snr:unknown"]
+    assert selection_domains(talkers) == ["overall", "corpus:vctk", "noise:talkers", "snr:unknown"]
 
 
 def test_a_thousand_items_and_four_candidates_take_seconds():

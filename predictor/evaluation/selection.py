@@ -100,7 +100,7 @@ def system_names(results: Mapping[str, Any]) -> list[str]:
     return [s for s in listed if s in common] + sorted(common - set(listed))
 
 
-def item_domains(record: Mapping[str, Any]) -> list[str]:
+def selection_domains(record: Mapping[str, Any]) -> list[str]:
     """The domains one item belongs to: overall, its speech corpus, its noise group and its SNR bin.
 
     The corpus is "voice_corpus" ("all" when absent). The noise group is "talkers" for a talker class
@@ -182,7 +182,7 @@ def compare(results: Mapping[str, Any], reference: str, candidates: Sequence[str
     diffs = np.concatenate([score_matrix(records, c) - ref for c in candidates], axis=1)
     members: dict[str, list[int]] = {}
     for i, record in enumerate(records):
-        for domain in item_domains(record):
+        for domain in selection_domains(record):
             members.setdefault(domain, []).append(i)
     out: dict[str, dict] = {c: {} for c in candidates}
     width = len(SELECTION_METRICS)
