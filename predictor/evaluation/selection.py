@@ -62,7 +62,8 @@ class SelectionRule:
             raise ValueError(f"resamples and veto_min_items must be at least 1. Received: resamples="
                              f"{self.resamples}, veto_min_items={self.veto_min_items}")
         if set(self.units) != set(SELECTION_METRICS) or not all(v > 0 for v in self.units.values()):
-            raise ValueError(f"units needs a positive unit for each of {SELECTION_METRICS}. Received: units={self.units}")
+            raise ValueError(f"units needs a positive unit for each of {SELECTION_METRICS}. "
+                             f"Received: units={self.units}")
         unknown = set(self.composite_kinds) - set(DOMAIN_KINDS)
         if unknown or not self.composite_kinds:
             raise ValueError(f"composite_kinds must be taken from {DOMAIN_KINDS}. Received: {self.composite_kinds}")
@@ -88,7 +89,8 @@ def check_results(results: Any, source: str = "results") -> None:
     if not isinstance(results, dict) or not isinstance(results.get("items"), list):
         raise ValueError(f"{source} has no list of \"items\"{hint}")
     for n, record in enumerate(results["items"]):
-        missing = [k for k in ("id", "snr_bin", "noise_class", "scores") if not isinstance(record, dict) or k not in record]
+        missing = [k for k in ("id", "snr_bin", "noise_class", "scores")
+                   if not isinstance(record, dict) or k not in record]
         if missing or not isinstance(record["scores"], dict):
             raise ValueError(f"{source}: item {n} lacks {', '.join(missing) or 'a dict of scores'}{hint}")
 
