@@ -204,7 +204,8 @@ def test_select_command_end_to_end_on_a_real_evaluate_run(tmp_path, capsys):
     rng = np.random.default_rng(5)
     rate = 8000
     for i in range(3):
-        write_wav(tmp_path / "voices" / ("read", "spoken")[i % 2] / f"utt{i}.wav", 0.1 * synth_voice(rng, 3 * rate, rate), rate)
+        voice = 0.1 * synth_voice(rng, 3 * rate, rate)
+        write_wav(tmp_path / "voices" / ("read", "spoken")[i % 2] / f"utt{i}.wav", voice, rate)
     for name, kind in (("street/white.wav", "white"), ("hum/hum.wav", "hum")):
         write_wav(tmp_path / "noises" / name, 0.05 * synth_noise(rng, 3 * rate, rate, kind), rate)
     assert speech_enhance.main([
