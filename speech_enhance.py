@@ -24,6 +24,7 @@ _COMMAND_MODULES = {
     "train": "trainer.cli",
     "predict": "predictor.cli",
     "evaluate": "predictor.cli",
+    "select": "predictor.evaluation.select_cli",
     "export": "predictor.export",
 }
 
@@ -69,6 +70,7 @@ _INTERRUPTED = {
                "resume (it skips the outputs that exist)",
     "evaluate": "interrupted before the report was complete (it is written at the end): run the same command "
                 "again",
+    "select": "interrupted; selection.json and selection.md are written whole at the end: run the same command again",
 }
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
