@@ -95,7 +95,19 @@ def test_notebook_trains_the_shipped_recipe_and_enhances_a_held_out_file(tmp_pat
                                 "VALIDATION_STEPS": 1, "BATCH_SIZE": 4})
     client = nbclient.NotebookClient(notebook, kernel_name=KERNEL, timeout=120,
                                      resources={"metadata": {"path": str(work)}})
-    client.execute()  # raises CellExecutionError naming the cell and its traceback
+    cells = list(notebook.cells)
+    # Then, in the same kernel: the train cell again, as a "Run all" after a disconnect once training
+    # had finished (the model is kept), and which interpreter ran it all.
+    train_cell = next(c for c in cells if "train" in c.metadata.get("tags", []))
+    rerun, interpreter = (nbformat.v4.new_code_cell(source)
+                          for source in (train_cell.source, "import sys; print(sys.executable)"))
+    notebook.cells += [rerun, interpreter]
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):  # raises CellExecutionError naming the cell and its traceback
+            client.execute_cell(cell, index)
+    assert "already holds a finished model" in "".join(o.get("text", "") for o in rerun.outputs)
+    assert "".join(o.get("text", "") for o in interpreter.outputs).strip() == sys.executable
+    notebook.cells = cells
 
     info = read_model_info(str(model_dir))
     shipped = read_model_info(resolve_model_dir("shipped:8k"))["training"]
