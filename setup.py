@@ -65,10 +65,11 @@ setup(
         "onnx": ONNX,
         # The test suite runs gs:// paths against a local GCS emulator (gcp-storage-emulator, pure Python);
         # cryptography makes the throw-away CA of the TLS proxy that TensorFlow's GCS client goes through.
+        # nbclient, nbformat and ipykernel: tests/test_colab_notebook.py executes docs/colab_train.ipynb cell by cell.
         # PyTorch is not listed here: `make test` installs it with an exact pin (see the Makefile).
         "test": sorted(set(DATASET + TRAIN + EVAL + PEERS + ONNX + GCP + DASK + [
             "tensorflow-cpu>=2.16", "pytest>=8", "librosa>=0.10", "psutil>=5", "gcp-storage-emulator>=2026.7.19",
-            "cryptography>=42", "grain>=0.2"])),
+            "cryptography>=42", "grain>=0.2", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"])),
     },
     entry_points={"console_scripts": ["speech-enhance=speech_enhance:main"]},
 )
