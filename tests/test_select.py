@@ -86,10 +86,13 @@ def test_a_loss_in_a_domain_below_twenty_items_vetoes_nothing():
 
 
 def test_the_reference_stays_when_no_candidate_scores_above_zero():
-    shifts = {"same": lambda r: (0.0, 0.0, 0.0), "worse": lambda r: (-0.01, -0.001, -0.02)}
+    shifts = {"same": lambda r: (0.0, 0.0, 0.0), "slightly": lambda r: (-0.01, -0.001, -0.02),
+              "worse": lambda r: (-0.1, -0.02, -0.5)}
     results = make_results(60, shifts, spread=0.0)
-    record = select(results, "ref", ["same", "worse"])
+    record = select(results, "ref", ["same", "slightly", "worse"])
     assert record["candidates"]["same"]["composite"] == pytest.approx(0.0, abs=1e-9)
+    # A loss within one unit vetoes nothing (it only lowers the composite); one beyond it does.
+    assert not record["candidates"]["slightly"]["veto"] and record["candidates"]["slightly"]["composite"] < 0
     assert record["candidates"]["worse"]["veto"]
     assert record["pick"] == "ref" and record["why"].startswith("the best candidate not vetoed, same, has composite")
     record = select(results, "ref", ["worse"])

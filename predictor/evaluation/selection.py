@@ -38,6 +38,9 @@ class SelectionRule:
         resamples: bootstrap resamples per domain.
         seed: the global seed; a domain's generator is seeded with (seed, crc32 of the domain name).
         veto_min_items: a domain vetoes only when it holds at least this many paired items.
+        veto_margin: a domain vetoes only a mean loss larger than this many units (below): with some
+            thirty domain x metric cells, an interval below 0 alone vetoes a candidate no different
+            from the reference about half the time.
         units: per metric, the smallest difference the validation set is meant to resolve (PESQ
             points, STOI as a fraction, SI-SDR in dB); a difference is divided by it in the composite.
         composite_kinds: the domain kinds averaged, each domain weighted equally, into the composite.
@@ -49,6 +52,7 @@ class SelectionRule:
     resamples: int = 2000
     seed: int = 0
     veto_min_items: int = 20
+    veto_margin: float = 1.0
     units: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"pesq": 0.05, "stoi": 0.01, "si_sdr": 0.3})
     composite_kinds: tuple[str, ...] = ("corpus", "noise")
@@ -200,12 +204,14 @@ def compare(results: Mapping[str, Any], reference: str, candidates: Sequence[str
 
 
 def veto_reasons(domains: Mapping[str, Mapping[str, Mapping[str, float]]], rule: SelectionRule) -> list[str]:
-    """One line per (domain, metric) whose interval lies wholly below 0 on at least `veto_min_items` items."""
+    """One line per (domain, metric) whose interval lies wholly below 0 and whose mean loses more than
+    `veto_margin` units, on at least `veto_min_items` items."""
     reasons = []
     for domain, by_metric in domains.items():
         for metric in SELECTION_METRICS:
             cell = by_metric[metric]
-            if cell["n"] >= rule.veto_min_items and cell["high"] < 0:
+            if (cell["n"] >= rule.veto_min_items and cell["high"] < 0
+                    and cell["mean"] < -rule.veto_margin * rule.units[metric]):
                 reasons.append(f"{domain} {METRIC_NAMES[metric]}: {cell['mean']:+.4g} "
                                f"[{cell['low']:+.4g}, {cell['high']:+.4g}] on {cell['n']} items")
     return reasons
