@@ -203,6 +203,14 @@ def compare(results: Mapping[str, Any], reference: str, candidates: Sequence[str
     return out
 
 
+def cell_vetoes(cell: Mapping[str, float], metric: str, rule: Mapping[str, Any]) -> bool:
+    """Whether one domain x metric cell vetoes (rule step 1): at least `veto_min_items` items, an
+    interval wholly below 0 and a mean loss beyond `veto_margin` units. `rule`: `SelectionRule.to_dict()`,
+    as the selection record holds it."""
+    return (cell["n"] >= rule["veto_min_items"] and cell["high"] < 0
+            and cell["mean"] < -rule["veto_margin"] * rule["units"][metric])
+
+
 def veto_reasons(domains: Mapping[str, Mapping[str, Mapping[str, float]]], rule: SelectionRule) -> list[str]:
     """One line per (domain, metric) whose interval lies wholly below 0 and whose mean loses more than
     `veto_margin` units, on at least `veto_min_items` items."""
@@ -210,8 +218,7 @@ def veto_reasons(domains: Mapping[str, Mapping[str, Mapping[str, float]]], rule:
     for domain, by_metric in domains.items():
         for metric in SELECTION_METRICS:
             cell = by_metric[metric]
-            if (cell["n"] >= rule.veto_min_items and cell["high"] < 0
-                    and cell["mean"] < -rule.veto_margin * rule.units[metric]):
+            if cell_vetoes(cell, metric, rule.to_dict()):
                 reasons.append(f"{domain} {METRIC_NAMES[metric]}: {cell['mean']:+.4g} "
                                f"[{cell['low']:+.4g}, {cell['high']:+.4g}] on {cell['n']} items")
     return reasons
