@@ -214,11 +214,11 @@ def cell_vetoes(cell: Mapping[str, float], metric: str, rule: Mapping[str, Any])
 def veto_reasons(domains: Mapping[str, Mapping[str, Mapping[str, float]]], rule: SelectionRule) -> list[str]:
     """One line per (domain, metric) whose interval lies wholly below 0 and whose mean loses more than
     `veto_margin` units, on at least `veto_min_items` items."""
-    reasons = []
+    reasons, constants = [], rule.to_dict()
     for domain, by_metric in domains.items():
         for metric in SELECTION_METRICS:
             cell = by_metric[metric]
-            if cell_vetoes(cell, metric, rule.to_dict()):
+            if cell_vetoes(cell, metric, constants):
                 reasons.append(f"{domain} {METRIC_NAMES[metric]}: {cell['mean']:+.4g} "
                                f"[{cell['low']:+.4g}, {cell['high']:+.4g}] on {cell['n']} items")
     return reasons
